@@ -1,0 +1,170 @@
+"""repartir: parallel and distributed computing for Python.
+
+Ray's programming model -- ``@repartir.remote`` tasks, ``ObjectRef`` futures,
+``repartir.get`` -- on a shared-memory object store and a work-stealing scheduler::
+
+    import repartir
+
+    @repartir.remote
+    def square(x):
+        return x * x
+
+    print(repartir.get([square.remote(i) for i in range(4)]))   # [0, 1, 4, 9]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from . import errors
+from .errors import (GetTimeoutError, ObjectLostError, ObjectStoreFullError, RepartirError,
+                     SerializationError, TaskError, WorkerCrashedError)
+from .runtime import driver as _driver
+from .runtime.driver import init, is_initialized, shutdown
+from .runtime.objectref import ObjectRef
+from .runtime.remote_function import RemoteFunction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "init",
+    "shutdown",
+    "is_initialized",
+    "remote",
+    "get",
+    "wait",
+    "put",
+    "ObjectRef",
+    "RemoteFunction",
+    "nodes",
+    "cluster_resources",
+    "available_resources",
+    "errors",
+    "RepartirError",
+    "TaskError",
+    "SerializationError",
+    "GetTimeoutError",
+    "WorkerCrashedError",
+    "ObjectStoreFullError",
+    "ObjectLostError",
+]
+
+
+def remote(*args: Any, **options: Any):
+    """Make a function remote: ``@remote`` or ``@remote(num_returns=2, max_retries=1)``.
+
+    Options (Ray's names): ``num_returns`` (default 1), ``max_retries`` (default 3: times a
+    task is re-run when its worker process dies; -1 for ever), ``num_cpus`` (default 1).
+
+    Raises:
+        TypeError: applied to something that is not a function (classes -- actors -- are
+            not available in this version).
+    """
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("use @remote or @remote(option=value, ...)")
+    return lambda fn: _make_remote(fn, options)
+
+
+def _make_remote(obj: Any, options: dict) -> RemoteFunction:
+    if isinstance(obj, type):
+        raise TypeError(
+            f"@remote on a class ({obj.__qualname__}): actors are not available in this "
+            f"version of repartir; use remote functions.")
+    if not callable(obj):
+        raise TypeError(f"@remote needs a function, got {type(obj).__qualname__}")
+    return RemoteFunction(obj, options)
+
+
+def _refs(obj: Any, what: str) -> tuple[list[ObjectRef], bool]:
+    if isinstance(obj, ObjectRef):
+        return [obj], True
+    if isinstance(obj, (list, tuple)):
+        for r in obj:
+            if not isinstance(r, ObjectRef):
+                raise TypeError(f"{what} takes ObjectRefs, got an element of type "
+                                f"{type(r).__qualname__}")
+        return list(obj), False
+    raise TypeError(f"{what} takes an ObjectRef or a list of them, got {type(obj).__qualname__}")
+
+
+def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+    """Wait for the values of ``object_refs`` (one ref, or a list: order kept).
+
+    numpy arrays (and Arrow buffers) come back as zero-copy read-only views of the object
+    store; they stay valid as long as they are referenced, even after the ref is gone.
+
+    Raises:
+        GetTimeoutError: ``timeout`` seconds passed first (also a ``TimeoutError``).
+        TaskError: the task raised; the error is also an instance of the task's exception
+            type, with the remote traceback attached.
+        WorkerCrashedError: the task's worker died more often than ``max_retries``.
+    """
+    refs, single = _refs(object_refs, "get()")
+    values = _driver.client().get(refs, timeout)
+    return values[0] if single else values
+
+
+def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
+         timeout: float | None = None, fetch_local: bool = True
+         ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Wait until ``num_returns`` of ``object_refs`` are ready or ``timeout`` seconds pass.
+
+    Returns:
+        ``(ready, not_ready)``, each in the order of ``object_refs``; ``ready`` holds at
+        most ``num_returns`` refs.
+
+    Raises:
+        ValueError: ``num_returns`` is not between 1 and ``len(object_refs)``, or a ref is
+            given twice.
+    """
+    refs, single = _refs(object_refs, "wait()")
+    if single:
+        raise TypeError("wait() takes a list of ObjectRefs")
+    if len(set(refs)) != len(refs):
+        raise ValueError("wait() got the same ObjectRef twice")
+    if not refs:
+        return [], []
+    if not 1 <= num_returns <= len(refs):
+        raise ValueError(f"num_returns must be between 1 and {len(refs)}, got {num_returns}")
+    ready_mask = _driver.client().wait(refs, num_returns, timeout)
+    ready, not_ready = [], []
+    for r, ok in zip(refs, ready_mask):
+        (ready if ok and len(ready) < num_returns else not_ready).append(r)
+    return ready, not_ready
+
+
+def put(value: Any) -> ObjectRef:
+    """Store ``value`` once in the object store; returns its ``ObjectRef``.
+
+    Raises:
+        TypeError: ``value`` is an ObjectRef.
+        SerializationError: ``value`` cannot be pickled.
+        ObjectStoreFullError: the store cannot hold it.
+    """
+    return _driver.client().put(value)
+
+
+def nodes() -> list[dict]:
+    """The nodes of the cluster (this version: the local node), as dicts in Ray's shape."""
+    c = _driver.client()
+    cfg = c.config
+    return [{"NodeID": c.session, "Alive": True, "NodeManagerAddress": "127.0.0.1",
+             "Resources": {"CPU": float(cfg.num_cpus),
+                           "object_store_memory": float(cfg.object_store_memory)}}]
+
+
+def cluster_resources() -> dict:
+    """Total resources: ``{"CPU": n, "object_store_memory": bytes}``."""
+    return dict(nodes()[0]["Resources"])
+
+
+def available_resources() -> dict:
+    """Resources not in use now: CPUs of idle workers, free arena bytes."""
+    c = _driver.client()
+    seg = c.segment
+    busy = sum(1 for i in range(1, seg.active_slots) if seg.current(i) is not None)
+    stats = c.arena.statistics()
+    return {"CPU": float(max(c.config.num_cpus - busy, 0)),
+            "object_store_memory": float(stats.capacity - stats.used_bytes)}

@@ -1,0 +1,61 @@
+"""The ``repartir`` command (also ``python -m repartir``).
+
+    repartir version          print the version
+    repartir sessions         list this machine's sessions (live or left by dead drivers)
+    repartir clean            remove what dead sessions left in the temp dir and /dev/shm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import __version__
+from .config import resolve
+from .runtime.node import _pid_alive, sweep_dead_sessions
+
+
+def _sessions(temp_dir: str) -> list[dict]:
+    out = []
+    try:
+        names = sorted(os.listdir(temp_dir))
+    except OSError:
+        return out
+    for name in names:
+        if not name.startswith("session_"):
+            continue
+        try:
+            with open(os.path.join(temp_dir, name, "session.json")) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            info = {"session": name[len("session_"):], "pid": 0}
+        info["alive"] = bool(info.get("pid")) and _pid_alive(info["pid"])
+        out.append(info)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="repartir", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("version", help="print the version")
+    sub.add_parser("sessions", help="list sessions on this machine")
+    sub.add_parser("clean", help="remove what dead sessions left behind")
+    args = parser.parse_args(argv)
+    cfg = resolve(num_cpus=1, object_store_memory=64 << 20)
+    if args.command == "version":
+        print(f"repartir {__version__} (Python {sys.version.split()[0]})")
+    elif args.command == "sessions":
+        rows = _sessions(cfg.temp_dir)
+        if not rows:
+            print("no sessions")
+        for r in rows:
+            state = "alive" if r["alive"] else "dead"
+            print(f"{r['session']}  pid {r.get('pid')}  {state}  "
+                  f"num_cpus={r.get('num_cpus', '?')}")
+    elif args.command == "clean":
+        before = [r for r in _sessions(cfg.temp_dir) if not r["alive"]]
+        sweep_dead_sessions(cfg.temp_dir, cfg.shm_dir)
+        print(f"removed {len(before)} dead session(s)")
+    return 0

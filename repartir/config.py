@@ -1,0 +1,106 @@
+"""Configuration: keyword arguments first, ``REPARTIR_*`` environment variables second.
+
+Every setting, its variable, unit and default:
+
+============================== =============================== =====================================
+setting                        environment variable            default
+============================== =============================== =====================================
+``num_cpus``                   ``REPARTIR_NUM_CPUS``           ``os.cpu_count()`` worker processes
+``object_store_memory``        ``REPARTIR_OBJECT_STORE_MEMORY`` bytes of the shared-memory arena:
+                                                               30 % of RAM, at most 80 % of the free
+                                                               space of ``/dev/shm`` (as Ray)
+``inline_threshold``           ``REPARTIR_INLINE_THRESHOLD``   100 KiB: smaller objects travel
+                                                               inside task and completion records
+``max_workers``                ``REPARTIR_MAX_WORKERS``        2 x ``num_cpus``: cap on worker
+                                                               processes (nested tasks may add some)
+``spin_us``                    ``REPARTIR_SPIN_US``            200: microseconds an idle process
+                                                               spins before it parks
+``temp_dir``                   ``REPARTIR_TEMP_DIR``           ``/tmp/repartir``: session dirs
+``shm_dir``                    ``REPARTIR_SHM_DIR``            ``/dev/shm``
+``deque_capacity``             ``REPARTIR_DEQUE_CAPACITY``     8192 task records per process deque
+``inbox_bytes``                ``REPARTIR_INBOX_BYTES``        8 MiB per process inbox ring
+============================== =============================== =====================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+__all__ = ["Config", "resolve"]
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    num_cpus: int
+    object_store_memory: int
+    inline_threshold: int = 100 * KiB
+    max_workers: int = 0
+    spin_us: int = 200
+    temp_dir: str = "/tmp/repartir"
+    shm_dir: str = "/dev/shm"
+    deque_capacity: int = 8192
+    inbox_bytes: int = 8 * MiB
+
+
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(float(raw))
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
+
+
+def _total_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 8 * GiB
+
+
+def shm_free_bytes(shm_dir: str) -> int:
+    st = os.statvfs(shm_dir)
+    return st.f_bavail * st.f_frsize
+
+
+def resolve(num_cpus: int | None = None, object_store_memory: int | None = None) -> Config:
+    """Build the configuration from keyword arguments, then the environment, then defaults.
+
+    Raises:
+        ValueError: a setting is out of range (e.g. ``num_cpus < 1``).
+    """
+    shm_dir = os.environ.get("REPARTIR_SHM_DIR") or "/dev/shm"
+    temp_dir = os.environ.get("REPARTIR_TEMP_DIR") or "/tmp/repartir"
+    if num_cpus is None:
+        num_cpus = _env_int("REPARTIR_NUM_CPUS") or os.cpu_count() or 1
+    if num_cpus < 1:
+        raise ValueError(f"num_cpus must be at least 1, got {num_cpus}")
+    if object_store_memory is None:
+        object_store_memory = _env_int("REPARTIR_OBJECT_STORE_MEMORY")
+    if object_store_memory is None:
+        object_store_memory = int(0.3 * _total_memory())
+        try:
+            object_store_memory = min(object_store_memory, int(0.8 * shm_free_bytes(shm_dir)))
+        except OSError:
+            pass
+        object_store_memory = max(object_store_memory, 64 * MiB)
+    if object_store_memory < 4 * MiB:
+        raise ValueError(f"object_store_memory must be at least 4 MiB, got {object_store_memory}")
+    max_workers = _env_int("REPARTIR_MAX_WORKERS") or 2 * num_cpus
+    return Config(
+        num_cpus=int(num_cpus),
+        object_store_memory=int(object_store_memory),
+        inline_threshold=_env_int("REPARTIR_INLINE_THRESHOLD") or 100 * KiB,
+        max_workers=max(max_workers, num_cpus),
+        spin_us=_env_int("REPARTIR_SPIN_US") if _env_int("REPARTIR_SPIN_US") is not None else 200,
+        temp_dir=temp_dir,
+        shm_dir=shm_dir,
+        deque_capacity=_env_int("REPARTIR_DEQUE_CAPACITY") or 8192,
+        inbox_bytes=_env_int("REPARTIR_INBOX_BYTES") or 8 * MiB,
+    )

@@ -1,0 +1,134 @@
+"""Exceptions raised by repartir.
+
+Every exception derives from :class:`RepartirError`; those that mirror a built-in
+condition also derive from the built-in type (``GetTimeoutError`` is a ``TimeoutError``)
+so existing ``except`` clauses keep working.  A task's exception is raised by ``get`` as
+an instance of :class:`TaskError` *and* of the user's exception type, with the remote
+traceback text attached (as in Ray's ``RayTaskError`` and CPython's
+``concurrent.futures.process._RemoteTraceback``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RepartirError",
+    "TaskError",
+    "SerializationError",
+    "GetTimeoutError",
+    "WorkerCrashedError",
+    "ObjectStoreFullError",
+    "ObjectLostError",
+    "RemoteTraceback",
+]
+
+
+class RepartirError(Exception):
+    """Root of every error raised by repartir."""
+
+
+class RemoteTraceback(Exception):
+    """Carries a remote traceback's text; set as ``__cause__`` of a task's error."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class TaskError(RepartirError):
+    """A task raised an exception.
+
+    Attributes:
+        function_name: qualified name of the remote function.
+        type_name: ``module.QualName`` of the original exception type.
+        message: ``str()`` of the original exception.
+        traceback_str: the formatted remote traceback.
+        cause: the original exception, or ``None`` when it could not be unpickled here.
+    """
+
+    function_name: str = ""
+    type_name: str = ""
+    message: str = ""
+    traceback_str: str = ""
+    cause: BaseException | None = None
+
+    def __str__(self) -> str:  # the same text whichever class the instance also is
+        return (
+            f"task {self.function_name} raised {self.type_name}: {self.message}\n\n"
+            f"Remote traceback:\n{self.traceback_str}"
+        )
+
+    @classmethod
+    def build(
+        cls,
+        function_name: str,
+        type_name: str,
+        message: str,
+        traceback_str: str,
+        cause: BaseException | None,
+    ) -> "TaskError":
+        """Make the error ``get`` raises: an instance of ``TaskError`` and, when the original
+        exception arrived intact, of its type too (``except ValueError`` catches it)."""
+        err: TaskError | None = None
+        if cause is not None and not isinstance(cause, TaskError):
+            err = _dual_instance(type(cause), cause)
+        if err is None:
+            err = cls(message)
+        err.function_name = function_name
+        err.type_name = type_name
+        err.message = message
+        err.traceback_str = traceback_str
+        err.cause = cause
+        err.__cause__ = RemoteTraceback(traceback_str)
+        return err
+
+
+_dual_classes: dict[type, type] = {}
+
+
+def _dual_instance(user_type: type, cause: BaseException) -> TaskError | None:
+    """An object that is both a TaskError and a ``user_type``, carrying ``cause``'s state."""
+    dual = _dual_classes.get(user_type)
+    if dual is None:
+        try:
+            dual = type(
+                f"TaskError({user_type.__name__})",
+                (TaskError, user_type),
+                {"__module__": __name__, "__str__": TaskError.__str__},
+            )
+        except TypeError:  # final type or incompatible layout
+            return None
+        _dual_classes[user_type] = dual
+    try:
+        err = BaseException.__new__(dual)
+        err.args = cause.args
+        if hasattr(cause, "__dict__"):
+            err.__dict__.update(cause.__dict__)
+    except Exception:
+        return None
+    return err  # type: ignore[return-value]
+
+
+class SerializationError(RepartirError, TypeError):
+    """A value could not be serialized (or deserialized).  The message names the value."""
+
+
+class GetTimeoutError(RepartirError, TimeoutError):
+    """``get`` or ``wait`` ran out of its ``timeout`` before the objects were ready."""
+
+
+class WorkerCrashedError(RepartirError):
+    """The worker process running a task died (signal, ``os._exit``, segfault, out of
+    memory) more often than ``max_retries`` allowed.  The message names the exit code or
+    signal."""
+
+
+class ObjectStoreFullError(RepartirError, MemoryError):
+    """The shared-memory object store cannot hold an object.  The message gives the sizes
+    and says how to make room (``object_store_memory=``, drop references)."""
+
+
+class ObjectLostError(RepartirError):
+    """An object's value is gone (freed, or its owner died) and cannot be rebuilt."""

@@ -1,0 +1,441 @@
+"""The per-process runtime client: submit tasks, own their results, get and wait.
+
+Every process that submits work -- the driver, and a worker running a task that submits
+tasks -- has one :class:`CoreClient` bound to its slot of the scheduler segment::
+
+    submit ──▶ task record ──▶ own deque (bottom) ──▶ stolen by a worker (top)
+                                                          │ runs the task
+    get/wait ◀── object table ◀── poll() ◀── own inbox ◀──┘ completion (result location)
+
+* **Object table** (owner side): ``object id -> [refcount, location, remote waiters]``.  A
+  location is ``("i", blob)`` for an inline object, ``("a", offset, nbytes)`` for one in the
+  arena, ``("e", payload)`` for a task error, and ``None`` while pending.  ``ObjectRef``
+  instances hold the counts; their ``__del__`` only appends to :attr:`dead_refs`, which
+  :meth:`poll` processes (no lock is ever taken inside ``__del__``).
+* **Dependencies**: top-level ``ObjectRef`` arguments are replaced by markers; the task is
+  pushed once every one of them is ready, with their locations in the record, so a worker
+  never waits for an argument.
+* **Waiting**: spin briefly (``spin_us``), then park on the inbox eventcount; while waiting
+  for many results, sleep-poll instead, so a stream of completions does not cost a wake-up
+  each.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import struct
+import threading
+import time
+from typing import Any, Sequence
+
+from ..errors import GetTimeoutError, ObjectLostError, SerializationError, WorkerCrashedError
+from ..ids import new_object_id, new_task_id, return_id
+from ..serialization import Serialized, deserialize, error_from_payload, error_payload, serialize
+from .objectref import ObjectRef, capture_refs
+
+__all__ = ["CoreClient", "Dep", "RECORD_HEADER", "MSG_DONE", "MSG_REQUEST", "MSG_OBJECT",
+           "MSG_CRASHED", "OK", "FAILED"]
+
+# task record: kind (0 spec inline, 1 spec in the arena), owner slot, task id
+RECORD_HEADER = struct.Struct("<BH16s")
+_ARENA_SPEC = struct.Struct("<QQ")
+MSG_DONE, MSG_REQUEST, MSG_OBJECT, MSG_CRASHED = 0, 1, 2, 3
+OK, FAILED = 0, 1
+
+
+class Dep:
+    """Stands for the ``index``-th top-level ObjectRef argument inside a task's args blob."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self):
+        return (Dep, (self.index,))
+
+
+class _Task:
+    __slots__ = ("task_id", "return_ids", "fn_name", "spec", "deps", "pending", "held",
+                 "record", "spec_block", "attempt", "max_retries")
+
+
+_EMPTY_ARGS = serialize(((), {})).to_bytes()
+
+
+class CoreClient:
+    """The runtime of one process, bound to ``slot`` of the node's scheduler segment."""
+
+    def __init__(self, segment, arena, slot: int, config, session: str) -> None:
+        self.segment = segment
+        self.arena = arena
+        self.slot = slot
+        self.config = config
+        self.session = session
+        self.deque = segment.deques[slot]
+        self.inbox = segment.inboxes[slot]
+        self.table: dict[bytes, list] = {}
+        self.tasks: dict[bytes, _Task] = {}
+        self.waiting: dict[bytes, list[_Task]] = {}
+        self.backlog: collections.deque[bytes] = collections.deque()
+        self.dead_refs: collections.deque[bytes] = collections.deque()
+        self.borrowed: dict[bytes, Any] = {}
+        self.requested: set[bytes] = set()
+        self.functions: dict[bytes, tuple[int, int]] = {}
+        self._lock = threading.RLock()
+        self._poll_lock = threading.Lock()
+        self._getters = 0
+        self._spin = config.spin_us / 1e6
+        self.closed = False
+
+    # -- refs ----------------------------------------------------------------------
+
+    def owns(self, object_id: bytes) -> bool:
+        return object_id in self.table
+
+    def make_ref(self, object_id: bytes) -> ObjectRef:
+        with self._lock:
+            self.table[object_id][0] += 1
+        return ObjectRef(object_id, self.slot, self, True)
+
+    def note_borrowed(self, object_id: bytes, loc) -> None:
+        self.borrowed[object_id] = loc
+
+    def location_for_export(self, object_id: bytes):
+        e = self.table.get(object_id)
+        if e is not None:
+            return e[1]
+        return self.borrowed.get(object_id)
+
+    # -- storing values ------------------------------------------------------------
+
+    def store(self, s: Serialized) -> tuple:
+        """Where a serialized value goes: inline under the threshold, else the arena."""
+        if s.nbytes < self.config.inline_threshold:
+            return ("i", s.to_bytes())
+        off = self.arena.allocate(s.nbytes)
+        s.write_into(self.arena.writable(off, s.nbytes))
+        return ("a", off, s.nbytes)
+
+    def put(self, value: Any) -> ObjectRef:
+        if isinstance(value, ObjectRef):
+            raise TypeError("put() of an ObjectRef is not allowed: pass the ref itself instead")
+        with capture_refs() as nested:
+            s = serialize(value, "the value passed to put()")
+        loc = self.store(s)
+        oid = new_object_id()
+        with self._lock:
+            self.table[oid] = [0, loc, None, nested or None]
+            return self.make_ref(oid)
+
+    def value(self, loc) -> Any:
+        kind = loc[0]
+        if kind == "i":
+            return deserialize(memoryview(loc[1]))
+        if kind == "a":
+            return deserialize(self.arena.view(loc[1], loc[2]))
+        if kind == "e":
+            raise error_from_payload(loc[1])
+        raise ObjectLostError(f"object location {loc!r} is not understood")
+
+    # -- functions -----------------------------------------------------------------
+
+    def export_function(self, key: bytes, blob_factory) -> tuple[int, int]:
+        """Store a function's cloudpickle blob in the arena once; returns (offset, nbytes)."""
+        loc = self.functions.get(key)
+        if loc is None:
+            blob = blob_factory()
+            off = self.arena.allocate(len(blob))
+            self.arena.writable(off, len(blob))[:] = blob
+            loc = self.functions[key] = (off, len(blob))
+        return loc
+
+    # -- submitting ----------------------------------------------------------------
+
+    def submit(self, fn_key: bytes, fn_loc: tuple[int, int], fn_name: str, args: Sequence,
+               kwargs: dict, num_returns: int, max_retries: int) -> list[ObjectRef]:
+        deps: list[ObjectRef] = []
+        if args:
+            args = list(args)
+            for i, a in enumerate(args):
+                if type(a) is ObjectRef:
+                    deps.append(a)
+                    args[i] = Dep(len(deps) - 1)
+        if kwargs:
+            kwargs = dict(kwargs)
+            for k, a in kwargs.items():
+                if type(a) is ObjectRef:
+                    deps.append(a)
+                    kwargs[k] = Dep(len(deps) - 1)
+        if args or kwargs:
+            with capture_refs() as nested:
+                try:
+                    blob = serialize((tuple(args), kwargs)).to_bytes()
+                except SerializationError:
+                    raise _name_bad_argument(fn_name, args, kwargs) from None
+        else:
+            blob, nested = _EMPTY_ARGS, []
+        task_id = new_task_id()
+        t = _Task()
+        t.task_id = task_id
+        t.return_ids = [return_id(task_id, i) for i in range(num_returns)]
+        t.fn_name = fn_name
+        t.spec = (fn_key, fn_loc[0], fn_loc[1], fn_name, blob, num_returns)
+        t.deps = deps
+        t.held = nested
+        t.spec_block = None
+        t.record = None
+        t.attempt = 0
+        t.max_retries = max_retries
+        with self._lock:
+            refs = []
+            for rid in t.return_ids:
+                self.table[rid] = [1, None, None, None]
+                refs.append(ObjectRef(rid, self.slot, self, True))
+            self.tasks[task_id] = t
+            pending = 0
+            for d in deps:
+                if self._loc_of(d) is None:
+                    pending += 1
+                    self.waiting.setdefault(d._id, []).append(t)
+            t.pending = pending
+            if not pending:
+                self._push(t)
+        return refs
+
+    def _push(self, t: _Task) -> None:
+        """Build the task's record (dependencies are ready now) and push it."""
+        fn_key, fn_off, fn_len, fn_name, blob, nret = t.spec
+        dep_locs = [self._loc_of(d) for d in t.deps]
+        body = pickle.dumps((fn_key, fn_off, fn_len, fn_name, blob, dep_locs, nret), 5)
+        if len(body) + RECORD_HEADER.size > self.deque.max_payload:
+            off = self.arena.allocate(len(body))
+            self.arena.writable(off, len(body))[:] = body
+            t.spec_block = off
+            rec = RECORD_HEADER.pack(1, self.slot, t.task_id) + _ARENA_SPEC.pack(off, len(body))
+        else:
+            rec = RECORD_HEADER.pack(0, self.slot, t.task_id) + body
+        t.record = rec
+        if self.backlog or not self.deque.push(rec):
+            self.backlog.append(rec)
+            self._flush_backlog()
+        self.segment.notify_work(1)
+
+    def _flush_backlog(self) -> None:
+        if not self.backlog:
+            return
+        batch = list(self.backlog)
+        n = self.deque.push_many(batch)
+        for _ in range(n):
+            self.backlog.popleft()
+        if n:
+            self.segment.notify_work(n)
+
+    # -- completions ---------------------------------------------------------------
+
+    def poll(self) -> int:
+        """Handle what arrived in the inbox, dropped refs and the backlog; returns the
+        number of messages handled (0 when another thread is polling)."""
+        if not self._poll_lock.acquire(blocking=False):
+            return 0
+        try:
+            msgs = self.inbox.drain()
+            with self._lock:
+                for m in msgs:
+                    self._handle(pickle.loads(m))
+                if self.dead_refs:
+                    self._process_dead()
+                if self.backlog:
+                    self._flush_backlog()
+            return len(msgs)
+        finally:
+            self._poll_lock.release()
+
+    def _handle(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == MSG_DONE:
+            _, task_id, status, payload = msg
+            t = self.tasks.pop(task_id, None)
+            if t is None:  # a duplicate (task retried after a crash that came too late)
+                if status == OK:
+                    for loc in payload:
+                        if loc[0] == "a":
+                            self.arena.release(loc[1])
+                return
+            if status == OK:
+                locs = payload
+            else:
+                locs = [("e", payload)] * len(t.return_ids)
+            self._finish(t, locs)
+        elif kind == MSG_CRASHED:
+            _, task_id, detail = msg
+            t = self.tasks.get(task_id)
+            if t is None:
+                return
+            if t.attempt < t.max_retries:
+                t.attempt += 1
+                self.backlog.append(t.record)
+                self._flush_backlog()
+                return
+            del self.tasks[task_id]
+            err = WorkerCrashedError(
+                f"the worker running {t.fn_name} died ({detail}); the task was tried "
+                f"{t.attempt + 1} time(s) (max_retries={t.max_retries}). If the task uses "
+                f"too much memory or crashes natively, fix it or raise max_retries."
+            )
+            self._finish(t, [("e", error_payload(err, t.fn_name))] * len(t.return_ids))
+        elif kind == MSG_REQUEST:
+            _, object_id, reply_slot = msg
+            e = self.table.get(object_id)
+            if e is None:
+                self._reply(reply_slot, object_id, ("e", error_payload(ObjectLostError(
+                    f"object {object_id.hex()} was freed by its owner"), "get")))
+            elif e[1] is not None:
+                self._reply(reply_slot, object_id, e[1])
+            else:
+                if e[2] is None:
+                    e[2] = []
+                e[2].append(reply_slot)
+        elif kind == MSG_OBJECT:
+            _, object_id, loc = msg
+            self.borrowed[object_id] = loc
+
+    def _finish(self, t: _Task, locs: list) -> None:
+        for rid, loc in zip(t.return_ids, locs):
+            e = self.table.get(rid)
+            if e is None:  # every ref was dropped before the result came
+                if loc[0] == "a":
+                    self.arena.release(loc[1])
+                continue
+            e[1] = loc
+            if e[2]:
+                for s in e[2]:
+                    self._reply(s, rid, loc)
+                e[2] = None
+            for w in self.waiting.pop(rid, ()):
+                w.pending -= 1
+                if w.pending == 0:
+                    self._push(w)
+        if t.spec_block is not None:
+            self.arena.release(t.spec_block)
+            t.spec_block = None
+        t.deps = t.held = None
+
+    def _reply(self, slot: int, object_id: bytes, loc) -> None:
+        msg = pickle.dumps((MSG_OBJECT, object_id, loc), 5)
+        while not self.segment.inboxes[slot].put(msg):
+            time.sleep(0.0005)
+
+    def _process_dead(self) -> None:
+        table, arena = self.table, self.arena
+        while self.dead_refs:
+            oid = self.dead_refs.popleft()
+            e = table.get(oid)
+            if e is None:
+                continue
+            e[0] -= 1
+            if e[0] <= 0:
+                del table[oid]
+                loc = e[1]
+                if loc is not None and loc[0] == "a":
+                    arena.release(loc[1])
+
+    # -- get and wait --------------------------------------------------------------
+
+    def _loc_of(self, ref: ObjectRef):
+        e = self.table.get(ref._id)
+        if e is not None:
+            return e[1]
+        loc = self.borrowed.get(ref._id)
+        if loc is None and ref._id not in self.requested and not ref._owned:
+            self.requested.add(ref._id)
+            msg = pickle.dumps((MSG_REQUEST, ref._id, self.slot), 5)
+            while not self.segment.inboxes[ref._owner_slot].put(msg):
+                time.sleep(0.0005)
+        return loc
+
+    def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
+             ) -> list[bool]:
+        """Block until ``num_returns`` of ``refs`` are ready or ``timeout`` passes; returns
+        which are ready."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        n = len(refs)
+        ready = [False] * n
+        pending = list(range(n))
+        count = 0
+        changed = True
+        self._getters += 1
+        try:
+            spin_end = time.monotonic() + self._spin
+            nap = 0.0001
+            while True:
+                if changed:
+                    with self._lock:
+                        still = []
+                        for i in pending:
+                            if self._loc_of(refs[i]) is not None:
+                                ready[i] = True
+                                count += 1
+                            else:
+                                still.append(i)
+                        pending = still
+                    if count >= num_returns:
+                        return ready
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    return ready
+                changed = self.poll() > 0 or self._getters > 1
+                if changed or now < spin_end:
+                    continue
+                left = 0.05 if deadline is None else max(0.0, min(deadline - now, 0.05))
+                if len(pending) > 1 and num_returns - count > 1:
+                    time.sleep(min(nap, left))  # many results to come: batch them
+                    nap = min(nap * 2, 0.002)
+                else:
+                    self.inbox.park(left if self._getters == 1 else min(left, 0.002))
+                changed = True
+        finally:
+            self._getters -= 1
+
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
+        ready = self.wait(refs, len(refs), timeout)
+        if not all(ready):
+            missing = ready.count(False)
+            raise GetTimeoutError(
+                f"get() timed out after {timeout} s with {missing} of {len(refs)} objects "
+                f"not ready. Raise timeout=, or use repartir.wait() to take what is ready."
+            )
+        with self._lock:
+            locs = [self._loc_of(r) for r in refs]
+        return [self.value(loc) for loc in locs]
+
+    # -- statistics ------------------------------------------------------------------
+
+    def num_objects(self) -> int:
+        return len(self.table)
+
+    def tasks_in_flight(self) -> int:
+        return len(self.tasks)
+
+
+def _name_bad_argument(fn_name: str, args: Sequence, kwargs: dict) -> SerializationError:
+    for i, a in enumerate(args):
+        try:
+            serialize(a)
+        except SerializationError as exc:
+            return SerializationError(
+                f"argument {i} of {fn_name}() ({type(a).__qualname__}) cannot be serialized: "
+                f"{exc.__cause__}. Pass something picklable, or create it inside the task."
+            )
+    for k, a in kwargs.items():
+        try:
+            serialize(a)
+        except SerializationError as exc:
+            return SerializationError(
+                f"keyword argument {k!r} of {fn_name}() ({type(a).__qualname__}) cannot be "
+                f"serialized: {exc.__cause__}. Pass something picklable, or create it inside "
+                f"the task."
+            )
+    return SerializationError(f"the arguments of {fn_name}() cannot be serialized")
+

@@ -1,0 +1,229 @@
+"""The composition root of one machine: session, shared memory, worker processes.
+
+``Node.start`` makes the session directory (``/tmp/repartir/session_<time>_<pid>/`` with
+``session.json`` and the workers' logs), creates the scheduler segment and the arena in
+``/dev/shm`` and **unlinks them at once**: every process of the node holds them through
+inherited file descriptors, so nothing of the session can outlive its processes, even after
+``SIGKILL`` of the driver.  It then starts the workers, and a monitor thread per worker that
+reports a worker's death to the owner of the task it was running and starts a replacement.
+
+Start-up also sweeps away what dead sessions left (their directories and any
+``/dev/shm/repartir-<session>-*`` name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import mmap
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from ..config import Config, shm_free_bytes
+from ..errors import ObjectStoreFullError
+from ..scheduler.segment import Segment, SlotState, segment_bytes
+from ..store.arena import Arena
+from .core import MSG_CRASHED, RECORD_HEADER
+
+__all__ = ["Node"]
+
+_SHM_PREFIX = "repartir-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_dead_sessions(temp_dir: str, shm_dir: str) -> None:
+    """Remove directories and shared memory of sessions whose driver is gone."""
+    try:
+        entries = os.listdir(temp_dir)
+    except OSError:
+        return
+    for name in entries:
+        if not name.startswith("session_"):
+            continue
+        path = os.path.join(temp_dir, name)
+        try:
+            with open(os.path.join(path, "session.json")) as f:
+                pid = json.load(f)["pid"]
+        except (OSError, ValueError, KeyError):
+            pid = int(name.rsplit("_", 1)[-1]) if name.rsplit("_", 1)[-1].isdigit() else 0
+        if pid and _pid_alive(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        session = name[len("session_"):]
+        try:
+            for f in os.listdir(shm_dir):
+                if f.startswith(f"{_SHM_PREFIX}{session}-"):
+                    os.unlink(os.path.join(shm_dir, f))
+        except OSError:
+            pass
+
+
+def _create_shm(shm_dir: str, name: str, size: int) -> int:
+    path = os.path.join(shm_dir, name)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.unlink(path)  # held by descriptors only from now on
+        os.ftruncate(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class Node:
+    """The local node: owns the shared memory and the worker processes."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.session = f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
+        self.session_dir = os.path.join(config.temp_dir, f"session_{self.session}")
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.life_r = self.life_w = -1
+        self.stopping = False
+        self._lock = threading.Lock()
+
+    # -- start -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        os.makedirs(cfg.temp_dir, exist_ok=True)
+        sweep_dead_sessions(cfg.temp_dir, cfg.shm_dir)
+        self._check_shm(cfg)
+        os.makedirs(self.session_dir)
+        self.nslots = cfg.max_workers + 2  # the driver, workers up to the cap, one spare
+        sched_size = segment_bytes(self.nslots, cfg.deque_capacity, cfg.inbox_bytes)
+        self.sched_fd = _create_shm(cfg.shm_dir, f"{_SHM_PREFIX}{self.session}-sched",
+                                    sched_size)
+        self.arena_fd = _create_shm(cfg.shm_dir, f"{_SHM_PREFIX}{self.session}-arena",
+                                    cfg.object_store_memory)
+        self.sched_size = sched_size
+        self.segment = Segment(mmap.mmap(self.sched_fd, sched_size), self.nslots,
+                               cfg.deque_capacity, cfg.inbox_bytes, create=True)
+        self.arena = Arena(self.arena_fd, cfg.object_store_memory, create=True)
+        self.segment.claim_slot(SlotState.DRIVER, os.getpid(), 0)
+        self.life_r, self.life_w = os.pipe()
+        os.set_inheritable(self.life_r, False)
+        with open(os.path.join(self.session_dir, "session.json"), "w") as f:
+            json.dump({"pid": os.getpid(), "session": self.session,
+                       "num_cpus": cfg.num_cpus,
+                       "object_store_memory": cfg.object_store_memory}, f)
+        for i in range(cfg.num_cpus):
+            self._spawn(i + 1)
+
+    def _check_shm(self, cfg: Config) -> None:
+        try:
+            free = shm_free_bytes(cfg.shm_dir)
+        except OSError as exc:
+            raise ObjectStoreFullError(
+                f"cannot use {cfg.shm_dir} for the object store ({exc.strerror}); set "
+                f"REPARTIR_SHM_DIR to a tmpfs directory") from None
+        if free < cfg.object_store_memory:
+            raise ObjectStoreFullError(
+                f"{cfg.shm_dir} has {free / 2**20:,.0f} MiB free but the object store asks "
+                f"for {cfg.object_store_memory / 2**20:,.0f} MiB. Pass a smaller "
+                f"object_store_memory= to init() (or REPARTIR_OBJECT_STORE_MEMORY), or give "
+                f"{cfg.shm_dir} more room (e.g. `docker run --shm-size=...`).")
+
+    def _spawn(self, slot: int) -> None:
+        cfg = self.config
+        spec = {
+            "slot": slot,
+            "session": self.session,
+            "sched_fd": self.sched_fd,
+            "sched_size": self.sched_size,
+            "arena_fd": self.arena_fd,
+            "arena_size": cfg.object_store_memory,
+            "life_fd": self.life_r,
+            "config": dataclasses.asdict(cfg),
+            "sys_path": [p if p else os.getcwd() for p in sys.path],
+            "cwd": os.getcwd(),
+        }
+        env = dict(os.environ, REPARTIR_WORKER_SPEC=json.dumps(spec))
+        log = open(os.path.join(self.session_dir, f"worker-{slot}.log"), "ab")
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "repartir.runtime.worker", self.session],
+                pass_fds=(self.sched_fd, self.arena_fd, self.life_r),
+                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                close_fds=True,
+            )
+        finally:
+            log.close()
+        self.segment.claim_slot(SlotState.WORKER, proc.pid, slot)
+        with self._lock:
+            self.procs[slot] = proc
+        threading.Thread(target=self._watch, args=(slot, proc), daemon=True,
+                         name=f"repartir-watch-{slot}").start()
+
+    # -- faults ----------------------------------------------------------------------
+
+    def _watch(self, slot: int, proc: subprocess.Popen) -> None:
+        code = proc.wait()
+        if self.stopping or self.segment.shutting_down:
+            return
+        rec = self.segment.current(slot)
+        self.segment.set_current(slot, None)
+        self.segment.set_slot_state(slot, SlotState.DEAD)
+        with self._lock:
+            if self.procs.get(slot) is proc:
+                del self.procs[slot]
+        if rec is not None:
+            _, owner, task_id = RECORD_HEADER.unpack_from(rec, 0)
+            detail = (f"killed by signal {signal.Signals(-code).name}" if code < 0
+                      else f"exit code {code}")
+            msg = __import__("pickle").dumps((MSG_CRASHED, task_id, detail), 5)
+            inbox = self.segment.inboxes[owner]
+            while not inbox.put(msg) and not self.stopping:
+                time.sleep(0.001)
+        # tasks it had stolen into its own deque go back to the driver's deque
+        leftovers = self.segment.deques[slot].remove_if(lambda r: True)
+        if leftovers:
+            self.segment.deques[0].push_many(leftovers)
+            self.segment.notify_work(len(leftovers))
+        if not self.stopping:
+            self._spawn(slot)
+
+    # -- stop ------------------------------------------------------------------------
+
+    def worker_pids(self) -> list[int]:
+        with self._lock:
+            return [p.pid for p in self.procs.values()]
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the workers (asked, then killed after ``timeout``), unmap, remove the
+        session directory."""
+        self.stopping = True
+        self.segment.begin_shutdown()
+        if self.life_w >= 0:
+            os.close(self.life_w)  # the workers see end-of-file and leave
+            self.life_w = -1
+        with self._lock:
+            procs = list(self.procs.values())
+        end = time.monotonic() + timeout
+        for p in procs:
+            try:
+                p.wait(max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for fd in (self.life_r, self.sched_fd, self.arena_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.arena.close()
+        shutil.rmtree(self.session_dir, ignore_errors=True)

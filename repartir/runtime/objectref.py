@@ -1,0 +1,86 @@
+"""``ObjectRef``: a future for an object in the store.
+
+The process that creates a ref (by ``put`` or by submitting the task that computes it) is the
+object's **owner** and counts its refs: each ``ObjectRef`` instance in the owner holds one
+count, dropped when the instance is garbage-collected.  A ref pickled into another process
+(nested in a task's argument, say) arrives there as a *borrowed* ref that carries its owner's
+slot and, when the value was ready, its location, so ``get`` on it needs no round trip.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+__all__ = ["ObjectRef", "capture_refs"]
+
+_capture = threading.local()
+
+
+class ObjectRef:
+    """A reference to an object that is, or will be, in the store.
+
+    Hashable and comparable by id.  ``repartir.get(ref)`` waits for the value.
+    """
+
+    __slots__ = ("_id", "_owner_slot", "_client", "_owned", "__weakref__")
+
+    def __init__(self, object_id: bytes, owner_slot: int, client: Any, owned: bool) -> None:
+        self._id = object_id
+        self._owner_slot = owner_slot
+        self._client = client
+        self._owned = owned
+
+    def binary(self) -> bytes:
+        """The 16-byte object id."""
+        return self._id
+
+    def hex(self) -> str:
+        return self._id.hex()
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other._id == self._id
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id.hex()})"
+
+    def __del__(self) -> None:
+        if self._owned:
+            try:
+                self._client.dead_refs.append(self._id)
+            except AttributeError:  # interpreter shutdown
+                pass
+
+    def __reduce__(self):
+        client = self._client
+        loc = client.location_for_export(self._id) if client is not None else None
+        refs = getattr(_capture, "refs", None)
+        if refs is not None:
+            refs.append(self)  # the submitting task keeps the object alive while it runs
+        return (_rebuild, (self._id, self._owner_slot, loc))
+
+
+def _rebuild(object_id: bytes, owner_slot: int, loc) -> ObjectRef:
+    from . import context
+
+    client = context.current_client()
+    if client is not None and client.slot == owner_slot and client.owns(object_id):
+        return client.make_ref(object_id)
+    if client is not None and loc is not None:
+        client.note_borrowed(object_id, loc)
+    return ObjectRef(object_id, owner_slot, client, False)
+
+
+class capture_refs:
+    """Context manager collecting every ObjectRef pickled in this thread meanwhile."""
+
+    def __enter__(self) -> list:
+        self.prev = getattr(_capture, "refs", None)
+        _capture.refs = []
+        return _capture.refs
+
+    def __exit__(self, *exc) -> None:
+        _capture.refs = self.prev

@@ -1,0 +1,186 @@
+"""The scheduler segment: the node's control block in shared memory.
+
+One file per node (``/dev/shm/repartir-<session>-sched``), mapped by every process::
+
+    0      header (4 KiB): magic, slot count, shutdown flag, work eventcount, mutex
+    4096   slot 0 (the driver) | slot 1 | ... | slot N-1
+
+and each slot, owned by one process, holds::
+
+    slot header (1 KiB): state, pid, the record of the task it runs now
+    deque    (see :mod:`.deque`): tasks this process submitted or stole
+    inbox    (see :mod:`.mailbox`): completions of the tasks this process owns
+
+The **work eventcount** (``work_seq`` + ``sleepers``) lets idle processes park: a sleeper
+registers and reads ``work_seq`` under the segment mutex, re-checks every deque, then
+``futex_wait``s; a pusher that sees sleepers bumps ``work_seq`` and wakes one per task.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ..sync import RobustMutex, address_of, futex_wait, futex_wake
+from .deque import TaskDeque, deque_bytes
+from .mailbox import Inbox, inbox_bytes
+
+__all__ = ["Segment", "SlotState", "segment_bytes", "RECORD_SIZE"]
+
+_MAGIC = 0x7265_7061_7363_6864
+_HEADER = 4096
+_SLOT_HEADER = 1024
+RECORD_SIZE = 512
+_H = struct.Struct("<QIIIIIIIIQ")
+# magic nslots active shutdown work_seq sleepers spinners deque_cap record_size inbox_size
+_SHUTDOWN_OFF, _WORK_SEQ_OFF, _SLEEPERS_OFF, _SPINNERS_OFF = 16, 20, 24, 28
+_MUTEX_OFF = 128
+_SLOT = struct.Struct("<IIII")  # state pid current_len spinning
+_CURRENT_OFF = 512
+
+
+class SlotState:
+    FREE = 0
+    DRIVER = 1
+    WORKER = 2
+    DEAD = 3
+
+
+def _stride(deque_capacity: int, inbox_size: int) -> int:
+    n = _SLOT_HEADER + deque_bytes(deque_capacity, RECORD_SIZE) + inbox_bytes(inbox_size)
+    return (n + 4095) & ~4095
+
+
+def segment_bytes(nslots: int, deque_capacity: int, inbox_size: int) -> int:
+    return _HEADER + nslots * _stride(deque_capacity, inbox_size)
+
+
+class Segment:
+    """A mapping of the scheduler segment; ``create`` initialises it (the node only)."""
+
+    def __init__(self, mm, nslots: int = 0, deque_capacity: int = 0, inbox_size: int = 0,
+                 create: bool = False) -> None:
+        self.mm = mm
+        if create:
+            _H.pack_into(mm, 0, _MAGIC, nslots, 0, 0, 0, 0, 0, deque_capacity, RECORD_SIZE,
+                         inbox_size)
+            RobustMutex(address_of(mm, _MUTEX_OFF)).initialize()
+        h = _H.unpack_from(mm, 0)
+        if h[0] != _MAGIC:
+            raise RuntimeError("the scheduler segment does not hold a repartir segment")
+        self.nslots, self.deque_capacity, self.inbox_size = h[1], h[7], h[9]
+        self.mutex = RobustMutex(address_of(mm, _MUTEX_OFF))
+        self._work_seq_addr = address_of(mm, _WORK_SEQ_OFF)
+        self._stride = _stride(self.deque_capacity, self.inbox_size)
+        self.deques = []
+        self.inboxes = []
+        for i in range(self.nslots):
+            base = _HEADER + i * self._stride
+            self.deques.append(TaskDeque(mm, base + _SLOT_HEADER, self.deque_capacity,
+                                         RECORD_SIZE, create))
+            self.inboxes.append(Inbox(mm, base + _SLOT_HEADER
+                                      + deque_bytes(self.deque_capacity, RECORD_SIZE),
+                                      self.inbox_size, create))
+
+    # -- header ----------------------------------------------------------------------
+
+    def _u32(self, off: int) -> int:
+        return struct.unpack_from("<I", self.mm, off)[0]
+
+    @property
+    def active_slots(self) -> int:
+        """One more than the highest slot index ever claimed."""
+        return self._u32(12)
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._u32(_SHUTDOWN_OFF) != 0
+
+    def begin_shutdown(self) -> None:
+        struct.pack_into("<I", self.mm, _SHUTDOWN_OFF, 1)
+        with self.mutex:
+            seq = self._u32(_WORK_SEQ_OFF)
+            struct.pack_into("<I", self.mm, _WORK_SEQ_OFF, (seq + 1) & 0xFFFFFFFF)
+        futex_wake(self._work_seq_addr, 1 << 30)
+
+    # -- slots -----------------------------------------------------------------------
+
+    def slot_offset(self, index: int) -> int:
+        return _HEADER + index * self._stride
+
+    def claim_slot(self, state: int, pid: int, index: int | None = None) -> int:
+        """Claim a free slot (or ``index``) for process ``pid``; returns its index."""
+        with self.mutex:
+            candidates = [index] if index is not None else range(self.nslots)
+            for i in candidates:
+                off = self.slot_offset(i)
+                st = _SLOT.unpack_from(self.mm, off)[0]
+                if st in (SlotState.FREE, SlotState.DEAD) or index is not None:
+                    _SLOT.pack_into(self.mm, off, state, pid, 0, 0)
+                    if i + 1 > self.active_slots:
+                        struct.pack_into("<I", self.mm, 12, i + 1)
+                    return i
+        raise RuntimeError(f"all {self.nslots} process slots of the node are in use")
+
+    def slot_state(self, index: int) -> tuple[int, int]:
+        st, pid, _, _ = _SLOT.unpack_from(self.mm, self.slot_offset(index))
+        return st, pid
+
+    def set_slot_state(self, index: int, state: int) -> None:
+        struct.pack_into("<I", self.mm, self.slot_offset(index), state)
+
+    def set_current(self, index: int, record: bytes | None) -> None:
+        """Record the task record the slot's process runs now (``None``: idle)."""
+        off = self.slot_offset(index)
+        if record is None:
+            struct.pack_into("<I", self.mm, off + 8, 0)
+        else:
+            self.mm[off + _CURRENT_OFF:off + _CURRENT_OFF + len(record)] = record
+            struct.pack_into("<I", self.mm, off + 8, len(record))
+
+    def current(self, index: int) -> bytes | None:
+        off = self.slot_offset(index)
+        n = struct.unpack_from("<I", self.mm, off + 8)[0]
+        return bytes(self.mm[off + _CURRENT_OFF:off + _CURRENT_OFF + n]) if n else None
+
+    # -- the work eventcount -----------------------------------------------------------
+
+    def queued(self) -> int:
+        """Records in all deques (a hint: read without locks)."""
+        return sum(len(self.deques[i]) for i in range(self.active_slots))
+
+    def notify_work(self, count: int = 1) -> None:
+        """Called after pushing ``count`` records: wake sleepers, if any."""
+        if self._u32(_SLEEPERS_OFF) == 0:
+            return
+        with self.mutex:
+            seq = self._u32(_WORK_SEQ_OFF)
+            struct.pack_into("<I", self.mm, _WORK_SEQ_OFF, (seq + 1) & 0xFFFFFFFF)
+        futex_wake(self._work_seq_addr, count)
+
+    def try_start_spinning(self, max_spinners: int) -> bool:
+        """Register as a spinner unless ``max_spinners`` already spin (never more spinners
+        than cores: a spinner would steal the CPU from the process that has the work)."""
+        with self.mutex:
+            n = self._u32(_SPINNERS_OFF)
+            if n >= max_spinners:
+                return False
+            struct.pack_into("<I", self.mm, _SPINNERS_OFF, n + 1)
+            return True
+
+    def stop_spinning(self) -> None:
+        with self.mutex:
+            n = self._u32(_SPINNERS_OFF)
+            struct.pack_into("<I", self.mm, _SPINNERS_OFF, max(n - 1, 0))
+
+    def park_for_work(self, has_work, timeout: float) -> None:
+        """Sleep until work may be there (``has_work()`` re-checked after registering)."""
+        with self.mutex:
+            seq = self._u32(_WORK_SEQ_OFF)
+            struct.pack_into("<I", self.mm, _SLEEPERS_OFF, self._u32(_SLEEPERS_OFF) + 1)
+        try:
+            if not has_work() and not self.shutting_down:
+                futex_wait(self._work_seq_addr, seq, timeout)
+        finally:
+            with self.mutex:
+                n = self._u32(_SLEEPERS_OFF)
+                struct.pack_into("<I", self.mm, _SLEEPERS_OFF, max(n - 1, 0))

@@ -1,0 +1,218 @@
+"""Serialization of values, task arguments and errors.
+
+Code (functions, classes, closures) goes through ``cloudpickle``; data through pickle
+protocol 5 with **out-of-band buffers** (PEP 574): a numpy array (not object dtype) or an
+Arrow buffer is not copied into the pickle stream but written once, 64-byte aligned, beside
+it.  Reading it back hands pickle ``memoryview`` slices of the same bytes, so the array is a
+zero-copy, read-only view (as in Ray).
+
+A serialized object is one contiguous *blob*::
+
+    u32 nbuf | u32 meta_len | nbuf x (u64 offset, u64 length) | meta (pickle) | pad | buf0 | pad | buf1 ...
+
+Offsets are from the blob's start; buffers start on 64-byte boundaries so SIMD loads on the
+views stay aligned when the blob itself is.  Exact lengths are recorded, never a page-rounded
+size.  Small blobs travel inline in task and completion records; large ones are written into
+the object store's arena (see :mod:`repartir.store`).
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from .errors import SerializationError, TaskError
+
+__all__ = [
+    "Serialized",
+    "serialize",
+    "deserialize",
+    "dumps_code",
+    "loads",
+    "error_payload",
+    "error_from_payload",
+]
+
+_ALIGN = 64
+_HEAD = struct.Struct("<II")
+_ENTRY = struct.Struct("<QQ")
+_SIMPLE = (int, float, str, bytes, bool, type(None), complex)
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) & ~(_ALIGN - 1)
+
+
+def _plain_picklable(value: Any, depth: int = 0) -> bool:
+    """True when plain pickle is safe and faster than cloudpickle: builtin scalars, numpy
+    arrays of non-object dtype, and small builtin containers of those.  Anything else (user
+    classes, functions, objects from ``__main__``) goes through cloudpickle, which pickles
+    what the worker cannot import by value."""
+    t = type(value)
+    if t in _SIMPLE:
+        return True
+    if depth > 2:
+        return False
+    if t is tuple or t is list:
+        return len(value) <= 64 and all(_plain_picklable(v, depth + 1) for v in value)
+    if t is dict:
+        return len(value) <= 64 and all(
+            type(k) in _SIMPLE and _plain_picklable(v, depth + 1) for k, v in value.items()
+        )
+    mod = t.__module__
+    if mod == "numpy" and t.__name__ == "ndarray":
+        return value.dtype.hasobject is False
+    if mod.startswith("numpy") and t.__name__ not in ("ndarray",):
+        return hasattr(value, "dtype") and not value.dtype.hasobject  # numpy scalars
+    if mod.startswith("repartir."):
+        return True
+    return False
+
+
+class Serialized:
+    """A value turned into pickle bytes plus out-of-band buffers, ready to be written.
+
+    Attributes:
+        meta: the pickle stream (bytes).
+        buffers: raw ``memoryview``s (format ``B``) of the out-of-band buffers.
+        nbytes: exact size in bytes of the blob :meth:`write_into` writes.
+    """
+
+    __slots__ = ("meta", "buffers", "nbytes", "_offsets")
+
+    def __init__(self, meta: bytes, buffers: list[memoryview]) -> None:
+        self.meta = meta
+        self.buffers = buffers
+        pos = _HEAD.size + _ENTRY.size * len(buffers) + len(meta)
+        offsets = []
+        for b in buffers:
+            pos = _align(pos)
+            offsets.append(pos)
+            pos += b.nbytes
+        self._offsets = offsets
+        self.nbytes = pos
+
+    def write_into(self, dst: memoryview) -> None:
+        """Write the blob into ``dst`` (writable, at least :attr:`nbytes` long)."""
+        nbuf = len(self.buffers)
+        _HEAD.pack_into(dst, 0, nbuf, len(self.meta))
+        pos = _HEAD.size
+        for off, b in zip(self._offsets, self.buffers):
+            _ENTRY.pack_into(dst, pos, off, b.nbytes)
+            pos += _ENTRY.size
+        dst[pos:pos + len(self.meta)] = self.meta
+        for off, b in zip(self._offsets, self.buffers):
+            _copy(dst, off, b)
+
+    def to_bytes(self) -> bytes:
+        if not self.buffers:
+            return _HEAD.pack(0, len(self.meta)) + self.meta
+        out = bytearray(self.nbytes)
+        self.write_into(memoryview(out))
+        return bytes(out)
+
+
+def _copy(dst: memoryview, off: int, src: memoryview) -> None:
+    n = src.nbytes
+    if n >= 1 << 20:
+        try:  # numpy's copy releases the GIL and is faster than a memoryview slice assignment
+            import numpy as np
+
+            np.copyto(np.frombuffer(dst, np.uint8, n, off), np.frombuffer(src, np.uint8))
+            return
+        except ImportError:
+            pass
+    dst[off:off + n] = src
+
+
+def serialize(value: Any, what: str = "value") -> Serialized:
+    """Serialize ``value`` (any picklable object).
+
+    Raises:
+        SerializationError: ``value`` cannot be pickled; the message names ``what``.
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        if _plain_picklable(value):
+            meta = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        else:
+            meta = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception as exc:
+        raise SerializationError(
+            f"{what} of type {type(value).__module__}.{type(value).__qualname__} cannot be "
+            f"serialized: {exc}. Pass something picklable (or create it inside the task)."
+        ) from exc
+    raws = []
+    for b in buffers:
+        try:
+            raws.append(b.raw())
+        except BufferError:  # non-contiguous exporter: copy it
+            raws.append(memoryview(bytes(b)))
+    return Serialized(meta, raws)
+
+
+def deserialize(blob: memoryview) -> Any:
+    """Rebuild a value from a blob; out-of-band buffers become slices of ``blob``, so pass a
+    read-only view whose exporter stays alive as long as the slices do."""
+    nbuf, meta_len = _HEAD.unpack_from(blob, 0)
+    pos = _HEAD.size
+    if nbuf == 0:
+        return pickle.loads(blob[pos:pos + meta_len])
+    bufs = []
+    for _ in range(nbuf):
+        off, length = _ENTRY.unpack_from(blob, pos)
+        pos += _ENTRY.size
+        bufs.append(blob[off:off + length])
+    return pickle.loads(blob[pos:pos + meta_len], buffers=bufs)
+
+
+def dumps_code(obj: Any, what: str) -> bytes:
+    """cloudpickle ``obj`` (a function or class), naming ``what`` on failure."""
+    try:
+        return cloudpickle.dumps(obj, protocol=5)
+    except Exception as exc:
+        raise SerializationError(f"{what} cannot be serialized: {exc}") from exc
+
+
+loads = pickle.loads
+
+
+def error_payload(exc: BaseException, function_name: str) -> bytes:
+    """What a worker sends back when a task raised ``exc``: the pickled exception when it
+    pickles, plus its type name, message and formatted traceback as plain strings, so the
+    owner can report it even when the exception cannot be unpickled there."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        pickled = cloudpickle.dumps(exc, protocol=5)
+    except Exception:
+        pickled = None
+    t = type(exc)
+    return pickle.dumps(
+        (pickled, f"{t.__module__}.{t.__qualname__}", _safe_str(exc), tb, function_name),
+        protocol=5,
+    )
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"
+
+
+def error_from_payload(payload: bytes) -> TaskError:
+    """The :class:`TaskError` ``get`` raises for a payload made by :func:`error_payload`."""
+    pickled, type_name, message, tb, function_name = pickle.loads(payload)
+    cause = None
+    if pickled is not None:
+        try:
+            cause = pickle.loads(pickled)
+        except Exception:
+            cause = None
+    if isinstance(cause, TaskError):  # a nested task's error re-raised: keep it whole
+        return cause
+    return TaskError.build(function_name, type_name, message, tb, cause)
