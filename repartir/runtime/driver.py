@@ -124,8 +124,8 @@ def _pump_loop(client: CoreClient) -> None:
 
 def client() -> CoreClient:
     """This process's client, starting a local node first if needed (implicit ``init``)."""
-    c = context.current_client()
-    if c is not None and (c is not _client or is_initialized()):
+    c = context._client
+    if c is not None:
         return c
     with _lock:
         if not is_initialized():
@@ -166,4 +166,12 @@ def worker_pids() -> list[int]:
     return _node.worker_pids() if _node is not None else []
 
 
+def _after_fork_in_child() -> None:
+    """A forked child shares nothing of the parent's node: it must call init() itself."""
+    global _node, _client, _pump
+    _node = _client = _pump = None
+    context.set_client(None)
+
+
 atexit.register(shutdown)
+os.register_at_fork(after_in_child=_after_fork_in_child)

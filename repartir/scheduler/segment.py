@@ -149,13 +149,16 @@ class Segment:
         return sum(len(self.deques[i]) for i in range(self.active_slots))
 
     def notify_work(self, count: int = 1) -> None:
-        """Called after pushing ``count`` records: wake sleepers, if any."""
-        if self._u32(_SLEEPERS_OFF) == 0:
+        """Called after pushing ``count`` records: wake sleepers, if any, unless enough
+        processes spin to take the work (a spinner re-checks the deques after it stops
+        spinning and before it sleeps, so skipping the wake-up loses nothing)."""
+        sleepers, spinners = struct.unpack_from("<II", self.mm, _SLEEPERS_OFF)
+        if sleepers == 0 or count <= spinners:
             return
         with self.mutex:
             seq = self._u32(_WORK_SEQ_OFF)
             struct.pack_into("<I", self.mm, _WORK_SEQ_OFF, (seq + 1) & 0xFFFFFFFF)
-        futex_wake(self._work_seq_addr, count)
+        futex_wake(self._work_seq_addr, count - spinners)
 
     def try_start_spinning(self, max_spinners: int) -> bool:
         """Register as a spinner unless ``max_spinners`` already spin (never more spinners
