@@ -164,7 +164,8 @@ def available_resources() -> dict:
     """Resources not in use now: CPUs of idle workers, free arena bytes."""
     c = _driver.client()
     seg = c.segment
-    busy = sum(1 for i in range(1, seg.active_slots) if seg.current(i) is not None)
+    busy = sum(1 for i in range(1, seg.active_slots)
+               if seg.running(i) and not seg.blocked(i))
     stats = c.arena.statistics()
     return {"CPU": float(max(c.config.num_cpus - busy, 0)),
             "object_store_memory": float(stats.capacity - stats.used_bytes)}

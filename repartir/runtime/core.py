@@ -86,6 +86,8 @@ class CoreClient:
         self._lock = threading.RLock()
         self._poll_lock = threading.Lock()
         self._getters = 0
+        self._local = threading.local()
+        self.helper = None  # in a worker: runs one queued task while a get waits
         self._spin = config.spin_us / 1e6
         self.closed = False
 
@@ -365,7 +367,11 @@ class CoreClient:
         pending = list(range(n))
         count = 0
         changed = True
-        self._getters += 1
+        local = self._local
+        outer = not getattr(local, "waiting", False)
+        if outer:  # count threads waiting, not nested waits of one thread
+            local.waiting = True
+            self._getters += 1
         try:
             spin_end = time.monotonic() + self._spin
             nap = 0.0001
@@ -386,17 +392,31 @@ class CoreClient:
                 if deadline is not None and now >= deadline:
                     return ready
                 changed = self.poll() > 0 or self._getters > 1
-                if changed or now < spin_end:
+                if changed:
+                    continue
+                if self.helper is not None and self.helper():
+                    changed = True
+                    spin_end = time.monotonic() + self._spin
+                    continue
+                if now < spin_end:
                     continue
                 left = 0.05 if deadline is None else max(0.0, min(deadline - now, 0.05))
-                if len(pending) > 1 and num_returns - count > 1:
+                if self.helper is not None:  # a worker: lend the CPU, look for work again soon
+                    self.segment.set_blocked(self.slot, True)
+                    try:
+                        self.inbox.park(min(left, 0.001))
+                    finally:
+                        self.segment.set_blocked(self.slot, False)
+                elif len(pending) > 1 and num_returns - count > 1:
                     time.sleep(min(nap, left))  # many results to come: batch them
                     nap = min(nap * 2, 0.002)
                 else:
                     self.inbox.park(left if self._getters == 1 else min(left, 0.002))
                 changed = True
         finally:
-            self._getters -= 1
+            if outer:
+                local.waiting = False
+                self._getters -= 1
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
         ready = self.wait(refs, len(refs), timeout)

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import mmap
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -123,6 +124,7 @@ class Node:
                        "object_store_memory": cfg.object_store_memory}, f)
         for i in range(cfg.num_cpus):
             self._spawn(i + 1)
+        threading.Thread(target=self._supervise, daemon=True, name="repartir-supervisor").start()
 
     def _check_shm(self, cfg: Config) -> None:
         try:
@@ -175,17 +177,20 @@ class Node:
         code = proc.wait()
         if self.stopping or self.segment.shutting_down:
             return
-        rec = self.segment.current(slot)
-        self.segment.set_current(slot, None)
-        self.segment.set_slot_state(slot, SlotState.DEAD)
+        state, _ = self.segment.slot_state(slot)
+        running = self.segment.running(slot)
+        self.segment.clear_running(slot)
+        self.segment.set_blocked(slot, False)
         with self._lock:
             if self.procs.get(slot) is proc:
                 del self.procs[slot]
-        if rec is not None:
-            _, owner, task_id = RECORD_HEADER.unpack_from(rec, 0)
-            detail = (f"killed by signal {signal.Signals(-code).name}" if code < 0
-                      else f"exit code {code}")
-            msg = __import__("pickle").dumps((MSG_CRASHED, task_id, detail), 5)
+        if state == SlotState.FREE and code == 0:  # an extra worker retired
+            return
+        self.segment.set_slot_state(slot, SlotState.DEAD)
+        detail = (f"killed by signal {signal.Signals(-code).name}" if code < 0
+                  else f"exit code {code}")
+        for owner, task_id in running:
+            msg = pickle.dumps((MSG_CRASHED, task_id, detail), 5)
             inbox = self.segment.inboxes[owner]
             while not inbox.put(msg) and not self.stopping:
                 time.sleep(0.001)
@@ -194,8 +199,29 @@ class Node:
         if leftovers:
             self.segment.deques[0].push_many(leftovers)
             self.segment.notify_work(len(leftovers))
-        if not self.stopping:
+        if not self.stopping and slot <= self.config.num_cpus:
             self._spawn(slot)
+
+    def _supervise(self) -> None:
+        """Every few milliseconds: start an extra worker when workers blocked in ``get``
+        leave queued tasks without a CPU (up to ``max_workers`` processes)."""
+        seg, cfg = self.segment, self.config
+        while not self.stopping:
+            time.sleep(0.005)
+            if self.stopping or not seg.queued():
+                continue
+            with self._lock:
+                slots = list(self.procs)
+            blocked = sum(1 for s in slots if seg.blocked(s))
+            if len(slots) - blocked >= cfg.num_cpus or len(slots) >= cfg.max_workers:
+                continue
+            free = next((i for i in range(cfg.num_cpus + 1, self.nslots)
+                         if i not in slots and seg.slot_state(i)[0] != SlotState.WORKER), None)
+            if free is not None:
+                try:
+                    self._spawn(free)
+                except OSError:
+                    pass
 
     # -- stop ------------------------------------------------------------------------
 

@@ -29,13 +29,15 @@ import time
 
 from ..config import Config
 from ..scheduler import policy
-from ..scheduler.segment import Segment, SlotState
+from ..scheduler.segment import MAX_NESTING, Segment, SlotState
 from ..serialization import deserialize, error_payload, serialize
 from ..store.arena import Arena
 from . import context
 from .core import FAILED, MSG_DONE, OK, RECORD_HEADER, CoreClient, Dep, _ARENA_SPEC
 
 __all__ = ["Worker", "main"]
+
+EXTRA_IDLE_S = 2.0  # an extra worker idle this long exits
 
 
 class Worker:
@@ -50,6 +52,9 @@ class Worker:
         self.ncpus = ncpus
         self.max_spinners = policy.max_spinners(ncpus)
         self.spin = client.config.spin_us / 1e6
+        self.extra = self.slot > ncpus  # started to stand in for blocked workers
+        self.last_work = time.monotonic()
+        client.helper = self.help
 
     # -- finding work --------------------------------------------------------------
 
@@ -90,15 +95,33 @@ class Worker:
                 rec = self.steal()
                 if rec is None:
                     self.client.poll()
+                    if self.extra and time.monotonic() - self.last_work > EXTRA_IDLE_S:
+                        seg.set_slot_state(self.slot, SlotState.FREE)  # retire quietly
+                        return
                     self.idle()
                     continue
             self.execute(rec)
 
     # -- running a task ------------------------------------------------------------
 
+    def help(self) -> bool:
+        """Called while a task of this worker waits in ``get``: run one queued task (own
+        deque first, then a stolen one) so that the wait does not idle a CPU or deadlock
+        the node.  ``False`` when there is nothing to run or nesting is too deep."""
+        if len(self.seg.running(self.slot)) >= MAX_NESTING - 1:
+            return False
+        rec = self.own.pop()
+        if rec is None:
+            rec = self.steal()
+            if rec is None:
+                return False
+        self.execute(rec)
+        return True
+
     def execute(self, rec: bytes) -> None:
         kind, owner, task_id = RECORD_HEADER.unpack_from(rec, 0)
-        self.seg.set_current(self.slot, rec)
+        self.seg.push_running(self.slot, owner, task_id)
+        self.last_work = time.monotonic()
         try:
             if kind == 0:
                 body = rec[RECORD_HEADER.size:]
@@ -136,7 +159,7 @@ class Worker:
                 exc = None
             self.send(owner, msg)
         finally:
-            self.seg.set_current(self.slot, None)
+            self.seg.pop_running(self.slot)
 
     def send(self, owner: int, msg: bytes) -> None:
         inbox = self.seg.inboxes[owner]

@@ -7,7 +7,7 @@ One file per node (``/dev/shm/repartir-<session>-sched``), mapped by every proce
 
 and each slot, owned by one process, holds::
 
-    slot header (1 KiB): state, pid, the record of the task it runs now
+    slot header (1 KiB): state, pid, blocked flag, the stack of tasks it runs now
     deque    (see :mod:`.deque`): tasks this process submitted or stole
     inbox    (see :mod:`.mailbox`): completions of the tasks this process owns
 
@@ -34,8 +34,10 @@ _H = struct.Struct("<QIIIIIIIIQ")
 # magic nslots active shutdown work_seq sleepers spinners deque_cap record_size inbox_size
 _SHUTDOWN_OFF, _WORK_SEQ_OFF, _SLEEPERS_OFF, _SPINNERS_OFF = 16, 20, 24, 28
 _MUTEX_OFF = 128
-_SLOT = struct.Struct("<IIII")  # state pid current_len spinning
+_SLOT = struct.Struct("<IIII")  # state pid (unused) blocked
 _CURRENT_OFF = 512
+_RUNNING = struct.Struct("<H16s")  # owner slot, task id
+MAX_NESTING = (512 - 4) // _RUNNING.size
 
 
 class SlotState:
@@ -128,19 +130,41 @@ class Segment:
     def set_slot_state(self, index: int, state: int) -> None:
         struct.pack_into("<I", self.mm, self.slot_offset(index), state)
 
-    def set_current(self, index: int, record: bytes | None) -> None:
-        """Record the task record the slot's process runs now (``None``: idle)."""
-        off = self.slot_offset(index)
-        if record is None:
-            struct.pack_into("<I", self.mm, off + 8, 0)
-        else:
-            self.mm[off + _CURRENT_OFF:off + _CURRENT_OFF + len(record)] = record
-            struct.pack_into("<I", self.mm, off + 8, len(record))
+    def push_running(self, index: int, owner: int, task_id: bytes) -> bool:
+        """Record that the slot's process starts running a task (nested runs stack up:
+        a worker blocked in ``get`` runs other tasks meanwhile).  ``False`` when the stack
+        is full -- the caller must not start another nested task then."""
+        off = self.slot_offset(index) + _CURRENT_OFF
+        depth = struct.unpack_from("<I", self.mm, off)[0]
+        if depth >= MAX_NESTING:
+            return False
+        _RUNNING.pack_into(self.mm, off + 4 + depth * _RUNNING.size, owner, task_id)
+        struct.pack_into("<I", self.mm, off, depth + 1)
+        return True
 
-    def current(self, index: int) -> bytes | None:
-        off = self.slot_offset(index)
-        n = struct.unpack_from("<I", self.mm, off + 8)[0]
-        return bytes(self.mm[off + _CURRENT_OFF:off + _CURRENT_OFF + n]) if n else None
+    def pop_running(self, index: int) -> None:
+        off = self.slot_offset(index) + _CURRENT_OFF
+        depth = struct.unpack_from("<I", self.mm, off)[0]
+        struct.pack_into("<I", self.mm, off, max(depth - 1, 0))
+
+    def running(self, index: int) -> list[tuple[int, bytes]]:
+        """The ``(owner slot, task id)`` of every task the slot's process is running,
+        outermost first."""
+        off = self.slot_offset(index) + _CURRENT_OFF
+        depth = min(struct.unpack_from("<I", self.mm, off)[0], MAX_NESTING)
+        return [_RUNNING.unpack_from(self.mm, off + 4 + i * _RUNNING.size)
+                for i in range(depth)]
+
+    def clear_running(self, index: int) -> None:
+        struct.pack_into("<I", self.mm, self.slot_offset(index) + _CURRENT_OFF, 0)
+
+    def set_blocked(self, index: int, blocked: bool) -> None:
+        """A worker waiting in ``get`` with nothing to run lends its CPU: the node may
+        start an extra worker meanwhile."""
+        struct.pack_into("<I", self.mm, self.slot_offset(index) + 12, int(blocked))
+
+    def blocked(self, index: int) -> bool:
+        return struct.unpack_from("<I", self.mm, self.slot_offset(index) + 12)[0] != 0
 
     # -- the work eventcount -----------------------------------------------------------
 
