@@ -17,8 +17,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from . import errors
-from .errors import (GetTimeoutError, ObjectLostError, ObjectStoreFullError, RepartirError,
-                     SerializationError, TaskError, WorkerCrashedError)
+from .errors import (GetTimeoutError, InfeasibleTaskError, ObjectLostError,
+                     ObjectStoreFullError, RepartirError, SerializationError,
+                     TaskCancelledError, TaskError, TaskTimeoutError, WorkerCrashedError)
 from .runtime import driver as _driver
 from .runtime.driver import init, is_initialized, shutdown
 from .runtime.objectref import ObjectRef
@@ -34,6 +35,7 @@ __all__ = [
     "get",
     "wait",
     "put",
+    "cancel",
     "ObjectRef",
     "RemoteFunction",
     "nodes",
@@ -47,14 +49,28 @@ __all__ = [
     "WorkerCrashedError",
     "ObjectStoreFullError",
     "ObjectLostError",
+    "TaskCancelledError",
+    "TaskTimeoutError",
+    "InfeasibleTaskError",
 ]
 
 
 def remote(*args: Any, **options: Any):
     """Make a function remote: ``@remote`` or ``@remote(num_returns=2, max_retries=1)``.
 
-    Options (Ray's names): ``num_returns`` (default 1), ``max_retries`` (default 3: times a
-    task is re-run when its worker process dies; -1 for ever), ``num_cpus`` (default 1).
+    Options (Ray's names where Ray has them):
+
+    * ``num_returns`` (default 1): objects the task returns.
+    * ``max_retries`` (default 3): re-runs when the worker process dies (-1: for ever).
+    * ``retry_exceptions`` (default ``False``): also re-run on an exception -- ``True`` or a
+      list of exception types.
+    * ``num_cpus`` (default 1, fractions allowed), ``num_gpus`` (default 0), ``resources``
+      (custom, e.g. ``{"licence": 1}``): what the task reserves while it runs.  A request
+      no node can satisfy raises ``InfeasibleTaskError`` at ``.remote()``.
+    * ``priority`` (``"high"``, ``"normal"`` -- the default -- or ``"low"``): higher
+      priority tasks are taken first on a node.
+    * ``timeout`` (seconds, default none): a task running longer is stopped and ``get``
+      raises ``TaskTimeoutError``.
 
     Raises:
         TypeError: applied to something that is not a function (classes -- actors -- are
@@ -144,6 +160,23 @@ def put(value: Any) -> ObjectRef:
         ObjectStoreFullError: the store cannot hold it.
     """
     return _driver.client().put(value)
+
+
+def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that computes ``object_ref``; ``get`` on it then raises
+    ``TaskCancelledError``.
+
+    A queued task never runs (copies stolen by other workers included).  A running task
+    gets ``TaskCancelledError`` raised inside it; with ``force=True`` its worker process is
+    killed instead (and replaced).  A finished task is left alone.  ``recursive`` is
+    accepted for Ray compatibility; tasks the cancelled task submitted are not cancelled.
+
+    Raises:
+        TypeError: ``object_ref`` is not an ObjectRef.
+    """
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError(f"cancel() takes an ObjectRef, got {type(object_ref).__qualname__}")
+    _driver.client().cancel(object_ref, force)
 
 
 def nodes() -> list[dict]:

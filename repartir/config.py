@@ -6,6 +6,9 @@ Every setting, its variable, unit and default:
 setting                        environment variable            default
 ============================== =============================== =====================================
 ``num_cpus``                   ``REPARTIR_NUM_CPUS``           ``os.cpu_count()`` worker processes
+``num_gpus``                   ``REPARTIR_NUM_GPUS``           0 (GPUs this node offers to tasks)
+``resources``                  --                              ``{}``: custom resources, name to
+                                                               amount (at most 6)
 ``object_store_memory``        ``REPARTIR_OBJECT_STORE_MEMORY`` bytes of the shared-memory arena:
                                                                30 % of RAM, at most 80 % of the free
                                                                space of ``/dev/shm`` (as Ray)
@@ -38,6 +41,8 @@ GiB = 1024 * MiB
 class Config:
     num_cpus: int
     object_store_memory: int
+    num_gpus: float = 0.0
+    resources: tuple = ()  # ((name, amount), ...) sorted by name
     inline_threshold: int = 100 * KiB
     max_workers: int = 0
     spin_us: int = 200
@@ -69,7 +74,8 @@ def shm_free_bytes(shm_dir: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def resolve(num_cpus: int | None = None, object_store_memory: int | None = None) -> Config:
+def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
+            num_gpus: float | None = None, resources: dict | None = None) -> Config:
     """Build the configuration from keyword arguments, then the environment, then defaults.
 
     Raises:
@@ -93,9 +99,24 @@ def resolve(num_cpus: int | None = None, object_store_memory: int | None = None)
     if object_store_memory < 4 * MiB:
         raise ValueError(f"object_store_memory must be at least 4 MiB, got {object_store_memory}")
     max_workers = _env_int("REPARTIR_MAX_WORKERS") or 2 * num_cpus
+    if num_gpus is None:
+        num_gpus = float(os.environ.get("REPARTIR_NUM_GPUS") or 0)
+    if num_gpus < 0:
+        raise ValueError(f"num_gpus must be >= 0, got {num_gpus}")
+    resources = dict(resources or {})
+    for name in ("CPU", "GPU"):
+        if name in resources:
+            raise ValueError(f"pass {name} as num_{name.lower()}s=, not in resources=")
+    if len(resources) > 6:
+        raise ValueError("a node may declare at most 6 custom resources")
+    for name, amount in resources.items():
+        if not isinstance(name, str) or not isinstance(amount, (int, float)) or amount < 0:
+            raise ValueError(f"resources must map names to amounts >= 0, got {name!r}: {amount!r}")
     return Config(
         num_cpus=int(num_cpus),
         object_store_memory=int(object_store_memory),
+        num_gpus=float(num_gpus),
+        resources=tuple(sorted((k, float(v)) for k, v in resources.items())),
         inline_threshold=_env_int("REPARTIR_INLINE_THRESHOLD") or 100 * KiB,
         max_workers=max(max_workers, num_cpus),
         spin_us=_env_int("REPARTIR_SPIN_US") if _env_int("REPARTIR_SPIN_US") is not None else 200,

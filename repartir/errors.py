@@ -18,6 +18,9 @@ __all__ = [
     "WorkerCrashedError",
     "ObjectStoreFullError",
     "ObjectLostError",
+    "TaskCancelledError",
+    "TaskTimeoutError",
+    "InfeasibleTaskError",
     "RemoteTraceback",
 ]
 
@@ -132,3 +135,17 @@ class ObjectStoreFullError(RepartirError, MemoryError):
 
 class ObjectLostError(RepartirError):
     """An object's value is gone (freed, or its owner died) and cannot be rebuilt."""
+
+
+class TaskCancelledError(RepartirError):
+    """The task was cancelled by ``cancel()`` (or by Ctrl-C in its driver) before it
+    finished."""
+
+
+class TaskTimeoutError(RepartirError, TimeoutError):
+    """The task ran longer than its ``timeout=`` option and was stopped."""
+
+
+class InfeasibleTaskError(RepartirError, ValueError):
+    """A task asks for resources no node has (e.g. ``num_gpus=1`` on a node without GPUs);
+    raised at submission instead of waiting for ever."""

@@ -23,25 +23,54 @@ tasks -- has one :class:`CoreClient` bound to its slot of the scheduler segment:
 from __future__ import annotations
 
 import collections
+import os
+import signal
 import pickle
 import struct
 import threading
 import time
 from typing import Any, Sequence
 
-from ..errors import GetTimeoutError, ObjectLostError, SerializationError, WorkerCrashedError
+from ..errors import (GetTimeoutError, InfeasibleTaskError, ObjectLostError, SerializationError, TaskCancelledError,
+                      TaskTimeoutError, WorkerCrashedError)
 from ..ids import new_object_id, new_task_id, return_id
+from ..scheduler import record
+from ..scheduler.record import HEADER as RECORD_HEADER
 from ..serialization import Serialized, deserialize, error_from_payload, error_payload, serialize
 from .objectref import ObjectRef, capture_refs
 
-__all__ = ["CoreClient", "Dep", "RECORD_HEADER", "MSG_DONE", "MSG_REQUEST", "MSG_OBJECT",
-           "MSG_CRASHED", "OK", "FAILED"]
+__all__ = ["CoreClient", "Dep", "TaskOptions", "RECORD_HEADER", "MSG_DONE", "MSG_REQUEST",
+           "MSG_OBJECT", "MSG_CRASHED", "OK", "FAILED", "CRASH", "TIMEOUT", "CANCEL"]
 
-# task record: kind (0 spec inline, 1 spec in the arena), owner slot, task id
-RECORD_HEADER = struct.Struct("<BH16s")
-_ARENA_SPEC = struct.Struct("<QQ")
+ARENA_SPEC = struct.Struct("<QQ")
 MSG_DONE, MSG_REQUEST, MSG_OBJECT, MSG_CRASHED = 0, 1, 2, 3
 OK, FAILED = 0, 1
+CRASH, TIMEOUT, CANCEL = 0, 1, 2  # why a worker was stopped (MSG_CRASHED)
+
+
+class TaskOptions:
+    """A remote function's options, checked and turned into what a task record needs.
+
+    Attributes:
+        num_returns: objects the task returns (>= 1).
+        demand: resource vector in milli-units (see :mod:`repartir.scheduler.record`).
+        priority: ``record.HIGH``, ``NORMAL`` or ``LOW``.
+        timeout: seconds before the running task is stopped (0: none).
+        max_retries: re-runs after a worker crash (and matching exceptions).
+        retry_exceptions: ``False``, ``True`` or a tuple of exception types to retry.
+    """
+
+    __slots__ = ("num_returns", "demand", "priority", "timeout", "max_retries",
+                 "retry_exceptions")
+
+    def __init__(self, num_returns: int, demand: tuple, priority: int, timeout: float,
+                 max_retries: int, retry_exceptions) -> None:
+        self.num_returns = num_returns
+        self.demand = demand
+        self.priority = priority
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.retry_exceptions = retry_exceptions
 
 
 class Dep:
@@ -58,7 +87,7 @@ class Dep:
 
 class _Task:
     __slots__ = ("task_id", "return_ids", "fn_name", "spec", "deps", "pending", "held",
-                 "record", "spec_block", "attempt", "max_retries")
+                 "record", "spec_block", "attempt", "opts", "cancelled")
 
 
 _EMPTY_ARGS = serialize(((), {})).to_bytes()
@@ -87,7 +116,9 @@ class CoreClient:
         self._poll_lock = threading.Lock()
         self._getters = 0
         self._local = threading.local()
-        self.helper = None  # in a worker: runs one queued task while a get waits
+        self.helper = None  # in a worker: runs queued tasks and lends the CPU while get waits
+        self._version = 0  # bumped whenever poll() handled messages
+        self.node = None  # the Node, in the process that runs it (the driver)
         self._spin = config.spin_us / 1e6
         self.closed = False
 
@@ -155,8 +186,49 @@ class CoreClient:
 
     # -- submitting ----------------------------------------------------------------
 
+    def demand_vector(self, num_cpus: float, num_gpus: float, resources: dict) -> tuple:
+        """The resource vector (milli-units) of a task asking for these amounts.
+
+        Raises:
+            InfeasibleTaskError: the node does not have that much of something, or does
+                not have the resource at all.
+        """
+        names = ["CPU", "GPU"] + [n for n, _ in self.config.resources]
+        want = {"CPU": num_cpus, "GPU": num_gpus}
+        for name, amount in (resources or {}).items():
+            if name in ("CPU", "GPU"):
+                raise ValueError(f"ask for {name} with num_{name.lower()}s=, not resources=")
+            want[name] = amount
+        v = [0] * record.NRES
+        totals = self.segment.totals()
+        for name, amount in want.items():
+            if amount < 0:
+                raise ValueError(f"resource {name} must be >= 0, got {amount}")
+            if not amount:
+                continue
+            if name not in names:
+                raise InfeasibleTaskError(
+                    f"the task asks for {amount:g} {name} but no node has resource {name!r} "
+                    f"(declared: {names}); declare it with init(resources={{{name!r}: n}}).")
+            i = names.index(name)
+            v[i] = int(round(amount * 1000))
+            if v[i] > totals[i]:
+                raise InfeasibleTaskError(
+                    f"the task asks for {amount:g} {name} but the node has only "
+                    f"{totals[i] / 1000:g}; it could never run. Ask for less, or start the "
+                    f"node with more (init(num_cpus=..., num_gpus=..., resources=...)).")
+        v = tuple(v)
+        return record.DEFAULT_VECTOR if v == record.DEFAULT_VECTOR else v
+
     def submit(self, fn_key: bytes, fn_loc: tuple[int, int], fn_name: str, args: Sequence,
-               kwargs: dict, num_returns: int, max_retries: int) -> list[ObjectRef]:
+               kwargs: dict, opts: TaskOptions) -> list[ObjectRef]:
+        """Submit a task; returns its ``opts.num_returns`` refs at once.
+
+        Raises:
+            SerializationError: an argument cannot be pickled (the message names it).
+            InfeasibleTaskError: no node has the resources the task asks for.
+        """
+        num_returns = opts.num_returns
         deps: list[ObjectRef] = []
         if args:
             args = list(args)
@@ -189,7 +261,8 @@ class CoreClient:
         t.spec_block = None
         t.record = None
         t.attempt = 0
-        t.max_retries = max_retries
+        t.opts = opts
+        t.cancelled = False
         with self._lock:
             refs = []
             for rid in t.return_ids:
@@ -211,13 +284,16 @@ class CoreClient:
         fn_key, fn_off, fn_len, fn_name, blob, nret = t.spec
         dep_locs = [self._loc_of(d) for d in t.deps]
         body = pickle.dumps((fn_key, fn_off, fn_len, fn_name, blob, dep_locs, nret), 5)
+        o = t.opts
         if len(body) + RECORD_HEADER.size > self.deque.max_payload:
             off = self.arena.allocate(len(body))
             self.arena.writable(off, len(body))[:] = body
             t.spec_block = off
-            rec = RECORD_HEADER.pack(1, self.slot, t.task_id) + _ARENA_SPEC.pack(off, len(body))
+            rec = record.pack_header(record.SPEC_IN_ARENA, o.priority, self.slot, t.task_id,
+                                     o.demand, o.timeout) + ARENA_SPEC.pack(off, len(body))
         else:
-            rec = RECORD_HEADER.pack(0, self.slot, t.task_id) + body
+            rec = record.pack_header(record.SPEC_INLINE, o.priority, self.slot, t.task_id,
+                                     o.demand, o.timeout) + body
         t.record = rec
         if self.backlog or not self.deque.push(rec):
             self.backlog.append(rec)
@@ -246,6 +322,8 @@ class CoreClient:
             with self._lock:
                 for m in msgs:
                     self._handle(pickle.loads(m))
+                if msgs:
+                    self._version += 1
                 if self.dead_refs:
                     self._process_dead()
                 if self.backlog:
@@ -268,24 +346,32 @@ class CoreClient:
             if status == OK:
                 locs = payload
             else:
+                if self._should_retry(t, payload):
+                    self.tasks[task_id] = t
+                    self._retry(t)
+                    return
                 locs = [("e", payload)] * len(t.return_ids)
             self._finish(t, locs)
         elif kind == MSG_CRASHED:
-            _, task_id, detail = msg
+            _, task_id, detail, reason = msg
             t = self.tasks.get(task_id)
             if t is None:
                 return
-            if t.attempt < t.max_retries:
-                t.attempt += 1
-                self.backlog.append(t.record)
-                self._flush_backlog()
+            if t.cancelled or reason == CANCEL:
+                err: Exception = TaskCancelledError(f"task {t.fn_name} was cancelled")
+            elif reason == TIMEOUT:
+                err = TaskTimeoutError(
+                    f"task {t.fn_name} ran longer than its timeout of {t.opts.timeout:g} s and "
+                    f"was stopped ({detail})")
+            elif t.attempt < t.opts.max_retries:
+                self._retry(t)
                 return
+            else:
+                err = WorkerCrashedError(
+                    f"the worker running {t.fn_name} died ({detail}); the task was tried "
+                    f"{t.attempt + 1} time(s) (max_retries={t.opts.max_retries}). If the task "
+                    f"uses too much memory or crashes natively, fix it or raise max_retries.")
             del self.tasks[task_id]
-            err = WorkerCrashedError(
-                f"the worker running {t.fn_name} died ({detail}); the task was tried "
-                f"{t.attempt + 1} time(s) (max_retries={t.max_retries}). If the task uses "
-                f"too much memory or crashes natively, fix it or raise max_retries."
-            )
             self._finish(t, [("e", error_payload(err, t.fn_name))] * len(t.return_ids))
         elif kind == MSG_REQUEST:
             _, object_id, reply_slot = msg
@@ -302,6 +388,20 @@ class CoreClient:
         elif kind == MSG_OBJECT:
             _, object_id, loc = msg
             self.borrowed[object_id] = loc
+
+    def _should_retry(self, t: _Task, payload: bytes) -> bool:
+        retry = t.opts.retry_exceptions
+        if not retry or t.cancelled or t.attempt >= t.opts.max_retries:
+            return False
+        if retry is True:
+            return True
+        cause = error_from_payload(payload).cause
+        return cause is not None and isinstance(cause, retry)
+
+    def _retry(self, t: _Task) -> None:
+        t.attempt += 1
+        self.backlog.append(t.record)
+        self._flush_backlog()
 
     def _finish(self, t: _Task, locs: list) -> None:
         for rid, loc in zip(t.return_ids, locs):
@@ -360,63 +460,144 @@ class CoreClient:
     def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
              ) -> list[bool]:
         """Block until ``num_returns`` of ``refs`` are ready or ``timeout`` passes; returns
-        which are ready."""
+        which are ready.  Ctrl-C (``KeyboardInterrupt``) while the driver waits cancels the
+        tasks it has queued and propagates; the session stays usable."""
+        helper = self.helper
+        if helper is not None:  # a worker: the waiting task lends its CPU meanwhile
+            helper.lend()
+            try:
+                return self._wait(refs, num_returns, timeout)
+            finally:
+                helper.unlend()
+        local = self._local
+        outer = not getattr(local, "waiting", False)
+        if outer:
+            local.waiting = True
+            self._getters += 1
+        try:
+            return self._wait(refs, num_returns, timeout)
+        except KeyboardInterrupt:
+            self.cancel_queued()
+            raise
+        finally:
+            if outer:
+                local.waiting = False
+                self._getters -= 1
+
+    def _wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
+              ) -> list[bool]:
         deadline = None if timeout is None else time.monotonic() + timeout
         n = len(refs)
         ready = [False] * n
         pending = list(range(n))
         count = 0
         changed = True
-        local = self._local
-        outer = not getattr(local, "waiting", False)
-        if outer:  # count threads waiting, not nested waits of one thread
-            local.waiting = True
-            self._getters += 1
-        try:
-            spin_end = time.monotonic() + self._spin
-            nap = 0.0001
-            while True:
-                if changed:
-                    with self._lock:
-                        still = []
-                        for i in pending:
-                            if self._loc_of(refs[i]) is not None:
-                                ready[i] = True
-                                count += 1
-                            else:
-                                still.append(i)
-                        pending = still
-                    if count >= num_returns:
-                        return ready
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
+        seen = -1
+        helper = self.helper
+        spin_end = time.monotonic() + self._spin
+        nap = 0.0001
+        while True:
+            if changed:
+                seen = self._version
+                with self._lock:
+                    still = []
+                    for i in pending:
+                        if self._loc_of(refs[i]) is not None:
+                            ready[i] = True
+                            count += 1
+                        else:
+                            still.append(i)
+                    pending = still
+                if count >= num_returns:
                     return ready
-                changed = self.poll() > 0 or self._getters > 1
-                if changed:
-                    continue
-                if self.helper is not None and self.helper():
-                    changed = True
-                    spin_end = time.monotonic() + self._spin
-                    continue
-                if now < spin_end:
-                    continue
-                left = 0.05 if deadline is None else max(0.0, min(deadline - now, 0.05))
-                if self.helper is not None:  # a worker: lend the CPU, look for work again soon
-                    self.segment.set_blocked(self.slot, True)
-                    try:
-                        self.inbox.park(min(left, 0.001))
-                    finally:
-                        self.segment.set_blocked(self.slot, False)
-                elif len(pending) > 1 and num_returns - count > 1:
-                    time.sleep(min(nap, left))  # many results to come: batch them
-                    nap = min(nap * 2, 0.002)
-                else:
-                    self.inbox.park(left if self._getters == 1 else min(left, 0.002))
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return ready
+            if self.node is not None and self.node.fatal:
+                raise WorkerCrashedError(self.node.fatal)
+            changed = self.poll() > 0 or self._version != seen
+            if changed:
+                continue
+            if helper is not None and helper.help():
                 changed = True
-        finally:
-            if outer:
-                local.waiting = False
-                self._getters -= 1
+                spin_end = time.monotonic() + self._spin
+                continue
+            if now < spin_end:
+                continue
+            left = 0.05 if deadline is None else max(0.0, min(deadline - now, 0.05))
+            if helper is not None:  # a worker: look for work to help with again soon
+                self.segment.set_blocked(self.slot, True)
+                try:
+                    self.inbox.park(min(left, 0.001))
+                finally:
+                    self.segment.set_blocked(self.slot, False)
+            elif len(pending) > 1 and num_returns - count > 1:
+                time.sleep(min(nap, left))  # many results to come: batch them
+                nap = min(nap * 2, 0.002)
+            else:
+                self.inbox.park(left if self._getters == 1 else min(left, 0.002))
+            changed = True
+
+    # -- cancellation ----------------------------------------------------------------
+
+    def cancel(self, ref: ObjectRef, force: bool = False) -> None:
+        """Cancel the task computing ``ref`` (see :func:`repartir.cancel`)."""
+        task_id = ref._id[:14] + b"\0\0"
+        with self._lock:
+            t = self.tasks.get(task_id)
+            if t is None or t.cancelled:
+                return  # finished (or never ours): nothing to do, as in Ray
+            t.cancelled = True
+            if t.record is None:  # still waiting for its arguments
+                for d in t.deps:
+                    lst = self.waiting.get(d._id)
+                    if lst and t in lst:
+                        lst.remove(t)
+                self._cancelled(t)
+                return
+            self.segment.add_cancelled(task_id)
+            if self._unqueue({task_id}):
+                self._cancelled(t)
+                return
+        # running now (or popped and about to be dropped by its worker)
+        self.stop_running(task_id, CANCEL, force)
+
+    def _unqueue(self, task_ids: set) -> set:
+        """Remove queued copies of ``task_ids`` from the backlog and every deque; returns
+        the ids found."""
+        def match(rec) -> bool:
+            return bytes(rec[6:22]) in task_ids
+
+        found = {bytes(r[6:22]) for r in self.backlog if match(r)}
+        if found:
+            self.backlog = collections.deque(r for r in self.backlog if not match(r))
+        seg = self.segment
+        for i in range(seg.active_slots):
+            for r in seg.deques[i].remove_if(match):
+                found.add(bytes(r[6:22]))
+        return found
+
+    def _cancelled(self, t: _Task) -> None:
+        self.tasks.pop(t.task_id, None)
+        err = TaskCancelledError(f"task {t.fn_name} was cancelled")
+        self._finish(t, [("e", error_payload(err, t.fn_name))] * len(t.return_ids))
+
+    def cancel_queued(self) -> int:
+        """Cancel every task of this process that has not started; returns how many."""
+        with self._lock:
+            queued = [t for t in self.tasks.values() if not t.cancelled]
+            ids = {t.task_id for t in queued if t.record is not None}
+            found = self._unqueue(ids) if ids else set()
+            n = 0
+            for t in queued:
+                if t.record is None or t.task_id in found:
+                    t.cancelled = True
+                    self._cancelled(t)
+                    n += 1
+            return n
+
+    def stop_running(self, task_id: bytes, reason: int, force: bool) -> None:
+        stop_task(self.segment, task_id, reason, force)
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
         ready = self.wait(refs, len(refs), timeout)
@@ -437,6 +618,27 @@ class CoreClient:
 
     def tasks_in_flight(self) -> int:
         return len(self.tasks)
+
+
+def stop_task(segment, task_id: bytes, reason: int, force: bool) -> bool:
+    """Stop a running task: ``force`` kills its worker (the node then reports the task as
+    cancelled or timed out, and retries the other tasks that worker ran); otherwise the
+    worker gets ``SIGUSR1`` and raises ``TaskCancelledError``/``TaskTimeoutError`` inside
+    the task.  Returns whether a worker running it was found."""
+    found = segment.find_running(task_id)
+    if found is None:
+        return False
+    slot, pid = found
+    try:
+        if force:
+            segment.request_stop(slot, task_id, reason)
+            os.kill(pid, signal.SIGKILL)
+        else:
+            segment.request_stop(slot, task_id, reason)
+            os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _name_bad_argument(fn_name: str, args: Sequence, kwargs: dict) -> SerializationError:

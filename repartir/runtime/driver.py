@@ -59,6 +59,7 @@ def is_initialized() -> bool:
 
 
 def init(address: str | None = None, *, num_cpus: int | None = None,
+         num_gpus: float | None = None, resources: dict | None = None,
          object_store_memory: int | None = None, ignore_reinit_error: bool = False) -> dict:
     """Start the local node: ``num_cpus`` worker processes and a shared-memory object store.
 
@@ -66,6 +67,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         address: ``None`` (default) starts an embedded local node.  Joining a cluster
             (``"auto"`` or ``"HOST:PORT"``) is not available yet and raises.
         num_cpus: worker processes; default ``os.cpu_count()`` (``REPARTIR_NUM_CPUS``).
+        num_gpus: GPUs offered to tasks asking ``num_gpus=``; default 0.
+        resources: custom resources, e.g. ``{"licence": 2}`` (at most 6 names).
         object_store_memory: arena bytes; default 30 % of RAM, at most 80 % of the free
             space of ``/dev/shm`` (``REPARTIR_OBJECT_STORE_MEMORY``).
         ignore_reinit_error: return quietly when already initialised.
@@ -91,10 +94,11 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             raise RepartirError(
                 f"init(address={address!r}): joining a cluster is not available in this "
                 f"version; call init() without address= to start a local node.")
-        config = resolve(num_cpus, object_store_memory)
+        config = resolve(num_cpus, object_store_memory, num_gpus, resources)
         node = Node(config)
         node.start()
         client = CoreClient(node.segment, node.arena, 0, config, node.session)
+        client.node = node
         _node, _client, _owner_pid = node, client, os.getpid()
         context.set_client(client)
         _pump_stop.clear()

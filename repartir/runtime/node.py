@@ -29,7 +29,8 @@ from ..config import Config, shm_free_bytes
 from ..errors import ObjectStoreFullError
 from ..scheduler.segment import Segment, SlotState, segment_bytes
 from ..store.arena import Arena
-from .core import MSG_CRASHED, RECORD_HEADER
+from ..scheduler.record import NRES
+from .core import CRASH, MSG_CRASHED, TIMEOUT, stop_task
 
 __all__ = ["Node"]
 
@@ -95,6 +96,8 @@ class Node:
         self.procs: dict[int, subprocess.Popen] = {}
         self.life_r = self.life_w = -1
         self.stopping = False
+        self.startup_failures = 0
+        self.fatal: str | None = None  # set when workers cannot run at all
         self._lock = threading.Lock()
 
     # -- start -----------------------------------------------------------------------
@@ -116,6 +119,7 @@ class Node:
                                cfg.deque_capacity, cfg.inbox_bytes, create=True)
         self.arena = Arena(self.arena_fd, cfg.object_store_memory, create=True)
         self.segment.claim_slot(SlotState.DRIVER, os.getpid(), 0)
+        self.segment.set_totals(self.resource_totals())
         self.life_r, self.life_w = os.pipe()
         os.set_inheritable(self.life_r, False)
         with open(os.path.join(self.session_dir, "session.json"), "w") as f:
@@ -125,6 +129,16 @@ class Node:
         for i in range(cfg.num_cpus):
             self._spawn(i + 1)
         threading.Thread(target=self._supervise, daemon=True, name="repartir-supervisor").start()
+
+    def resource_names(self) -> list[str]:
+        """Resource names by vector index: CPU, GPU, then the custom ones sorted."""
+        return ["CPU", "GPU"] + [name for name, _ in self.config.resources]
+
+    def resource_totals(self) -> tuple[int, ...]:
+        cfg = self.config
+        v = [int(cfg.num_cpus * 1000), int(round(cfg.num_gpus * 1000))]
+        v += [int(round(a * 1000)) for _, a in cfg.resources]
+        return tuple(v + [0] * (NRES - len(v)))
 
     def _check_shm(self, cfg: Config) -> None:
         try:
@@ -165,7 +179,7 @@ class Node:
             )
         finally:
             log.close()
-        self.segment.claim_slot(SlotState.WORKER, proc.pid, slot)
+        self.segment.claim_slot(SlotState.STARTING, proc.pid, slot)
         with self._lock:
             self.procs[slot] = proc
         threading.Thread(target=self._watch, args=(slot, proc), daemon=True,
@@ -186,11 +200,23 @@ class Node:
                 del self.procs[slot]
         if state == SlotState.FREE and code == 0:  # an extra worker retired
             return
+        if state == SlotState.STARTING:  # died before attaching: do not respawn in a loop
+            self.startup_failures += 1
+            if self.startup_failures >= 3:
+                self.fatal = (
+                    f"worker processes fail to start (exit code {code}); the last one "
+                    f"wrote:\n{self._log_tail(slot)}")
+                self.segment.set_slot_state(slot, SlotState.DEAD)
+                return
+        else:
+            self.startup_failures = 0
         self.segment.set_slot_state(slot, SlotState.DEAD)
         detail = (f"killed by signal {signal.Signals(-code).name}" if code < 0
                   else f"exit code {code}")
-        for owner, task_id in running:
-            msg = pickle.dumps((MSG_CRASHED, task_id, detail), 5)
+        stop = self.segment.take_stop_request(slot)  # killed on purpose: cancel or timeout
+        for owner, task_id, _, _ in running:
+            reason = stop[0] if stop is not None and stop[1] == task_id else CRASH
+            msg = pickle.dumps((MSG_CRASHED, task_id, detail, reason), 5)
             inbox = self.segment.inboxes[owner]
             while not inbox.put(msg) and not self.stopping:
                 time.sleep(0.001)
@@ -202,21 +228,50 @@ class Node:
         if not self.stopping and slot <= self.config.num_cpus:
             self._spawn(slot)
 
+    def _log_tail(self, slot: int, nbytes: int = 3000) -> str:
+        try:
+            with open(os.path.join(self.session_dir, f"worker-{slot}.log"), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - nbytes))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return "(no log)"
+
     def _supervise(self) -> None:
-        """Every few milliseconds: start an extra worker when workers blocked in ``get``
-        leave queued tasks without a CPU (up to ``max_workers`` processes)."""
+        """Every few milliseconds: stop tasks past their timeout, and start an extra worker
+        when queued tasks could run (a CPU is free) but every worker is busy -- because
+        workers blocked in ``get`` lent their CPUs -- up to ``max_workers`` processes."""
         seg, cfg = self.segment, self.config
+        overdue: dict[bytes, float] = {}
         while not self.stopping:
             time.sleep(0.005)
-            if self.stopping or not seg.queued():
-                continue
+            if self.stopping:
+                return
             with self._lock:
                 slots = list(self.procs)
-            blocked = sum(1 for s in slots if seg.blocked(s))
-            if len(slots) - blocked >= cfg.num_cpus or len(slots) >= cfg.max_workers:
+            now = time.monotonic()
+            for s in slots:
+                for _, task_id, start, timeout in seg.running(s)[-1:]:
+                    if timeout and now - start > timeout:
+                        # ask the task to stop; kill the worker if it has not within 1 s
+                        first = overdue.get(task_id)
+                        if first is None:
+                            overdue[task_id] = now
+                            stop_task(seg, task_id, TIMEOUT, force=False)
+                        elif now - first > 1.0:
+                            stop_task(seg, task_id, TIMEOUT, force=True)
+            if len(overdue) > 1000:
+                overdue.clear()
+            if not seg.queued() or seg.available()[0] < 1000:
+                continue
+            if self.fatal:
+                continue
+            busy = sum(1 for s in slots if seg.running(s))
+            if busy < len(slots) or len(slots) >= cfg.max_workers:
                 continue
             free = next((i for i in range(cfg.num_cpus + 1, self.nslots)
-                         if i not in slots and seg.slot_state(i)[0] != SlotState.WORKER), None)
+                         if i not in slots and seg.slot_state(i)[0] not in
+                         (SlotState.WORKER, SlotState.STARTING)), None)
             if free is not None:
                 try:
                     self._spawn(free)

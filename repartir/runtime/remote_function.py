@@ -6,20 +6,31 @@ import functools
 import os
 from typing import Any, Callable
 
+from ..scheduler import record
 from ..serialization import dumps_code
 from . import driver
+from .core import TaskOptions
 
-__all__ = ["RemoteFunction", "validate_options"]
+__all__ = ["RemoteFunction", "validate_options", "parse_priority"]
 
 _TASK_OPTIONS = {"num_cpus", "num_gpus", "num_returns", "max_retries", "resources", "name",
-                 "retry_exceptions", "scheduling_strategy", "memory"}
+                 "retry_exceptions", "priority", "timeout", "scheduling_strategy", "memory"}
+_PRIORITY_NAMES = {"high": record.HIGH, "normal": record.NORMAL, "low": record.LOW}
+
+
+def parse_priority(value: Any) -> int:
+    """``"high"``/``"normal"``/``"low"`` (any case), or an enum member with such a name."""
+    name = getattr(value, "name", value)
+    if isinstance(name, str) and name.lower() in _PRIORITY_NAMES:
+        return _PRIORITY_NAMES[name.lower()]
+    raise ValueError(f"priority must be 'high', 'normal' or 'low', got {value!r}")
 
 
 def validate_options(options: dict) -> dict:
     """Check option names and values; returns them.
 
     Raises:
-        ValueError / TypeError: an unknown option, or a value out of range.
+        ValueError: an unknown option, or a value out of range.
     """
     unknown = set(options) - _TASK_OPTIONS
     if unknown:
@@ -29,10 +40,22 @@ def validate_options(options: dict) -> dict:
         raise ValueError(f"num_returns must be an int between 1 and 65534, got {nr!r}")
     mr = options.get("max_retries", 3)
     if not isinstance(mr, int) or mr < -1:
-        raise ValueError(f"max_retries must be an int >= -1 (-1: forever), got {mr!r}")
-    nc = options.get("num_cpus", 1)
-    if not isinstance(nc, (int, float)) or nc < 0:
-        raise ValueError(f"num_cpus must be a number >= 0, got {nc!r}")
+        raise ValueError(f"max_retries must be an int >= -1 (-1: for ever), got {mr!r}")
+    for key in ("num_cpus", "num_gpus"):
+        v = options.get(key, 0)
+        if not isinstance(v, (int, float)) or v < 0:
+            raise ValueError(f"{key} must be a number >= 0, got {v!r}")
+    t = options.get("timeout")
+    if t is not None and (not isinstance(t, (int, float)) or t <= 0):
+        raise ValueError(f"timeout must be a number of seconds > 0, got {t!r}")
+    re = options.get("retry_exceptions", False)
+    if not isinstance(re, bool):
+        types = tuple(re) if isinstance(re, (list, tuple)) else None
+        if not types or not all(isinstance(c, type) and issubclass(c, BaseException)
+                                for c in types):
+            raise ValueError("retry_exceptions must be a bool or a list of exception types")
+    if "priority" in options:
+        parse_priority(options["priority"])
     return options
 
 
@@ -47,6 +70,7 @@ class RemoteFunction:
         self._key = key or os.urandom(16)
         self._name = getattr(fn, "__qualname__", repr(fn))
         self._blob: bytes | None = None
+        self._task_options: tuple[Any, TaskOptions] | None = None
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -67,15 +91,31 @@ class RemoteFunction:
             self._blob = dumps_code(self._function, f"remote function {self._name}")
         return self._blob
 
+    def _opts_for(self, client) -> TaskOptions:
+        cached = self._task_options
+        if cached is not None and cached[0] is client:
+            return cached[1]
+        o = self._options
+        re = o.get("retry_exceptions", False)
+        mr = o.get("max_retries", 3)
+        opts = TaskOptions(
+            num_returns=o.get("num_returns", 1),
+            demand=client.demand_vector(o.get("num_cpus", 1), o.get("num_gpus", 0),
+                                        o.get("resources") or {}),
+            priority=parse_priority(o.get("priority", "normal")),
+            timeout=float(o.get("timeout") or 0.0),
+            max_retries=(1 << 30) if mr == -1 else mr,
+            retry_exceptions=re if isinstance(re, bool) else tuple(re),
+        )
+        self._task_options = (client, opts)
+        return opts
+
     def remote(self, *args: Any, **kwargs: Any):
         client = driver.client()
+        opts = self._opts_for(client)
         loc = client.functions.get(self._key) or client.export_function(self._key, self._code)
-        opts = self._options
-        nret = opts.get("num_returns", 1)
-        mr = opts.get("max_retries", 3)
-        refs = client.submit(self._key, loc, self._name, args, kwargs, nret,
-                             (1 << 30) if mr == -1 else mr)
-        return refs[0] if nret == 1 else refs
+        refs = client.submit(self._key, loc, self._name, args, kwargs, opts)
+        return refs[0] if opts.num_returns == 1 else refs
 
     def __reduce__(self):
         return (_rebuild, (self._function, self._options, self._key))

@@ -8,12 +8,17 @@ also in the middle of a task.
 
 Main loop::
 
-    record = own deque .pop()  (LIFO)          ── else ──▶  steal from a random victim (FIFO,
-       │                                                    up to half, the rest kept in own deque)
-       ▼                                                    ── else ──▶  spin, then park
+    record = own deques .pop()  (LIFO, high priority first) ── else ──▶ steal from a random
+       │   only if the record's resources can be reserved        victim (FIFO, up to half)
+       ▼                                                         ── else ──▶ spin, then park
     decode spec ─ function from cache or arena ─ args (dependency values are zero-copy views)
        ▼
     call ─▶ results: inline, or written into the arena ─▶ completion into the owner's inbox
+
+While a task waits in ``get``, the worker *helps*: it runs queued tasks (nested on its stack)
+and lends its CPU to the node's pool, so one worker can run a whole recursive computation.
+``SIGUSR1`` asks the worker to stop its current task (cancel, timeout): the handler raises
+inside the task if it is still the one the request names.
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ import threading
 import time
 
 from ..config import Config
-from ..scheduler import policy
+from ..errors import TaskCancelledError, TaskTimeoutError
+from ..scheduler import policy, record
 from ..scheduler.segment import MAX_NESTING, Segment, SlotState
 from ..serialization import deserialize, error_payload, serialize
 from ..store.arena import Arena
 from . import context
-from .core import FAILED, MSG_DONE, OK, RECORD_HEADER, CoreClient, Dep, _ARENA_SPEC
+from .core import (ARENA_SPEC, CANCEL, FAILED, MSG_DONE, OK, RECORD_HEADER, CoreClient, Dep)
 
 __all__ = ["Worker", "main"]
 
@@ -54,25 +60,37 @@ class Worker:
         self.spin = client.config.spin_us / 1e6
         self.extra = self.slot > ncpus  # started to stand in for blocked workers
         self.last_work = time.monotonic()
-        client.helper = self.help
+        self.demands: list[tuple] = []  # resources held by each task on the stack
+        self.calls: list[bytes] = []  # ids of the tasks whose function is running now
+        client.helper = self
 
     # -- finding work --------------------------------------------------------------
+
+    def admit(self, rec) -> bool:
+        """Reserve the record's resources (called under the deque's lock)."""
+        return self.seg.try_acquire(record.demand_of(rec))
 
     def steal(self) -> bytes | None:
         deques = self.seg.deques
         n = self.seg.active_slots
-        sizes = [len(deques[i]) for i in range(n)]
-        for v in policy.victim_order(sizes, self.slot, self.rng):
-            got = deques[v].steal(policy.steal_batch(sizes[v], self.ncpus))
-            if got:
-                if len(got) > 1:
-                    rest = got[:0:-1]  # the oldest of the rest is popped first
-                    pushed = self.own.push_many(rest)
-                    for rec in rest[pushed:]:  # own deque full: run them here, in order
-                        self.execute(rec)
-                    self.seg.notify_work(pushed)
-                return got[0]
+        for prio in record.PRIORITIES:
+            sizes = [len(deques[i].levels[prio]) for i in range(n)]
+            for v in policy.victim_order(sizes, self.slot, self.rng):
+                got = deques[v].levels[prio].steal_if(
+                    policy.steal_batch(sizes[v], self.ncpus), self.admit)
+                if got:
+                    if len(got) > 1:
+                        rest = got[:0:-1]  # the oldest of the rest is popped first
+                        pushed = self.own.push_many(rest)
+                        if pushed < len(rest):  # own deque full: give them back
+                            deques[0].push_many(rest[pushed:])
+                        self.seg.notify_work(len(rest))
+                    return got[0]
         return None
+
+    def next_task(self) -> bytes | None:
+        rec = self.own.pop_if(self.admit)
+        return rec if rec is not None else self.steal()
 
     def idle(self) -> None:
         seg = self.seg
@@ -88,78 +106,102 @@ class Worker:
         seg.park_for_work(lambda: seg.queued() > 0, 0.5)
 
     def run(self) -> None:
-        seg, own = self.seg, self.own
+        seg = self.seg
         while not seg.shutting_down:
-            rec = own.pop()
+            rec = self.next_task()
             if rec is None:
-                rec = self.steal()
-                if rec is None:
-                    self.client.poll()
-                    if self.extra and time.monotonic() - self.last_work > EXTRA_IDLE_S:
-                        seg.set_slot_state(self.slot, SlotState.FREE)  # retire quietly
-                        return
-                    self.idle()
-                    continue
+                self.client.poll()
+                if self.extra and time.monotonic() - self.last_work > EXTRA_IDLE_S:
+                    seg.set_slot_state(self.slot, SlotState.FREE)  # retire quietly
+                    return
+                self.idle()
+                continue
             self.execute(rec)
 
-    # -- running a task ------------------------------------------------------------
+    # -- helping while a task waits in get -------------------------------------------
 
     def help(self) -> bool:
-        """Called while a task of this worker waits in ``get``: run one queued task (own
-        deque first, then a stolen one) so that the wait does not idle a CPU or deadlock
-        the node.  ``False`` when there is nothing to run or nesting is too deep."""
-        if len(self.seg.running(self.slot)) >= MAX_NESTING - 1:
+        """Run one queued task while the current one waits in ``get``; ``False`` when
+        there is nothing this worker may run now."""
+        if len(self.demands) >= MAX_NESTING - 1:
             return False
-        rec = self.own.pop()
+        rec = self.next_task()
         if rec is None:
-            rec = self.steal()
-            if rec is None:
-                return False
+            return False
         self.execute(rec)
         return True
 
+    def lend(self) -> None:
+        """The innermost task waits in ``get``: give its resources back meanwhile (each
+        nested wait lends its own task's, so waits never hold what the tasks they wait for
+        need -- no resource deadlock)."""
+        if self.demands:
+            self.seg.release(self.demands[-1])
+
+    def unlend(self) -> None:
+        if self.demands:
+            self.seg.force_acquire(self.demands[-1])
+
+    # -- running a task ------------------------------------------------------------
+
     def execute(self, rec: bytes) -> None:
-        kind, owner, task_id = RECORD_HEADER.unpack_from(rec, 0)
-        self.seg.push_running(self.slot, owner, task_id)
+        """Run one admitted record (its resources are already reserved) and report it."""
+        h = RECORD_HEADER.unpack_from(rec, 0)
+        kind, owner, task_id, timeout = h[0], h[4], h[5], h[8]
+        demand = record.demand_of(rec)
+        seg = self.seg
+        seg.push_running(self.slot, owner, task_id, time.monotonic(), timeout)
+        self.demands.append(demand)
         self.last_work = time.monotonic()
         try:
-            if kind == 0:
-                body = rec[RECORD_HEADER.size:]
+            if seg.is_cancelled(task_id):
+                err = TaskCancelledError("task was cancelled before it started")
+                msg = pickle.dumps((MSG_DONE, task_id, FAILED, error_payload(err, "?")), 5)
             else:
-                off, n = _ARENA_SPEC.unpack_from(rec, RECORD_HEADER.size)
-                body = bytes(self.arena.view(off, n))
-            fn_key, fn_off, fn_len, fn_name, blob, dep_locs, nret = pickle.loads(body)
-            try:
-                fn = self.functions.get(fn_key)
-                if fn is None:
-                    fn = self.functions[fn_key] = pickle.loads(self.arena.view(fn_off, fn_len))
-                args, kwargs = deserialize(memoryview(blob))
-                if dep_locs:
-                    value = self.client.value
-                    args = [value(dep_locs[a.index]) if type(a) is Dep else a for a in args]
-                    for k, a in kwargs.items():
-                        if type(a) is Dep:
-                            kwargs[k] = value(dep_locs[a.index])
-                result = fn(*args, **kwargs)
-                if nret == 1:
-                    results = (result,)
-                else:
-                    if not isinstance(result, (tuple, list)) or len(result) != nret:
-                        raise ValueError(
-                            f"{fn_name} was declared with num_returns={nret} but returned "
-                            f"{type(result).__name__} of length "
-                            f"{len(result) if hasattr(result, '__len__') else 'n/a'}")
-                    results = result
-                locs = [self.client.store(serialize(r, f"the return value of {fn_name}"))
-                        for r in results]
-                del result, results, args, kwargs
-                msg = pickle.dumps((MSG_DONE, task_id, OK, locs), 5)
-            except BaseException as exc:  # the task's own error, reported to its owner
-                msg = pickle.dumps((MSG_DONE, task_id, FAILED, error_payload(exc, fn_name)), 5)
-                exc = None
+                msg = self._run(kind, rec, task_id)
             self.send(owner, msg)
         finally:
-            self.seg.pop_running(self.slot)
+            self.demands.pop()
+            seg.pop_running(self.slot)
+            seg.release(demand)
+
+    def _run(self, kind: int, rec: bytes, task_id: bytes) -> bytes:
+        if kind == record.SPEC_INLINE:
+            body = rec[RECORD_HEADER.size:]
+        else:
+            off, n = ARENA_SPEC.unpack_from(rec, RECORD_HEADER.size)
+            body = bytes(self.arena.view(off, n))
+        fn_key, fn_off, fn_len, fn_name, blob, dep_locs, nret = pickle.loads(body)
+        try:
+            fn = self.functions.get(fn_key)
+            if fn is None:
+                fn = self.functions[fn_key] = pickle.loads(self.arena.view(fn_off, fn_len))
+            args, kwargs = deserialize(memoryview(blob))
+            if dep_locs:
+                value = self.client.value
+                args = [value(dep_locs[a.index]) if type(a) is Dep else a for a in args]
+                for k, a in kwargs.items():
+                    if type(a) is Dep:
+                        kwargs[k] = value(dep_locs[a.index])
+            self.calls.append(task_id)
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                self.calls.pop()
+            if nret == 1:
+                results = (result,)
+            else:
+                if not isinstance(result, (tuple, list)) or len(result) != nret:
+                    raise ValueError(
+                        f"{fn_name} was declared with num_returns={nret} but returned "
+                        f"{type(result).__name__} of length "
+                        f"{len(result) if hasattr(result, '__len__') else 'n/a'}")
+                results = result
+            store = self.client.store
+            locs = [store(serialize(r, f"the return value of {fn_name}")) for r in results]
+            return pickle.dumps((MSG_DONE, task_id, OK, locs), 5)
+        except BaseException as exc:  # the task's own error, reported to its owner
+            return pickle.dumps((MSG_DONE, task_id, FAILED, error_payload(exc, fn_name)), 5)
 
     def send(self, owner: int, msg: bytes) -> None:
         inbox = self.seg.inboxes[owner]
@@ -167,6 +209,14 @@ class Worker:
             if self.seg.shutting_down:
                 return
             time.sleep(0.0005)
+
+    def on_stop_signal(self, signum, frame) -> None:
+        req = self.seg.take_stop_request(self.slot)
+        if req is None or not self.calls or self.calls[-1] != req[1]:
+            return  # the task finished meanwhile (or the request names another one)
+        if req[0] == CANCEL:
+            raise TaskCancelledError("task was cancelled while running")
+        raise TaskTimeoutError("task ran longer than its timeout")
 
 
 def _watch_parent(fd: int) -> None:
@@ -190,15 +240,17 @@ def main() -> None:
         pass
     import mmap
 
-    seg_mm = mmap.mmap(spec["sched_fd"], spec["sched_size"])
-    seg = Segment(seg_mm)
+    seg = Segment(mmap.mmap(spec["sched_fd"], spec["sched_size"]))
     arena = Arena(spec["arena_fd"], spec["arena_size"])
-    config = Config(**spec["config"])
+    cfg = spec["config"]
+    config = Config(**{**cfg, "resources": tuple(tuple(r) for r in cfg["resources"])})
     slot = spec["slot"]
     seg.claim_slot(SlotState.WORKER, os.getpid(), slot)
     client = CoreClient(seg, arena, slot, config, spec["session"])
     context.set_client(client)
-    Worker(client, config.num_cpus).run()
+    worker = Worker(client, config.num_cpus)
+    signal.signal(signal.SIGUSR1, worker.on_stop_signal)
+    worker.run()
     os._exit(0)
 
 

@@ -24,7 +24,7 @@ import struct
 
 from ..sync import RobustMutex, address_of
 
-__all__ = ["TaskDeque", "deque_bytes"]
+__all__ = ["TaskDeque", "PriorityDeques", "deque_bytes"]
 
 _TB = struct.Struct("<QQ")
 _LEN = struct.Struct("<I")
@@ -112,6 +112,54 @@ class TaskDeque:
             struct.pack_into("<Q", mm, off + 8, bottom)
         return rec
 
+    def pop_if(self, admit) -> bytes | None:
+        """Like :meth:`pop`, but only when ``admit(record)`` (called under the lock, e.g. to
+        reserve the record's resources) returns true."""
+        mm = self.mm
+        off = self.offset + 64
+        top, bottom = _TB.unpack_from(mm, off)
+        if bottom <= top:
+            return None
+        with self.mutex:
+            top, bottom = _TB.unpack_from(mm, off)
+            if bottom <= top:
+                return None
+            pos = self._base + ((bottom - 1) % self.capacity) * self.record_size
+            n = _LEN.unpack_from(mm, pos)[0]
+            rec = mm[pos + 4:pos + 4 + n]
+            if not admit(rec):
+                return None
+            struct.pack_into("<Q", mm, off + 8, bottom - 1)
+        return rec
+
+    def steal_if(self, max_records: int, admit) -> list[bytes]:
+        """Like :meth:`steal`, but only when ``admit(oldest record)`` returns true; the
+        other records taken along are not passed to ``admit``."""
+        mm = self.mm
+        off = self.offset + 64
+        top, bottom = _TB.unpack_from(mm, off)
+        if bottom <= top:
+            return []
+        cap, rs, base = self.capacity, self.record_size, self._base
+        with self.mutex:
+            top, bottom = _TB.unpack_from(mm, off)
+            size = bottom - top
+            if size <= 0:
+                return []
+            pos = base + (top % cap) * rs
+            n = _LEN.unpack_from(mm, pos)[0]
+            first = mm[pos + 4:pos + 4 + n]
+            if not admit(first):
+                return []
+            out = [first]
+            count = min(max_records, max(1, size // 2))
+            for i in range(1, count):
+                pos = base + ((top + i) % cap) * rs
+                n = _LEN.unpack_from(mm, pos)[0]
+                out.append(mm[pos + 4:pos + 4 + n])
+            struct.pack_into("<Q", mm, off, top + count)
+        return out
+
     def steal(self, max_records: int = 1) -> list[bytes]:
         """A thief takes up to ``max_records`` of the oldest records, and never more than
         half of them (at least one) -- FIFO order."""
@@ -155,3 +203,49 @@ class TaskDeque:
                     mm[pos + 4:pos + 4 + len(rec)] = rec
                 struct.pack_into("<Q", mm, self.offset + 72, top + len(keep))
         return gone
+
+
+class PriorityDeques:
+    """A process's deques, one per priority level (high, normal, low).  Records go to the
+    level in their header's priority byte; pops and steals serve higher levels first."""
+
+    __slots__ = ("levels", "max_payload")
+
+    def __init__(self, levels: list[TaskDeque]) -> None:
+        self.levels = levels
+        self.max_payload = levels[0].max_payload
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.levels)
+
+    def push(self, record: bytes) -> bool:
+        return self.levels[record[1]].push(record)
+
+    def push_many(self, records: list[bytes]) -> int:
+        """Push in order; returns how many of the leading records fit."""
+        if all(r[1] == records[0][1] for r in records):
+            return self.levels[records[0][1]].push_many(records)
+        for i, r in enumerate(records):
+            if not self.levels[r[1]].push(r):
+                return i
+        return len(records)
+
+    def pop_if(self, admit) -> bytes | None:
+        for d in self.levels:
+            rec = d.pop_if(admit)
+            if rec is not None:
+                return rec
+        return None
+
+    def pop(self) -> bytes | None:
+        for d in self.levels:
+            rec = d.pop()
+            if rec is not None:
+                return rec
+        return None
+
+    def remove_if(self, predicate) -> list[bytes]:
+        out = []
+        for d in self.levels:
+            out.extend(d.remove_if(predicate))
+        return out

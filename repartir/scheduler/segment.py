@@ -21,22 +21,26 @@ from __future__ import annotations
 import struct
 
 from ..sync import RobustMutex, address_of, futex_wait, futex_wake
-from .deque import TaskDeque, deque_bytes
+from .deque import PriorityDeques, TaskDeque, deque_bytes
+from .record import DEFAULT_VECTOR, NRES, PRIORITIES
 from .mailbox import Inbox, inbox_bytes
 
 __all__ = ["Segment", "SlotState", "segment_bytes", "RECORD_SIZE"]
 
 _MAGIC = 0x7265_7061_7363_6864
+LAYOUT_VERSION = 3  # bump whenever the layout below changes
 _HEADER = 4096
 _SLOT_HEADER = 1024
 RECORD_SIZE = 512
-_H = struct.Struct("<QIIIIIIIIQ")
+_H = struct.Struct("<QIIIIIIIIQI")
 # magic nslots active shutdown work_seq sleepers spinners deque_cap record_size inbox_size
+# layout_version
 _SHUTDOWN_OFF, _WORK_SEQ_OFF, _SLEEPERS_OFF, _SPINNERS_OFF = 16, 20, 24, 28
 _MUTEX_OFF = 128
 _SLOT = struct.Struct("<IIII")  # state pid (unused) blocked
 _CURRENT_OFF = 512
-_RUNNING = struct.Struct("<H16s")  # owner slot, task id
+_RUNNING = struct.Struct("<H16sdf")  # owner slot, task id, start (monotonic s), timeout s
+_STOP = struct.Struct("<I16s")  # stop request: reason + 1 (0: none), task id
 MAX_NESTING = (512 - 4) // _RUNNING.size
 
 
@@ -45,10 +49,18 @@ class SlotState:
     DRIVER = 1
     WORKER = 2
     DEAD = 3
+    STARTING = 4  # spawned, not yet attached
+
+
+_RES = struct.Struct(f"<{NRES}q")
+_TOTALS_OFF, _AVAIL_OFF = 256, 256 + _RES.size
+_CANCEL_COUNT_OFF, _CANCEL_RING_OFF, CANCEL_RING = 512, 528, 192  # ids of cancelled tasks
+_NPRIO = len(PRIORITIES)
 
 
 def _stride(deque_capacity: int, inbox_size: int) -> int:
-    n = _SLOT_HEADER + deque_bytes(deque_capacity, RECORD_SIZE) + inbox_bytes(inbox_size)
+    n = (_SLOT_HEADER + _NPRIO * deque_bytes(deque_capacity, RECORD_SIZE)
+         + inbox_bytes(inbox_size))
     return (n + 4095) & ~4095
 
 
@@ -64,24 +76,29 @@ class Segment:
         self.mm = mm
         if create:
             _H.pack_into(mm, 0, _MAGIC, nslots, 0, 0, 0, 0, 0, deque_capacity, RECORD_SIZE,
-                         inbox_size)
+                         inbox_size, LAYOUT_VERSION)
             RobustMutex(address_of(mm, _MUTEX_OFF)).initialize()
         h = _H.unpack_from(mm, 0)
         if h[0] != _MAGIC:
             raise RuntimeError("the scheduler segment does not hold a repartir segment")
+        if h[10] != LAYOUT_VERSION or h[8] != RECORD_SIZE:
+            raise RuntimeError(
+                f"the node was started by another version of repartir (segment layout "
+                f"{h[10]}, this process expects {LAYOUT_VERSION}); restart the driver so that "
+                f"it and its workers run the same installed version")
         self.nslots, self.deque_capacity, self.inbox_size = h[1], h[7], h[9]
         self.mutex = RobustMutex(address_of(mm, _MUTEX_OFF))
         self._work_seq_addr = address_of(mm, _WORK_SEQ_OFF)
         self._stride = _stride(self.deque_capacity, self.inbox_size)
-        self.deques = []
-        self.inboxes = []
+        self.deques: list[PriorityDeques] = []
+        self.inboxes: list[Inbox] = []
+        dq = deque_bytes(self.deque_capacity, RECORD_SIZE)
         for i in range(self.nslots):
-            base = _HEADER + i * self._stride
-            self.deques.append(TaskDeque(mm, base + _SLOT_HEADER, self.deque_capacity,
-                                         RECORD_SIZE, create))
-            self.inboxes.append(Inbox(mm, base + _SLOT_HEADER
-                                      + deque_bytes(self.deque_capacity, RECORD_SIZE),
-                                      self.inbox_size, create))
+            base = _HEADER + i * self._stride + _SLOT_HEADER
+            self.deques.append(PriorityDeques([
+                TaskDeque(mm, base + p * dq, self.deque_capacity, RECORD_SIZE, create)
+                for p in range(_NPRIO)]))
+            self.inboxes.append(Inbox(mm, base + _NPRIO * dq, self.inbox_size, create))
 
     # -- header ----------------------------------------------------------------------
 
@@ -130,7 +147,8 @@ class Segment:
     def set_slot_state(self, index: int, state: int) -> None:
         struct.pack_into("<I", self.mm, self.slot_offset(index), state)
 
-    def push_running(self, index: int, owner: int, task_id: bytes) -> bool:
+    def push_running(self, index: int, owner: int, task_id: bytes, start: float = 0.0,
+                     timeout: float = 0.0) -> bool:
         """Record that the slot's process starts running a task (nested runs stack up:
         a worker blocked in ``get`` runs other tasks meanwhile).  ``False`` when the stack
         is full -- the caller must not start another nested task then."""
@@ -138,7 +156,8 @@ class Segment:
         depth = struct.unpack_from("<I", self.mm, off)[0]
         if depth >= MAX_NESTING:
             return False
-        _RUNNING.pack_into(self.mm, off + 4 + depth * _RUNNING.size, owner, task_id)
+        _RUNNING.pack_into(self.mm, off + 4 + depth * _RUNNING.size, owner, task_id, start,
+                           timeout)
         struct.pack_into("<I", self.mm, off, depth + 1)
         return True
 
@@ -147,9 +166,9 @@ class Segment:
         depth = struct.unpack_from("<I", self.mm, off)[0]
         struct.pack_into("<I", self.mm, off, max(depth - 1, 0))
 
-    def running(self, index: int) -> list[tuple[int, bytes]]:
-        """The ``(owner slot, task id)`` of every task the slot's process is running,
-        outermost first."""
+    def running(self, index: int) -> list[tuple[int, bytes, float, float]]:
+        """``(owner slot, task id, start, timeout)`` of every task the slot's process is
+        running, outermost first (``start`` is ``time.monotonic()`` seconds)."""
         off = self.slot_offset(index) + _CURRENT_OFF
         depth = min(struct.unpack_from("<I", self.mm, off)[0], MAX_NESTING)
         return [_RUNNING.unpack_from(self.mm, off + 4 + i * _RUNNING.size)
@@ -158,6 +177,24 @@ class Segment:
     def clear_running(self, index: int) -> None:
         struct.pack_into("<I", self.mm, self.slot_offset(index) + _CURRENT_OFF, 0)
 
+    def find_running(self, task_id: bytes) -> tuple[int, int] | None:
+        """``(slot, pid)`` of the worker running ``task_id``, if any."""
+        for i in range(1, self.active_slots):
+            if any(r[1] == task_id for r in self.running(i)):
+                return i, self.slot_state(i)[1]
+        return None
+
+    def request_stop(self, index: int, task_id: bytes, reason: int) -> None:
+        _STOP.pack_into(self.mm, self.slot_offset(index) + 16, reason + 1, task_id)
+
+    def take_stop_request(self, index: int) -> tuple[int, bytes] | None:
+        off = self.slot_offset(index) + 16
+        reason, task_id = _STOP.unpack_from(self.mm, off)
+        if not reason:
+            return None
+        _STOP.pack_into(self.mm, off, 0, bytes(16))
+        return reason - 1, task_id
+
     def set_blocked(self, index: int, blocked: bool) -> None:
         """A worker waiting in ``get`` with nothing to run lends its CPU: the node may
         start an extra worker meanwhile."""
@@ -165,6 +202,73 @@ class Segment:
 
     def blocked(self, index: int) -> bool:
         return struct.unpack_from("<I", self.mm, self.slot_offset(index) + 12)[0] != 0
+
+    # -- resources ---------------------------------------------------------------------
+
+    def set_totals(self, totals: tuple[int, ...]) -> None:
+        """Set the node's resources (milli-units; CPU, GPU, custom...) -- all available."""
+        with self.mutex:
+            _RES.pack_into(self.mm, _TOTALS_OFF, *totals)
+            _RES.pack_into(self.mm, _AVAIL_OFF, *totals)
+
+    def totals(self) -> tuple[int, ...]:
+        return _RES.unpack_from(self.mm, _TOTALS_OFF)
+
+    def available(self) -> tuple[int, ...]:
+        return _RES.unpack_from(self.mm, _AVAIL_OFF)
+
+    def try_acquire(self, demand: tuple[int, ...]) -> bool:
+        """Reserve ``demand`` if every amount is available now."""
+        mm = self.mm
+        if demand is DEFAULT_VECTOR:
+            with self.mutex:
+                cpu = struct.unpack_from("<q", mm, _AVAIL_OFF)[0]
+                if cpu < 1000:
+                    return False
+                struct.pack_into("<q", mm, _AVAIL_OFF, cpu - 1000)
+                return True
+        with self.mutex:
+            avail = _RES.unpack_from(mm, _AVAIL_OFF)
+            if any(d > a for d, a in zip(demand, avail) if d):
+                return False
+            _RES.pack_into(mm, _AVAIL_OFF, *(a - d for a, d in zip(avail, demand)))
+            return True
+
+    def force_acquire(self, demand: tuple[int, ...]) -> None:
+        """Take ``demand`` back even if that oversubscribes (a worker leaving ``get``)."""
+        with self.mutex:
+            avail = _RES.unpack_from(self.mm, _AVAIL_OFF)
+            _RES.pack_into(self.mm, _AVAIL_OFF, *(a - d for a, d in zip(avail, demand)))
+
+    def release(self, demand: tuple[int, ...]) -> None:
+        with self.mutex:
+            avail = _RES.unpack_from(self.mm, _AVAIL_OFF)
+            _RES.pack_into(self.mm, _AVAIL_OFF, *(a + d for a, d in zip(avail, demand)))
+            seq = self._u32(_WORK_SEQ_OFF)
+            sleepers = self._u32(_SLEEPERS_OFF)
+            if sleepers:  # freed resources may admit a queued task
+                struct.pack_into("<I", self.mm, _WORK_SEQ_OFF, (seq + 1) & 0xFFFFFFFF)
+        if sleepers:
+            futex_wake(self._work_seq_addr, 1)
+
+    # -- cancellation --------------------------------------------------------------------
+
+    def add_cancelled(self, task_id: bytes) -> None:
+        """Remember a cancelled task's id (a ring of the last ``CANCEL_RING``), so that a
+        copy of it popped meanwhile by some worker is dropped instead of run."""
+        with self.mutex:
+            n = self._u32(_CANCEL_COUNT_OFF)
+            at = _CANCEL_RING_OFF + (n % CANCEL_RING) * 16
+            self.mm[at:at + 16] = task_id
+            struct.pack_into("<I", self.mm, _CANCEL_COUNT_OFF, n + 1)
+
+    def is_cancelled(self, task_id: bytes) -> bool:
+        n = self._u32(_CANCEL_COUNT_OFF)
+        if n == 0:
+            return False
+        ring = self.mm[_CANCEL_RING_OFF:_CANCEL_RING_OFF + 16 * min(n, CANCEL_RING)]
+        i = ring.find(task_id)
+        return i >= 0 and i % 16 == 0
 
     # -- the work eventcount -----------------------------------------------------------
 

@@ -1,0 +1,53 @@
+"""Task records: the fixed-size header every queued task carries, readable without
+unpickling anything (so a thief can check resources and priority, and cancellation or crash
+handling can find a task by id).
+
+``kind u8 | priority u8 | flags u8 | ncustom u8 | owner u16 | task id 16 B |``
+``cpu u32 | gpu u32 | timeout f32 | custom index 4 x u8 | custom amount 4 x u32``
+
+Amounts are in milli-units (``num_cpus=0.5`` is 500).  ``flags & DEFAULT_DEMAND`` marks the
+common case, one CPU and nothing else.  After the header comes the spec (pickled), or, for
+``kind == SPEC_IN_ARENA``, its ``(offset, nbytes)`` in the arena.
+"""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = ["HEADER", "SPEC_INLINE", "SPEC_IN_ARENA", "DEFAULT_DEMAND", "NRES",
+           "HIGH", "NORMAL", "LOW", "PRIORITIES", "pack_header", "demand_of",
+           "DEFAULT_VECTOR", "MAX_CUSTOM"]
+
+HEADER = struct.Struct("<BBBBH16sIIf4B4I")
+SPEC_INLINE, SPEC_IN_ARENA = 0, 1
+DEFAULT_DEMAND = 1
+NRES = 8  # CPU, GPU, and up to 6 custom resources per node
+MAX_CUSTOM = 4  # custom resources one task may ask for
+HIGH, NORMAL, LOW = 0, 1, 2
+PRIORITIES = (HIGH, NORMAL, LOW)
+DEFAULT_VECTOR = (1000,) + (0,) * (NRES - 1)
+
+
+def pack_header(kind: int, priority: int, owner: int, task_id: bytes,
+                demand: tuple[int, ...], timeout: float) -> bytes:
+    """Pack a header; ``demand`` is a vector of ``NRES`` milli-amounts."""
+    custom = [(i, a) for i, a in enumerate(demand[2:], start=2) if a]
+    if len(custom) > MAX_CUSTOM:
+        raise ValueError(f"a task may ask for at most {MAX_CUSTOM} custom resources")
+    flags = DEFAULT_DEMAND if tuple(demand) == DEFAULT_VECTOR else 0
+    idx = [i for i, _ in custom] + [0] * (MAX_CUSTOM - len(custom))
+    amt = [a for _, a in custom] + [0] * (MAX_CUSTOM - len(custom))
+    return HEADER.pack(kind, priority, flags, len(custom), owner, task_id, demand[0],
+                       demand[1], timeout, *idx, *amt)
+
+
+def demand_of(rec) -> tuple[int, ...]:
+    """The resource vector a record asks for."""
+    h = HEADER.unpack_from(rec, 0)
+    if h[2] & DEFAULT_DEMAND:
+        return DEFAULT_VECTOR
+    v = [0] * NRES
+    v[0], v[1] = h[6], h[7]
+    for k in range(h[3]):
+        v[h[9 + k]] += h[13 + k]
+    return tuple(v)
