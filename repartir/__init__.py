@@ -183,9 +183,13 @@ def nodes() -> list[dict]:
     """The nodes of the cluster (this version: the local node), as dicts in Ray's shape."""
     c = _driver.client()
     cfg = c.config
+    resources = {"CPU": float(cfg.num_cpus)}
+    if cfg.num_gpus:
+        resources["GPU"] = float(cfg.num_gpus)
+    resources.update(dict(cfg.resources))
+    resources["object_store_memory"] = float(cfg.object_store_memory)
     return [{"NodeID": c.session, "Alive": True, "NodeManagerAddress": "127.0.0.1",
-             "Resources": {"CPU": float(cfg.num_cpus),
-                           "object_store_memory": float(cfg.object_store_memory)}}]
+             "Resources": resources}]
 
 
 def cluster_resources() -> dict:
@@ -194,11 +198,13 @@ def cluster_resources() -> dict:
 
 
 def available_resources() -> dict:
-    """Resources not in use now: CPUs of idle workers, free arena bytes."""
+    """Resources not reserved by running tasks now, in Ray's units (CPU, GPU, custom), and
+    free arena bytes as ``object_store_memory``."""
     c = _driver.client()
-    seg = c.segment
-    busy = sum(1 for i in range(1, seg.active_slots)
-               if seg.running(i) and not seg.blocked(i))
+    names = ["CPU", "GPU"] + [n for n, _ in c.config.resources]
+    avail = c.segment.available()
+    out = {name: max(avail[i], 0) / 1000 for i, name in enumerate(names)
+           if name != "GPU" or c.config.num_gpus}
     stats = c.arena.statistics()
-    return {"CPU": float(max(c.config.num_cpus - busy, 0)),
-            "object_store_memory": float(stats.capacity - stats.used_bytes)}
+    out["object_store_memory"] = float(stats.capacity - stats.used_bytes)
+    return out

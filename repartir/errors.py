@@ -104,8 +104,17 @@ def _dual_instance(user_type: type, cause: BaseException) -> TaskError | None:
         except TypeError:  # final type or incompatible layout
             return None
         _dual_classes[user_type] = dual
+    err = None
+    for make in (lambda: user_type.__new__(dual, *cause.args),  # e.g. OSError's own __new__
+                 lambda: BaseException.__new__(dual)):
+        try:
+            err = make()
+            break
+        except Exception:
+            continue
+    if err is None:
+        return None
     try:
-        err = BaseException.__new__(dual)
         err.args = cause.args
         if hasattr(cause, "__dict__"):
             err.__dict__.update(cause.__dict__)

@@ -168,8 +168,10 @@ class CoreClient:
             return deserialize(memoryview(loc[1]))
         if kind == "a":
             return deserialize(self.arena.view(loc[1], loc[2]))
-        if kind == "e":
+        if kind == "e":  # the task raised
             raise error_from_payload(loc[1])
+        if kind == "x":  # the runtime stopped the task (crash, cancel, timeout)
+            raise pickle.loads(loc[1])
         raise ObjectLostError(f"object location {loc!r} is not understood")
 
     # -- functions -----------------------------------------------------------------
@@ -372,7 +374,7 @@ class CoreClient:
                     f"{t.attempt + 1} time(s) (max_retries={t.opts.max_retries}). If the task "
                     f"uses too much memory or crashes natively, fix it or raise max_retries.")
             del self.tasks[task_id]
-            self._finish(t, [("e", error_payload(err, t.fn_name))] * len(t.return_ids))
+            self._finish(t, [("x", pickle.dumps(err, 5))] * len(t.return_ids))
         elif kind == MSG_REQUEST:
             _, object_id, reply_slot = msg
             e = self.table.get(object_id)
@@ -580,7 +582,7 @@ class CoreClient:
     def _cancelled(self, t: _Task) -> None:
         self.tasks.pop(t.task_id, None)
         err = TaskCancelledError(f"task {t.fn_name} was cancelled")
-        self._finish(t, [("e", error_payload(err, t.fn_name))] * len(t.return_ids))
+        self._finish(t, [("x", pickle.dumps(err, 5))] * len(t.return_ids))
 
     def cancel_queued(self) -> int:
         """Cancel every task of this process that has not started; returns how many."""

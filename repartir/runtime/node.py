@@ -194,6 +194,9 @@ class Node:
         state, _ = self.segment.slot_state(slot)
         running = self.segment.running(slot)
         self.segment.clear_running(slot)
+        held = self.segment.take_held(slot)
+        if any(held):  # what the dead process had reserved goes back to the pool
+            self.segment.release(held)
         self.segment.set_blocked(slot, False)
         with self._lock:
             if self.procs.get(slot) is proc:

@@ -136,11 +136,13 @@ class Worker:
         nested wait lends its own task's, so waits never hold what the tasks they wait for
         need -- no resource deadlock)."""
         if self.demands:
+            self.seg.add_held(self.slot, self.demands[-1], -1)
             self.seg.release(self.demands[-1])
 
     def unlend(self) -> None:
         if self.demands:
             self.seg.force_acquire(self.demands[-1])
+            self.seg.add_held(self.slot, self.demands[-1], 1)
 
     # -- running a task ------------------------------------------------------------
 
@@ -150,6 +152,7 @@ class Worker:
         kind, owner, task_id, timeout = h[0], h[4], h[5], h[8]
         demand = record.demand_of(rec)
         seg = self.seg
+        seg.add_held(self.slot, demand, 1)
         seg.push_running(self.slot, owner, task_id, time.monotonic(), timeout)
         self.demands.append(demand)
         self.last_work = time.monotonic()
@@ -163,6 +166,7 @@ class Worker:
         finally:
             self.demands.pop()
             seg.pop_running(self.slot)
+            seg.add_held(self.slot, demand, -1)
             seg.release(demand)
 
     def _run(self, kind: int, rec: bytes, task_id: bytes) -> bytes:

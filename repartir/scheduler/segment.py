@@ -28,7 +28,7 @@ from .mailbox import Inbox, inbox_bytes
 __all__ = ["Segment", "SlotState", "segment_bytes", "RECORD_SIZE"]
 
 _MAGIC = 0x7265_7061_7363_6864
-LAYOUT_VERSION = 3  # bump whenever the layout below changes
+LAYOUT_VERSION = 4  # bump whenever the layout below changes
 _HEADER = 4096
 _SLOT_HEADER = 1024
 RECORD_SIZE = 512
@@ -55,6 +55,7 @@ class SlotState:
 _RES = struct.Struct(f"<{NRES}q")
 _TOTALS_OFF, _AVAIL_OFF = 256, 256 + _RES.size
 _CANCEL_COUNT_OFF, _CANCEL_RING_OFF, CANCEL_RING = 512, 528, 192  # ids of cancelled tasks
+_HELD_OFF = 64  # in a slot's header: resources its process holds
 _NPRIO = len(PRIORITIES)
 
 
@@ -135,6 +136,8 @@ class Segment:
                 st = _SLOT.unpack_from(self.mm, off)[0]
                 if st in (SlotState.FREE, SlotState.DEAD) or index is not None:
                     _SLOT.pack_into(self.mm, off, state, pid, 0, 0)
+                    if state == SlotState.STARTING:
+                        _RES.pack_into(self.mm, off + _HELD_OFF, *([0] * NRES))
                     if i + 1 > self.active_slots:
                         struct.pack_into("<I", self.mm, 12, i + 1)
                     return i
@@ -194,6 +197,19 @@ class Segment:
             return None
         _STOP.pack_into(self.mm, off, 0, bytes(16))
         return reason - 1, task_id
+
+    def add_held(self, index: int, demand: tuple[int, ...], sign: int) -> None:
+        """Track what the slot's process holds (``sign`` +1 or -1), so that the node can
+        give it back to the pool when the process dies."""
+        off = self.slot_offset(index) + _HELD_OFF
+        held = _RES.unpack_from(self.mm, off)
+        _RES.pack_into(self.mm, off, *(h + sign * d for h, d in zip(held, demand)))
+
+    def take_held(self, index: int) -> tuple[int, ...]:
+        off = self.slot_offset(index) + _HELD_OFF
+        held = _RES.unpack_from(self.mm, off)
+        _RES.pack_into(self.mm, off, *([0] * NRES))
+        return held
 
     def set_blocked(self, index: int, blocked: bool) -> None:
         """A worker waiting in ``get`` with nothing to run lends its CPU: the node may
