@@ -112,6 +112,7 @@ class CoreClient:
         self.borrowed: dict[bytes, Any] = {}
         self.requested: set[bytes] = set()
         self.functions: dict[bytes, tuple[int, int]] = {}
+        self._headers: dict[TaskOptions, tuple[bytes, bytes]] = {}  # record header parts
         self._lock = threading.RLock()
         self._poll_lock = threading.Lock()
         self._getters = 0
@@ -294,8 +295,11 @@ class CoreClient:
             rec = record.pack_header(record.SPEC_IN_ARENA, o.priority, self.slot, t.task_id,
                                      o.demand, o.timeout) + ARENA_SPEC.pack(off, len(body))
         else:
-            rec = record.pack_header(record.SPEC_INLINE, o.priority, self.slot, t.task_id,
-                                     o.demand, o.timeout) + body
+            parts = self._headers.get(o)
+            if parts is None:
+                parts = self._headers[o] = record.header_parts(
+                    record.SPEC_INLINE, o.priority, self.slot, o.demand, o.timeout)
+            rec = parts[0] + t.task_id + parts[1] + body
         t.record = rec
         if self.backlog or not self.deque.push(rec):
             self.backlog.append(rec)

@@ -216,7 +216,11 @@ class PriorityDeques:
         self.max_payload = levels[0].max_payload
 
     def __len__(self) -> int:
-        return sum(len(d) for d in self.levels)
+        n = 0
+        for d in self.levels:
+            top, bottom = _TB.unpack_from(d.mm, d.offset + 64)
+            n += bottom - top
+        return n
 
     def push(self, record: bytes) -> bool:
         return self.levels[record[1]].push(record)
