@@ -17,13 +17,15 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from . import errors
-from .errors import (GetTimeoutError, InfeasibleTaskError, ObjectLostError,
+from .errors import (ActorDiedError, GetTimeoutError, InfeasibleTaskError, ObjectLostError,
                      ObjectStoreFullError, RepartirError, SerializationError,
                      TaskCancelledError, TaskError, TaskTimeoutError, WorkerCrashedError)
 from .runtime import driver as _driver
 from .runtime.driver import init, is_initialized, shutdown
 from .runtime.objectref import ObjectRef
+from .runtime.actor import ActorClass, ActorHandle, method
 from .runtime.remote_function import RemoteFunction
+from .runtime.streaming import ObjectRefGenerator
 
 __version__ = "0.1.0"
 
@@ -36,7 +38,13 @@ __all__ = [
     "wait",
     "put",
     "cancel",
+    "kill",
+    "get_actor",
+    "method",
     "ObjectRef",
+    "ObjectRefGenerator",
+    "ActorClass",
+    "ActorHandle",
     "RemoteFunction",
     "nodes",
     "cluster_resources",
@@ -52,6 +60,7 @@ __all__ = [
     "TaskCancelledError",
     "TaskTimeoutError",
     "InfeasibleTaskError",
+    "ActorDiedError",
 ]
 
 
@@ -72,9 +81,14 @@ def remote(*args: Any, **options: Any):
     * ``timeout`` (seconds, default none): a task running longer is stopped and ``get``
       raises ``TaskTimeoutError``.
 
+    On a class, makes an actor class (options: ``num_cpus`` -- default 0 --, ``num_gpus``,
+    ``resources``, ``name``, ``namespace``, ``lifetime``, ``get_if_exists``,
+    ``max_restarts``, ``max_task_retries``, ``max_concurrency``): see
+    :mod:`repartir.runtime.actor`.
+
     Raises:
-        TypeError: applied to something that is not a function (classes -- actors -- are
-            not available in this version).
+        TypeError: applied to something that is neither a function nor a class.
+        ValueError: an unknown option or a value out of range.
     """
     if len(args) == 1 and not options and callable(args[0]):
         return _make_remote(args[0], {})
@@ -83,11 +97,9 @@ def remote(*args: Any, **options: Any):
     return lambda fn: _make_remote(fn, options)
 
 
-def _make_remote(obj: Any, options: dict) -> RemoteFunction:
+def _make_remote(obj: Any, options: dict):
     if isinstance(obj, type):
-        raise TypeError(
-            f"@remote on a class ({obj.__qualname__}): actors are not available in this "
-            f"version of repartir; use remote functions.")
+        return ActorClass(obj, options)
     if not callable(obj):
         raise TypeError(f"@remote needs a function, got {type(obj).__qualname__}")
     return RemoteFunction(obj, options)
@@ -177,6 +189,37 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() takes an ObjectRef, got {type(object_ref).__qualname__}")
     _driver.client().cancel(object_ref, force)
+
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Kill an actor's process at once; its pending and later calls raise
+    ``ActorDiedError``.  With ``no_restart=False`` it is restarted if ``max_restarts``
+    allows.
+
+    Raises:
+        TypeError: ``actor`` is not an ActorHandle.
+    """
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() takes an ActorHandle, got {type(actor).__qualname__}")
+    node = _driver.client().node
+    if node is None:
+        raise RepartirError("kill() is available in the driver only in this version")
+    node.kill_actor(actor._slot, no_restart)
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The handle of the live actor created with ``name=`` (in ``namespace``).
+
+    Raises:
+        ValueError: no live actor has that name.
+    """
+    node = _driver.client().node
+    if node is None:
+        raise RepartirError("get_actor() is available in the driver only in this version")
+    handle = node.named_actors.get((namespace or "default", name))
+    if handle is None or handle.state == "DEAD":
+        raise ValueError(f"no live actor named {name!r} in namespace {namespace or 'default'!r}")
+    return handle
 
 
 def nodes() -> list[dict]:

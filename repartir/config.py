@@ -22,6 +22,7 @@ setting                        environment variable            default
 ``shm_dir``                    ``REPARTIR_SHM_DIR``            ``/dev/shm``
 ``deque_capacity``             ``REPARTIR_DEQUE_CAPACITY``     8192 task records per process deque
 ``inbox_bytes``                ``REPARTIR_INBOX_BYTES``        8 MiB per process inbox ring
+``max_actors``                 ``REPARTIR_MAX_ACTORS``         64 actor processes per node
 ============================== =============================== =====================================
 """
 
@@ -50,6 +51,7 @@ class Config:
     shm_dir: str = "/dev/shm"
     deque_capacity: int = 8192
     inbox_bytes: int = 8 * MiB
+    max_actors: int = 64
 
 
 def _env_int(name: str) -> int | None:
@@ -124,4 +126,5 @@ def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
         shm_dir=shm_dir,
         deque_capacity=_env_int("REPARTIR_DEQUE_CAPACITY") or 8192,
         inbox_bytes=_env_int("REPARTIR_INBOX_BYTES") or 8 * MiB,
+        max_actors=_env_int("REPARTIR_MAX_ACTORS") or 64,
     )

@@ -21,6 +21,7 @@ __all__ = [
     "TaskCancelledError",
     "TaskTimeoutError",
     "InfeasibleTaskError",
+    "ActorDiedError",
     "RemoteTraceback",
 ]
 
@@ -158,3 +159,8 @@ class TaskTimeoutError(RepartirError, TimeoutError):
 class InfeasibleTaskError(RepartirError, ValueError):
     """A task asks for resources no node has (e.g. ``num_gpus=1`` on a node without GPUs);
     raised at submission instead of waiting for ever."""
+
+
+class ActorDiedError(RepartirError):
+    """The actor is dead: its constructor failed, it was killed, or its process died more
+    often than ``max_restarts`` allowed.  The message gives the cause."""

@@ -43,9 +43,9 @@ __all__ = ["CoreClient", "Dep", "TaskOptions", "RECORD_HEADER", "MSG_DONE", "MSG
            "MSG_OBJECT", "MSG_CRASHED", "OK", "FAILED", "CRASH", "TIMEOUT", "CANCEL"]
 
 ARENA_SPEC = struct.Struct("<QQ")
-MSG_DONE, MSG_REQUEST, MSG_OBJECT, MSG_CRASHED = 0, 1, 2, 3
+MSG_DONE, MSG_REQUEST, MSG_OBJECT, MSG_CRASHED, MSG_CALL, MSG_ITEM = 0, 1, 2, 3, 4, 5
 OK, FAILED = 0, 1
-CRASH, TIMEOUT, CANCEL = 0, 1, 2  # why a worker was stopped (MSG_CRASHED)
+CRASH, TIMEOUT, CANCEL, ACTOR_DIED = 0, 1, 2, 3  # why a task stopped (MSG_CRASHED)
 
 
 class TaskOptions:
@@ -87,10 +87,11 @@ class Dep:
 
 class _Task:
     __slots__ = ("task_id", "return_ids", "fn_name", "spec", "deps", "pending", "held",
-                 "record", "spec_block", "attempt", "opts", "cancelled")
+                 "record", "spec_block", "args_block", "attempt", "opts", "cancelled",
+                 "target", "stream")
 
 
-_EMPTY_ARGS = serialize(((), {})).to_bytes()
+_EMPTY_ARGS = ("i", serialize(((), {})).to_bytes())
 
 
 class CoreClient:
@@ -113,6 +114,9 @@ class CoreClient:
         self.requested: set[bytes] = set()
         self.functions: dict[bytes, tuple[int, int]] = {}
         self._headers: dict[TaskOptions, tuple[bytes, bytes]] = {}  # record header parts
+        self.actor_queues: dict[int, collections.deque] = {}  # calls not yet sent, per actor
+        self.calls: collections.deque = collections.deque()  # in an actor: calls received
+        self.futures: dict[bytes, list] = {}  # object id -> concurrent.futures.Future list
         self._lock = threading.RLock()
         self._poll_lock = threading.Lock()
         self._getters = 0
@@ -223,13 +227,18 @@ class CoreClient:
         v = tuple(v)
         return record.DEFAULT_VECTOR if v == record.DEFAULT_VECTOR else v
 
-    def submit(self, fn_key: bytes, fn_loc: tuple[int, int], fn_name: str, args: Sequence,
-               kwargs: dict, opts: TaskOptions) -> list[ObjectRef]:
-        """Submit a task; returns its ``opts.num_returns`` refs at once.
+    def submit(self, fn_key, fn_loc: tuple[int, int], fn_name: str, args: Sequence,
+               kwargs: dict, opts: TaskOptions, target: int | None = None,
+               stream=None) -> list[ObjectRef]:
+        """Submit a task; returns its ``opts.num_returns`` refs at once (none for a
+        streaming task: see :meth:`stream`).
+
+        ``target`` is ``None`` for a task (pushed to this process's deque, stolen by any
+        worker) or the slot of an actor (``fn_key`` is then the method name; the call goes
+        to the actor's inbox, after the earlier calls of this process to that actor).
 
         Raises:
             SerializationError: an argument cannot be pickled (the message names it).
-            InfeasibleTaskError: no node has the resources the task asks for.
         """
         num_returns = opts.num_returns
         deps: list[ObjectRef] = []
@@ -245,27 +254,36 @@ class CoreClient:
                 if type(a) is ObjectRef:
                     deps.append(a)
                     kwargs[k] = Dep(len(deps) - 1)
+        args_block = None
         if args or kwargs:
             with capture_refs() as nested:
                 try:
-                    blob = serialize((tuple(args), kwargs)).to_bytes()
+                    s = serialize((tuple(args), kwargs))
                 except SerializationError:
                     raise _name_bad_argument(fn_name, args, kwargs) from None
+            args_loc = self.store(s)  # large arguments go to the arena once, as Ray does
+            if args_loc[0] == "a":
+                args_block = args_loc[1]
         else:
-            blob, nested = _EMPTY_ARGS, []
+            args_loc, nested = _EMPTY_ARGS, []
         task_id = new_task_id()
         t = _Task()
         t.task_id = task_id
-        t.return_ids = [return_id(task_id, i) for i in range(num_returns)]
+        t.return_ids = [return_id(task_id, i) for i in range(max(num_returns, 0))]
         t.fn_name = fn_name
-        t.spec = (fn_key, fn_loc[0], fn_loc[1], fn_name, blob, num_returns)
+        t.spec = (fn_key, fn_loc[0], fn_loc[1], fn_name, args_loc, num_returns)
         t.deps = deps
         t.held = nested
         t.spec_block = None
+        t.args_block = args_block
         t.record = None
         t.attempt = 0
         t.opts = opts
         t.cancelled = False
+        t.target = target
+        t.stream = stream
+        if stream is not None:
+            stream._task_id = task_id
         with self._lock:
             refs = []
             for rid in t.return_ids:
@@ -278,15 +296,21 @@ class CoreClient:
                     pending += 1
                     self.waiting.setdefault(d._id, []).append(t)
             t.pending = pending
-            if not pending:
+            if target is not None:
+                self.actor_queues.setdefault(target, collections.deque()).append(t)
+                self._send_calls(target)
+            elif not pending:
                 self._push(t)
         return refs
 
+    def _body(self, t: _Task) -> bytes:
+        fn_key, fn_off, fn_len, fn_name, args_loc, nret = t.spec
+        dep_locs = [self._loc_of(d) for d in t.deps]
+        return pickle.dumps((fn_key, fn_off, fn_len, fn_name, args_loc, dep_locs, nret), 5)
+
     def _push(self, t: _Task) -> None:
         """Build the task's record (dependencies are ready now) and push it."""
-        fn_key, fn_off, fn_len, fn_name, blob, nret = t.spec
-        dep_locs = [self._loc_of(d) for d in t.deps]
-        body = pickle.dumps((fn_key, fn_off, fn_len, fn_name, blob, dep_locs, nret), 5)
+        body = self._body(t)
         o = t.opts
         if len(body) + RECORD_HEADER.size > self.deque.max_payload:
             off = self.arena.allocate(len(body))
@@ -305,6 +329,37 @@ class CoreClient:
             self.backlog.append(rec)
             self._flush_backlog()
         self.segment.notify_work(1)
+
+    def _send_calls(self, slot: int) -> None:
+        """Send this process's queued calls to the actor at ``slot``, in submission order,
+        up to the first one still waiting for an argument."""
+        q = self.actor_queues.get(slot)
+        while q and q[0].pending == 0:
+            t = q.popleft()
+            if t.cancelled:
+                continue
+            self._send_call(t)
+
+    def _send_call(self, t: _Task) -> None:
+        from .actor import actor_dead_error  # the actor module sits above this one
+
+        err = actor_dead_error(self.segment, t.target)
+        if err is not None:
+            self.tasks.pop(t.task_id, None)
+            self._finish(t, [("x", pickle.dumps(err, 5))] * len(t.return_ids))
+            return
+        body = self._body(t)
+        if len(body) > self.inbox.max_message // 2:
+            off = self.arena.allocate(len(body))
+            self.arena.writable(off, len(body))[:] = body
+            t.spec_block = off
+            msg = pickle.dumps((MSG_CALL, t.task_id, self.slot, None, (off, len(body))), 5)
+        else:
+            msg = pickle.dumps((MSG_CALL, t.task_id, self.slot, body, None), 5)
+        t.record = msg
+        inbox = self.segment.inboxes[t.target]
+        while not inbox.put(msg):
+            time.sleep(0.0005)
 
     def _flush_backlog(self) -> None:
         if not self.backlog:
@@ -349,6 +404,10 @@ class CoreClient:
                         if loc[0] == "a":
                             self.arena.release(loc[1])
                 return
+            if t.stream is not None:  # a streaming task ended: payload is the item count
+                t.stream.end(None if status == OK else ("e", payload))
+                self._finish(t, [])
+                return
             if status == OK:
                 locs = payload
             else:
@@ -358,6 +417,18 @@ class CoreClient:
                     return
                 locs = [("e", payload)] * len(t.return_ids)
             self._finish(t, locs)
+        elif kind == MSG_ITEM:
+            _, task_id, index, loc = msg
+            t = self.tasks.get(task_id)
+            if t is None or t.stream is None:
+                if loc[0] == "a":
+                    self.arena.release(loc[1])
+                return
+            oid = return_id(task_id, index)
+            self.table[oid] = [0, loc, None, None]
+            t.stream.add(self.make_ref(oid))
+        elif kind == MSG_CALL:
+            self.calls.append(msg)
         elif kind == MSG_CRASHED:
             _, task_id, detail, reason = msg
             t = self.tasks.get(task_id)
@@ -365,19 +436,31 @@ class CoreClient:
                 return
             if t.cancelled or reason == CANCEL:
                 err: Exception = TaskCancelledError(f"task {t.fn_name} was cancelled")
+            elif reason == ACTOR_DIED:
+                from .actor import ActorDiedError
+
+                err = ActorDiedError(f"the actor of {t.fn_name} died: {detail}")
             elif reason == TIMEOUT:
                 err = TaskTimeoutError(
                     f"task {t.fn_name} ran longer than its timeout of {t.opts.timeout:g} s and "
                     f"was stopped ({detail})")
-            elif t.attempt < t.opts.max_retries:
+            elif t.attempt < t.opts.max_retries and t.stream is None:
                 self._retry(t)
                 return
+            elif t.target is not None:
+                from .actor import ActorDiedError
+
+                err = ActorDiedError(
+                    f"the actor process running {t.fn_name} died ({detail}) and the call was "
+                    f"tried {t.attempt + 1} time(s) (max_task_retries={t.opts.max_retries})")
             else:
                 err = WorkerCrashedError(
                     f"the worker running {t.fn_name} died ({detail}); the task was tried "
                     f"{t.attempt + 1} time(s) (max_retries={t.opts.max_retries}). If the task "
                     f"uses too much memory or crashes natively, fix it or raise max_retries.")
             del self.tasks[task_id]
+            if t.stream is not None:
+                t.stream.end(("x", pickle.dumps(err, 5)))
             self._finish(t, [("x", pickle.dumps(err, 5))] * len(t.return_ids))
         elif kind == MSG_REQUEST:
             _, object_id, reply_slot = msg
@@ -394,6 +477,9 @@ class CoreClient:
         elif kind == MSG_OBJECT:
             _, object_id, loc = msg
             self.borrowed[object_id] = loc
+            futures = self.futures.pop(object_id, None)
+            if futures:
+                self._resolve(futures, loc)
 
     def _should_retry(self, t: _Task, payload: bytes) -> bool:
         retry = t.opts.retry_exceptions
@@ -406,6 +492,9 @@ class CoreClient:
 
     def _retry(self, t: _Task) -> None:
         t.attempt += 1
+        if t.target is not None:
+            self._send_call(t)
+            return
         self.backlog.append(t.record)
         self._flush_backlog()
 
@@ -424,11 +513,47 @@ class CoreClient:
             for w in self.waiting.pop(rid, ()):
                 w.pending -= 1
                 if w.pending == 0:
-                    self._push(w)
+                    if w.target is not None:
+                        self._send_calls(w.target)
+                    elif not w.cancelled:
+                        self._push(w)
+            futures = self.futures.pop(rid, None)
+            if futures:
+                self._resolve(futures, loc)
         if t.spec_block is not None:
             self.arena.release(t.spec_block)
             t.spec_block = None
+        if t.args_block is not None:
+            self.arena.release(t.args_block)
+            t.args_block = None
         t.deps = t.held = None
+
+    def _resolve(self, futures: list, loc) -> None:
+        try:
+            value = self.value(loc)
+        except BaseException as exc:  # the task's error goes into the future
+            for f in futures:
+                if not f.done():
+                    f.set_exception(exc)
+            return
+        for f in futures:
+            if not f.done():
+                f.set_result(value)
+
+    def future(self, ref: ObjectRef):
+        """A ``concurrent.futures.Future`` that gets ``ref``'s value (or error) once ready;
+        resolved by whichever thread polls (the driver's pump thread at the latest)."""
+        import concurrent.futures
+
+        f: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            loc = self._loc_of(ref)
+            if loc is None:
+                self.futures.setdefault(ref._id, []).append(f)
+                f._repartir_ref = ref  # keeps the object alive until resolved
+                return f
+        self._resolve([f], loc)
+        return f
 
     def _reply(self, slot: int, object_id: bytes, loc) -> None:
         msg = pickle.dumps((MSG_OBJECT, object_id, loc), 5)

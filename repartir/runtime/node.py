@@ -30,7 +30,10 @@ from ..errors import ObjectStoreFullError
 from ..scheduler.segment import Segment, SlotState, segment_bytes
 from ..store.arena import Arena
 from ..scheduler.record import NRES
-from .core import CRASH, MSG_CRASHED, TIMEOUT, stop_task
+from ..errors import RepartirError
+from .actor import CTOR_FAILED_EXIT
+from .core import (ACTOR_DIED, CRASH, MSG_CALL, MSG_CRASHED, MSG_DONE, OK, TIMEOUT,
+                   stop_task)
 
 __all__ = ["Node"]
 
@@ -86,6 +89,15 @@ def _create_shm(shm_dir: str, name: str, size: int) -> int:
     return fd
 
 
+class _ActorRecord:
+    def __init__(self, actor_id: bytes, config: dict, demand: tuple) -> None:
+        self.actor_id = actor_id
+        self.config = config
+        self.demand = demand
+        self.restarts_left = config["max_restarts"]
+        self.killed = False
+
+
 class Node:
     """The local node: owns the shared memory and the worker processes."""
 
@@ -98,6 +110,9 @@ class Node:
         self.stopping = False
         self.startup_failures = 0
         self.fatal: str | None = None  # set when workers cannot run at all
+        self.actors: dict[int, _ActorRecord] = {}
+        self.actor_procs: dict[int, subprocess.Popen] = {}
+        self.named_actors: dict[tuple[str, str], object] = {}
         self._lock = threading.Lock()
 
     # -- start -----------------------------------------------------------------------
@@ -108,7 +123,9 @@ class Node:
         sweep_dead_sessions(cfg.temp_dir, cfg.shm_dir)
         self._check_shm(cfg)
         os.makedirs(self.session_dir)
-        self.nslots = cfg.max_workers + 2  # the driver, workers up to the cap, one spare
+        # the driver, workers up to the cap, one spare, then the actors
+        self.first_actor_slot = cfg.max_workers + 2
+        self.nslots = self.first_actor_slot + cfg.max_actors
         sched_size = segment_bytes(self.nslots, cfg.deque_capacity, cfg.inbox_bytes)
         self.sched_fd = _create_shm(cfg.shm_dir, f"{_SHM_PREFIX}{self.session}-sched",
                                     sched_size)
@@ -154,9 +171,10 @@ class Node:
                 f"object_store_memory= to init() (or REPARTIR_OBJECT_STORE_MEMORY), or give "
                 f"{cfg.shm_dir} more room (e.g. `docker run --shm-size=...`).")
 
-    def _spawn(self, slot: int) -> None:
+    def _spawn(self, slot: int, actor: dict | None = None) -> None:
         cfg = self.config
         spec = {
+            "actor": actor,
             "slot": slot,
             "session": self.session,
             "sched_fd": self.sched_fd,
@@ -181,9 +199,107 @@ class Node:
             log.close()
         self.segment.claim_slot(SlotState.STARTING, proc.pid, slot)
         with self._lock:
-            self.procs[slot] = proc
-        threading.Thread(target=self._watch, args=(slot, proc), daemon=True,
-                         name=f"repartir-watch-{slot}").start()
+            (self.actor_procs if actor else self.procs)[slot] = proc
+        threading.Thread(target=self._watch_actor if actor else self._watch, args=(slot, proc),
+                         daemon=True, name=f"repartir-watch-{slot}").start()
+
+    # -- actors ----------------------------------------------------------------------
+
+    def create_actor(self, actor_id: bytes, creation: bytes, config: dict,
+                     demand: tuple) -> int:
+        """Start an actor process; returns its slot.
+
+        Raises:
+            RepartirError: every actor slot is taken (``REPARTIR_MAX_ACTORS``).
+        """
+        seg = self.segment
+        with self._lock:
+            slot = next((i for i in range(self.first_actor_slot, self.nslots)
+                         if i not in self.actors
+                         and seg.slot_state(i)[0] in (SlotState.FREE, SlotState.DEAD)), None)
+            if slot is None:
+                raise RepartirError(
+                    f"this node already runs {len(self.actors)} actors, its maximum; kill "
+                    f"actors you no longer need or raise REPARTIR_MAX_ACTORS")
+            path = os.path.join(self.session_dir, f"actor-{actor_id.hex()}.pkl")
+            with open(path, "wb") as f:
+                f.write(creation)
+            config = dict(config, creation_file=path)
+            self.actors[slot] = _ActorRecord(actor_id, config, demand)
+        seg.set_note(slot, "")
+        if any(demand):
+            seg.force_acquire(demand)
+        self._spawn(slot, actor=config)
+        return slot
+
+    def kill_actor(self, slot: int, no_restart: bool = True) -> None:
+        rec = self.actors.get(slot)
+        with self._lock:
+            proc = self.actor_procs.get(slot)
+        if rec is None or proc is None:
+            return
+        rec.killed = True
+        if no_restart:
+            rec.restarts_left = 0
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+
+    def _watch_actor(self, slot: int, proc: subprocess.Popen) -> None:
+        code = proc.wait()
+        if self.stopping or self.segment.shutting_down:
+            return
+        seg = self.segment
+        rec = self.actors[slot]
+        running = seg.running(slot)
+        seg.clear_running(slot)
+        seg.take_held(slot)
+        with self._lock:
+            if self.actor_procs.get(slot) is proc:
+                del self.actor_procs[slot]
+        detail = (f"killed by signal {signal.Signals(-code).name}" if code < 0
+                  else f"exit code {code}")
+        if code == CTOR_FAILED_EXIT:
+            cause = seg.note(slot)
+        elif rec.killed and rec.restarts_left == 0:
+            cause = "it was killed by repartir.kill()"
+        elif rec.restarts_left != 0:  # restart: the constructor runs again
+            if rec.restarts_left > 0:
+                rec.restarts_left -= 1
+            rec.killed = False
+            self._tell_owners(running, detail, CRASH)
+            seg.set_slot_state(slot, SlotState.ACTOR_RESTARTING)
+            self._spawn(slot, actor=rec.config)
+            return
+        else:
+            cause = (f"its process died ({detail}) after "
+                     f"{rec.config['max_restarts']} restart(s) (max_restarts)")
+        seg.set_note(slot, cause)
+        seg.set_slot_state(slot, SlotState.ACTOR_DEAD)
+        if any(rec.demand):
+            seg.release(rec.demand)
+        self._tell_owners(running, cause, ACTOR_DIED)
+        self._fail_actor_inbox(slot)
+
+    def _tell_owners(self, running, detail: str, reason: int) -> None:
+        for owner, task_id, _, _ in running:
+            msg = pickle.dumps((MSG_CRASHED, task_id, detail, reason), 5)
+            inbox = self.segment.inboxes[owner]
+            while not inbox.put(msg) and not self.stopping:
+                time.sleep(0.001)
+
+    def _fail_actor_inbox(self, slot: int) -> None:
+        """Answer the calls waiting in a dead actor's inbox with ActorDiedError."""
+        cause = self.segment.note(slot)
+        for raw in self.segment.inboxes[slot].drain():
+            msg = pickle.loads(raw)
+            if msg[0] == MSG_CALL:
+                self._tell_owners([(msg[2], msg[1], 0.0, 0.0)], cause, ACTOR_DIED)
+            elif msg[0] == MSG_DONE and msg[2] == OK and isinstance(msg[3], list):
+                for loc in msg[3]:  # results of tasks the actor submitted: free them
+                    if loc[0] == "a":
+                        self.arena.release(loc[1])
 
     # -- faults ----------------------------------------------------------------------
 
@@ -265,6 +381,10 @@ class Node:
                             stop_task(seg, task_id, TIMEOUT, force=True)
             if len(overdue) > 1000:
                 overdue.clear()
+            for slot in list(self.actors):  # late calls to dead actors get their answer
+                if (seg.slot_state(slot)[0] == SlotState.ACTOR_DEAD
+                        and seg.inboxes[slot].pending()):
+                    self._fail_actor_inbox(slot)
             if not seg.queued() or seg.available()[0] < 1000:
                 continue
             if self.fatal:
@@ -296,7 +416,7 @@ class Node:
             os.close(self.life_w)  # the workers see end-of-file and leave
             self.life_w = -1
         with self._lock:
-            procs = list(self.procs.values())
+            procs = list(self.procs.values()) + list(self.actor_procs.values())
         end = time.monotonic() + timeout
         for p in procs:
             try:

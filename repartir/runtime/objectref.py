@@ -47,6 +47,19 @@ class ObjectRef:
     def __repr__(self) -> str:
         return f"ObjectRef({self._id.hex()})"
 
+    def future(self):
+        """A ``concurrent.futures.Future`` for the value (or the error)."""
+        from . import driver
+
+        client = self._client if self._client is not None else driver.client()
+        return client.future(self)
+
+    def __await__(self):
+        """``await ref`` inside asyncio code waits for the value without blocking the loop."""
+        import asyncio
+
+        return asyncio.wrap_future(self.future()).__await__()
+
     def __del__(self) -> None:
         if self._owned:
             try:

@@ -10,6 +10,7 @@ from ..scheduler import record
 from ..serialization import dumps_code
 from . import driver
 from .core import TaskOptions
+from .streaming import STREAMING, submit_streaming
 
 __all__ = ["RemoteFunction", "validate_options", "parse_priority"]
 
@@ -36,8 +37,9 @@ def validate_options(options: dict) -> dict:
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; known: {sorted(_TASK_OPTIONS)}")
     nr = options.get("num_returns", 1)
-    if not isinstance(nr, int) or nr < 1 or nr > 65534:
-        raise ValueError(f"num_returns must be an int between 1 and 65534, got {nr!r}")
+    if nr != "streaming" and (not isinstance(nr, int) or nr < 1 or nr > 65533):
+        raise ValueError(f"num_returns must be an int between 1 and 65533 or 'streaming', "
+                         f"got {nr!r}")
     mr = options.get("max_retries", 3)
     if not isinstance(mr, int) or mr < -1:
         raise ValueError(f"max_retries must be an int >= -1 (-1: for ever), got {mr!r}")
@@ -98,8 +100,9 @@ class RemoteFunction:
         o = self._options
         re = o.get("retry_exceptions", False)
         mr = o.get("max_retries", 3)
+        nr = o.get("num_returns", 1)
         opts = TaskOptions(
-            num_returns=o.get("num_returns", 1),
+            num_returns=STREAMING if nr == "streaming" else nr,
             demand=client.demand_vector(o.get("num_cpus", 1), o.get("num_gpus", 0),
                                         o.get("resources") or {}),
             priority=parse_priority(o.get("priority", "normal")),
@@ -114,6 +117,8 @@ class RemoteFunction:
         client = driver.client()
         opts = self._opts_for(client)
         loc = client.functions.get(self._key) or client.export_function(self._key, self._code)
+        if opts.num_returns == STREAMING:
+            return submit_streaming(client, self._key, loc, self._name, args, kwargs, opts)
         refs = client.submit(self._key, loc, self._name, args, kwargs, opts)
         return refs[0] if opts.num_returns == 1 else refs
 

@@ -23,6 +23,7 @@ inside the task if it is still the one the request names.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import pickle
@@ -36,10 +37,12 @@ from ..config import Config
 from ..errors import TaskCancelledError, TaskTimeoutError
 from ..scheduler import policy, record
 from ..scheduler.segment import MAX_NESTING, Segment, SlotState
-from ..serialization import deserialize, error_payload, serialize
+from ..serialization import error_payload, serialize
 from ..store.arena import Arena
 from . import context
-from .core import (ARENA_SPEC, CANCEL, FAILED, MSG_DONE, OK, RECORD_HEADER, CoreClient, Dep)
+from .core import (ARENA_SPEC, CANCEL, FAILED, MSG_DONE, MSG_ITEM, OK, RECORD_HEADER,
+                   CoreClient, Dep)
+from .streaming import STREAMING
 
 __all__ = ["Worker", "main"]
 
@@ -161,7 +164,7 @@ class Worker:
                 err = TaskCancelledError("task was cancelled before it started")
                 msg = pickle.dumps((MSG_DONE, task_id, FAILED, error_payload(err, "?")), 5)
             else:
-                msg = self._run(kind, rec, task_id)
+                msg = self._run(kind, rec, task_id, owner)
             self.send(owner, msg)
         finally:
             self.demands.pop()
@@ -169,43 +172,31 @@ class Worker:
             seg.add_held(self.slot, demand, -1)
             seg.release(demand)
 
-    def _run(self, kind: int, rec: bytes, task_id: bytes) -> bytes:
+    def _run(self, kind: int, rec: bytes, task_id: bytes, owner: int) -> bytes:
         if kind == record.SPEC_INLINE:
             body = rec[RECORD_HEADER.size:]
         else:
             off, n = ARENA_SPEC.unpack_from(rec, RECORD_HEADER.size)
             body = bytes(self.arena.view(off, n))
-        fn_key, fn_off, fn_len, fn_name, blob, dep_locs, nret = pickle.loads(body)
+        fn_key, fn_off, fn_len, fn_name, args_loc, dep_locs, nret = pickle.loads(body)
         try:
             fn = self.functions.get(fn_key)
             if fn is None:
                 fn = self.functions[fn_key] = pickle.loads(self.arena.view(fn_off, fn_len))
-            args, kwargs = deserialize(memoryview(blob))
-            if dep_locs:
-                value = self.client.value
-                args = [value(dep_locs[a.index]) if type(a) is Dep else a for a in args]
-                for k, a in kwargs.items():
-                    if type(a) is Dep:
-                        kwargs[k] = value(dep_locs[a.index])
-            self.calls.append(task_id)
-            try:
-                result = fn(*args, **kwargs)
-            finally:
-                self.calls.pop()
-            if nret == 1:
-                results = (result,)
-            else:
-                if not isinstance(result, (tuple, list)) or len(result) != nret:
-                    raise ValueError(
-                        f"{fn_name} was declared with num_returns={nret} but returned "
-                        f"{type(result).__name__} of length "
-                        f"{len(result) if hasattr(result, '__len__') else 'n/a'}")
-                results = result
-            store = self.client.store
-            locs = [store(serialize(r, f"the return value of {fn_name}")) for r in results]
-            return pickle.dumps((MSG_DONE, task_id, OK, locs), 5)
-        except BaseException as exc:  # the task's own error, reported to its owner
+        except BaseException as exc:
             return pickle.dumps((MSG_DONE, task_id, FAILED, error_payload(exc, fn_name)), 5)
+        return run_function(self, fn, fn_name, args_loc, dep_locs, nret, task_id, owner)
+
+    def load_args(self, args_loc, dep_locs) -> tuple[list, dict]:
+        """The call's arguments, with dependency values (zero-copy views) in place."""
+        args, kwargs = self.client.value(args_loc)
+        if dep_locs:
+            value = self.client.value
+            args = [value(dep_locs[a.index]) if type(a) is Dep else a for a in args]
+            for k, a in kwargs.items():
+                if type(a) is Dep:
+                    kwargs[k] = value(dep_locs[a.index])
+        return args, kwargs
 
     def send(self, owner: int, msg: bytes) -> None:
         inbox = self.seg.inboxes[owner]
@@ -221,6 +212,55 @@ class Worker:
         if req[0] == CANCEL:
             raise TaskCancelledError("task was cancelled while running")
         raise TaskTimeoutError("task ran longer than its timeout")
+
+
+def run_function(worker: Worker, fn, fn_name: str, args_loc, dep_locs, nret: int,
+                 task_id: bytes, owner: int) -> bytes:
+    """Call ``fn`` with the task's arguments; returns the completion message for the owner
+    (results stored inline or in the arena, or the error)."""
+    try:
+        args, kwargs = worker.load_args(args_loc, dep_locs)
+        worker.calls.append(task_id)
+        try:
+            result = fn(*args, **kwargs)
+        finally:
+            worker.calls.pop()
+        del args, kwargs
+        return finish_result(worker, result, fn_name, nret, task_id, owner)
+    except BaseException as exc:  # the task's own error, reported to its owner
+        return pickle.dumps((MSG_DONE, task_id, FAILED, error_payload(exc, fn_name)), 5)
+
+
+def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: bytes,
+                  owner: int) -> bytes:
+    """Store a call's result(s); for a streaming call, iterate the generator and announce
+    each item to the owner as it comes.  Raises what the task raises."""
+    store = worker.client.store
+    if nret == STREAMING:
+        if not inspect.isgenerator(result):
+            raise TypeError(f"{fn_name} was called with num_returns='streaming' but returned "
+                            f"{type(result).__name__}, not a generator")
+        count = 0
+        for item in result:
+            loc = store(serialize(item, f"item {count} yielded by {fn_name}"))
+            worker.send(owner, pickle.dumps((MSG_ITEM, task_id, count, loc), 5))
+            count += 1
+        return pickle.dumps((MSG_DONE, task_id, OK, count), 5)
+    if inspect.isgenerator(result):
+        raise TypeError(f"{fn_name} returned a generator: call it with "
+                        f".options(num_returns='streaming') to get its items as they come, "
+                        f"or return a list")
+    if nret == 1:
+        results = (result,)
+    else:
+        if not isinstance(result, (tuple, list)) or len(result) != nret:
+            raise ValueError(
+                f"{fn_name} was declared with num_returns={nret} but returned "
+                f"{type(result).__name__} of length "
+                f"{len(result) if hasattr(result, '__len__') else 'n/a'}")
+        results = result
+    locs = [store(serialize(r, f"the return value of {fn_name}")) for r in results]
+    return pickle.dumps((MSG_DONE, task_id, OK, locs), 5)
 
 
 def _watch_parent(fd: int) -> None:
@@ -249,10 +289,17 @@ def main() -> None:
     cfg = spec["config"]
     config = Config(**{**cfg, "resources": tuple(tuple(r) for r in cfg["resources"])})
     slot = spec["slot"]
-    seg.claim_slot(SlotState.WORKER, os.getpid(), slot)
+    if not spec.get("actor"):
+        seg.claim_slot(SlotState.WORKER, os.getpid(), slot)
     client = CoreClient(seg, arena, slot, config, spec["session"])
     context.set_client(client)
     worker = Worker(client, config.num_cpus)
+    if spec.get("actor"):
+        from .actor import run_actor
+
+        client.helper = None  # an actor does not run other tasks while it waits
+        run_actor(client, worker, spec)
+        os._exit(0)
     signal.signal(signal.SIGUSR1, worker.on_stop_signal)
     worker.run()
     os._exit(0)

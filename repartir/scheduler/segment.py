@@ -50,12 +50,16 @@ class SlotState:
     WORKER = 2
     DEAD = 3
     STARTING = 4  # spawned, not yet attached
+    ACTOR = 5  # an actor's process (its deques are never stolen from)
+    ACTOR_RESTARTING = 6
+    ACTOR_DEAD = 7
 
 
 _RES = struct.Struct(f"<{NRES}q")
 _TOTALS_OFF, _AVAIL_OFF = 256, 256 + _RES.size
 _CANCEL_COUNT_OFF, _CANCEL_RING_OFF, CANCEL_RING = 512, 528, 192  # ids of cancelled tasks
 _HELD_OFF = 64  # in a slot's header: resources its process holds
+_NOTE_OFF = 128  # in a slot's header: a short text (why an actor died)
 _NPRIO = len(PRIORITIES)
 
 
@@ -177,6 +181,15 @@ class Segment:
         return [_RUNNING.unpack_from(self.mm, off + 4 + i * _RUNNING.size)
                 for i in range(depth)]
 
+    def remove_running(self, index: int, task_id: bytes) -> None:
+        """Remove ``task_id`` from the slot's running list wherever it is (threaded
+        actors finish calls in any order)."""
+        entries = [e for e in self.running(index) if e[1] != task_id]
+        off = self.slot_offset(index) + _CURRENT_OFF
+        for i, e in enumerate(entries):
+            _RUNNING.pack_into(self.mm, off + 4 + i * _RUNNING.size, *e)
+        struct.pack_into("<I", self.mm, off, len(entries))
+
     def clear_running(self, index: int) -> None:
         struct.pack_into("<I", self.mm, self.slot_offset(index) + _CURRENT_OFF, 0)
 
@@ -210,6 +223,18 @@ class Segment:
         held = _RES.unpack_from(self.mm, off)
         _RES.pack_into(self.mm, off, *([0] * NRES))
         return held
+
+    def set_note(self, index: int, text: str) -> None:
+        """A short text kept in the slot (why an actor died), at most 380 bytes."""
+        raw = text.encode("utf-8", "replace")[:380]
+        off = self.slot_offset(index) + _NOTE_OFF
+        struct.pack_into("<H", self.mm, off, len(raw))
+        self.mm[off + 2:off + 2 + len(raw)] = raw
+
+    def note(self, index: int) -> str:
+        off = self.slot_offset(index) + _NOTE_OFF
+        n = struct.unpack_from("<H", self.mm, off)[0]
+        return bytes(self.mm[off + 2:off + 2 + n]).decode("utf-8", "replace")
 
     def set_blocked(self, index: int, blocked: bool) -> None:
         """A worker waiting in ``get`` with nothing to run lends its CPU: the node may

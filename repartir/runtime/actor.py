@@ -1,0 +1,388 @@
+"""Actors: ``@remote`` on a class.
+
+``Cls.remote(*args)`` starts a dedicated process for the instance (a slot of the node, like a
+worker, but never stolen from) and returns an :class:`ActorHandle`.  ``handle.m.remote(...)``
+sends a call into the actor's **inbox** -- the same multi-producer ring through which the
+actor receives the completions of tasks it submits -- so the calls of one caller arrive, and
+run, in submission order (a call still waiting for an ``ObjectRef`` argument holds back the
+later calls of the same caller, as in Ray).  Results go back to each caller's inbox like task
+results.
+
+Concurrency inside the actor: one call at a time by default; ``max_concurrency > 1`` runs calls
+on that many threads; an actor with ``async def`` methods runs them on an asyncio event loop,
+up to ``max_concurrency`` (default 1000) at once.
+
+Faults: a constructor that raises makes the actor dead (every pending and later call raises
+:class:`~repartir.errors.ActorDiedError` with the cause); a process that dies is restarted up
+to ``max_restarts`` times (the constructor runs again) and the calls it was running are
+re-sent up to ``max_task_retries`` times; after that the actor is dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import pickle
+import threading
+import time
+from typing import Any
+
+import cloudpickle
+
+from ..errors import ActorDiedError, RepartirError, TaskCancelledError
+from ..scheduler.segment import SlotState
+from ..serialization import error_payload
+from . import driver
+from .core import MSG_CALL, MSG_DONE, FAILED, TaskOptions, ARENA_SPEC
+
+__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "actor_dead_error", "run_actor",
+           "ACTOR_OPTIONS", "CTOR_FAILED_EXIT"]
+
+ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "name", "namespace", "lifetime",
+                 "get_if_exists", "max_restarts", "max_task_retries", "max_concurrency",
+                 "memory", "scheduling_strategy"}
+CTOR_FAILED_EXIT = 77  # exit code of an actor process whose constructor raised
+
+
+def actor_dead_error(segment, slot: int) -> ActorDiedError | None:
+    """The error for a call to the actor at ``slot``, if that actor is dead."""
+    if segment.slot_state(slot)[0] != SlotState.ACTOR_DEAD:
+        return None
+    return ActorDiedError(f"the actor is dead: {segment.note(slot) or 'unknown cause'}")
+
+
+def _method_table(cls: type) -> dict[str, dict]:
+    table = {}
+    for name, member in inspect.getmembers(cls):
+        if name.startswith("__") and name not in ("__call__",):
+            continue
+        if inspect.isfunction(member) or inspect.ismethoddescriptor(member):
+            table[name] = {
+                "num_returns": getattr(member, "__repartir_num_returns__", 1),
+                "is_async": inspect.iscoroutinefunction(member)
+                or inspect.isasyncgenfunction(member),
+            }
+    return table
+
+
+def method(*, num_returns: int | str = 1):
+    """Decorate an actor method with options (Ray's ``ray.method``): ``num_returns``."""
+    def deco(fn):
+        fn.__repartir_num_returns__ = num_returns
+        return fn
+    return deco
+
+
+class ActorClass:
+    """A class made remote.  ``Cls.remote(*args, **kwargs)`` starts an actor and returns its
+    :class:`ActorHandle`; ``Cls.options(**opts)`` returns a copy with other options."""
+
+    def __init__(self, cls: type, options: dict) -> None:
+        unknown = set(options) - ACTOR_OPTIONS
+        if unknown:
+            raise ValueError(f"unknown actor option(s) {sorted(unknown)}; known: "
+                             f"{sorted(ACTOR_OPTIONS)}")
+        mc = options.get("max_concurrency")
+        if mc is not None and (not isinstance(mc, int) or mc < 1):
+            raise ValueError(f"max_concurrency must be an int >= 1, got {mc!r}")
+        for key in ("max_restarts", "max_task_retries"):
+            v = options.get(key, 0)
+            if not isinstance(v, int) or v < -1:
+                raise ValueError(f"{key} must be an int >= -1 (-1: for ever), got {v!r}")
+        lifetime = options.get("lifetime")
+        if lifetime not in (None, "detached", "non_detached"):
+            raise ValueError(f"lifetime must be 'detached' or None, got {lifetime!r}")
+        self._cls = cls
+        self._options = dict(options)
+        self._methods = _method_table(cls)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"actor class {self._cls.__qualname__} cannot be instantiated directly: "
+                        f"use {self._cls.__qualname__}.remote(...)")
+
+    def options(self, **options: Any) -> "ActorClass":
+        merged = dict(self._options)
+        merged.update(options)
+        return ActorClass(self._cls, merged)
+
+    def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
+        client = driver.client()
+        node = client.node
+        if node is None:
+            raise RepartirError(
+                "actors can only be created from the driver in this version; create the "
+                "actor in the driver and pass its handle to the task")
+        opts = self._options
+        name = opts.get("name")
+        namespace = opts.get("namespace") or "default"
+        if name is not None:
+            existing = node.named_actors.get((namespace, name))
+            if existing is not None and existing.state != "DEAD":
+                if opts.get("get_if_exists"):
+                    return existing
+                raise ValueError(f"an actor named {name!r} already exists in namespace "
+                                 f"{namespace!r}; pass get_if_exists=True to reuse it")
+        demand = client.demand_vector(opts.get("num_cpus", 0), opts.get("num_gpus", 0),
+                                      opts.get("resources") or {})
+        creation = cloudpickle.dumps((self._cls, args, kwargs), protocol=5)
+        mc = opts.get("max_concurrency")
+        is_async = any(m["is_async"] for m in self._methods.values())
+        config = {
+            "class_name": self._cls.__qualname__,
+            "max_concurrency": mc or (1000 if is_async else 1),
+            "is_async": is_async,
+            "max_restarts": opts.get("max_restarts", 0),
+        }
+        actor_id = os.urandom(16)
+        slot = node.create_actor(actor_id, creation, config, demand)
+        handle = ActorHandle(actor_id, slot, self._cls.__qualname__, self._methods,
+                             opts.get("max_task_retries", 0), client.session)
+        if name is not None:
+            node.named_actors[(namespace, name)] = handle
+        return handle
+
+
+class ActorHandle:
+    """A handle to an actor: ``handle.method.remote(...)`` calls it.  Can be passed to tasks
+    and other actors.  ``state`` is ``"STARTING"``, ``"ALIVE"``, ``"RESTARTING"`` or
+    ``"DEAD"``."""
+
+    def __init__(self, actor_id: bytes, slot: int, class_name: str, methods: dict,
+                 max_task_retries: int, session: str) -> None:
+        self._actor_id = actor_id
+        self._slot = slot
+        self._class_name = class_name
+        self._methods = methods
+        self._max_task_retries = max_task_retries
+        self._session = session
+        self._opts: dict = {}
+
+    def __getattr__(self, name: str) -> "ActorMethod":
+        methods = self.__dict__.get("_methods") or {}
+        if name in methods:
+            return ActorMethod(self, name, methods[name])
+        raise AttributeError(f"actor {self.__dict__.get('_class_name')} has no method {name!r}")
+
+    @property
+    def state(self) -> str:
+        client = driver.client()
+        st = client.segment.slot_state(self._slot)[0]
+        return {SlotState.ACTOR: "ALIVE", SlotState.STARTING: "STARTING",
+                SlotState.ACTOR_RESTARTING: "RESTARTING"}.get(st, "DEAD")
+
+    def __reduce__(self):
+        return (ActorHandle, (self._actor_id, self._slot, self._class_name, self._methods,
+                              self._max_task_retries, self._session))
+
+    def __repr__(self) -> str:
+        return f"ActorHandle({self._class_name}, {self._actor_id.hex()[:12]})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+
+class ActorMethod:
+    """``handle.method``: ``.remote(*args, **kwargs)`` calls it and returns its ref(s)."""
+
+    def __init__(self, handle: ActorHandle, name: str, meta: dict,
+                 num_returns: Any = None) -> None:
+        self._handle = handle
+        self._name = name
+        self._meta = meta
+        self._num_returns = meta["num_returns"] if num_returns is None else num_returns
+
+    def options(self, *, num_returns: Any = None) -> "ActorMethod":
+        return ActorMethod(self._handle, self._name, self._meta, num_returns)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"actor method {self._name} cannot be called directly: use "
+                        f".{self._name}.remote(...)")
+
+    def remote(self, *args: Any, **kwargs: Any):
+        from .streaming import STREAMING, submit_streaming
+
+        client = driver.client()
+        h = self._handle
+        nret = self._num_returns
+        retries = h._max_task_retries
+        opts = TaskOptions(
+            num_returns=STREAMING if nret == "streaming" else int(nret),
+            demand=(), priority=1, timeout=0.0,
+            max_retries=(1 << 30) if retries == -1 else retries, retry_exceptions=False)
+        fn_name = f"{h._class_name}.{self._name}"
+        if nret == "streaming":
+            return submit_streaming(client, self._name, (0, 0), fn_name, args, kwargs, opts,
+                                    target=h._slot)
+        refs = client.submit(self._name, (0, 0), fn_name, args, kwargs, opts, target=h._slot)
+        return refs[0] if opts.num_returns == 1 else refs
+
+
+# -- the actor's process ------------------------------------------------------------------
+
+
+def run_actor(client, worker, spec: dict) -> None:
+    """Main loop of an actor process: build the instance, then run calls from the inbox."""
+    seg, slot = client.segment, client.slot
+    config = spec["actor"]
+    try:
+        with open(config["creation_file"], "rb") as f:
+            cls, args, kwargs = pickle.load(f)
+        from .objectref import ObjectRef
+
+        args = [client.get([a], None)[0] if isinstance(a, ObjectRef) else a for a in args]
+        instance = cls(*args, **kwargs)
+    except BaseException as exc:  # the constructor failed: the actor is dead
+        import traceback
+
+        tb = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        seg.set_note(slot, f"the constructor of {config['class_name']} raised {tb}")
+        os._exit(CTOR_FAILED_EXIT)
+    seg.claim_slot(SlotState.ACTOR, os.getpid(), slot)
+    runner = _Runner(client, worker, instance, config)
+    if config["is_async"]:
+        asyncio.run(runner.run_async())
+    elif config["max_concurrency"] > 1:
+        runner.run_threaded()
+    else:
+        runner.run_sync()
+
+
+class _Runner:
+    def __init__(self, client, worker, instance, config: dict) -> None:
+        self.client = client
+        self.worker = worker
+        self.seg = client.segment
+        self.slot = client.slot
+        self.instance = instance
+        self.max_concurrency = config["max_concurrency"]
+        self._running_lock = threading.Lock()
+
+    def _decode(self, msg):
+        _, task_id, owner, body, arena_spec = msg
+        if body is None:
+            off, n = arena_spec
+            body = bytes(self.client.arena.view(off, n))
+        return task_id, owner, pickle.loads(body)
+
+    def _prepare(self, msg):
+        """(task_id, owner, bound method, fn_name, args_loc, dep_locs, nret) or a reply
+        already made (cancelled, unknown method)."""
+        task_id, owner, (name, _, _, fn_name, args_loc, dep_locs, nret) = self._decode(msg)
+        if self.seg.is_cancelled(task_id):
+            err = TaskCancelledError(f"call {fn_name} was cancelled before it started")
+            return owner, pickle.dumps((MSG_DONE, task_id, FAILED,
+                                        error_payload(err, fn_name)), 5)
+        try:
+            fn = getattr(self.instance, name)
+        except AttributeError as exc:
+            return owner, pickle.dumps((MSG_DONE, task_id, FAILED,
+                                        error_payload(exc, fn_name)), 5)
+        return (task_id, owner, fn, fn_name, args_loc, dep_locs, nret)
+
+    def _enter(self, owner: int, task_id: bytes) -> None:
+        with self._running_lock:
+            self.seg.push_running(self.slot, owner, task_id, time.monotonic(), 0.0)
+
+    def _leave(self, task_id: bytes) -> None:
+        with self._running_lock:
+            self.seg.remove_running(self.slot, task_id)
+
+    def _call(self, msg) -> None:
+        from .worker import run_function
+
+        prep = self._prepare(msg)
+        if len(prep) == 2:
+            self.worker.send(*prep)
+            return
+        task_id, owner, fn, fn_name, args_loc, dep_locs, nret = prep
+        self._enter(owner, task_id)
+        try:
+            reply = run_function(self.worker, fn, fn_name, args_loc, dep_locs, nret, task_id,
+                                 owner)
+            self.worker.send(owner, reply)
+        finally:
+            self._leave(task_id)
+
+    def _next(self, timeout: float):
+        client = self.client
+        client.poll()
+        if client.calls:
+            return client.calls.popleft()
+        client.inbox.park(timeout)
+        client.poll()
+        return client.calls.popleft() if client.calls else None
+
+    def run_sync(self) -> None:
+        while not self.seg.shutting_down:
+            msg = self._next(0.5)
+            if msg is not None:
+                self._call(msg)
+
+    def run_threaded(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        slots = threading.BoundedSemaphore(self.max_concurrency)
+        with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="actor") as pool:
+            while not self.seg.shutting_down:
+                msg = self._next(0.5)
+                if msg is None:
+                    continue
+                slots.acquire()
+                pool.submit(self._threaded_call, msg, slots)
+
+    def _threaded_call(self, msg, slots) -> None:
+        try:
+            self._call(msg)
+        finally:
+            slots.release()
+
+    async def run_async(self) -> None:
+        loop = asyncio.get_running_loop()
+        sem = asyncio.Semaphore(self.max_concurrency)
+        client = self.client
+        tasks: set = set()
+        while not self.seg.shutting_down:
+            client.poll()
+            if not client.calls:
+                await loop.run_in_executor(None, client.inbox.park, 0.005)
+                continue
+            while client.calls:
+                msg = client.calls.popleft()
+                await sem.acquire()
+                task = loop.create_task(self._async_call(msg, sem))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            await asyncio.sleep(0)
+
+    async def _async_call(self, msg, sem) -> None:
+        from .worker import finish_result
+
+        try:
+            prep = self._prepare(msg)
+            if len(prep) == 2:
+                self.worker.send(*prep)
+                return
+            task_id, owner, fn, fn_name, args_loc, dep_locs, nret = prep
+            self._enter(owner, task_id)
+            try:
+                try:
+                    args, kwargs = self.worker.load_args(args_loc, dep_locs)
+                    result = fn(*args, **kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    reply = finish_result(self.worker, result, fn_name, nret, task_id, owner)
+                except BaseException as exc:
+                    reply = pickle.dumps((MSG_DONE, task_id, FAILED,
+                                          error_payload(exc, fn_name)), 5)
+                self.worker.send(owner, reply)
+            finally:
+                self._leave(task_id)
+        finally:
+            sem.release()
+
+
+_unused = (MSG_CALL, ARENA_SPEC)
