@@ -22,6 +22,7 @@ __all__ = [
     "TaskTimeoutError",
     "InfeasibleTaskError",
     "ActorDiedError",
+    "AlreadyInitializedError",
     "RemoteTraceback",
 ]
 
@@ -164,3 +165,7 @@ class InfeasibleTaskError(RepartirError, ValueError):
 class ActorDiedError(RepartirError):
     """The actor is dead: its constructor failed, it was killed, or its process died more
     often than ``max_restarts`` allowed.  The message gives the cause."""
+
+
+class AlreadyInitializedError(RepartirError, RuntimeError):
+    """``init()`` was called twice without ``shutdown()`` (a ``RuntimeError``, as in Ray)."""

@@ -18,12 +18,16 @@ the object store's arena (see :mod:`repartir.store`).
 
 from __future__ import annotations
 
+import copyreg
+import io
 import pickle
 import struct
 import traceback
+from collections import ChainMap
 from typing import Any
 
 import cloudpickle
+import numpy as np
 
 from .errors import SerializationError, TaskError
 
@@ -47,30 +51,79 @@ def _align(n: int) -> int:
     return (n + _ALIGN - 1) & ~(_ALIGN - 1)
 
 
-def _plain_picklable(value: Any, depth: int = 0) -> bool:
-    """True when plain pickle is safe and faster than cloudpickle: builtin scalars, numpy
-    arrays of non-object dtype, and small builtin containers of those.  Anything else (user
-    classes, functions, objects from ``__main__``) goes through cloudpickle, which pickles
-    what the worker cannot import by value."""
+def _reduce_ndarray(a: np.ndarray):
+    """numpy gives no out-of-band buffer for datetime64/timedelta64 arrays (they export no
+    buffer); send their 8-byte values as an int64 buffer so they too come back as views."""
+    if a.dtype.kind in "mM" and (a.flags.c_contiguous or a.flags.f_contiguous):
+        order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+        buf = a.view(np.int64).ravel(order="K")
+        return (_rebuild_time_array, (pickle.PickleBuffer(buf), a.dtype.str, a.shape, order))
+    return a.__reduce_ex__(5)
+
+
+def _rebuild_time_array(buf, dtype: str, shape: tuple, order: str) -> np.ndarray:
+    return np.frombuffer(buf, dtype=np.int64).view(dtype).reshape(shape, order=order)
+
+
+class _DataPickler(pickle.Pickler):
+    dispatch_table = ChainMap({np.ndarray: _reduce_ndarray}, copyreg.dispatch_table)
+
+
+class _DataCloudPickler(cloudpickle.CloudPickler):
+    dispatch_table = ChainMap({np.ndarray: _reduce_ndarray}, cloudpickle.CloudPickler.dispatch_table)
+
+
+def _dumps(pickler_class, value: Any, buffer_callback) -> bytes:
+    f = io.BytesIO()
+    pickler_class(f, protocol=5, buffer_callback=buffer_callback).dump(value)
+    return f.getvalue()
+
+
+_PLAIN, _PLAIN_TIME, _CLOUD = 1, 2, 0
+
+
+def _kind(value: Any, depth: int = 0) -> int:
+    """How to pickle ``value``: ``_PLAIN`` when plain pickle is safe and faster than
+    cloudpickle (builtin scalars, numpy arrays of non-object dtype, small builtin
+    containers of those), ``_PLAIN_TIME`` when such a value holds datetime arrays (which
+    need :func:`_reduce_ndarray`), ``_CLOUD`` for anything else (user classes, functions,
+    objects from ``__main__``: cloudpickle pickles what a worker cannot import by value)."""
     t = type(value)
     if t in _SIMPLE:
-        return True
+        return _PLAIN
     if depth > 2:
-        return False
+        return _CLOUD
     if t is tuple or t is list:
-        return len(value) <= 64 and all(_plain_picklable(v, depth + 1) for v in value)
+        if len(value) > 64:
+            return _CLOUD
+        kind = _PLAIN
+        for v in value:
+            k = _kind(v, depth + 1)
+            if k == _CLOUD:
+                return _CLOUD
+            kind = max(kind, k)
+        return kind
     if t is dict:
-        return len(value) <= 64 and all(
-            type(k) in _SIMPLE and _plain_picklable(v, depth + 1) for k, v in value.items()
-        )
+        if len(value) > 64:
+            return _CLOUD
+        kind = _PLAIN
+        for k_, v in value.items():
+            k = _kind(v, depth + 1) if type(k_) in _SIMPLE else _CLOUD
+            if k == _CLOUD:
+                return _CLOUD
+            kind = max(kind, k)
+        return kind
     mod = t.__module__
-    if mod == "numpy" and t.__name__ == "ndarray":
-        return value.dtype.hasobject is False
-    if mod.startswith("numpy") and t.__name__ not in ("ndarray",):
-        return hasattr(value, "dtype") and not value.dtype.hasobject  # numpy scalars
+    if t is np.ndarray:
+        if value.dtype.hasobject:
+            return _CLOUD
+        return _PLAIN_TIME if value.dtype.kind in "mM" else _PLAIN
+    if mod.startswith("numpy"):
+        ok = hasattr(value, "dtype") and not value.dtype.hasobject  # numpy scalars
+        return _PLAIN if ok else _CLOUD
     if mod.startswith("repartir."):
-        return True
-    return False
+        return _PLAIN
+    return _CLOUD
 
 
 class Serialized:
@@ -137,10 +190,13 @@ def serialize(value: Any, what: str = "value") -> Serialized:
     """
     buffers: list[pickle.PickleBuffer] = []
     try:
-        if _plain_picklable(value):
+        kind = _kind(value)
+        if kind == _PLAIN:
             meta = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        elif kind == _PLAIN_TIME:
+            meta = _dumps(_DataPickler, value, buffers.append)
         else:
-            meta = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+            meta = _dumps(_DataCloudPickler, value, buffers.append)
     except Exception as exc:
         raise SerializationError(
             f"{what} of type {type(value).__module__}.{type(value).__qualname__} cannot be "

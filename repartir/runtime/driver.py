@@ -16,7 +16,7 @@ import threading
 import time
 
 from ..config import resolve
-from ..errors import RepartirError
+from ..errors import AlreadyInitializedError, RepartirError
 from ..store.arena import ArenaStatistics
 from . import context
 from .core import CoreClient
@@ -87,7 +87,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         if is_initialized():
             if ignore_reinit_error:
                 return _info()
-            raise RepartirError(
+            raise AlreadyInitializedError(
                 "repartir.init() was already called in this process; call "
                 "repartir.shutdown() first, or pass ignore_reinit_error=True.")
         if address is not None:
