@@ -219,7 +219,8 @@ class PriorityDeques:
         n = 0
         for d in self.levels:
             top, bottom = _TB.unpack_from(d.mm, d.offset + 64)
-            n += bottom - top
+            if bottom > top:  # an unlocked read may catch a thief mid-update
+                n += bottom - top
         return n
 
     def push(self, record: bytes) -> bool:

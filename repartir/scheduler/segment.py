@@ -287,8 +287,10 @@ class Segment:
             _RES.pack_into(self.mm, _AVAIL_OFF, *(a + d for a, d in zip(avail, demand)))
             seq = self._u32(_WORK_SEQ_OFF)
             sleepers = self._u32(_SLEEPERS_OFF)
-            if sleepers:  # freed resources may admit a queued task
+            if sleepers and self.queued():  # freed resources may admit a queued task
                 struct.pack_into("<I", self.mm, _WORK_SEQ_OFF, (seq + 1) & 0xFFFFFFFF)
+            else:
+                sleepers = 0
         if sleepers:
             futex_wake(self._work_seq_addr, 1)
 
