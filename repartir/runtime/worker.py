@@ -278,6 +278,8 @@ def main() -> None:
     threading.Thread(target=_watch_parent, args=(spec["life_fd"],), daemon=True,
                      name="repartir-life-pipe").start()
     sys.path[:] = spec["sys_path"]
+    # nested tasks run on this stack while their parents wait in get: allow deep recursion
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 50_000))
     try:
         os.chdir(spec["cwd"])
     except OSError:

@@ -7,7 +7,8 @@ One file per node (``/dev/shm/repartir-<session>-sched``), mapped by every proce
 
 and each slot, owned by one process, holds::
 
-    slot header (1 KiB): state, pid, blocked flag, the stack of tasks it runs now
+    slot header (16 KiB): state, pid, blocked flag, held resources, a note, the stack of
+                          tasks it runs now (nested: a task waiting in get runs others)
     deque    (see :mod:`.deque`): tasks this process submitted or stole
     inbox    (see :mod:`.mailbox`): completions of the tasks this process owns
 
@@ -28,9 +29,9 @@ from .mailbox import Inbox, inbox_bytes
 __all__ = ["Segment", "SlotState", "segment_bytes", "RECORD_SIZE"]
 
 _MAGIC = 0x7265_7061_7363_6864
-LAYOUT_VERSION = 4  # bump whenever the layout below changes
+LAYOUT_VERSION = 5  # bump whenever the layout below changes
 _HEADER = 4096
-_SLOT_HEADER = 1024
+_SLOT_HEADER = 16384
 RECORD_SIZE = 512
 _H = struct.Struct("<QIIIIIIIIQI")
 # magic nslots active shutdown work_seq sleepers spinners deque_cap record_size inbox_size
@@ -41,7 +42,7 @@ _SLOT = struct.Struct("<IIII")  # state pid (unused) blocked
 _CURRENT_OFF = 512
 _RUNNING = struct.Struct("<H16sdf")  # owner slot, task id, start (monotonic s), timeout s
 _STOP = struct.Struct("<I16s")  # stop request: reason + 1 (0: none), task id
-MAX_NESTING = (512 - 4) // _RUNNING.size
+MAX_NESTING = (_SLOT_HEADER - _CURRENT_OFF - 4) // _RUNNING.size  # 529 nested tasks
 
 
 class SlotState:
