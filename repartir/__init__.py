@@ -245,7 +245,8 @@ def available_resources() -> dict:
     free arena bytes as ``object_store_memory``."""
     c = _driver.client()
     names = ["CPU", "GPU"] + [n for n, _ in c.config.resources]
-    avail = c.segment.available()
+    avail = list(c.segment.available())
+    avail[0] += 1000 * c.segment.free_tokens()  # idle workers hold their CPU, unused
     out = {name: max(avail[i], 0) / 1000 for i, name in enumerate(names)
            if name != "GPU" or c.config.num_gpus}
     stats = c.arena.statistics()

@@ -18,7 +18,9 @@ setting                        environment variable            default
                                                                processes (nested tasks may add some)
 ``spin_us``                    ``REPARTIR_SPIN_US``            200: microseconds an idle process
                                                                spins before it parks
-``temp_dir``                   ``REPARTIR_TEMP_DIR``           ``/tmp/repartir``: session dirs
+``temp_dir``                   ``REPARTIR_TEMP_DIR``           ``/tmp/repartir-sessions``: session
+                                                               dirs (a name Python cannot import,
+                                                               so it never shadows the package)
 ``shm_dir``                    ``REPARTIR_SHM_DIR``            ``/dev/shm``
 ``deque_capacity``             ``REPARTIR_DEQUE_CAPACITY``     8192 task records per process deque
 ``inbox_bytes``                ``REPARTIR_INBOX_BYTES``        8 MiB per process inbox ring
@@ -47,7 +49,7 @@ class Config:
     inline_threshold: int = 100 * KiB
     max_workers: int = 0
     spin_us: int = 200
-    temp_dir: str = "/tmp/repartir"
+    temp_dir: str = "/tmp/repartir-sessions"
     shm_dir: str = "/dev/shm"
     deque_capacity: int = 8192
     inbox_bytes: int = 8 * MiB
@@ -84,7 +86,7 @@ def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
         ValueError: a setting is out of range (e.g. ``num_cpus < 1``).
     """
     shm_dir = os.environ.get("REPARTIR_SHM_DIR") or "/dev/shm"
-    temp_dir = os.environ.get("REPARTIR_TEMP_DIR") or "/tmp/repartir"
+    temp_dir = os.environ.get("REPARTIR_TEMP_DIR") or "/tmp/repartir-sessions"
     if num_cpus is None:
         num_cpus = _env_int("REPARTIR_NUM_CPUS") or os.cpu_count() or 1
     if num_cpus < 1:

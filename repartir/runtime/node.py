@@ -1,6 +1,6 @@
 """The composition root of one machine: session, shared memory, worker processes.
 
-``Node.start`` makes the session directory (``/tmp/repartir/session_<time>_<pid>/`` with
+``Node.start`` makes the session directory (``/tmp/repartir-sessions/session_<time>_<pid>/``, with
 ``session.json`` and the workers' logs), creates the scheduler segment and the arena in
 ``/dev/shm`` and **unlinks them at once**: every process of the node holds them through
 inherited file descriptors, so nothing of the session can outlive its processes, even after
@@ -314,6 +314,7 @@ class Node:
         if any(held):  # what the dead process had reserved goes back to the pool
             self.segment.release(held)
         self.segment.set_blocked(slot, False)
+        self.segment.set_token_free(slot, False)
         with self._lock:
             if self.procs.get(slot) is proc:
                 del self.procs[slot]

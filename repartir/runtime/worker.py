@@ -47,6 +47,7 @@ from .streaming import STREAMING
 __all__ = ["Worker", "main"]
 
 EXTRA_IDLE_S = 2.0  # an extra worker idle this long exits
+_NONE, _FREE, _BUSY = 0, 1, 2  # CPU token states
 
 
 class Worker:
@@ -63,15 +64,49 @@ class Worker:
         self.spin = client.config.spin_us / 1e6
         self.extra = self.slot > ncpus  # started to stand in for blocked workers
         self.last_work = time.monotonic()
-        self.demands: list[tuple] = []  # resources held by each task on the stack
+        # CPU token: a worker that holds one runs default tasks (1 CPU, nothing else) with no
+        # shared-memory accounting at all; it gives the token back to the pool when it
+        # parks or when its task waits in get.  States: NONE, FREE (held, unused), BUSY.
+        self.token = _NONE
+        self._charge: tuple = (False, None)  # set by admit(): (uses token, pool charge)
+        self.charges: list[tuple] = []  # (uses token, pool charge) of each running task
         self.calls: list[bytes] = []  # ids of the tasks whose function is running now
         client.helper = self
 
     # -- finding work --------------------------------------------------------------
 
     def admit(self, rec) -> bool:
-        """Reserve the record's resources (called under the deque's lock)."""
-        return self.seg.try_acquire(record.demand_of(rec))
+        """Reserve the record's resources (called under the deque's lock): with a free
+        token, a default task costs nothing and any other task only its difference to
+        one CPU; without one, the whole demand comes from the node's pool."""
+        demand = record.demand_of(rec)
+        if self.token == _FREE:
+            if demand is record.DEFAULT_VECTOR:
+                self._charge = (True, None)
+                return True
+            delta = (demand[0] - 1000,) + demand[1:]  # a fraction gives the rest back
+            if not self.seg.try_acquire(delta):
+                return False
+            self._charge = (True, delta)
+            return True
+        if self.seg.try_acquire(demand):
+            self._charge = (False, demand)
+            return True
+        return False
+
+    def take_token(self) -> None:
+        if self.token == _NONE and not self.charges and self.seg.try_acquire(
+                record.DEFAULT_VECTOR):
+            self.seg.add_held(self.slot, record.DEFAULT_VECTOR, 1)
+            self.token = _FREE
+            self.seg.set_token_free(self.slot, True)
+
+    def give_token(self) -> None:
+        if self.token == _FREE:
+            self.token = _NONE
+            self.seg.set_token_free(self.slot, False)
+            self.seg.add_held(self.slot, record.DEFAULT_VECTOR, -1)
+            self.seg.release(record.DEFAULT_VECTOR)
 
     def steal(self) -> bytes | None:
         deques = self.seg.deques
@@ -95,30 +130,41 @@ class Worker:
         rec = self.own.pop_if(self.admit)
         return rec if rec is not None else self.steal()
 
-    def idle(self) -> None:
+    def idle(self) -> bytes | None:
+        """Nothing to run: spin a little, then park until work is pushed or resources are
+        freed.  Returns a record found (and admitted) meanwhile, or ``None``."""
         seg = self.seg
         if self.spin > 0 and seg.try_start_spinning(self.max_spinners):
             try:
                 end = time.monotonic() + self.spin
-                while time.monotonic() < end:
-                    if seg.queued() or seg.shutting_down:
-                        return
+                while time.monotonic() < end and not seg.shutting_down:
+                    if seg.queued():
+                        rec = self.next_task()
+                        if rec is not None:
+                            return rec
                     os.sched_yield()
             finally:
                 seg.stop_spinning()
-        seg.park_for_work(lambda: seg.queued() > 0, 0.5)
+        self.give_token()  # asleep, this worker's CPU is free for others
+        rec = seg.park_for_work(self.next_task, 0.5)
+        if rec is None:
+            self.take_token()
+        return rec
 
     def run(self) -> None:
         seg = self.seg
+        self.take_token()
         while not seg.shutting_down:
             rec = self.next_task()
             if rec is None:
                 self.client.poll()
                 if self.extra and time.monotonic() - self.last_work > EXTRA_IDLE_S:
+                    self.give_token()
                     seg.set_slot_state(self.slot, SlotState.FREE)  # retire quietly
                     return
-                self.idle()
-                continue
+                rec = self.idle()
+                if rec is None:
+                    continue
             self.execute(rec)
 
     # -- helping while a task waits in get -------------------------------------------
@@ -126,7 +172,7 @@ class Worker:
     def help(self) -> bool:
         """Run one queued task while the current one waits in ``get``; ``False`` when
         there is nothing this worker may run now."""
-        if len(self.demands) >= MAX_NESTING - 1:
+        if len(self.charges) >= MAX_NESTING - 1:
             return False
         rec = self.next_task()
         if rec is None:
@@ -138,14 +184,30 @@ class Worker:
         """The innermost task waits in ``get``: give its resources back meanwhile (each
         nested wait lends its own task's, so waits never hold what the tasks they wait for
         need -- no resource deadlock)."""
-        if self.demands:
-            self.seg.add_held(self.slot, self.demands[-1], -1)
-            self.seg.release(self.demands[-1])
+        if not self.charges:
+            return
+        uses_token, charge = self.charges[-1]
+        seg = self.seg
+        if uses_token:
+            self.token = _NONE
+            seg.add_held(self.slot, record.DEFAULT_VECTOR, -1)
+            seg.release(record.DEFAULT_VECTOR)
+        if charge:
+            seg.add_held(self.slot, charge, -1)
+            seg.release(charge)
 
     def unlend(self) -> None:
-        if self.demands:
-            self.seg.force_acquire(self.demands[-1])
-            self.seg.add_held(self.slot, self.demands[-1], 1)
+        if not self.charges:
+            return
+        uses_token, charge = self.charges[-1]
+        seg = self.seg
+        if uses_token:
+            seg.force_acquire(record.DEFAULT_VECTOR)
+            seg.add_held(self.slot, record.DEFAULT_VECTOR, 1)
+            self.token = _BUSY
+        if charge:
+            seg.force_acquire(charge)
+            seg.add_held(self.slot, charge, 1)
 
     # -- running a task ------------------------------------------------------------
 
@@ -153,11 +215,15 @@ class Worker:
         """Run one admitted record (its resources are already reserved) and report it."""
         h = RECORD_HEADER.unpack_from(rec, 0)
         kind, owner, task_id, timeout = h[0], h[4], h[5], h[8]
-        demand = record.demand_of(rec)
         seg = self.seg
-        seg.add_held(self.slot, demand, 1)
+        uses_token, charge = self._charge
+        if uses_token:
+            self.token = _BUSY
+            seg.set_token_free(self.slot, False)
+        if charge:
+            seg.add_held(self.slot, charge, 1)
+        self.charges.append((uses_token, charge))
         seg.push_running(self.slot, owner, task_id, time.monotonic(), timeout)
-        self.demands.append(demand)
         self.last_work = time.monotonic()
         try:
             if seg.is_cancelled(task_id):
@@ -167,10 +233,14 @@ class Worker:
                 msg = self._run(kind, rec, task_id, owner)
             self.send(owner, msg)
         finally:
-            self.demands.pop()
+            self.charges.pop()
             seg.pop_running(self.slot)
-            seg.add_held(self.slot, demand, -1)
-            seg.release(demand)
+            if charge:
+                seg.add_held(self.slot, charge, -1)
+                seg.release(charge)
+            if uses_token:
+                self.token = _FREE
+                seg.set_token_free(self.slot, True)
 
     def _run(self, kind: int, rec: bytes, task_id: bytes, owner: int) -> bytes:
         if kind == record.SPEC_INLINE:

@@ -38,7 +38,7 @@ _H = struct.Struct("<QIIIIIIIIQI")
 # layout_version
 _SHUTDOWN_OFF, _WORK_SEQ_OFF, _SLEEPERS_OFF, _SPINNERS_OFF = 16, 20, 24, 28
 _MUTEX_OFF = 128
-_SLOT = struct.Struct("<IIII")  # state pid (unused) blocked
+_SLOT = struct.Struct("<IIII")  # state pid token-free blocked
 _CURRENT_OFF = 512
 _RUNNING = struct.Struct("<H16sdf")  # owner slot, task id, start (monotonic s), timeout s
 _STOP = struct.Struct("<I16s")  # stop request: reason + 1 (0: none), task id
@@ -216,6 +216,10 @@ class Segment:
         """Track what the slot's process holds (``sign`` +1 or -1), so that the node can
         give it back to the pool when the process dies."""
         off = self.slot_offset(index) + _HELD_OFF
+        if demand is DEFAULT_VECTOR:
+            cpu = struct.unpack_from("<q", self.mm, off)[0]
+            struct.pack_into("<q", self.mm, off, cpu + sign * 1000)
+            return
         held = _RES.unpack_from(self.mm, off)
         _RES.pack_into(self.mm, off, *(h + sign * d for h, d in zip(held, demand)))
 
@@ -284,8 +288,12 @@ class Segment:
 
     def release(self, demand: tuple[int, ...]) -> None:
         with self.mutex:
-            avail = _RES.unpack_from(self.mm, _AVAIL_OFF)
-            _RES.pack_into(self.mm, _AVAIL_OFF, *(a + d for a, d in zip(avail, demand)))
+            if demand is DEFAULT_VECTOR:
+                cpu = struct.unpack_from("<q", self.mm, _AVAIL_OFF)[0]
+                struct.pack_into("<q", self.mm, _AVAIL_OFF, cpu + 1000)
+            else:
+                avail = _RES.unpack_from(self.mm, _AVAIL_OFF)
+                _RES.pack_into(self.mm, _AVAIL_OFF, *(a + d for a, d in zip(avail, demand)))
             seq = self._u32(_WORK_SEQ_OFF)
             sleepers = self._u32(_SLEEPERS_OFF)
             if sleepers and self.queued():  # freed resources may admit a queued task
@@ -347,15 +355,30 @@ class Segment:
             n = self._u32(_SPINNERS_OFF)
             struct.pack_into("<I", self.mm, _SPINNERS_OFF, max(n - 1, 0))
 
-    def park_for_work(self, has_work, timeout: float) -> None:
-        """Sleep until work may be there (``has_work()`` re-checked after registering)."""
+    def park_for_work(self, find_work, timeout: float):
+        """Sleep until work may be there: register as a sleeper and read the eventcount
+        under the mutex (a full barrier), call ``find_work()`` once more, and sleep only if
+        it found nothing and nobody pushed work or freed resources since.  Returns what
+        ``find_work()`` returned."""
         with self.mutex:
             seq = self._u32(_WORK_SEQ_OFF)
             struct.pack_into("<I", self.mm, _SLEEPERS_OFF, self._u32(_SLEEPERS_OFF) + 1)
         try:
-            if not has_work() and not self.shutting_down:
+            found = find_work()
+            if found is None and not self.shutting_down:
                 futex_wait(self._work_seq_addr, seq, timeout)
+            return found
         finally:
             with self.mutex:
                 n = self._u32(_SLEEPERS_OFF)
                 struct.pack_into("<I", self.mm, _SLEEPERS_OFF, max(n - 1, 0))
+
+    # -- CPU tokens of idle workers (for available_resources) -------------------------
+
+    def set_token_free(self, index: int, free: bool) -> None:
+        struct.pack_into("<I", self.mm, self.slot_offset(index) + 8, int(free))
+
+    def free_tokens(self) -> int:
+        """Workers holding their CPU token unused (idle but awake): their CPUs are free."""
+        return sum(struct.unpack_from("<I", self.mm, self.slot_offset(i) + 8)[0]
+                   for i in range(1, self.active_slots))

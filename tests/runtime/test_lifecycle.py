@@ -1,0 +1,366 @@
+"""Life and death of a session: init/shutdown/re-init in this process, and drivers run as
+subprocesses (``sys.executable -c``) that are SIGKILLed, SIGTERMed or interrupted (Ctrl-C)
+in the middle of a run, or that simply exit.  Each time, within 5 s, no worker process of
+that driver may remain and nothing it used may remain in ``/dev/shm``."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import repartir
+from rtsupport import (
+    REPO_ROOT,
+    WORKER_MARK,
+    is_gone,
+    session_prefix,
+    shm_entries,
+    shm_used_by,
+    wait_until,
+    worker_processes,
+)
+
+CLEANUP_SECONDS = 5.0
+
+
+@repartir.remote
+def add(a, b):
+    return a + b
+
+
+# --------------------------------------------------------------------------- in this process
+
+
+def test_init_shutdown_is_initialized(no_session):
+    assert repartir.is_initialized() is False
+    repartir.init(num_cpus=2)
+    assert repartir.is_initialized() is True
+    assert repartir.get(add.remote(1, 2)) == 3
+    repartir.shutdown()
+    assert repartir.is_initialized() is False
+
+
+def test_second_init_raises_unless_ignored(no_session):
+    repartir.init(num_cpus=1)
+    with pytest.raises(repartir.RepartirError) as info:
+        repartir.init(num_cpus=1)
+    assert isinstance(info.value, RuntimeError), "a second init() raises a RuntimeError, as in Ray"
+    repartir.init(num_cpus=1, ignore_reinit_error=True)
+    assert repartir.is_initialized()
+    assert repartir.get(add.remote(2, 2)) == 4
+
+
+def test_shutdown_twice_and_without_init(no_session):
+    repartir.shutdown()
+    repartir.init(num_cpus=1)
+    repartir.shutdown()
+    repartir.shutdown()
+    assert not repartir.is_initialized()
+
+
+def test_implicit_init_at_first_remote(no_session):
+    assert not repartir.is_initialized()
+    ref = add.remote(20, 22)
+    assert repartir.is_initialized()
+    assert repartir.get(ref) == 42
+
+
+def test_reinit_after_shutdown(no_session):
+    for i in range(2):
+        repartir.init(num_cpus=2)
+        assert repartir.get([add.remote(i, j) for j in range(4)]) == [i + j for j in range(4)]
+        repartir.shutdown()
+
+
+def test_workers_are_children_and_gone_after_shutdown(no_session):
+    repartir.init(num_cpus=2)
+    repartir.get([add.remote(i, 0) for i in range(10)])
+    assert wait_until(lambda: len(worker_processes()) >= 1, 5.0)
+    workers = worker_processes()
+    mine = os.getpid()
+    for w in workers:
+        assert mine in {p.pid for p in w.parents()}
+    names = shm_used_by([mine, *(w.pid for w in workers)])
+    repartir.shutdown()
+    assert wait_until(lambda: all(is_gone(w) for w in workers), CLEANUP_SECONDS)
+    assert wait_until(lambda: not (names & shm_entries()), CLEANUP_SECONDS), names & shm_entries()
+
+
+def test_session_directory_under_tmp_repartir(no_session):
+    repartir.init(num_cpus=1)
+    try:
+        sessions = [p for p in Path("/tmp/repartir-sessions").glob("session_*") if p.name.endswith(f"_{os.getpid()}")]
+        assert sessions, "expected /tmp/repartir-sessions/session_<time>_<pid>/"
+    finally:
+        repartir.shutdown()
+
+
+# --------------------------------------------------------------------------- subprocess drivers
+
+DRIVER = textwrap.dedent(
+    """
+    import os, sys, time
+    import repartir
+
+    mode, markers = sys.argv[1], sys.argv[2]
+    if mode == "start":
+        print("STARTING", flush=True)
+    repartir.init(num_cpus=2)
+
+    @repartir.remote
+    def busy(kind, markers):
+        import os, time
+        open(os.path.join(markers, str(os.getpid())), "w").close()
+        deadline = time.time() + 120
+        if kind == "spin":
+            while time.time() < deadline:
+                pass
+        else:
+            time.sleep(120)
+
+    @repartir.remote
+    def quick(x):
+        return x
+
+    if mode in ("sleep", "spin"):
+        refs = [busy.remote(mode, markers) for _ in range(4)]
+        deadline = time.time() + 30
+        while len(os.listdir(markers)) < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        print("READY", flush=True)
+        repartir.get(refs)
+    elif mode == "idle":
+        assert repartir.get([quick.remote(i) for i in range(8)]) == list(range(8))
+        print("READY", flush=True)
+        time.sleep(120)
+    elif mode == "start":
+        print("READY", flush=True)
+        while True:
+            assert repartir.get([quick.remote(i) for i in range(4)]) == list(range(4))
+    elif mode == "exit":
+        assert repartir.get([quick.remote(i) for i in range(8)]) == list(range(8))
+        print("READY", flush=True)
+        sys.stdin.readline()
+        # the interpreter exits without shutdown()
+    elif mode == "exit_busy":
+        refs = [busy.remote("sleep", markers) for _ in range(4)]
+        deadline = time.time() + 30
+        while len(os.listdir(markers)) < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        print("READY", flush=True)
+        sys.stdin.readline()
+        # exits with tasks running and queued, without shutdown()
+    """
+)
+
+
+class Driver:
+    """A driver subprocess and what it holds (worker processes, /dev/shm names)."""
+
+    def __init__(self, mode: str, tmp_path: Path, *, new_session: bool = False) -> None:
+        markers = tmp_path / "markers"
+        markers.mkdir()
+        self.stderr_path = tmp_path / "stderr.txt"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        self.before = shm_entries()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, mode, str(markers)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr_path.open("w"),
+            cwd=tmp_path,
+            env=env,
+            start_new_session=new_session,
+        )
+        self.workers: list[psutil.Process] = []
+        self.shm: set[str] = set()
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")[-4000:]
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        buffer = b""
+        while b"READY" not in buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.kill()
+                pytest.fail(f"driver not ready after {timeout}s:\n{self.stderr()}")
+            readable, _, _ = select.select([self.proc.stdout], [], [], min(left, 0.5))
+            if readable:
+                chunk = os.read(self.proc.stdout.fileno(), 4096)
+                if not chunk:
+                    self.kill()
+                    pytest.fail(f"driver exited before ready (rc={self.proc.returncode}):\n{self.stderr()}")
+                buffer += chunk
+
+    def go(self) -> None:
+        """Let a driver waiting on its stdin go on."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.flush()
+
+    def snapshot(self) -> None:
+        """Record the driver's workers and the /dev/shm names it and they use."""
+        assert wait_until(lambda: len(worker_processes(self.proc.pid)) >= 1, 10.0), (
+            f"no worker process under the driver:\n{self.stderr()}"
+        )
+        self.workers = worker_processes(self.proc.pid)
+        self.shm = shm_used_by([self.proc.pid, *(w.pid for w in self.workers)])
+        prefixes = {session_prefix(n) for n in self.shm}
+        self.shm |= {n for n in shm_entries() - self.before if session_prefix(n) in prefixes}
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+        for w in self.workers:
+            try:
+                w.kill()
+            except psutil.Error:
+                pass
+
+    def assert_cleaned_up(self, seconds: float = CLEANUP_SECONDS) -> None:
+        start = time.monotonic()
+        wait_until(
+            lambda: all(is_gone(w) for w in self.workers) and not (self.shm & shm_entries()),
+            seconds,
+        )
+        left_workers = [w.pid for w in self.workers if not is_gone(w)]
+        left_shm = sorted(self.shm & shm_entries())
+        took = time.monotonic() - start
+        assert not left_workers, f"workers still alive {took:.1f}s later: {left_workers}\n{self.stderr()}"
+        assert not left_shm, f"/dev/shm entries left {took:.1f}s later: {left_shm}\n{self.stderr()}"
+
+
+@pytest.fixture
+def driver_factory(tmp_path):
+    made: list[Driver] = []
+
+    def make(mode: str, **kwargs) -> Driver:
+        sub = tmp_path / f"d{len(made)}"
+        sub.mkdir()
+        d = Driver(mode, sub, **kwargs)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:  # never leave anything behind, even when a test failed
+        d.kill()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("task", ["sleep", "spin"])
+def test_driver_killed_mid_run_leaves_nothing(driver_factory, sig, task):
+    d = driver_factory(task)
+    d.wait_ready()
+    d.snapshot()
+    assert len(d.workers) >= 2, "two tasks run at once on two workers"
+    d.proc.send_signal(sig)
+    d.proc.wait(10)
+    d.assert_cleaned_up()
+
+
+@pytest.mark.timeout(90)
+def test_workers_exit_when_idle_driver_dies(driver_factory):
+    d = driver_factory("idle")
+    d.wait_ready()
+    d.snapshot()
+    d.proc.kill()
+    d.proc.wait(10)
+    d.assert_cleaned_up()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("group", [False, True], ids=["driver-only", "process-group"])
+def test_ctrl_c_in_get_leaves_nothing(driver_factory, group):
+    """SIGINT while the driver blocks in ``get``: to the driver alone, and to its whole
+    process group as a terminal's Ctrl-C does (workers then receive it too)."""
+    d = driver_factory("sleep", new_session=group)
+    d.wait_ready()
+    d.snapshot()
+    time.sleep(0.3)  # well inside get() by now
+    if group:
+        os.killpg(d.proc.pid, signal.SIGINT)
+    else:
+        d.proc.send_signal(signal.SIGINT)
+    try:
+        d.proc.wait(CLEANUP_SECONDS)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"driver did not exit within {CLEANUP_SECONDS}s of Ctrl-C:\n{d.stderr()}")
+    assert d.proc.returncode != 0, "an interrupted get must not end the driver normally"
+    d.assert_cleaned_up()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", ["exit", "exit_busy"], ids=["idle", "tasks-running"])
+def test_driver_exiting_without_shutdown_leaves_nothing(driver_factory, mode):
+    d = driver_factory(mode)
+    d.wait_ready()
+    d.snapshot()
+    d.go()
+    try:
+        rc = d.proc.wait(CLEANUP_SECONDS + 5)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"interpreter exit hangs on a live session ({mode}):\n{d.stderr()}")
+    assert rc == 0, d.stderr()
+    d.assert_cleaned_up()
+
+
+def _session_workers(driver_pid: int) -> list[psutil.Process]:
+    """Worker processes anywhere whose command line names a session of ``driver_pid``
+    (``python -m repartir.runtime.worker <time>_<pid>``)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if any(WORKER_MARK in part for part in cmd) and any(
+            part.endswith(f"_{driver_pid}") for part in cmd
+        ):
+            if not is_gone(p):
+                found.append(p)
+    return found
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("delay", [0.0, 0.1, 0.25, 0.5, 1.0])
+def test_driver_killed_during_start_leaves_nothing(driver_factory, delay):
+    """SIGKILL at any moment of init() (creating shared memory, spawning workers) or of the
+    first tasks: nothing of that session may stay in /dev/shm or the process table."""
+    d = driver_factory("start")
+    # STARTING is printed just before init(); kill `delay` seconds later.
+    deadline = time.monotonic() + 60
+    buffer = b""
+    while b"STARTING" not in buffer and time.monotonic() < deadline:
+        if select.select([d.proc.stdout], [], [], 0.5)[0]:
+            chunk = os.read(d.proc.stdout.fileno(), 4096)
+            assert chunk, d.stderr()
+            buffer += chunk
+    seen: dict[int, psutil.Process] = {}
+    end = time.monotonic() + delay
+    while True:
+        for w in worker_processes(d.proc.pid):
+            seen.setdefault(w.pid, w)
+        if time.monotonic() >= end:
+            break
+        time.sleep(0.005)
+    d.proc.kill()
+    d.proc.wait(10)
+    d.workers = [*seen.values(), *_session_workers(d.proc.pid)]
+    d.assert_cleaned_up()
+    assert wait_until(lambda: not _session_workers(d.proc.pid), 1.0)
+    left = [n for n in shm_entries() if f"_{d.proc.pid}-" in n]
+    assert not left, f"/dev/shm entries of the killed session: {left}"
