@@ -32,9 +32,8 @@ import cloudpickle
 
 from ..errors import ActorDiedError, RepartirError, TaskCancelledError
 from ..scheduler.segment import SlotState
-from ..serialization import error_payload
 from . import driver
-from .core import FAILED, MSG_DONE, TaskOptions
+from .core import TaskOptions, failed_message
 
 __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "actor_dead_error", "run_actor",
            "ACTOR_OPTIONS", "CTOR_FAILED_EXIT"]
@@ -274,13 +273,11 @@ class _Runner:
         task_id, owner, (name, _, _, fn_name, args_loc, dep_locs, nret) = self._decode(msg)
         if self.seg.is_cancelled(task_id):
             err = TaskCancelledError(f"call {fn_name} was cancelled before it started")
-            return owner, pickle.dumps((MSG_DONE, task_id, FAILED,
-                                        error_payload(err, fn_name)), 5)
+            return owner, failed_message(task_id, err, fn_name)
         try:
             fn = getattr(self.instance, name)
         except AttributeError as exc:
-            return owner, pickle.dumps((MSG_DONE, task_id, FAILED,
-                                        error_payload(exc, fn_name)), 5)
+            return owner, failed_message(task_id, exc, fn_name)
         return (task_id, owner, fn, fn_name, args_loc, dep_locs, nret)
 
     def _enter(self, owner: int, task_id: bytes) -> None:
@@ -387,8 +384,7 @@ class _Runner:
                         result = await result
                     reply = finish_result(self.worker, result, fn_name, nret, task_id, owner)
                 except BaseException as exc:
-                    reply = pickle.dumps((MSG_DONE, task_id, FAILED,
-                                          error_payload(exc, fn_name)), 5)
+                    reply = failed_message(task_id, exc, fn_name)
                 self.worker.send(owner, reply)
             finally:
                 self._leave(task_id)

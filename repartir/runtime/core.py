@@ -110,6 +110,7 @@ class CoreClient:
         self.waiting: dict[bytes, list[_Task]] = {}
         self.backlog: collections.deque[bytes] = collections.deque()
         self.dead_refs: collections.deque[bytes] = collections.deque()
+        self.dead_pins: collections.deque[int] = collections.deque()  # of borrowed refs
         self.borrowed: dict[bytes, Any] = {}
         self.requested: set[bytes] = set()
         self.functions: dict[bytes, tuple[int, int]] = {}
@@ -376,6 +377,8 @@ class CoreClient:
     def poll(self) -> int:
         """Handle what arrived in the inbox, dropped refs and the backlog; returns the
         number of messages handled (0 when another thread is polling)."""
+        if not (self.dead_refs or self.dead_pins or self.backlog or self.inbox.pending()):
+            return 0  # nothing to do: no lock taken (this runs in every spin of get)
         if not self._poll_lock.acquire(blocking=False):
             return 0
         try:
@@ -387,6 +390,8 @@ class CoreClient:
                     self._version += 1
                 if self.dead_refs:
                     self._process_dead()
+                while self.dead_pins:
+                    self.arena.unpin(self.dead_pins.popleft())
                 if self.backlog:
                     self._flush_backlog()
             return len(msgs)
@@ -396,13 +401,14 @@ class CoreClient:
     def _handle(self, msg: tuple) -> None:
         kind = msg[0]
         if kind == MSG_DONE:
-            _, task_id, status, payload = msg
+            _, task_id, status, payload, pins = msg
             t = self.tasks.pop(task_id, None)
             if t is None:  # a duplicate (task retried after a crash that came too late)
-                if status == OK:
+                if status == OK and isinstance(payload, list):
                     for loc in payload:
                         if loc[0] == "a":
                             self.arena.release(loc[1])
+                self._unpin_all(pins)
                 return
             if t.stream is not None:  # a streaming task ended: payload is the item count
                 t.stream.end(None if status == OK else ("e", payload))
@@ -410,6 +416,7 @@ class CoreClient:
                 return
             if status == OK:
                 locs = payload
+                self._keep_pins(t.return_ids, pins)
             else:
                 if self._should_retry(t, payload):
                     self.tasks[task_id] = t
@@ -418,14 +425,15 @@ class CoreClient:
                 locs = [("e", payload)] * len(t.return_ids)
             self._finish(t, locs)
         elif kind == MSG_ITEM:
-            _, task_id, index, loc = msg
+            _, task_id, index, loc, pins = msg
             t = self.tasks.get(task_id)
             if t is None or t.stream is None:
                 if loc[0] == "a":
                     self.arena.release(loc[1])
+                self._unpin_all(pins)
                 return
             oid = return_id(task_id, index)
-            self.table[oid] = [0, loc, None, None]
+            self.table[oid] = [0, loc, None, pins or None]
             t.stream.add(self.make_ref(oid))
         elif kind == MSG_CALL:
             self.calls.append(msg)
@@ -480,6 +488,21 @@ class CoreClient:
             futures = self.futures.pop(object_id, None)
             if futures:
                 self._resolve(futures, loc)
+
+    def _keep_pins(self, return_ids: list, pins: list) -> None:
+        """Export pins of refs inside a result stay until that result is freed."""
+        if not pins:
+            return
+        for rid in return_ids:
+            e = self.table.get(rid)
+            if e is not None:
+                e[3] = (e[3] or []) + list(pins)
+                return
+        self._unpin_all(pins)
+
+    def _unpin_all(self, pins) -> None:
+        for off in pins or ():
+            self.arena.unpin(off)
 
     def _should_retry(self, t: _Task, payload: bytes) -> bool:
         retry = t.opts.retry_exceptions
@@ -573,6 +596,10 @@ class CoreClient:
                 loc = e[1]
                 if loc is not None and loc[0] == "a":
                     arena.release(loc[1])
+                if e[3]:  # refs held by the value, and export pins of refs inside it
+                    for x in e[3]:
+                        if type(x) is int:
+                            arena.unpin(x)
 
     # -- get and wait --------------------------------------------------------------
 
@@ -766,6 +793,11 @@ class CoreClient:
 
     def tasks_in_flight(self) -> int:
         return len(self.tasks)
+
+
+def failed_message(task_id: bytes, exc: BaseException, fn_name: str) -> bytes:
+    """The completion message of a task that raised ``exc``."""
+    return pickle.dumps((MSG_DONE, task_id, FAILED, error_payload(exc, fn_name), None), 5)
 
 
 def stop_task(segment, task_id: bytes, reason: int, force: bool) -> bool:

@@ -13,7 +13,6 @@ import atexit
 import dataclasses
 import os
 import threading
-import time
 
 from ..config import resolve
 from ..errors import AlreadyInitializedError, RepartirError

@@ -5,6 +5,13 @@ object's **owner** and counts its refs: each ``ObjectRef`` instance in the owner
 count, dropped when the instance is garbage-collected.  A ref pickled into another process
 (nested in a task's argument, say) arrives there as a *borrowed* ref that carries its owner's
 slot and, when the value was ready, its location, so ``get`` on it needs no round trip.
+
+Lifetimes across processes: a borrowed ref to an object in the arena **pins** its block (the
+arena frees a block only when its owner released it and no pin is left), so the object
+outlives its owner's refs while a borrower holds it.  While a ref is in flight -- pickled,
+not yet unpickled -- something else holds it: a task's arguments are held by the submitter
+until the task completes, and a task's result that contains refs carries *export pins*,
+released when the owner frees that result.
 """
 
 from __future__ import annotations
@@ -23,13 +30,15 @@ class ObjectRef:
     Hashable and comparable by id.  ``repartir.get(ref)`` waits for the value.
     """
 
-    __slots__ = ("_id", "_owner_slot", "_client", "_owned", "__weakref__")
+    __slots__ = ("_id", "_owner_slot", "_client", "_owned", "_pin", "__weakref__")
 
-    def __init__(self, object_id: bytes, owner_slot: int, client: Any, owned: bool) -> None:
+    def __init__(self, object_id: bytes, owner_slot: int, client: Any, owned: bool,
+                 pin: int | None = None) -> None:
         self._id = object_id
         self._owner_slot = owner_slot
         self._client = client
         self._owned = owned
+        self._pin = pin  # arena offset this borrowed ref keeps alive
 
     def binary(self) -> bytes:
         """The 16-byte object id."""
@@ -61,11 +70,13 @@ class ObjectRef:
         return asyncio.wrap_future(self.future()).__await__()
 
     def __del__(self) -> None:
-        if self._owned:
-            try:
+        try:
+            if self._owned:
                 self._client.dead_refs.append(self._id)
-            except AttributeError:  # interpreter shutdown
-                pass
+            elif self._pin is not None:  # unpinned later by poll(): no lock in __del__
+                self._client.dead_pins.append(self._pin)
+        except AttributeError:  # interpreter shutdown
+            pass
 
     def __reduce__(self):
         client = self._client
@@ -82,9 +93,13 @@ def _rebuild(object_id: bytes, owner_slot: int, loc) -> ObjectRef:
     client = context.current_client()
     if client is not None and client.slot == owner_slot and client.owns(object_id):
         return client.make_ref(object_id)
+    pin = None
     if client is not None and loc is not None:
         client.note_borrowed(object_id, loc)
-    return ObjectRef(object_id, owner_slot, client, False)
+        if loc[0] == "a":  # a borrower keeps the block alive while it holds the ref
+            client.arena.pin(loc[1])
+            pin = loc[1]
+    return ObjectRef(object_id, owner_slot, client, False, pin)
 
 
 class capture_refs:

@@ -37,11 +37,12 @@ from ..config import Config
 from ..errors import TaskCancelledError, TaskTimeoutError
 from ..scheduler import policy, record
 from ..scheduler.segment import MAX_NESTING, Segment, SlotState
-from ..serialization import error_payload, serialize
+from ..serialization import serialize
 from ..store.arena import Arena
 from . import context
-from .core import (ARENA_SPEC, CANCEL, FAILED, MSG_DONE, MSG_ITEM, OK, RECORD_HEADER,
-                   CoreClient, Dep)
+from .core import (ARENA_SPEC, CANCEL, MSG_DONE, MSG_ITEM, OK, RECORD_HEADER, CoreClient,
+                   Dep, failed_message)
+from .objectref import capture_refs
 from .streaming import STREAMING
 
 __all__ = ["Worker", "main"]
@@ -228,7 +229,7 @@ class Worker:
         try:
             if seg.is_cancelled(task_id):
                 err = TaskCancelledError("task was cancelled before it started")
-                msg = pickle.dumps((MSG_DONE, task_id, FAILED, error_payload(err, "?")), 5)
+                msg = failed_message(task_id, err, "?")
             else:
                 msg = self._run(kind, rec, task_id, owner)
             self.send(owner, msg)
@@ -254,7 +255,7 @@ class Worker:
             if fn is None:
                 fn = self.functions[fn_key] = pickle.loads(self.arena.view(fn_off, fn_len))
         except BaseException as exc:
-            return pickle.dumps((MSG_DONE, task_id, FAILED, error_payload(exc, fn_name)), 5)
+            return failed_message(task_id, exc, fn_name)
         return run_function(self, fn, fn_name, args_loc, dep_locs, nret, task_id, owner)
 
     def load_args(self, args_loc, dep_locs) -> tuple[list, dict]:
@@ -298,7 +299,7 @@ def run_function(worker: Worker, fn, fn_name: str, args_loc, dep_locs, nret: int
         del args, kwargs
         return finish_result(worker, result, fn_name, nret, task_id, owner)
     except BaseException as exc:  # the task's own error, reported to its owner
-        return pickle.dumps((MSG_DONE, task_id, FAILED, error_payload(exc, fn_name)), 5)
+        return failed_message(task_id, exc, fn_name)
 
 
 def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: bytes,
@@ -312,10 +313,12 @@ def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: byte
                             f"{type(result).__name__}, not a generator")
         count = 0
         for item in result:
-            loc = store(serialize(item, f"item {count} yielded by {fn_name}"))
-            worker.send(owner, pickle.dumps((MSG_ITEM, task_id, count, loc), 5))
+            with capture_refs() as exported:
+                loc = store(serialize(item, f"item {count} yielded by {fn_name}"))
+            pins = export_pins(worker.client, exported)
+            worker.send(owner, pickle.dumps((MSG_ITEM, task_id, count, loc, pins), 5))
             count += 1
-        return pickle.dumps((MSG_DONE, task_id, OK, count), 5)
+        return pickle.dumps((MSG_DONE, task_id, OK, count, None), 5)
     if inspect.isgenerator(result):
         raise TypeError(f"{fn_name} returned a generator: call it with "
                         f".options(num_returns='streaming') to get its items as they come, "
@@ -329,8 +332,22 @@ def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: byte
                 f"{type(result).__name__} of length "
                 f"{len(result) if hasattr(result, '__len__') else 'n/a'}")
         results = result
-    locs = [store(serialize(r, f"the return value of {fn_name}")) for r in results]
-    return pickle.dumps((MSG_DONE, task_id, OK, locs), 5)
+    with capture_refs() as exported:
+        locs = [store(serialize(r, f"the return value of {fn_name}")) for r in results]
+    pins = export_pins(worker.client, exported) if exported else None
+    return pickle.dumps((MSG_DONE, task_id, OK, locs, pins), 5)
+
+
+def export_pins(client, refs) -> list[int] | None:
+    """Pin the arena blocks of refs about to travel in a result, so that they survive until
+    the receiver holds them (it releases these pins when it frees the result)."""
+    pins = []
+    for ref in refs:
+        loc = client.location_for_export(ref._id)
+        if loc is not None and loc[0] == "a":
+            client.arena.pin(loc[1])
+            pins.append(loc[1])
+    return pins or None
 
 
 def _watch_parent(fd: int) -> None:

@@ -34,7 +34,7 @@ import weakref
 import numpy as np
 
 from ..errors import ObjectStoreFullError
-from ..sync import MUTEX_SIZE, RobustMutex, address_of
+from ..sync import RobustMutex, address_of
 
 __all__ = ["Arena", "ArenaStatistics", "HEADER_SIZE", "BLOCK_HEADER"]
 
@@ -247,6 +247,14 @@ class Arena:
                 self._free_locked(blk)
             else:
                 _B_PINS.pack_into(self.mm, blk + 24, max(pins, 0), released)
+
+    def pin(self, offset: int) -> None:
+        """Keep the block at payload ``offset`` alive (a borrowed ref, or a ref in flight in
+        a message); every pin needs one :meth:`unpin`."""
+        self._pin(offset - BLOCK_HEADER)
+
+    def unpin(self, offset: int) -> None:
+        self._unpin(offset - BLOCK_HEADER)
 
     def payload_length(self, offset: int) -> int:
         return struct.unpack_from("<Q", self.mm, offset - BLOCK_HEADER + 48)[0]

@@ -1,6 +1,5 @@
 """The arena allocator against a model: no overlap, exact accounting, consistent free list."""
 
-import mmap
 import os
 import struct
 
