@@ -12,6 +12,12 @@
     │ table on stdout, --json FILE  │
     └───────────────────────────────┘
 
+The harness is four modules: this one (command line, the child runner, the parent that launches,
+watches and restarts the children, the table and the JSON records); :mod:`stress.adapters` (one
+adapter per system, the run's sizes in ``Config``); :mod:`stress.workloads` (the registry, one
+function per workload and system, units and goals, and the table of what each workload times);
+and :mod:`stress.tasks`, what runs inside the workers.
+
 **Systems.** ``repartir`` always; ``multiprocessing`` (``multiprocessing.Pool``, ``spawn`` start
 method unless ``--mp-start``); ``ray``, ``dask`` (``distributed.LocalCluster`` with processes,
 ``threads_per_worker=1``) and ``loky`` (``get_reusable_executor``) when importable; ``memcpy``, the
@@ -20,42 +26,10 @@ number of workers (``--workers``, default ``os.cpu_count()``), runs in its own p
 killed when one workload exceeds ``--workload-timeout`` or the system exceeds ``--timeout``; the
 child is then restarted with the workloads left, so one hang costs one cell, not the run.
 
-**Workloads** (the full sizes; ``--quick`` in brackets). Before each timed loop a short warm-up runs
-the same operation untimed.
-
-========== ================================================================== ==================
-id          what is timed                                                      unit (JSON)
-========== ================================================================== ==================
-init        creation of the runtime/pool/cluster until the first no-op task's  ``s``
-            result is back (imports are done before the clock starts)
-tiny_async  submit 20,000 [2,000] no-op tasks, then get all                    ``tasks/s``
-tiny_rtt    2,000 [200] × (submit one no-op, get it); mean, p50/p99 in extra   ``us`` per trip
-put         ``put`` of a 256 MiB [32 MiB] float64 array, median of 5, store    ``GB/s`` (1e9 B/s)
-            warm, each ref released before the next put; extra:
-            ``fraction_of_memcpy``. memcpy: ``np.copyto`` into a warm,
-            preallocated destination, median of 5. Dask: ``client.scatter``
-            (``hash=False``, so a new key each time).
-get         inside a task running in a worker process, the time of ``get`` on  ``us``
-            a ref to that array (the ref travels nested in a list, so the
-            task receives the ref, not the value); median of 7 after a warm-up;
-            extra: the same at 1 MiB (the goal is: no growth with size).
-            Dask: the array is scattered to worker A, the task runs on worker
-            B and times ``Future(key, get_client(), state="memory").result()``
-            through its worker client, i.e. the transfer to another process
-            (the task receives the key: Dask resolves futures nested in lists).
-bigarg      20 [5] tasks, each receiving the array as a top-level argument by  ``s``
-            ref (resolved to the value) and returning ``float(a[0] + a[-1])``;
-            from the first submit to all results. The ref is made (``put``,
-            ``scatter``) before the clock starts. multiprocessing and loky
-            receive the array itself (pickled for every task).
-========== ================================================================== ==================
-
-``put`` and ``get`` make no sense without an object store and are skipped for multiprocessing and
-loky (``–`` in the table).
-
-**Adding a workload** is one small function per system (or one generic function over the
-:class:`Adapter` interface): decorate it with ``@workload("id", systems=(...))``, return
-``value`` or ``(value, extra_dict)``, and add the id to :data:`WORKLOADS` with its unit.
+**Workloads** (see :mod:`stress.workloads` for what each one times, and its sizes):
+``init``, ``tiny_async``, ``tiny_rtt``, ``actor_sync``, ``actor_async``, ``put``, ``get``,
+``bigarg``, ``fib``, ``unbalanced``. A workload that does not apply to a system (``put`` without an
+object store, actors without actors, ``fib`` without tasks that submit tasks) is ``–`` in the table.
 
 **Output.** A table on stdout (rows: workloads, columns: systems) and with ``--json FILE`` a list of
 records ``{"system", "workload", "value", "unit", "extra"}`` for every value measured (failed or
@@ -70,6 +44,7 @@ Examples::
     python stress/bench.py --quick                      # < 1 min: repartir + multiprocessing
     python stress/bench.py --json bench.json            # all installed systems, full sizes
     python stress/bench.py --systems repartir,ray --workloads tiny_async,tiny_rtt
+    python stress/bench.py --workloads fib,unbalanced,actor_sync,actor_async
 """
 
 from __future__ import annotations
@@ -80,497 +55,23 @@ import importlib.util
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
-
-import numpy as np
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THIS_FILE = os.path.abspath(__file__)
-
-#: Workload ids in table order, with the unit written to JSON and the one shown in the table.
-WORKLOADS: dict[str, tuple[str, str]] = {
-    "init": ("s", "s"),
-    "tiny_async": ("tasks/s", "tasks/s"),
-    "tiny_rtt": ("us", "µs/trip"),
-    "put": ("GB/s", "GB/s"),
-    "get": ("us", "µs"),
-    "bigarg": ("s", "s"),
-}
-
-#: Goals from BENCHMARKS.md, shown in the table's last column.
-GOALS: dict[str, str] = {
-    "init": "≤ 0.3 s",
-    "tiny_async": "≥ 3×mp, ≥ 50×ray",
-    "tiny_rtt": "≤ 50 µs",
-    "put": "≥ 0.8×memcpy",
-    "get": "≤ 50 µs",
-    "bigarg": "≤ 0.5×ray",
-}
-
-#: Systems in column order; ``memcpy`` is a physical reference, not a peer.
-SYSTEM_ORDER = ("repartir", "memcpy", "multiprocessing", "ray", "dask", "loky")
-#: The module whose presence makes a system available.
-SYSTEM_MODULE = {"repartir": "repartir", "ray": "ray", "dask": "distributed", "loky": "loky"}
-#: What a system is called in the table header.
-SYSTEM_TITLE = {"multiprocessing": "mp.Pool"}
-
-MIB = 1 << 20
-
-
-@dataclass(frozen=True)
-class Config:
-    """Sizes and counts of one run; ``quick()`` gives the small ones."""
-
-    workers: int
-    tiny_tasks: int = 20_000
-    rtt_trips: int = 2_000
-    array_mib: int = 256
-    bigarg_tasks: int = 20
-    put_reps: int = 5
-    get_reps: int = 7
-    mp_start: str = "spawn"
-    quick: bool = False
-
-    @classmethod
-    def quick_sizes(cls, workers: int, **kw: Any) -> "Config":
-        return cls(workers=workers, tiny_tasks=2_000, rtt_trips=200, array_mib=32,
-                   bigarg_tasks=5, quick=True, **kw)
-
-    @property
-    def array_len(self) -> int:
-        return self.array_mib * MIB // 8
-
-
-# ---------------------------------------------------------------------------------------------
-# Task bodies. They live in this module, which is ``__main__`` in the child: cloudpickle-based
-# systems (repartir, Ray, Dask, loky) ship them by value; multiprocessing's spawn re-imports this
-# file as ``__mp_main__`` in its workers, so nothing below runs at import time but definitions.
-# ---------------------------------------------------------------------------------------------
-
-def noop() -> None:
-    return None
-
-
-def read_ends(a: "np.ndarray") -> float:
-    return float(a[0] + a[-1])
-
-
-def repartir_timed_get(refs: list) -> tuple[float, float]:
-    """Runs in a repartir worker: (seconds spent in ``repartir.get``, a[0] + a[-1])."""
-    import repartir
-
-    t0 = time.perf_counter()
-    a = repartir.get(refs[0])
-    dt = time.perf_counter() - t0
-    return dt, float(a[0] + a[-1])
-
-
-def ray_timed_get(refs: list) -> tuple[float, float]:
-    """Runs in a Ray worker: (seconds spent in ``ray.get``, a[0] + a[-1])."""
-    import ray
-
-    t0 = time.perf_counter()
-    a = ray.get(refs[0])
-    dt = time.perf_counter() - t0
-    return dt, float(a[0] + a[-1])
-
-
-def dask_timed_get(key: str) -> tuple[float, float]:
-    """Runs in a Dask worker: (seconds to fetch the scattered ``key`` through the worker client)."""
-    from distributed import Future, get_client
-
-    # A Future rebuilt from its key (state "memory": the scatter has finished) and bound to this
-    # worker's client; result() gathers the value from the worker that holds it.
-    fut = Future(key, get_client(), state="memory")
-    t0 = time.perf_counter()
-    a = fut.result()
-    dt = time.perf_counter() - t0
-    return dt, float(a[0] + a[-1])
-
-
-# ---------------------------------------------------------------------------------------------
-# Adapters: one per system, the small common surface that the generic workloads use.
-# ---------------------------------------------------------------------------------------------
-
-class Adapter:
-    """How the generic workloads drive one system.
-
-    ``prepare()`` imports (untimed), ``start()`` creates the runtime (timed together with the
-    first no-op task as ``init``), ``submit``/``get``/``get_all`` run tasks, ``by_ref`` turns an
-    array into what a task receives as its top-level argument, ``stop()`` tears everything down.
-    """
-
-    name = ""
-    has_tasks = True
-
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.workers = cfg.workers
-        self.init_time: float | None = None
-        self.extra: dict[str, Any] = {}
-
-    def prepare(self) -> None:
-        pass
-
-    def start(self) -> None:
-        pass
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        raise NotImplementedError
-
-    def get(self, handle: Any) -> Any:
-        raise NotImplementedError
-
-    def get_all(self, handles: list) -> list:
-        return [self.get(h) for h in handles]
-
-    def by_ref(self, arr: np.ndarray) -> Any:
-        return arr
-
-    def stop(self) -> None:
-        pass
-
-
-class RepartirAdapter(Adapter):
-    name = "repartir"
-
-    def prepare(self) -> None:
-        import repartir
-
-        self.rp = repartir
-        self._remote: dict[Callable[..., Any], Any] = {}
-
-    def start(self) -> None:
-        self.rp.init(num_cpus=self.workers)
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        r = self._remote.get(fn)
-        if r is None:
-            r = self._remote[fn] = self.rp.remote(fn)
-        return r.remote(*args)
-
-    def get(self, handle: Any) -> Any:
-        return self.rp.get(handle)
-
-    def get_all(self, handles: list) -> list:
-        return self.rp.get(handles)
-
-    def by_ref(self, arr: np.ndarray) -> Any:
-        return self.rp.put(arr)
-
-    def stop(self) -> None:
-        self.rp.shutdown()
-
-
-class RayAdapter(Adapter):
-    name = "ray"
-
-    def prepare(self) -> None:
-        import ray
-
-        self.ray = ray
-        self._remote: dict[Callable[..., Any], Any] = {}
-
-    def start(self) -> None:
-        self.ray.init(num_cpus=self.workers, include_dashboard=False, logging_level="ERROR",
-                      log_to_driver=False)
-        self.extra["version"] = self.ray.__version__
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        r = self._remote.get(fn)
-        if r is None:
-            r = self._remote[fn] = self.ray.remote(fn)
-        return r.remote(*args)
-
-    def get(self, handle: Any) -> Any:
-        return self.ray.get(handle)
-
-    def get_all(self, handles: list) -> list:
-        return self.ray.get(handles)
-
-    def by_ref(self, arr: np.ndarray) -> Any:
-        return self.ray.put(arr)
-
-    def stop(self) -> None:
-        self.ray.shutdown()
-
-
-class DaskAdapter(Adapter):
-    name = "dask"
-
-    def prepare(self) -> None:
-        import distributed
-
-        self.distributed = distributed
-
-    def start(self) -> None:
-        d = self.distributed
-        self.cluster = d.LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                      dashboard_address=None, silence_logs=40)
-        self.client = d.Client(self.cluster)
-        self.extra["version"] = d.__version__
-
-    def submit(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        return self.client.submit(fn, *args, pure=False, **kw)
-
-    def get(self, handle: Any) -> Any:
-        return handle.result()
-
-    def get_all(self, handles: list) -> list:
-        return self.client.gather(handles)
-
-    def by_ref(self, arr: np.ndarray) -> Any:
-        return self.client.scatter(arr, hash=False)
-
-    def worker_addresses(self) -> list[str]:
-        return sorted(self.client.scheduler_info()["workers"])
-
-    def stop(self) -> None:
-        self.client.close()
-        self.cluster.close()
-
-
-class MultiprocessingAdapter(Adapter):
-    name = "multiprocessing"
-
-    def prepare(self) -> None:
-        import multiprocessing
-
-        self.ctx = multiprocessing.get_context(self.cfg.mp_start)
-        self.extra["start_method"] = self.cfg.mp_start
-
-    def start(self) -> None:
-        self.pool = self.ctx.Pool(self.workers)
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self.pool.apply_async(fn, args)
-
-    def get(self, handle: Any) -> Any:
-        return handle.get()
-
-    def stop(self) -> None:
-        self.pool.close()
-        self.pool.join()
-
-
-class LokyAdapter(Adapter):
-    name = "loky"
-
-    def prepare(self) -> None:
-        import loky
-
-        self.loky = loky
-
-    def start(self) -> None:
-        self.executor = self.loky.get_reusable_executor(max_workers=self.workers)
-        self.extra["version"] = self.loky.__version__
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self.executor.submit(fn, *args)
-
-    def get(self, handle: Any) -> Any:
-        return handle.result()
-
-    def stop(self) -> None:
-        self.executor.shutdown(wait=True, kill_workers=True)
-
-
-class MemcpyAdapter(Adapter):
-    """No runtime: the physical reference for ``put``."""
-
-    name = "memcpy"
-    has_tasks = False
-
-
-ADAPTERS: dict[str, type[Adapter]] = {
-    a.name: a for a in (RepartirAdapter, MemcpyAdapter, MultiprocessingAdapter, RayAdapter,
-                        DaskAdapter, LokyAdapter)
-}
-
-# ---------------------------------------------------------------------------------------------
-# Workload registry: REGISTRY[system][workload] -> fn(adapter, cfg) -> value | (value, extra)
-# ---------------------------------------------------------------------------------------------
-
-WorkloadFn = Callable[[Any, Config], Any]
-REGISTRY: dict[str, dict[str, WorkloadFn]] = {name: {} for name in ADAPTERS}
-TASK_SYSTEMS = ("repartir", "multiprocessing", "ray", "dask", "loky")
-
-
-def workload(name: str, systems: Iterable[str]) -> Callable[[WorkloadFn], WorkloadFn]:
-    """Register ``fn`` as workload ``name`` for each of ``systems`` (a later one overrides)."""
-    assert name in WORKLOADS, f"add {name!r} to WORKLOADS with its unit first"
-
-    def deco(fn: WorkloadFn) -> WorkloadFn:
-        for s in systems:
-            REGISTRY[s][name] = fn
-        return fn
-
-    return deco
-
-
-def _array(cfg: Config, n: int | None = None) -> np.ndarray:
-    return np.random.default_rng(0).random(cfg.array_len if n is None else n)
-
-
-def _warm_tasks(s: Adapter, n: int) -> None:
-    s.get_all([s.submit(noop) for _ in range(n)])
-
-
-@workload("init", TASK_SYSTEMS)
-def w_init(s: Adapter, cfg: Config) -> Any:
-    """Measured by the child runner when it starts the system: see :func:`child_main`."""
-    return s.init_time, dict(s.extra)
-
-
-@workload("tiny_async", TASK_SYSTEMS)
-def w_tiny_async(s: Adapter, cfg: Config) -> Any:
-    _warm_tasks(s, max(50, 4 * cfg.workers))
-    n = cfg.tiny_tasks
-    t0 = time.perf_counter()
-    handles = [s.submit(noop) for _ in range(n)]
-    t_submit = time.perf_counter() - t0
-    s.get_all(handles)
-    dt = time.perf_counter() - t0
-    return n / dt, {"tasks": n, "submit_s": round(t_submit, 4), "total_s": round(dt, 4)}
-
-
-@workload("tiny_rtt", TASK_SYSTEMS)
-def w_tiny_rtt(s: Adapter, cfg: Config) -> Any:
-    for _ in range(max(20, cfg.rtt_trips // 10)):
-        s.get(s.submit(noop))
-    n = cfg.rtt_trips
-    trips = np.empty(n)
-    pc = time.perf_counter
-    t0 = pc()
-    for i in range(n):
-        t = pc()
-        s.get(s.submit(noop))
-        trips[i] = pc() - t
-    dt = pc() - t0
-    return dt / n * 1e6, {"trips": n, "p50_us": round(float(np.percentile(trips, 50)) * 1e6, 1),
-                          "p99_us": round(float(np.percentile(trips, 99)) * 1e6, 1)}
-
-
-def _median_put(put: Callable[[np.ndarray], Any], release: Callable[[Any], None],
-                arr: np.ndarray, reps: int) -> Any:
-    release(put(arr))                           # warm the store
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        ref = put(arr)
-        times.append(time.perf_counter() - t0)
-        release(ref)
-        del ref
-    med = statistics.median(times)
-    return arr.nbytes / med / 1e9, {"bytes": arr.nbytes, "median_s": round(med, 5),
-                                   "min_s": round(min(times), 5), "reps": reps}
-
-
-@workload("put", ("memcpy",))
-def w_put_memcpy(s: Adapter, cfg: Config) -> Any:
-    arr = _array(cfg)
-    dst = np.empty_like(arr)
-    return _median_put(lambda a: np.copyto(dst, a), lambda _: None, arr, cfg.put_reps)
-
-
-@workload("put", ("repartir",))
-def w_put_repartir(s: RepartirAdapter, cfg: Config) -> Any:
-    return _median_put(s.rp.put, lambda ref: None, _array(cfg), cfg.put_reps)
-
-
-@workload("put", ("ray",))
-def w_put_ray(s: RayAdapter, cfg: Config) -> Any:
-    return _median_put(s.ray.put, lambda ref: None, _array(cfg), cfg.put_reps)
-
-
-@workload("put", ("dask",))
-def w_put_dask(s: DaskAdapter, cfg: Config) -> Any:
-    def release(fut: Any) -> None:
-        s.client.cancel(fut)
-    value, extra = _median_put(lambda a: s.client.scatter(a, hash=False), release, _array(cfg),
-                               cfg.put_reps)
-    extra["measured"] = "client.scatter(hash=False) to one worker"
-    return value, extra
-
-
-def _median_get(run_one: Callable[[np.ndarray], tuple[float, float]], arr: np.ndarray,
-                reps: int) -> tuple[float, float]:
-    """Median seconds of ``reps`` timed gets after one warm-up; checks the value came through."""
-    expect = float(arr[0] + arr[-1])
-    run_one(arr)
-    times = []
-    for _ in range(reps):
-        dt, got = run_one(arr)
-        if got != expect:
-            raise AssertionError(f"get returned a wrong array: a[0]+a[-1] = {got}, expected {expect}")
-        times.append(dt)
-    return statistics.median(times), min(times)
-
-
-def _get_workload(run_one: Callable[[np.ndarray], tuple[float, float]], cfg: Config) -> Any:
-    big = _array(cfg)
-    med, best = _median_get(run_one, big, cfg.get_reps)
-    small_med, _ = _median_get(run_one, _array(cfg, MIB // 8), cfg.get_reps)
-    return med * 1e6, {"bytes": big.nbytes, "min_us": round(best * 1e6, 1),
-                       "us_at_1MiB": round(small_med * 1e6, 1), "reps": cfg.get_reps}
-
-
-@workload("get", ("repartir",))
-def w_get_repartir(s: RepartirAdapter, cfg: Config) -> Any:
-    def run_one(arr: np.ndarray) -> tuple[float, float]:
-        ref = s.rp.put(arr)
-        out = s.rp.get(s.submit(repartir_timed_get, [ref]))
-        del ref
-        return out
-    return _get_workload(run_one, cfg)
-
-
-@workload("get", ("ray",))
-def w_get_ray(s: RayAdapter, cfg: Config) -> Any:
-    def run_one(arr: np.ndarray) -> tuple[float, float]:
-        ref = s.ray.put(arr)
-        out = s.ray.get(s.submit(ray_timed_get, [ref]))
-        del ref
-        return out
-    return _get_workload(run_one, cfg)
-
-
-@workload("get", ("dask",))
-def w_get_dask(s: DaskAdapter, cfg: Config) -> Any:
-    workers = s.worker_addresses()
-    holder, reader = workers[0], workers[-1]
-
-    def run_one(arr: np.ndarray) -> tuple[float, float]:
-        fut = s.client.scatter(arr, workers=[holder], hash=False)
-        out = s.submit(dask_timed_get, fut.key, workers=[reader]).result()
-        s.client.cancel(fut)
-        return out
-    value, extra = _get_workload(run_one, cfg)
-    extra["measured"] = ("scatter to worker A; task on worker B times Future(key).result() "
-                         "via its worker client" + ("" if holder != reader else " (1 worker: same)"))
-    return value, extra
-
-
-@workload("bigarg", TASK_SYSTEMS)
-def w_bigarg(s: Adapter, cfg: Config) -> Any:
-    arr = _array(cfg)
-    expect = read_ends(arr)
-    ref = s.by_ref(arr)                 # the array itself for multiprocessing and loky
-    n = cfg.bigarg_tasks
-    t0 = time.perf_counter()
-    out = s.get_all([s.submit(read_ends, ref) for _ in range(n)])
-    dt = time.perf_counter() - t0
-    if any(v != expect for v in out):
-        raise AssertionError(f"bigarg: tasks returned {set(out)}, expected {expect}")
-    return dt, {"tasks": n, "bytes": arr.nbytes,
-                "passed": "by value (pickled)" if ref is arr else "by ref"}
+if ROOT not in sys.path:                # ``python stress/bench.py`` puts only stress/ on the path
+    sys.path.insert(0, ROOT)
+
+from stress.adapters import (ADAPTERS, MIB, SYSTEM_MODULE, SYSTEM_ORDER,  # noqa: E402
+                             SYSTEM_TITLE, Config)
+from stress.tasks import noop  # noqa: E402
+from stress.workloads import CELL_SUFFIX, FOOTNOTES, GOALS, REGISTRY, WORKLOADS  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -898,9 +399,9 @@ def _cell_text(w: str, c: Cell | None) -> str:
     if c.status == "ok":
         assert c.value is not None
         text = _fmt(c.value)
-        frac = c.extra.get("fraction_of_memcpy")
-        if frac is not None:
-            text += f" ({frac:.2f}×)"
+        key, form = CELL_SUFFIX.get(w, ("", ""))
+        if c.extra.get(key) is not None:
+            text += " (" + form.format(c.extra[key]) + ")"
         return text
     return {"skip": "–", "missing": "n/a"}.get(c.status, c.status.upper())
 
@@ -923,6 +424,12 @@ def render_table(results: dict[str, dict[str, Cell]], workloads: list[str], cfg:
 
     sizes = (f"workers={cfg.workers}, tiny={cfg.tiny_tasks:,}, rtt={cfg.rtt_trips:,}, "
              f"array={cfg.array_mib} MiB, bigarg={cfg.bigarg_tasks} tasks"
+             + "".join(text for ws, text in (
+                 (("actor_sync", "actor_async"),
+                  f", actor calls={cfg.actor_sync_calls:,}/{cfg.actor_async_calls:,}"),
+                 (("fib",), f", fib({cfg.fib_n}) leaf<={cfg.fib_leaf}"),
+                 (("unbalanced",), f", unbalanced={cfg.unbalanced_tasks} tasks"))
+                 if any(x in workloads for x in ws))
              + (" [--quick]" if cfg.quick else ""))
     out = [sizes, line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
     notes = []
@@ -935,8 +442,13 @@ def render_table(results: dict[str, dict[str, Cell]], workloads: list[str], cfg:
         out += ["failures:"] + notes
     if NOTES:
         out += ["notes:"] + ["  " + n.split("\n")[0] for n in NOTES]
-    if "put" in workloads and "memcpy" in results:
-        out.append("put: value in () is the fraction of memcpy measured in the same run")
+    for w, note in FOOTNOTES.items():
+        key = CELL_SUFFIX[w][0]
+        shown = ("memcpy" in results if w == "put" else      # put: whenever memcpy was measured
+                 any(c.get(w) is not None and c[w].status == "ok" and key in c[w].extra
+                     for c in results.values()))
+        if w in workloads and shown:
+            out.append(note)
     return "\n".join(out)
 
 
@@ -981,6 +493,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rtt-trips", type=int)
     p.add_argument("--array-mib", type=int)
     p.add_argument("--bigarg-tasks", type=int)
+    p.add_argument("--fib-n", type=int)
+    p.add_argument("--unbalanced-tasks", type=int)
+    p.add_argument("--actor-sync-calls", type=int)
+    p.add_argument("--actor-async-calls", type=int)
     p.add_argument("--mp-start", default="spawn", choices=("spawn", "forkserver", "fork"),
                    help="multiprocessing start method (default spawn, like repartir's workers)")
     p.add_argument("--timeout", type=float, help="seconds per system (default 1200; quick 120)")
@@ -1004,9 +520,10 @@ def main(argv: list[str] | None = None) -> int:
 
     kw = {"mp_start": a.mp_start}
     cfg = Config.quick_sizes(a.workers, **kw) if a.quick else Config(workers=a.workers, **kw)
-    over = {k: v for k, v in (("tiny_tasks", a.tiny_tasks), ("rtt_trips", a.rtt_trips),
-                              ("array_mib", a.array_mib), ("bigarg_tasks", a.bigarg_tasks))
-            if v is not None}
+    over = {k: getattr(a, k) for k in ("tiny_tasks", "rtt_trips", "array_mib", "bigarg_tasks",
+                                       "fib_n", "unbalanced_tasks", "actor_sync_calls",
+                                       "actor_async_calls")
+            if getattr(a, k) is not None}
     if over:
         cfg = Config(**{**cfg.__dict__, **over})
 

@@ -26,10 +26,10 @@ the run (exit status 1):
 * a wrong value, or any other exception;
 * a task not back by the global deadline (lost, or a hang);
 * an exception escaping any thread of the driver (the runtime's background threads);
-* after the chaos, the node not back to ``num_cpus`` workers, a probe batch failing, objects
-  left in the driver's table, or the arena's used bytes not back to their level before the
-  chaos once every ref is dropped.  (A worker killed between writing a result into the arena
-  and reporting it leaks that block -- see ``--arena-slack``.)
+* after the chaos: the node not back to ``num_cpus`` workers; ``available_resources()`` not
+  back to ``cluster_resources()`` (a dead worker's reservation leaked); a probe batch
+  failing; objects left in the driver's table; the arena's used bytes not back to their
+  level before the chaos once every ref is dropped (``--arena-slack`` tolerates some).
 
 ``repartir.shutdown()`` runs in every case.
 """
@@ -259,9 +259,8 @@ def main(argv=None) -> int:
         assert repartir.get(compute_task.remote(0), timeout=60) == compute_value(0)
         shared = np.arange(READ_ELEMENTS, dtype=np.float64)
         shared_ref = repartir.put(shared)
-        for kind_fn in (large_task.remote(0), read_task.remote(0, shared_ref),
-                        nested_task.remote(0, 1), sleep_task.remote(0, 0.0)):
-            repartir.get(kind_fn, timeout=60)
+        repartir.get([large_task.remote(0), read_task.remote(0, shared_ref),
+                      nested_task.remote(0, 1), sleep_task.remote(0, 0.0)], timeout=60)
         baseline_used = settled_used_bytes(0, timeout=1.0)
         print(f"[chaos] seed {args.seed}, {num_cpus} workers, {args.duration:.0f} s of chaos, "
               f"kills every {args.kill_interval[0]}-{args.kill_interval[1]} s", flush=True)
@@ -350,11 +349,17 @@ def main(argv=None) -> int:
                     repartir.cancel(ref, force=True)
                 pending.clear()
 
-            # the node heals: workers back, probe batch right, nothing left behind
+            # the node heals: workers back, resources free, probe batch right, nothing left
             healed = _wait_for(lambda: len(driver.worker_pids()) == num_cpus, 15)
             if not healed:
                 failures.append(f"{len(driver.worker_pids())} workers after the chaos, "
                                 f"expected {num_cpus}")
+            total = {k: v for k, v in repartir.cluster_resources().items()
+                     if k != "object_store_memory"}
+            free = lambda: {k: repartir.available_resources().get(k) for k in total}  # noqa
+            if not _wait_for(lambda: free() == total, 15):
+                failures.append(f"resources not released after the chaos: available "
+                                f"{free()}, total {total}")
             try:
                 probe = repartir.get([compute_task.remote(k) for k in range(200)], timeout=60)
                 if probe != [compute_value(k) for k in range(200)]:

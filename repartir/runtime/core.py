@@ -125,6 +125,7 @@ class CoreClient:
         self.helper = None  # in a worker: runs queued tasks and lends the CPU while get waits
         self._version = 0  # bumped whenever poll() handled messages
         self.node = None  # the Node, in the process that runs it (the driver)
+        self.batch_submits = False  # only where a pump thread flushes the backlog
         self._spin = config.spin_us / 1e6
         self.closed = False
 
@@ -326,6 +327,15 @@ class CoreClient:
                     record.SPEC_INLINE, o.priority, self.slot, o.demand, o.timeout)
             rec = parts[0] + t.task_id + parts[1] + body
         t.record = rec
+        if self.batch_submits:
+            # The driver batches: while every worker is busy nobody could take the task
+            # now, so records gather in the backlog and go in with one lock per batch --
+            # at once when a worker idles, at 64 records, at the next get/wait, or by the
+            # pump thread within a few milliseconds.
+            self.backlog.append(rec)
+            if len(self.backlog) >= 64 or self.segment.idle_workers():
+                self._flush_backlog()
+            return
         if self.backlog or not self.deque.push(rec):
             self.backlog.append(rec)
             self._flush_backlog()

@@ -98,6 +98,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         node.start()
         client = CoreClient(node.segment, node.arena, 0, config, node.session)
         client.node = node
+        client.batch_submits = True
         _node, _client, _owner_pid = node, client, os.getpid()
         context.set_client(client)
         _pump_stop.clear()

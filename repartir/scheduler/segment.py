@@ -340,6 +340,11 @@ class Segment:
             struct.pack_into("<I", self.mm, _WORK_SEQ_OFF, (seq + 1) & 0xFFFFFFFF)
         futex_wake(self._work_seq_addr, count - spinners)
 
+    def idle_workers(self) -> bool:
+        """Whether some process spins or sleeps waiting for work (a hint, no lock)."""
+        sleepers, spinners = struct.unpack_from("<II", self.mm, _SLEEPERS_OFF)
+        return sleepers + spinners > 0
+
     def try_start_spinning(self, max_spinners: int) -> bool:
         """Register as a spinner unless ``max_spinners`` already spin (never more spinners
         than cores: a spinner would steal the CPU from the process that has the work)."""

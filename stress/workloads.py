@@ -1,0 +1,385 @@
+"""The workloads of the benchmark harness: ``REGISTRY[system][workload] -> fn(adapter, cfg)``.
+
+The full sizes; ``--quick`` in brackets. Before each timed loop a short warm-up runs the same
+operation untimed. Task bodies live in :mod:`stress.tasks`; systems in :mod:`stress.adapters`.
+
+=========== ================================================================= ==================
+id           what is timed                                                     unit (JSON)
+=========== ================================================================= ==================
+init         creation of the runtime/pool/cluster until the first no-op task's ``s``
+             result is back (imports are done before the clock starts)
+tiny_async   submit 20,000 [2,000] no-op tasks, then get all                   ``tasks/s``
+tiny_rtt     2,000 [200] × (submit one no-op, get it); mean, p50/p99 in extra  ``us`` per trip
+actor_sync   2,000 [200] × (call a no-op method of one actor, get it); mean,   ``calls/s``
+             p50/p99 in extra. repartir (``@remote`` class, ``h.m.remote()``)
+             and Ray only; the actor is created before the clock starts
+actor_async  20,000 [2,000] calls of that method in flight, then get all       ``calls/s``
+put          ``put`` of a 256 MiB [32 MiB] float64 array, median of 5, store   ``GB/s`` (1e9 B/s)
+             warm, each ref released before the next put; extra:
+             ``fraction_of_memcpy``. memcpy: ``np.copyto`` into a warm,
+             preallocated destination, median of 5. Dask: ``client.scatter``
+             (``hash=False``, so a new key each time).
+get          inside a task running in a worker process, the time of ``get`` on ``us``
+             a ref to that array (the ref travels nested in a list, so the
+             task receives the ref, not the value); median of 7 after a warm-up;
+             extra: the same at 1 MiB (the goal is: no growth with size).
+             Dask: the array is scattered to worker A, the task runs on worker
+             B and times ``Future(key, get_client(), state="memory").result()``
+             through its worker client, i.e. the transfer to another process
+             (the task receives the key: Dask resolves futures nested in lists).
+bigarg       20 [5] tasks, each receiving the array as a top-level argument by ``s``
+             ref (resolved to the value) and returning ``float(a[0] + a[-1])``;
+             from the first submit to all results. The ref is made (``put``,
+             ``scatter``) before the clock starts. multiprocessing and loky
+             receive the array itself (pickled for every task).
+fib          recursive fib(22) [fib(18)]: a task with n > 14 submits two       ``s``
+             children and gets them, n <= 14 computes serially; after a
+             warm-up run of fib(n - 4). repartir and Ray: the ``@remote``
+             function calling itself; Dask: ``get_client().submit`` (``pure=
+             False``) and ``secede``/``rejoin`` around the wait. extra:
+             ``peak_workers``, the most worker processes alive at once among
+             the driver's descendants (sampled every few ms), shown in ()
+unbalanced   200 [60] busy-loop tasks (spinning on ``time.perf_counter``),     ``ratio``
+             durations Pareto α=1.5 with minimum 3 ms, capped at 200 ms, seed
+             0, all submitted at once; value = makespan ÷ (total work ÷
+             workers), 1.0 is ideal. multiprocessing: ``apply_async`` per task
+             (chunksize 1)
+=========== ================================================================= ==================
+
+``put`` and ``get`` make no sense without an object store and are skipped for multiprocessing and
+loky, the actor workloads without actors (everything but repartir and Ray), ``fib`` without tasks
+that submit tasks (multiprocessing, loky); ``–`` in the table.
+
+**Adding a workload** is one small function per system (or one generic function over the
+:class:`~stress.adapters.Adapter` interface): decorate it with ``@workload("id", systems=(...))``,
+return ``value`` or ``(value, extra_dict)``, add the id to :data:`WORKLOADS` with its unit, its
+goal to :data:`GOALS`, its sizes to :class:`~stress.adapters.Config`, and the task bodies it
+ships to workers to :mod:`stress.tasks`.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from stress.adapters import (ADAPTERS, MIB, Adapter, Config, DaskAdapter, PeakWorkers,
+                             RayAdapter, RepartirAdapter)
+from stress.tasks import (NoopActor, dask_fib, dask_timed_get, fib_serial, noop, ray_fib,
+                          ray_timed_get, read_ends, repartir_timed_get, rp_fib, spin)
+
+#: Workload ids in table order, with the unit written to JSON and the one shown in the table.
+WORKLOADS: dict[str, tuple[str, str]] = {
+    "init": ("s", "s"),
+    "tiny_async": ("tasks/s", "tasks/s"),
+    "tiny_rtt": ("us", "µs/trip"),
+    "actor_sync": ("calls/s", "calls/s"),
+    "actor_async": ("calls/s", "calls/s"),
+    "put": ("GB/s", "GB/s"),
+    "get": ("us", "µs"),
+    "bigarg": ("s", "s"),
+    "fib": ("s", "s"),
+    "unbalanced": ("ratio", "× ideal"),
+}
+
+#: Goals from BENCHMARKS.md, shown in the table's last column.
+GOALS: dict[str, str] = {
+    "init": "≤ 0.3 s",
+    "tiny_async": "≥ 3×mp, ≥ 50×ray",
+    "tiny_rtt": "≤ 50 µs",
+    "actor_sync": "≥ 20,000 calls/s",
+    "actor_async": "≥ 50,000 calls/s",
+    "put": "≥ 0.8×memcpy",
+    "get": "≤ 50 µs",
+    "bigarg": "≤ 0.5×ray",
+    "fib": "≤ 0.1 s, ≤ 2×cores procs",
+    "unbalanced": "≤ 1.1",
+}
+
+#: Shown in () after a value in the table: workload -> (key of its extra, format).
+CELL_SUFFIX: dict[str, tuple[str, str]] = {
+    "put": ("fraction_of_memcpy", "{:.2f}×"),
+    "fib": ("peak_workers", "{} procs"),
+}
+
+#: Printed under the table when the workload has a value with a suffix.
+FOOTNOTES: dict[str, str] = {
+    "put": "put: value in () is the fraction of memcpy measured in the same run",
+    "fib": "fib: value in () is the peak number of worker processes alive during the run",
+}
+
+WorkloadFn = Callable[[Any, Config], Any]
+REGISTRY: dict[str, dict[str, WorkloadFn]] = {name: {} for name in ADAPTERS}
+TASK_SYSTEMS = ("repartir", "multiprocessing", "ray", "dask", "loky")
+ACTOR_SYSTEMS = ("repartir", "ray")
+
+
+def workload(name: str, systems: Iterable[str]) -> Callable[[WorkloadFn], WorkloadFn]:
+    """Register ``fn`` as workload ``name`` for each of ``systems`` (a later one overrides)."""
+    assert name in WORKLOADS, f"add {name!r} to WORKLOADS with its unit first"
+
+    def deco(fn: WorkloadFn) -> WorkloadFn:
+        for s in systems:
+            REGISTRY[s][name] = fn
+        return fn
+
+    return deco
+
+
+def _array(cfg: Config, n: int | None = None) -> np.ndarray:
+    return np.random.default_rng(0).random(cfg.array_len if n is None else n)
+
+
+def _warm_tasks(s: Adapter, n: int) -> None:
+    s.get_all([s.submit(noop) for _ in range(n)])
+
+
+def _percentiles_us(times: np.ndarray) -> dict[str, float]:
+    return {"p50_us": round(float(np.percentile(times, 50)) * 1e6, 1),
+            "p99_us": round(float(np.percentile(times, 99)) * 1e6, 1)}
+
+
+@workload("init", TASK_SYSTEMS)
+def w_init(s: Adapter, cfg: Config) -> Any:
+    """Measured by the child runner when it starts the system: see ``stress.bench.child_main``."""
+    return s.init_time, dict(s.extra)
+
+
+@workload("tiny_async", TASK_SYSTEMS)
+def w_tiny_async(s: Adapter, cfg: Config) -> Any:
+    _warm_tasks(s, max(50, 4 * cfg.workers))
+    n = cfg.tiny_tasks
+    t0 = time.perf_counter()
+    handles = [s.submit(noop) for _ in range(n)]
+    t_submit = time.perf_counter() - t0
+    s.get_all(handles)
+    dt = time.perf_counter() - t0
+    return n / dt, {"tasks": n, "submit_s": round(t_submit, 4), "total_s": round(dt, 4)}
+
+
+@workload("tiny_rtt", TASK_SYSTEMS)
+def w_tiny_rtt(s: Adapter, cfg: Config) -> Any:
+    for _ in range(max(20, cfg.rtt_trips // 10)):
+        s.get(s.submit(noop))
+    n = cfg.rtt_trips
+    trips = np.empty(n)
+    pc = time.perf_counter
+    t0 = pc()
+    for i in range(n):
+        t = pc()
+        s.get(s.submit(noop))
+        trips[i] = pc() - t
+    dt = pc() - t0
+    return dt / n * 1e6, {"trips": n, **_percentiles_us(trips)}
+
+
+@workload("actor_sync", ACTOR_SYSTEMS)
+def w_actor_sync(s: Adapter, cfg: Config) -> Any:
+    h = s.actor(NoopActor)
+    try:
+        for _ in range(max(20, cfg.actor_sync_calls // 10)):
+            s.get(h.m.remote())
+        n = cfg.actor_sync_calls
+        calls = np.empty(n)
+        pc = time.perf_counter
+        t0 = pc()
+        for i in range(n):
+            t = pc()
+            s.get(h.m.remote())
+            calls[i] = pc() - t
+        dt = pc() - t0
+    finally:
+        s.kill_actor(h)
+    return n / dt, {"calls": n, "mean_us": round(dt / n * 1e6, 1), **_percentiles_us(calls)}
+
+
+@workload("actor_async", ACTOR_SYSTEMS)
+def w_actor_async(s: Adapter, cfg: Config) -> Any:
+    h = s.actor(NoopActor)
+    try:
+        s.get_all([h.m.remote() for _ in range(max(50, cfg.actor_async_calls // 20))])
+        n = cfg.actor_async_calls
+        t0 = time.perf_counter()
+        refs = [h.m.remote() for _ in range(n)]
+        t_submit = time.perf_counter() - t0
+        s.get_all(refs)
+        dt = time.perf_counter() - t0
+    finally:
+        s.kill_actor(h)
+    return n / dt, {"calls": n, "submit_s": round(t_submit, 4), "total_s": round(dt, 4)}
+
+
+def _median_put(put: Callable[[np.ndarray], Any], release: Callable[[Any], None],
+                arr: np.ndarray, reps: int) -> Any:
+    release(put(arr))                           # warm the store
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        ref = put(arr)
+        times.append(time.perf_counter() - t0)
+        release(ref)
+        del ref
+    med = statistics.median(times)
+    return arr.nbytes / med / 1e9, {"bytes": arr.nbytes, "median_s": round(med, 5),
+                                   "min_s": round(min(times), 5), "reps": reps}
+
+
+@workload("put", ("memcpy",))
+def w_put_memcpy(s: Adapter, cfg: Config) -> Any:
+    arr = _array(cfg)
+    dst = np.empty_like(arr)
+    return _median_put(lambda a: np.copyto(dst, a), lambda _: None, arr, cfg.put_reps)
+
+
+@workload("put", ("repartir",))
+def w_put_repartir(s: RepartirAdapter, cfg: Config) -> Any:
+    return _median_put(s.rp.put, lambda ref: None, _array(cfg), cfg.put_reps)
+
+
+@workload("put", ("ray",))
+def w_put_ray(s: RayAdapter, cfg: Config) -> Any:
+    return _median_put(s.ray.put, lambda ref: None, _array(cfg), cfg.put_reps)
+
+
+@workload("put", ("dask",))
+def w_put_dask(s: DaskAdapter, cfg: Config) -> Any:
+    def release(fut: Any) -> None:
+        s.client.cancel(fut)
+    value, extra = _median_put(lambda a: s.client.scatter(a, hash=False), release, _array(cfg),
+                               cfg.put_reps)
+    extra["measured"] = "client.scatter(hash=False) to one worker"
+    return value, extra
+
+
+def _median_get(run_one: Callable[[np.ndarray], tuple[float, float]], arr: np.ndarray,
+                reps: int) -> tuple[float, float]:
+    """Median seconds of ``reps`` timed gets after one warm-up; checks the value came through."""
+    expect = float(arr[0] + arr[-1])
+    run_one(arr)
+    times = []
+    for _ in range(reps):
+        dt, got = run_one(arr)
+        if got != expect:
+            raise AssertionError(f"get returned a wrong array: a[0]+a[-1] = {got}, expected {expect}")
+        times.append(dt)
+    return statistics.median(times), min(times)
+
+
+def _get_workload(run_one: Callable[[np.ndarray], tuple[float, float]], cfg: Config) -> Any:
+    big = _array(cfg)
+    med, best = _median_get(run_one, big, cfg.get_reps)
+    small_med, _ = _median_get(run_one, _array(cfg, MIB // 8), cfg.get_reps)
+    return med * 1e6, {"bytes": big.nbytes, "min_us": round(best * 1e6, 1),
+                       "us_at_1MiB": round(small_med * 1e6, 1), "reps": cfg.get_reps}
+
+
+@workload("get", ("repartir",))
+def w_get_repartir(s: RepartirAdapter, cfg: Config) -> Any:
+    def run_one(arr: np.ndarray) -> tuple[float, float]:
+        ref = s.rp.put(arr)
+        out = s.rp.get(s.submit(repartir_timed_get, [ref]))
+        del ref
+        return out
+    return _get_workload(run_one, cfg)
+
+
+@workload("get", ("ray",))
+def w_get_ray(s: RayAdapter, cfg: Config) -> Any:
+    def run_one(arr: np.ndarray) -> tuple[float, float]:
+        ref = s.ray.put(arr)
+        out = s.ray.get(s.submit(ray_timed_get, [ref]))
+        del ref
+        return out
+    return _get_workload(run_one, cfg)
+
+
+@workload("get", ("dask",))
+def w_get_dask(s: DaskAdapter, cfg: Config) -> Any:
+    workers = s.worker_addresses()
+    holder, reader = workers[0], workers[-1]
+
+    def run_one(arr: np.ndarray) -> tuple[float, float]:
+        fut = s.client.scatter(arr, workers=[holder], hash=False)
+        out = s.submit(dask_timed_get, fut.key, workers=[reader]).result()
+        s.client.cancel(fut)
+        return out
+    value, extra = _get_workload(run_one, cfg)
+    extra["measured"] = ("scatter to worker A; task on worker B times Future(key).result() "
+                         "via its worker client" + ("" if holder != reader else " (1 worker: same)"))
+    return value, extra
+
+
+@workload("bigarg", TASK_SYSTEMS)
+def w_bigarg(s: Adapter, cfg: Config) -> Any:
+    arr = _array(cfg)
+    expect = read_ends(arr)
+    ref = s.by_ref(arr)                 # the array itself for multiprocessing and loky
+    n = cfg.bigarg_tasks
+    t0 = time.perf_counter()
+    out = s.get_all([s.submit(read_ends, ref) for _ in range(n)])
+    dt = time.perf_counter() - t0
+    if any(v != expect for v in out):
+        raise AssertionError(f"bigarg: tasks returned {set(out)}, expected {expect}")
+    return dt, {"tasks": n, "bytes": arr.nbytes,
+                "passed": "by value (pickled)" if ref is arr else "by ref"}
+
+
+FIB_TASK: dict[str, Callable[[int, int], int]] = {"repartir": rp_fib, "ray": ray_fib,
+                                                   "dask": dask_fib}
+
+
+def fib_tasks(n: int, leaf: int) -> int:
+    """How many tasks fib(n) runs: one per call with n above ``leaf``, one per leaf."""
+    a, b = 1, 1                                 # tasks(leaf - 1), tasks(leaf)
+    for _ in range(leaf, n):
+        a, b = b, 1 + a + b
+    return b if n >= leaf else 1
+
+
+@workload("fib", tuple(FIB_TASK))
+def w_fib(s: Adapter, cfg: Config) -> Any:
+    fn = FIB_TASK[s.name]
+    n, leaf = cfg.fib_n, cfg.fib_leaf
+    warm = max(leaf + 1, n - 4)
+    got = s.get(s.submit(fn, warm, leaf))
+    if got != fib_serial(warm):
+        raise AssertionError(f"fib({warm}) returned {got}, expected {fib_serial(warm)}")
+    with PeakWorkers(s) as pw:
+        t0 = time.perf_counter()
+        got = s.get(s.submit(fn, n, leaf))
+        dt = time.perf_counter() - t0
+    expect = fib_serial(n)
+    if got != expect:
+        raise AssertionError(f"fib({n}) returned {got}, expected {expect}")
+    cores = os.cpu_count() or 1
+    return dt, {"n": n, "leaf": leaf, "tasks": fib_tasks(n, leaf), "warmup_n": warm,
+                "cores": cores, "max_procs_goal": 2 * cores, **pw.extra()}
+
+
+UNBALANCED_ALPHA, UNBALANCED_SCALE_S, UNBALANCED_CAP_S, UNBALANCED_SEED = 1.5, 0.003, 0.2, 0
+
+
+def unbalanced_durations(n: int) -> np.ndarray:
+    """``n`` task durations (s): Pareto α=1.5 with minimum 3 ms, capped at 200 ms, seed 0."""
+    rng = np.random.default_rng(UNBALANCED_SEED)
+    d = (rng.pareto(UNBALANCED_ALPHA, n) + 1.0) * UNBALANCED_SCALE_S
+    return np.minimum(d, UNBALANCED_CAP_S)
+
+
+@workload("unbalanced", TASK_SYSTEMS)
+def w_unbalanced(s: Adapter, cfg: Config) -> Any:
+    s.get_all([s.submit(spin, 0.001) for _ in range(2 * cfg.workers)])
+    durations = [float(d) for d in unbalanced_durations(cfg.unbalanced_tasks)]
+    total = sum(durations)
+    ideal = total / cfg.workers
+    t0 = time.perf_counter()
+    s.get_all([s.submit(spin, d) for d in durations])
+    makespan = time.perf_counter() - t0
+    return makespan / ideal, {
+        "tasks": len(durations), "makespan_s": round(makespan, 4), "total_work_s": round(total, 4),
+        "ideal_s": round(ideal, 4), "max_task_s": round(max(durations), 4),
+        "alpha": UNBALANCED_ALPHA, "scale_s": UNBALANCED_SCALE_S, "cap_s": UNBALANCED_CAP_S,
+        "seed": UNBALANCED_SEED}
