@@ -211,6 +211,16 @@ def serialize(value: Any, what: str = "value") -> Serialized:
     return Serialized(meta, raws)
 
 
+SIMPLE_TYPES = _SIMPLE
+
+
+def simple_blob(value: Any) -> bytes:
+    """The blob of a builtin scalar (``type(value) in SIMPLE_TYPES``): no buffers, no
+    references, so no need for :class:`Serialized`."""
+    meta = pickle.dumps(value, protocol=5)
+    return _HEAD.pack(0, len(meta)) + meta
+
+
 def deserialize(blob: memoryview) -> Any:
     """Rebuild a value from a blob; out-of-band buffers become slices of ``blob``, so pass a
     read-only view whose exporter stays alive as long as the slices do."""

@@ -37,7 +37,7 @@ from ..config import Config
 from ..errors import TaskCancelledError, TaskTimeoutError
 from ..scheduler import policy, record
 from ..scheduler.segment import MAX_NESTING, Segment, SlotState
-from ..serialization import serialize
+from ..serialization import SIMPLE_TYPES, serialize, simple_blob
 from ..store.arena import Arena
 from . import context
 from .core import (ARENA_SPEC, CANCEL, MSG_DONE, MSG_ITEM, OK, RECORD_HEADER, CoreClient,
@@ -49,6 +49,7 @@ __all__ = ["Worker", "main"]
 
 EXTRA_IDLE_S = 2.0  # an extra worker idle this long exits
 _NONE, _FREE, _BUSY = 0, 1, 2  # CPU token states
+_NONE_BLOB = simple_blob(None)
 
 
 class Worker:
@@ -324,6 +325,9 @@ def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: byte
                         f".options(num_returns='streaming') to get its items as they come, "
                         f"or return a list")
     if nret == 1:
+        if type(result) in SIMPLE_TYPES and (type(result) is not str or len(result) < 4096):
+            blob = _NONE_BLOB if result is None else simple_blob(result)  # the common case
+            return pickle.dumps((MSG_DONE, task_id, OK, [("i", blob)], None), 5)
         results = (result,)
     else:
         if not isinstance(result, (tuple, list)) or len(result) != nret:
