@@ -256,6 +256,8 @@ class CoreClient:
                 if type(a) is ObjectRef:
                     deps.append(a)
                     kwargs[k] = Dep(len(deps) - 1)
+        if deps:
+            self._check_session(deps)
         args_block = None
         if args or kwargs:
             with capture_refs() as nested:
@@ -629,7 +631,12 @@ class CoreClient:
              ) -> list[bool]:
         """Block until ``num_returns`` of ``refs`` are ready or ``timeout`` passes; returns
         which are ready.  Ctrl-C (``KeyboardInterrupt``) while the driver waits cancels the
-        tasks it has queued and propagates; the session stays usable."""
+        tasks it has queued and propagates; the session stays usable.
+
+        Raises:
+            ObjectLostError: a ref belongs to a session that was shut down.
+        """
+        self._check_session(refs)
         if self._all_ready(refs, num_returns):
             return [self._loc_of(r) is not None for r in refs]
         helper = self.helper
@@ -653,6 +660,13 @@ class CoreClient:
             if outer:
                 local.waiting = False
                 self._getters -= 1
+
+    def _check_session(self, refs: Sequence[ObjectRef]) -> None:
+        for r in refs:
+            if r._client is not self:
+                raise ObjectLostError(
+                    f"{r!r} belongs to a session that was shut down; its value is gone. "
+                    f"Keep values you need (repartir.get them) before repartir.shutdown().")
 
     def _all_ready(self, refs: Sequence[ObjectRef], num_returns: int) -> bool:
         """Whether ``num_returns`` of ``refs`` are ready now (no waiting machinery)."""

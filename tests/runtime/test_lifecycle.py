@@ -14,6 +14,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
@@ -95,11 +96,50 @@ def test_workers_are_children_and_gone_after_shutdown(no_session):
     assert wait_until(lambda: not (names & shm_entries()), CLEANUP_SECONDS), names & shm_entries()
 
 
-def test_session_directory_under_tmp_repartir(no_session):
+def test_views_stay_valid_after_shutdown(no_session):
     repartir.init(num_cpus=1)
+    expected = np.arange(1_000_000, dtype=np.float64)
+    view = repartir.get(repartir.put(expected))
+    repartir.shutdown()
+    np.testing.assert_array_equal(view, expected)  # the mapping outlives the session
+    repartir.init(num_cpus=1)
+    other = repartir.get(repartir.put(np.zeros(1_000_000)))
+    np.testing.assert_array_equal(view, expected)
+    assert float(other.sum()) == 0.0
+
+
+@pytest.mark.timeout(60)
+def test_ref_of_a_shut_down_session_fails_instead_of_hanging(no_session):
+    """A ref whose session has ended names an object that is gone: ``get`` must raise
+    (``ObjectLostError``), not wait for ever -- nor may a task that takes it as argument."""
+    repartir.init(num_cpus=1)
+    small, big, result = repartir.put(1), repartir.put(np.ones(300_000)), add.remote(1, 2)
+    assert repartir.get(result) == 3
+    repartir.shutdown()
+    repartir.init(num_cpus=1)
+    for ref in (small, big, result):
+        with pytest.raises(repartir.RepartirError) as info:
+            repartir.get(ref, timeout=3)
+        assert not isinstance(info.value, repartir.GetTimeoutError), (
+            f"get() of a ref of an ended session waits (for ever without a timeout): {info.value}"
+        )
+    with pytest.raises(repartir.RepartirError) as info:
+        repartir.get(add.remote(small, 1), timeout=3)
+    assert not isinstance(info.value, repartir.GetTimeoutError), (
+        "a task whose argument is a ref of an ended session never runs nor fails"
+    )
+    assert repartir.get(add.remote(1, 1), timeout=10) == 2
+
+
+def test_session_directory(no_session):
+    """init() reports its session directory, ``<temp dir>/session_<time>_<pid>/``, which
+    exists while the session lives."""
+    info = repartir.init(num_cpus=1)
     try:
-        sessions = [p for p in Path("/tmp/repartir-sessions").glob("session_*") if p.name.endswith(f"_{os.getpid()}")]
-        assert sessions, "expected /tmp/repartir-sessions/session_<time>_<pid>/"
+        session_dir = Path(info["session_dir"])
+        assert session_dir.is_dir()
+        assert session_dir.name.startswith("session_") and session_dir.name.endswith(f"_{os.getpid()}")
+        assert "repartir" in str(session_dir.parent)
     finally:
         repartir.shutdown()
 
@@ -364,3 +404,53 @@ def test_driver_killed_during_start_leaves_nothing(driver_factory, delay):
     assert wait_until(lambda: not _session_workers(d.proc.pid), 1.0)
     left = [n for n in shm_entries() if f"_{d.proc.pid}-" in n]
     assert not left, f"/dev/shm entries of the killed session: {left}"
+
+
+INTERRUPTED_GET = textwrap.dedent(
+    """
+    import os, signal, threading, time, repartir
+    repartir.init(num_cpus=2)
+
+    @repartir.remote
+    def nap(s):
+        import time
+        time.sleep(s)
+        return s
+
+    refs = [nap.remote(2.0) for _ in range(2)]
+    threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    try:
+        repartir.get(refs)
+        print("NOT INTERRUPTED")
+    except KeyboardInterrupt:
+        print("INTERRUPTED", flush=True)
+    print("AFTER", repartir.get([nap.remote(0.05) for _ in range(4)], timeout=20), flush=True)
+    outcomes = []
+    for ref in refs:  # running tasks go on; queued ones may have been cancelled by Ctrl-C
+        try:
+            outcomes.append(repr(repartir.get(ref, timeout=20)))
+        except repartir.RepartirError as exc:
+            outcomes.append(type(exc).__name__)
+    print("OLD", *outcomes, flush=True)
+    repartir.shutdown()
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_in_get_leaves_the_session_usable(tmp_path):
+    """Ctrl-C interrupts ``get`` but not the session: later calls work (an interactive user
+    presses Ctrl-C and carries on); the interrupted tasks finish or are cancelled, each with
+    a definite outcome."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_GET],
+        capture_output=True, text=True, timeout=50, cwd=tmp_path, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    assert lines[:2] == ["INTERRUPTED", "AFTER [0.05, 0.05, 0.05, 0.05]"], proc.stdout + proc.stderr[-4000:]
+    old = lines[2].split()
+    assert old[0] == "OLD" and len(old) == 3, lines
+    assert set(old[1:]) <= {"2.0", "TaskCancelledError"}, lines

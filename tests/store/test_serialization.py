@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,8 @@ from hypothesis import strategies as st
 
 import repartir
 
+#: REPARTIR_HYPOTHESIS_SCALE=10 searches ten times longer (a nightly run, a bug hunt).
+SCALE = int(os.environ.get("REPARTIR_HYPOTHESIS_SCALE", "1"))
 PAGE = 4096
 INLINE_LIMIT = 100 * 1024
 #: An array this large is certainly in the arena, whatever the exact threshold ("~100 KiB").
@@ -204,7 +207,7 @@ def check_round_trips(value) -> None:
 
 
 @given(arrays())
-@settings(max_examples=50)
+@settings(max_examples=50 * SCALE)
 def test_numpy_round_trip(rt, a):
     check_round_trips(a)
 
@@ -226,7 +229,7 @@ TIME_DTYPES = [d for d in DTYPES if d.kind in "mM"]
     st.integers(0, 2**32 - 1),
     st.sampled_from(["C", "F"]),
 )
-@settings(max_examples=25)
+@settings(max_examples=25 * SCALE)
 def test_large_contiguous_arrays_come_back_as_read_only_views(rt, dtype, seed, order):
     check_large_views(dtype, seed, order)
 
@@ -252,7 +255,7 @@ def test_large_datetime_arrays_come_back_as_read_only_views(rt, dtype):
     ),
     st.integers(0, 30_000),
 )
-@settings(max_examples=25)
+@settings(max_examples=25 * SCALE)
 def test_object_dtype_round_trip(rt, items, padding):
     a = np.empty(len(items) + padding, dtype=object)
     a[: len(items)] = [None] * len(items)
@@ -290,7 +293,7 @@ NESTED = st.recursive(
 
 
 @given(NESTED)
-@settings(max_examples=40)
+@settings(max_examples=40 * SCALE)
 def test_nested_containers_round_trip(rt, value):
     check_round_trips(value)
 
@@ -397,13 +400,13 @@ def arrow_arrays(draw):
 
 
 @given(arrow_arrays())
-@settings(max_examples=30)
+@settings(max_examples=30 * SCALE)
 def test_arrow_array_round_trip(rt, arr):
     check_round_trips(arr)
 
 
 @given(st.lists(arrow_arrays(), min_size=1, max_size=3))
-@settings(max_examples=15)
+@settings(max_examples=15 * SCALE)
 def test_arrow_tables_and_chunked_arrays_round_trip(rt, columns):
     same_type = [c for c in columns if c.type == columns[0].type]
     check_round_trips(pa.chunked_array(same_type, type=columns[0].type))
