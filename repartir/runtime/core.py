@@ -722,6 +722,7 @@ class CoreClient:
                 spin_end = time.monotonic() + self._spin
                 continue
             if now < spin_end:
+                os.sched_yield()  # spin politely: a process with work may share this core
                 continue
             left = 0.05 if deadline is None else max(0.0, min(deadline - now, 0.05))
             if helper is not None:  # a worker: look for work to help with again soon

@@ -185,8 +185,13 @@ class Segment:
     def remove_running(self, index: int, task_id: bytes) -> None:
         """Remove ``task_id`` from the slot's running list wherever it is (threaded
         actors finish calls in any order)."""
-        entries = [e for e in self.running(index) if e[1] != task_id]
         off = self.slot_offset(index) + _CURRENT_OFF
+        depth = struct.unpack_from("<I", self.mm, off)[0]
+        if depth and _RUNNING.unpack_from(self.mm, off + 4 + (depth - 1) * _RUNNING.size)[1] \
+                == task_id:  # the usual case: the newest entry
+            struct.pack_into("<I", self.mm, off, depth - 1)
+            return
+        entries = [e for e in self.running(index) if e[1] != task_id]
         for i, e in enumerate(entries):
             _RUNNING.pack_into(self.mm, off + 4 + i * _RUNNING.size, *e)
         struct.pack_into("<I", self.mm, off, len(entries))
