@@ -52,10 +52,12 @@ class RobustMutex:
     process uses it.  Usable as a context manager.  Not re-entrant.
     """
 
-    __slots__ = ("_ptr",)
+    __slots__ = ("_ptr", "on_owner_dead")
 
     def __init__(self, address: int) -> None:
         self._ptr = ctypes.c_void_p(address)
+        # called (lock held) when the previous holder died holding it, to repair the data
+        self.on_owner_dead = None
 
     def initialize(self) -> None:
         attr = ctypes.create_string_buffer(16)
@@ -82,8 +84,10 @@ class RobustMutex:
         return True
 
     def _recover(self, rc: int) -> None:
-        if rc == _EOWNERDEAD:  # the holder died: the data may be half-updated, but go on
+        if rc == _EOWNERDEAD:  # the holder died: the data may be half-updated
             _consistent(self._ptr)
+            if self.on_owner_dead is not None:
+                self.on_owner_dead()
             return
         raise OSError(rc, f"pthread_mutex_lock: {os.strerror(rc)}")
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
 import sys
 import threading
@@ -241,9 +240,10 @@ def main(argv=None) -> int:
         if samples:
             print(f"  workers RSS    first {samples[0][2] / MiB:.1f} MiB, last "
                   f"{samples[-1][2] / MiB:.1f} MiB (summed; reported only)")
-        print(f"  arena used     after warm-up {baseline_used if baseline_used is not None else 'n/a'}"
-              f" B, peak {peak_used:,} B, at the end {end_used if end_used is not None else 'n/a'}"
-              f" B")
+        na = "n/a"
+        print(f"  arena used     after warm-up "
+              f"{na if baseline_used is None else f'{baseline_used:,}'} B, peak {peak_used:,} B, "
+              f"at the end {na if end_used is None else f'{end_used:,}'} B")
         print(f"  driver table   {st.num_objects} objects, {st.tasks_in_flight} tasks in flight")
         if failures:
             print("[soak] FAILED")

@@ -33,7 +33,8 @@ import cloudpickle
 from ..errors import ActorDiedError, RepartirError, TaskCancelledError
 from ..scheduler.segment import SlotState
 from . import driver
-from .core import TaskOptions, failed_message
+from .core import MSG_DONE, OK, TaskOptions, failed_message
+from .objectref import capture_refs
 
 __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "actor_dead_error", "run_actor",
            "ACTOR_OPTIONS", "CTOR_FAILED_EXIT"]
@@ -44,8 +45,10 @@ ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "name", "namespace", "life
 CTOR_FAILED_EXIT = 77  # exit code of an actor process whose constructor raised
 
 
-def actor_dead_error(segment, slot: int) -> ActorDiedError | None:
-    """The error for a call to the actor at ``slot``, if that actor is dead."""
+def actor_dead_error(segment, slot: int, actor_id: bytes | None) -> ActorDiedError | None:
+    """The error for a call to the actor ``actor_id`` at ``slot``, if that actor is dead."""
+    if actor_id is not None and segment.actor_epoch(slot)[1] != actor_id:
+        return ActorDiedError("the actor is dead (its slot now runs another actor)")
     if segment.slot_state(slot)[0] != SlotState.ACTOR_DEAD:
         return None
     return ActorDiedError(f"the actor is dead: {segment.note(slot) or 'unknown cause'}")
@@ -124,7 +127,8 @@ class ActorClass:
                                  f"{namespace!r}; pass get_if_exists=True to reuse it")
         demand = client.demand_vector(opts.get("num_cpus", 0), opts.get("num_gpus", 0),
                                       opts.get("resources") or {})
-        creation = cloudpickle.dumps((self._cls, args, kwargs), protocol=5)
+        with capture_refs() as held:  # refs among the arguments live as long as the actor
+            creation = cloudpickle.dumps((self._cls, args, kwargs), protocol=5)
         mc = opts.get("max_concurrency")
         is_async = any(m["is_async"] for m in self._methods.values())
         config = {
@@ -134,7 +138,7 @@ class ActorClass:
             "max_restarts": opts.get("max_restarts", 0),
         }
         actor_id = os.urandom(16)
-        slot = node.create_actor(actor_id, creation, config, demand)
+        slot = node.create_actor(actor_id, creation, config, demand, held)
         handle = ActorHandle(actor_id, slot, self._cls.__qualname__, self._methods,
                              opts.get("max_task_retries", 0), client.session)
         if name is not None:
@@ -166,6 +170,8 @@ class ActorHandle:
     @property
     def state(self) -> str:
         client = driver.client()
+        if client.segment.actor_epoch(self._slot)[1] != self._actor_id:
+            return "DEAD"
         st = client.segment.slot_state(self._slot)[0]
         return {SlotState.ACTOR: "ALIVE", SlotState.STARTING: "STARTING",
                 SlotState.ACTOR_RESTARTING: "RESTARTING"}.get(st, "DEAD")
@@ -215,8 +221,9 @@ class ActorMethod:
         fn_name = f"{h._class_name}.{self._name}"
         if nret == "streaming":
             return submit_streaming(client, self._name, (0, 0), fn_name, args, kwargs, opts,
-                                    target=h._slot)
-        refs = client.submit(self._name, (0, 0), fn_name, args, kwargs, opts, target=h._slot)
+                                    target=h._slot, actor_id=h._actor_id)
+        refs = client.submit(self._name, (0, 0), fn_name, args, kwargs, opts, target=h._slot,
+                             actor_id=h._actor_id)
         return refs[0] if opts.num_returns == 1 else refs
 
 
@@ -241,6 +248,10 @@ def run_actor(client, worker, spec: dict) -> None:
         seg.set_note(slot, f"the constructor of {config['class_name']} raised {tb}")
         os._exit(CTOR_FAILED_EXIT)
     seg.claim_slot(SlotState.ACTOR, os.getpid(), slot)
+    client.actor_epoch = seg.actor_epoch(slot)[0]
+    for msg in list(client.calls):  # calls taken while the constructor waited in get
+        if msg[5] != client.actor_epoch:
+            client.calls.remove(msg)
     runner = _Runner(client, worker, instance, config)
     if config["is_async"]:
         asyncio.run(runner.run_async())
@@ -261,7 +272,7 @@ class _Runner:
         self._running_lock = threading.Lock()
 
     def _decode(self, msg):
-        _, task_id, owner, body, arena_spec = msg
+        _, task_id, owner, body, arena_spec, _epoch = msg
         if body is None:
             off, n = arena_spec
             body = bytes(self.client.arena.view(off, n))
@@ -366,6 +377,20 @@ class _Runner:
                 task.add_done_callback(tasks.discard)
             await asyncio.sleep(0)
 
+    async def _stream_async(self, agen, fn_name: str, nret, task_id: bytes, owner: int):
+        """Stream the items of an ``async def`` generator method, as they come."""
+        from .streaming import STREAMING
+        from .worker import stream_item
+
+        if nret != STREAMING:
+            raise TypeError(f"{fn_name} returned an async generator: call it with "
+                            f".options(num_returns='streaming') to get its items as they come")
+        count = 0
+        async for item in agen:
+            stream_item(self.worker, item, fn_name, count, task_id, owner)
+            count += 1
+        return pickle.dumps((MSG_DONE, task_id, OK, count, None), 5)
+
     async def _async_call(self, msg, sem) -> None:
         from .worker import finish_result
 
@@ -382,7 +407,11 @@ class _Runner:
                     result = fn(*args, **kwargs)
                     if inspect.isawaitable(result):
                         result = await result
-                    reply = finish_result(self.worker, result, fn_name, nret, task_id, owner)
+                    if inspect.isasyncgen(result):
+                        reply = await self._stream_async(result, fn_name, nret, task_id, owner)
+                    else:
+                        reply = finish_result(self.worker, result, fn_name, nret, task_id,
+                                              owner)
                 except BaseException as exc:
                     reply = failed_message(task_id, exc, fn_name)
                 self.worker.send(owner, reply)

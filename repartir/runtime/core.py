@@ -44,6 +44,7 @@ __all__ = ["CoreClient", "Dep", "TaskOptions", "RECORD_HEADER", "MSG_DONE", "MSG
 
 ARENA_SPEC = struct.Struct("<QQ")
 MSG_DONE, MSG_REQUEST, MSG_OBJECT, MSG_CRASHED, MSG_CALL, MSG_ITEM = 0, 1, 2, 3, 4, 5
+MSG_ACTOR_EPOCH = 6  # an actor's process was replaced, or the actor died
 OK, FAILED = 0, 1
 CRASH, TIMEOUT, CANCEL, ACTOR_DIED = 0, 1, 2, 3  # why a task stopped (MSG_CRASHED)
 
@@ -88,7 +89,7 @@ class Dep:
 class _Task:
     __slots__ = ("task_id", "return_ids", "fn_name", "spec", "deps", "pending", "held",
                  "record", "spec_block", "args_block", "attempt", "opts", "cancelled",
-                 "target", "stream")
+                 "target", "actor_id", "epoch", "stream")
 
 
 _EMPTY_ARGS = ("i", serialize(((), {})).to_bytes())
@@ -125,6 +126,7 @@ class CoreClient:
         self.helper = None  # in a worker: runs queued tasks and lends the CPU while get waits
         self._version = 0  # bumped whenever poll() handled messages
         self.node = None  # the Node, in the process that runs it (the driver)
+        self.actor_epoch: int | None = None  # in an actor's process: calls of other epochs drop
         self.batch_submits = False  # only where a pump thread flushes the backlog
         self._spin = config.spin_us / 1e6
         self.closed = False
@@ -150,11 +152,12 @@ class CoreClient:
 
     # -- storing values ------------------------------------------------------------
 
-    def store(self, s: Serialized) -> tuple:
-        """Where a serialized value goes: inline under the threshold, else the arena."""
+    def store(self, s: Serialized, owner: int | None = None) -> tuple:
+        """Where a serialized value goes: inline under the threshold, else the arena (a
+        block owned by slot ``owner``, this process by default)."""
         if s.nbytes < self.config.inline_threshold:
             return ("i", s.to_bytes())
-        off = self.arena.allocate(s.nbytes)
+        off = self.arena.allocate(s.nbytes, self.slot if owner is None else owner)
         s.write_into(self.arena.writable(off, s.nbytes))
         return ("a", off, s.nbytes)
 
@@ -188,7 +191,7 @@ class CoreClient:
         loc = self.functions.get(key)
         if loc is None:
             blob = blob_factory()
-            off = self.arena.allocate(len(blob))
+            off = self.arena.allocate(len(blob), self.slot)
             self.arena.writable(off, len(blob))[:] = blob
             loc = self.functions[key] = (off, len(blob))
         return loc
@@ -231,7 +234,7 @@ class CoreClient:
 
     def submit(self, fn_key, fn_loc: tuple[int, int], fn_name: str, args: Sequence,
                kwargs: dict, opts: TaskOptions, target: int | None = None,
-               stream=None) -> list[ObjectRef]:
+               stream=None, actor_id: bytes | None = None) -> list[ObjectRef]:
         """Submit a task; returns its ``opts.num_returns`` refs at once (none for a
         streaming task: see :meth:`stream`).
 
@@ -285,6 +288,8 @@ class CoreClient:
         t.opts = opts
         t.cancelled = False
         t.target = target
+        t.actor_id = actor_id
+        t.epoch = 0
         t.stream = stream
         if stream is not None:
             stream._task_id = task_id
@@ -317,7 +322,7 @@ class CoreClient:
         body = self._body(t)
         o = t.opts
         if len(body) + RECORD_HEADER.size > self.deque.max_payload:
-            off = self.arena.allocate(len(body))
+            off = self.arena.allocate(len(body), self.slot)
             self.arena.writable(off, len(body))[:] = body
             t.spec_block = off
             rec = record.pack_header(record.SPEC_IN_ARENA, o.priority, self.slot, t.task_id,
@@ -356,19 +361,23 @@ class CoreClient:
     def _send_call(self, t: _Task) -> None:
         from .actor import actor_dead_error  # the actor module sits above this one
 
-        err = actor_dead_error(self.segment, t.target)
+        err = actor_dead_error(self.segment, t.target, t.actor_id)
         if err is not None:
             self.tasks.pop(t.task_id, None)
             self._finish(t, [("x", pickle.dumps(err, 5))] * len(t.return_ids))
             return
+        t.epoch = epoch = self.segment.actor_epoch(t.target)[0]
+        if t.spec_block is not None:  # re-sent after a restart
+            self.arena.release(t.spec_block)
+            t.spec_block = None
         body = self._body(t)
         if len(body) > self.inbox.max_message // 2:
-            off = self.arena.allocate(len(body))
+            off = self.arena.allocate(len(body), self.slot)
             self.arena.writable(off, len(body))[:] = body
             t.spec_block = off
-            msg = pickle.dumps((MSG_CALL, t.task_id, self.slot, None, (off, len(body))), 5)
+            msg = pickle.dumps((MSG_CALL, t.task_id, self.slot, None, (off, len(body)), epoch), 5)
         else:
-            msg = pickle.dumps((MSG_CALL, t.task_id, self.slot, body, None), 5)
+            msg = pickle.dumps((MSG_CALL, t.task_id, self.slot, body, None, epoch), 5)
         t.record = msg
         inbox = self.segment.inboxes[t.target]
         while not inbox.put(msg):
@@ -389,7 +398,8 @@ class CoreClient:
     def poll(self) -> int:
         """Handle what arrived in the inbox, dropped refs and the backlog; returns the
         number of messages handled (0 when another thread is polling)."""
-        if not (self.dead_refs or self.dead_pins or self.backlog or self.inbox.pending()):
+        if not (self.dead_refs or self.dead_pins or self.backlog or self.inbox.pending()
+                or self.arena._pending_unpins):
             return 0  # nothing to do: no lock taken (this runs in every spin of get)
         if not self._poll_lock.acquire(blocking=False):
             return 0
@@ -404,6 +414,7 @@ class CoreClient:
                     self._process_dead()
                 while self.dead_pins:
                     self.arena.unpin(self.dead_pins.popleft())
+                self.arena.drain_unpins()
                 if self.backlog:
                     self._flush_backlog()
             return len(msgs)
@@ -448,7 +459,11 @@ class CoreClient:
             self.table[oid] = [0, loc, None, pins or None]
             t.stream.add(self.make_ref(oid))
         elif kind == MSG_CALL:
-            self.calls.append(msg)
+            if self.actor_epoch is None or msg[5] == self.actor_epoch:
+                self.calls.append(msg)
+            # else: sent to an earlier process of this actor; its caller re-sends it
+        elif kind == MSG_ACTOR_EPOCH:
+            self._on_actor_epoch(*msg[1:])
         elif kind == MSG_CRASHED:
             _, task_id, detail, reason = msg
             t = self.tasks.get(task_id)
@@ -500,6 +515,30 @@ class CoreClient:
             futures = self.futures.pop(object_id, None)
             if futures:
                 self._resolve(futures, loc)
+
+    def _on_actor_epoch(self, slot: int, actor_id: bytes, epoch: int, dead: bool, cause: str,
+                        running: list) -> None:
+        """An actor's process died: fail or re-send, in submission order, this process's
+        calls that were sent to the earlier process and have not completed."""
+        from .actor import ActorDiedError
+
+        lost = [t for t in self.tasks.values()
+                if t.target == slot and t.actor_id == actor_id and t.record is not None
+                and t.epoch < epoch]
+        for t in lost:
+            if not dead and t.task_id in running:
+                t.attempt += 1  # it was running: a retry counts
+            if dead or t.attempt > t.opts.max_retries:
+                why = cause if dead else (
+                    f"its process died while running {t.fn_name}, which was tried "
+                    f"{t.attempt} time(s) (max_task_retries={t.opts.max_retries})")
+                err = ActorDiedError(f"the actor of {t.fn_name} died: {why}")
+                self.tasks.pop(t.task_id, None)
+                if t.stream is not None:
+                    t.stream.end(("x", pickle.dumps(err, 5)))
+                self._finish(t, [("x", pickle.dumps(err, 5))] * len(t.return_ids))
+            else:
+                self._send_call(t)
 
     def _keep_pins(self, return_ids: list, pins: list) -> None:
         """Export pins of refs inside a result stay until that result is freed."""

@@ -28,12 +28,12 @@ import time
 from ..config import Config, shm_free_bytes
 from ..errors import ObjectStoreFullError
 from ..scheduler.segment import Segment, SlotState, segment_bytes
-from ..store.arena import Arena
+from ..store.arena import BLOCK_HEADER, Arena
 from ..scheduler.record import NRES
 from ..errors import RepartirError
 from .actor import CTOR_FAILED_EXIT
-from .core import (ACTOR_DIED, CRASH, MSG_CALL, MSG_CRASHED, MSG_DONE, OK, TIMEOUT,
-                   stop_task)
+from .core import (ACTOR_DIED, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, OK,
+                   TIMEOUT, stop_task)
 
 __all__ = ["Node"]
 
@@ -90,12 +90,14 @@ def _create_shm(shm_dir: str, name: str, size: int) -> int:
 
 
 class _ActorRecord:
-    def __init__(self, actor_id: bytes, config: dict, demand: tuple) -> None:
+    def __init__(self, actor_id: bytes, config: dict, demand: tuple, held) -> None:
         self.actor_id = actor_id
         self.config = config
         self.demand = demand
+        self.held = held  # refs among the constructor's arguments
         self.restarts_left = config["max_restarts"]
         self.killed = False
+        self.dead = False
 
 
 class Node:
@@ -171,7 +173,8 @@ class Node:
                 f"object_store_memory= to init() (or REPARTIR_OBJECT_STORE_MEMORY), or give "
                 f"{cfg.shm_dir} more room (e.g. `docker run --shm-size=...`).")
 
-    def _spawn(self, slot: int, actor: dict | None = None) -> None:
+    def _spawn(self, slot: int, actor: dict | None = None,
+               state: int = SlotState.STARTING) -> None:
         cfg = self.config
         spec = {
             "actor": actor,
@@ -197,7 +200,7 @@ class Node:
             )
         finally:
             log.close()
-        self.segment.claim_slot(SlotState.STARTING, proc.pid, slot)
+        self.segment.claim_slot(state, proc.pid, slot)
         with self._lock:
             (self.actor_procs if actor else self.procs)[slot] = proc
         threading.Thread(target=self._watch_actor if actor else self._watch, args=(slot, proc),
@@ -206,8 +209,9 @@ class Node:
     # -- actors ----------------------------------------------------------------------
 
     def create_actor(self, actor_id: bytes, creation: bytes, config: dict,
-                     demand: tuple) -> int:
-        """Start an actor process; returns its slot.
+                     demand: tuple, held: list | None = None) -> int:
+        """Start an actor process; returns its slot.  ``held``: refs among the constructor's
+        arguments, kept alive as long as the actor may need them (restarts included).
 
         Raises:
             RepartirError: every actor slot is taken (``REPARTIR_MAX_ACTORS``).
@@ -215,8 +219,9 @@ class Node:
         seg = self.segment
         with self._lock:
             slot = next((i for i in range(self.first_actor_slot, self.nslots)
-                         if i not in self.actors
-                         and seg.slot_state(i)[0] in (SlotState.FREE, SlotState.DEAD)), None)
+                         if (i not in self.actors or self.actors[i].dead)
+                         and seg.slot_state(i)[0] in (SlotState.FREE, SlotState.DEAD,
+                                                      SlotState.ACTOR_DEAD)), None)
             if slot is None:
                 raise RepartirError(
                     f"this node already runs {len(self.actors)} actors, its maximum; kill "
@@ -225,10 +230,12 @@ class Node:
             with open(path, "wb") as f:
                 f.write(creation)
             config = dict(config, creation_file=path)
-            self.actors[slot] = _ActorRecord(actor_id, config, demand)
+            self.actors[slot] = _ActorRecord(actor_id, config, demand, held)
+        seg.inboxes[slot].drain()  # nothing meant for an earlier actor of this slot remains
+        seg.bump_actor_epoch(slot, actor_id)
         seg.set_note(slot, "")
         if any(demand):
-            seg.force_acquire(demand)
+            seg.force_acquire(demand, 0)  # actors' reservations count as the driver's
         self._spawn(slot, actor=config)
         return slot
 
@@ -252,14 +259,16 @@ class Node:
             return
         seg = self.segment
         rec = self.actors[slot]
-        running = seg.running(slot)
+        running = [task_id for _, task_id, _, _ in seg.running(slot)]
         seg.clear_running(slot)
-        seg.take_held(slot)
+        seg.release_held(slot)  # (an actor process itself holds nothing)
+        self._drop_pins(slot)
         with self._lock:
             if self.actor_procs.get(slot) is proc:
                 del self.actor_procs[slot]
         detail = (f"killed by signal {signal.Signals(-code).name}" if code < 0
                   else f"exit code {code}")
+        restart = False
         if code == CTOR_FAILED_EXIT:
             cause = seg.note(slot)
         elif rec.killed and rec.restarts_left == 0:
@@ -268,19 +277,50 @@ class Node:
             if rec.restarts_left > 0:
                 rec.restarts_left -= 1
             rec.killed = False
-            self._tell_owners(running, detail, CRASH)
-            seg.set_slot_state(slot, SlotState.ACTOR_RESTARTING)
-            self._spawn(slot, actor=rec.config)
-            return
+            restart, cause = True, detail
         else:
             cause = (f"its process died ({detail}) after "
                      f"{rec.config['max_restarts']} restart(s) (max_restarts)")
-        seg.set_note(slot, cause)
-        seg.set_slot_state(slot, SlotState.ACTOR_DEAD)
-        if any(rec.demand):
-            seg.release(rec.demand)
-        self._tell_owners(running, cause, ACTOR_DIED)
-        self._fail_actor_inbox(slot)
+        # A new epoch: calls sent to the dead process (in its inbox or already taken from
+        # it) are re-sent or failed by their callers, who all hear of it.
+        epoch = seg.bump_actor_epoch(slot)
+        if restart:
+            seg.set_slot_state(slot, SlotState.ACTOR_RESTARTING)
+        else:
+            rec.dead = True
+            rec.held = None
+            seg.set_note(slot, cause)
+            seg.set_slot_state(slot, SlotState.ACTOR_DEAD)
+            if any(rec.demand):
+                seg.release(rec.demand, 0)
+        self._broadcast(pickle.dumps(
+            (MSG_ACTOR_EPOCH, slot, rec.actor_id, epoch, not restart, cause, running), 5))
+        if restart:
+            try:
+                self._spawn(slot, actor=rec.config, state=SlotState.ACTOR_RESTARTING)
+            except OSError:  # the node is stopping (its session directory is gone)
+                return
+        else:
+            self._fail_actor_inbox(slot)
+
+    def _drop_pins(self, slot: int) -> None:
+        """Give back the arena pins a dead process held (its views cannot unpin any more),
+        and release the objects it owned (its refs are gone with it)."""
+        for blk, count in self.segment.take_ledger(slot):
+            for _ in range(count):
+                self.arena.unpin(blk + BLOCK_HEADER)
+        self.arena.release_owned_by(slot)
+
+    def _broadcast(self, msg: bytes) -> None:
+        """Put ``msg`` into the inbox of every live process of the node."""
+        seg = self.segment
+        for i in range(seg.active_slots):
+            if seg.slot_state(i)[0] in (SlotState.DRIVER, SlotState.WORKER, SlotState.ACTOR,
+                                        SlotState.STARTING):
+                inbox = seg.inboxes[i]
+                deadline = time.monotonic() + 5
+                while not inbox.put(msg) and not self.stopping and time.monotonic() < deadline:
+                    time.sleep(0.001)
 
     def _tell_owners(self, running, detail: str, reason: int) -> None:
         for owner, task_id, _, _ in running:
@@ -310,9 +350,8 @@ class Node:
         state, _ = self.segment.slot_state(slot)
         running = self.segment.running(slot)
         self.segment.clear_running(slot)
-        held = self.segment.take_held(slot)
-        if any(held):  # what the dead process had reserved goes back to the pool
-            self.segment.release(held)
+        self.segment.release_held(slot)  # what it had reserved goes back to the pool
+        self._drop_pins(slot)
         self.segment.set_blocked(slot, False)
         self.segment.set_token_free(slot, False)
         with self._lock:
@@ -320,7 +359,9 @@ class Node:
                 del self.procs[slot]
         if state == SlotState.FREE and code == 0:  # an extra worker retired
             return
-        if state == SlotState.STARTING:  # died before attaching: do not respawn in a loop
+        if state == SlotState.STARTING and code > 0:
+            # failed before attaching (an import error, say): do not respawn in a loop.
+            # (A signal -- someone killed it -- is not the worker's own failure.)
             self.startup_failures += 1
             if self.startup_failures >= 3:
                 self.fatal = (
@@ -382,8 +423,8 @@ class Node:
                             stop_task(seg, task_id, TIMEOUT, force=True)
             if len(overdue) > 1000:
                 overdue.clear()
-            for slot in list(self.actors):  # late calls to dead actors get their answer
-                if (seg.slot_state(slot)[0] == SlotState.ACTOR_DEAD
+            for slot, rec in list(self.actors.items()):  # late calls to dead actors
+                if (rec.dead and seg.slot_state(slot)[0] == SlotState.ACTOR_DEAD
                         and seg.inboxes[slot].pending()):
                     self._fail_actor_inbox(slot)
             if not seg.queued() or seg.available()[0] < 1000:

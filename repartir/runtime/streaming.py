@@ -66,9 +66,11 @@ class ObjectRefGenerator:
 
 
 def submit_streaming(client, fn_key, fn_loc, fn_name: str, args, kwargs, opts,
-                     target: int | None = None) -> ObjectRefGenerator:
+                     target: int | None = None,
+                     actor_id: bytes | None = None) -> ObjectRefGenerator:
     gen = ObjectRefGenerator(client)
-    client.submit(fn_key, fn_loc, fn_name, args, kwargs, opts, target=target, stream=gen)
+    client.submit(fn_key, fn_loc, fn_name, args, kwargs, opts, target=target, stream=gen,
+                  actor_id=actor_id)
     return gen
 
 

@@ -36,7 +36,7 @@ import time
 from ..config import Config
 from ..errors import TaskCancelledError, TaskTimeoutError
 from ..scheduler import policy, record
-from ..scheduler.segment import MAX_NESTING, Segment, SlotState
+from ..scheduler.segment import MAX_NESTING, PinLedger, Segment, SlotState
 from ..serialization import SIMPLE_TYPES, serialize, simple_blob
 from ..store.arena import Arena
 from . import context
@@ -78,28 +78,34 @@ class Worker:
     # -- finding work --------------------------------------------------------------
 
     def admit(self, rec) -> bool:
-        """Reserve the record's resources (called under the deque's lock): with a free
-        token, a default task costs nothing and any other task only its difference to
-        one CPU; without one, the whole demand comes from the node's pool."""
+        """Reserve the record's resources and record it as running in this slot -- both
+        under the deque's lock, so that a crash at any point leaves the task either queued
+        or known to the node.  With a free token, a default task costs nothing and any
+        other task only its difference to one CPU; without one, the whole demand comes
+        from the node's pool."""
         demand = record.demand_of(rec)
+        seg = self.seg
         if self.token == _FREE:
             if demand is record.DEFAULT_VECTOR:
-                self._charge = (True, None)
-                return True
-            delta = (demand[0] - 1000,) + demand[1:]  # a fraction gives the rest back
-            if not self.seg.try_acquire(delta):
-                return False
-            self._charge = (True, delta)
-            return True
-        if self.seg.try_acquire(demand):
+                charge = None
+            else:
+                charge = (demand[0] - 1000,) + demand[1:]  # a fraction gives the rest back
+                if not seg.try_acquire(charge, self.slot):
+                    return False
+            self.token = _BUSY
+            seg.set_token_free(self.slot, False)
+            self._charge = (True, charge)
+        elif seg.try_acquire(demand, self.slot):
             self._charge = (False, demand)
-            return True
-        return False
+        else:
+            return False
+        h = RECORD_HEADER.unpack_from(rec, 0)
+        seg.push_running(self.slot, h[4], h[5], time.monotonic(), h[8])
+        return True
 
     def take_token(self) -> None:
         if self.token == _NONE and not self.charges and self.seg.try_acquire(
-                record.DEFAULT_VECTOR):
-            self.seg.add_held(self.slot, record.DEFAULT_VECTOR, 1)
+                record.DEFAULT_VECTOR, self.slot):
             self.token = _FREE
             self.seg.set_token_free(self.slot, True)
 
@@ -107,8 +113,7 @@ class Worker:
         if self.token == _FREE:
             self.token = _NONE
             self.seg.set_token_free(self.slot, False)
-            self.seg.add_held(self.slot, record.DEFAULT_VECTOR, -1)
-            self.seg.release(record.DEFAULT_VECTOR)
+            self.seg.release(record.DEFAULT_VECTOR, self.slot)
 
     def steal(self) -> bytes | None:
         deques = self.seg.deques
@@ -117,15 +122,12 @@ class Worker:
             sizes = [len(deques[i].levels[prio]) for i in range(n)]
             for v in policy.victim_order(sizes, self.slot, self.rng):
                 got = deques[v].levels[prio].steal_if(
-                    policy.steal_batch(sizes[v], self.ncpus), self.admit)
-                if got:
-                    if len(got) > 1:
-                        rest = got[:0:-1]  # the oldest of the rest is popped first
-                        pushed = self.own.push_many(rest)
-                        if pushed < len(rest):  # own deque full: give them back
-                            deques[0].push_many(rest[pushed:])
-                        self.seg.notify_work(len(rest))
-                    return got[0]
+                    policy.steal_batch(sizes[v], self.ncpus), self.admit,
+                    self.own.levels[prio])
+                if got is not None:
+                    if len(self.own):
+                        self.seg.notify_work(len(self.own))  # others may steal from us
+                    return got
         return None
 
     def next_task(self) -> bytes | None:
@@ -192,11 +194,9 @@ class Worker:
         seg = self.seg
         if uses_token:
             self.token = _NONE
-            seg.add_held(self.slot, record.DEFAULT_VECTOR, -1)
-            seg.release(record.DEFAULT_VECTOR)
+            seg.release(record.DEFAULT_VECTOR, self.slot)
         if charge:
-            seg.add_held(self.slot, charge, -1)
-            seg.release(charge)
+            seg.release(charge, self.slot)
 
     def unlend(self) -> None:
         if not self.charges:
@@ -204,28 +204,20 @@ class Worker:
         uses_token, charge = self.charges[-1]
         seg = self.seg
         if uses_token:
-            seg.force_acquire(record.DEFAULT_VECTOR)
-            seg.add_held(self.slot, record.DEFAULT_VECTOR, 1)
+            seg.force_acquire(record.DEFAULT_VECTOR, self.slot)
             self.token = _BUSY
         if charge:
-            seg.force_acquire(charge)
-            seg.add_held(self.slot, charge, 1)
+            seg.force_acquire(charge, self.slot)
 
     # -- running a task ------------------------------------------------------------
 
     def execute(self, rec: bytes) -> None:
         """Run one admitted record (its resources are already reserved) and report it."""
         h = RECORD_HEADER.unpack_from(rec, 0)
-        kind, owner, task_id, timeout = h[0], h[4], h[5], h[8]
+        kind, owner, task_id = h[0], h[4], h[5]
         seg = self.seg
-        uses_token, charge = self._charge
-        if uses_token:
-            self.token = _BUSY
-            seg.set_token_free(self.slot, False)
-        if charge:
-            seg.add_held(self.slot, charge, 1)
+        uses_token, charge = self._charge  # reserved, and recorded running, by admit()
         self.charges.append((uses_token, charge))
-        seg.push_running(self.slot, owner, task_id, time.monotonic(), timeout)
         self.last_work = time.monotonic()
         try:
             if seg.is_cancelled(task_id):
@@ -238,8 +230,7 @@ class Worker:
             self.charges.pop()
             seg.pop_running(self.slot)
             if charge:
-                seg.add_held(self.slot, charge, -1)
-                seg.release(charge)
+                seg.release(charge, self.slot)
             if uses_token:
                 self.token = _FREE
                 seg.set_token_free(self.slot, True)
@@ -307,17 +298,16 @@ def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: byte
                   owner: int) -> bytes:
     """Store a call's result(s); for a streaming call, iterate the generator and announce
     each item to the owner as it comes.  Raises what the task raises."""
-    store = worker.client.store
+    def store(s):  # the task's owner releases its results
+        return worker.client.store(s, owner)
+
     if nret == STREAMING:
         if not inspect.isgenerator(result):
             raise TypeError(f"{fn_name} was called with num_returns='streaming' but returned "
                             f"{type(result).__name__}, not a generator")
         count = 0
         for item in result:
-            with capture_refs() as exported:
-                loc = store(serialize(item, f"item {count} yielded by {fn_name}"))
-            pins = export_pins(worker.client, exported)
-            worker.send(owner, pickle.dumps((MSG_ITEM, task_id, count, loc, pins), 5))
+            stream_item(worker, item, fn_name, count, task_id, owner)
             count += 1
         return pickle.dumps((MSG_DONE, task_id, OK, count, None), 5)
     if inspect.isgenerator(result):
@@ -340,6 +330,16 @@ def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: byte
         locs = [store(serialize(r, f"the return value of {fn_name}")) for r in results]
     pins = export_pins(worker.client, exported) if exported else None
     return pickle.dumps((MSG_DONE, task_id, OK, locs, pins), 5)
+
+
+def stream_item(worker: Worker, item, fn_name: str, index: int, task_id: bytes,
+                owner: int) -> None:
+    """Store one item of a streaming call and announce it to the owner at once."""
+    with capture_refs() as exported:
+        loc = worker.client.store(serialize(item, f"item {index} yielded by {fn_name}"), owner)
+
+    pins = export_pins(worker.client, exported)
+    worker.send(owner, pickle.dumps((MSG_ITEM, task_id, index, loc, pins), 5))
 
 
 def export_pins(client, refs) -> list[int] | None:
@@ -384,6 +384,7 @@ def main() -> None:
     slot = spec["slot"]
     if not spec.get("actor"):
         seg.claim_slot(SlotState.WORKER, os.getpid(), slot)
+    arena.ledger = PinLedger(seg, slot)
     client = CoreClient(seg, arena, slot, config, spec["session"])
     context.set_client(client)
     worker = Worker(client, config.num_cpus)

@@ -76,22 +76,25 @@ class TaskDeque:
 
     def push_many(self, records: list[bytes]) -> int:
         """Push records in order (the last pushed is popped first); returns how many fit."""
+        with self.mutex:
+            return self._push_many_locked(records)
+
+    def _push_many_locked(self, records: list[bytes]) -> int:
         mm = self.mm
         cap, rs, base = self.capacity, self.record_size, self._base
-        with self.mutex:
-            top, bottom = _TB.unpack_from(mm, self.offset + 64)
-            room = cap - (bottom - top)
-            count = min(room, len(records))
-            for i in range(count):
-                rec = records[i]
-                n = len(rec)
-                if n > self.max_payload:
-                    count = i
-                    break
-                pos = base + ((bottom + i) % cap) * rs
-                _LEN.pack_into(mm, pos, n)
-                mm[pos + 4:pos + 4 + n] = rec
-            struct.pack_into("<Q", mm, self.offset + 72, bottom + count)
+        top, bottom = _TB.unpack_from(mm, self.offset + 64)
+        room = cap - (bottom - top)
+        count = min(room, len(records))
+        for i in range(count):
+            rec = records[i]
+            n = len(rec)
+            if n > self.max_payload:
+                count = i
+                break
+            pos = base + ((bottom + i) % cap) * rs
+            _LEN.pack_into(mm, pos, n)
+            mm[pos + 4:pos + 4 + n] = rec
+        struct.pack_into("<Q", mm, self.offset + 72, bottom + count)
         return count
 
     def pop(self) -> bytes | None:
@@ -132,33 +135,52 @@ class TaskDeque:
             struct.pack_into("<Q", mm, off + 8, bottom - 1)
         return rec
 
-    def steal_if(self, max_records: int, admit) -> list[bytes]:
-        """Like :meth:`steal`, but only when ``admit(oldest record)`` returns true; the
-        other records taken along are not passed to ``admit``."""
+    def steal_if(self, max_records: int, admit, dest: "TaskDeque | None" = None) -> bytes | None:
+        """Take the oldest record if ``admit(record)`` (called under the lock) returns true,
+        and move up to ``max_records - 1`` more (never more than half) straight into
+        ``dest``, the thief's own deque, while still holding this lock -- so no record is
+        ever only in a process's memory, where a crash would lose it.  ``dest`` is only
+        try-locked (two thieves stealing from each other must not deadlock); if it is busy,
+        one record is taken."""
         mm = self.mm
         off = self.offset + 64
         top, bottom = _TB.unpack_from(mm, off)
         if bottom <= top:
-            return []
+            return None
         cap, rs, base = self.capacity, self.record_size, self._base
         with self.mutex:
             top, bottom = _TB.unpack_from(mm, off)
             size = bottom - top
             if size <= 0:
-                return []
+                return None
             pos = base + (top % cap) * rs
             n = _LEN.unpack_from(mm, pos)[0]
             first = mm[pos + 4:pos + 4 + n]
             if not admit(first):
-                return []
-            out = [first]
+                return None
             count = min(max_records, max(1, size // 2))
-            for i in range(1, count):
-                pos = base + ((top + i) % cap) * rs
-                n = _LEN.unpack_from(mm, pos)[0]
-                out.append(mm[pos + 4:pos + 4 + n])
+            if count > 1 and dest is not None and dest.mutex.try_acquire():
+                try:
+                    rest = []
+                    for i in range(count - 1, 0, -1):  # newest first: the oldest pops first
+                        pos = base + ((top + i) % cap) * rs
+                        n = _LEN.unpack_from(mm, pos)[0]
+                        rest.append(mm[pos + 4:pos + 4 + n])
+                    moved = dest._push_many_locked(rest)
+                    count = 1 + moved  # what did not fit stays with the victim
+                    if moved < len(rest):
+                        count = 1  # keep it simple: the victim keeps them all
+                        dest._pop_n_locked(moved)
+                finally:
+                    dest.mutex.release()
+            else:
+                count = 1
             struct.pack_into("<Q", mm, off, top + count)
-        return out
+        return first
+
+    def _pop_n_locked(self, n: int) -> None:
+        top, bottom = _TB.unpack_from(self.mm, self.offset + 64)
+        struct.pack_into("<Q", self.mm, self.offset + 72, bottom - n)
 
     def steal(self, max_records: int = 1) -> list[bytes]:
         """A thief takes up to ``max_records`` of the oldest records, and never more than

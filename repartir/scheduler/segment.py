@@ -29,7 +29,7 @@ from .mailbox import Inbox, inbox_bytes
 __all__ = ["Segment", "SlotState", "segment_bytes", "RECORD_SIZE"]
 
 _MAGIC = 0x7265_7061_7363_6864
-LAYOUT_VERSION = 5  # bump whenever the layout below changes
+LAYOUT_VERSION = 7  # bump whenever the layout below changes
 _HEADER = 4096
 _SLOT_HEADER = 16384
 RECORD_SIZE = 512
@@ -42,7 +42,9 @@ _SLOT = struct.Struct("<IIII")  # state pid token-free blocked
 _CURRENT_OFF = 512
 _RUNNING = struct.Struct("<H16sdf")  # owner slot, task id, start (monotonic s), timeout s
 _STOP = struct.Struct("<I16s")  # stop request: reason + 1 (0: none), task id
-MAX_NESTING = (_SLOT_HEADER - _CURRENT_OFF - 4) // _RUNNING.size  # 529 nested tasks
+_LEDGER_OFF, LEDGER_ENTRIES = 12288, 256  # in a slot's header: the pin ledger
+_LEDGER = struct.Struct("<qq")  # block offset, pins held
+MAX_NESTING = (_LEDGER_OFF - _CURRENT_OFF - 4) // _RUNNING.size  # 392 nested tasks
 
 
 class SlotState:
@@ -61,6 +63,8 @@ _TOTALS_OFF, _AVAIL_OFF = 256, 256 + _RES.size
 _CANCEL_COUNT_OFF, _CANCEL_RING_OFF, CANCEL_RING = 512, 528, 192  # ids of cancelled tasks
 _HELD_OFF = 64  # in a slot's header: resources its process holds
 _NOTE_OFF = 128  # in a slot's header: a short text (why an actor died)
+_EPOCH_OFF = 40  # in a slot's header: actor epoch u32 + actor id 16 B
+_EPOCH = struct.Struct("<I16s")
 _NPRIO = len(PRIORITIES)
 
 
@@ -94,6 +98,7 @@ class Segment:
                 f"it and its workers run the same installed version")
         self.nslots, self.deque_capacity, self.inbox_size = h[1], h[7], h[9]
         self.mutex = RobustMutex(address_of(mm, _MUTEX_OFF))
+        self.mutex.on_owner_dead = self._repair_pool
         self._work_seq_addr = address_of(mm, _WORK_SEQ_OFF)
         self._stride = _stride(self.deque_capacity, self.inbox_size)
         self.deques: list[PriorityDeques] = []
@@ -133,6 +138,7 @@ class Segment:
         return _HEADER + index * self._stride
 
     def claim_slot(self, state: int, pid: int, index: int | None = None) -> int:
+        # (an actor's epoch and id, at _EPOCH_OFF, are left as they are)
         """Claim a free slot (or ``index``) for process ``pid``; returns its index."""
         with self.mutex:
             candidates = [index] if index is not None else range(self.nslots)
@@ -217,23 +223,6 @@ class Segment:
         _STOP.pack_into(self.mm, off, 0, bytes(16))
         return reason - 1, task_id
 
-    def add_held(self, index: int, demand: tuple[int, ...], sign: int) -> None:
-        """Track what the slot's process holds (``sign`` +1 or -1), so that the node can
-        give it back to the pool when the process dies."""
-        off = self.slot_offset(index) + _HELD_OFF
-        if demand is DEFAULT_VECTOR:
-            cpu = struct.unpack_from("<q", self.mm, off)[0]
-            struct.pack_into("<q", self.mm, off, cpu + sign * 1000)
-            return
-        held = _RES.unpack_from(self.mm, off)
-        _RES.pack_into(self.mm, off, *(h + sign * d for h, d in zip(held, demand)))
-
-    def take_held(self, index: int) -> tuple[int, ...]:
-        off = self.slot_offset(index) + _HELD_OFF
-        held = _RES.unpack_from(self.mm, off)
-        _RES.pack_into(self.mm, off, *([0] * NRES))
-        return held
-
     def set_note(self, index: int, text: str) -> None:
         """A short text kept in the slot (why an actor died), at most 380 bytes."""
         raw = text.encode("utf-8", "replace")[:380]
@@ -245,6 +234,29 @@ class Segment:
         off = self.slot_offset(index) + _NOTE_OFF
         n = struct.unpack_from("<H", self.mm, off)[0]
         return bytes(self.mm[off + 2:off + 2 + n]).decode("utf-8", "replace")
+
+    def take_ledger(self, index: int) -> list[tuple[int, int]]:
+        """The ``(block, pins)`` a dead process held (see :class:`PinLedger`), cleared."""
+        base = self.slot_offset(index) + _LEDGER_OFF
+        out = []
+        for i in range(LEDGER_ENTRIES):
+            blk, count = _LEDGER.unpack_from(self.mm, base + i * _LEDGER.size)
+            if blk and count > 0:
+                out.append((blk, count))
+        self.mm[base:base + LEDGER_ENTRIES * _LEDGER.size] = bytes(LEDGER_ENTRIES * _LEDGER.size)
+        return out
+
+    def actor_epoch(self, index: int) -> tuple[int, bytes]:
+        """``(epoch, actor id)`` of the actor in a slot: the epoch grows each time the
+        actor's process is replaced or the slot gets another actor, so calls sent to an
+        earlier process can be recognised (and re-sent by their callers)."""
+        return _EPOCH.unpack_from(self.mm, self.slot_offset(index) + _EPOCH_OFF)
+
+    def bump_actor_epoch(self, index: int, actor_id: bytes | None = None) -> int:
+        off = self.slot_offset(index) + _EPOCH_OFF
+        epoch, current = _EPOCH.unpack_from(self.mm, off)
+        _EPOCH.pack_into(self.mm, off, epoch + 1, actor_id if actor_id is not None else current)
+        return epoch + 1
 
     def set_blocked(self, index: int, blocked: bool) -> None:
         """A worker waiting in ``get`` with nothing to run lends its CPU: the node may
@@ -268,45 +280,79 @@ class Segment:
     def available(self) -> tuple[int, ...]:
         return _RES.unpack_from(self.mm, _AVAIL_OFF)
 
-    def try_acquire(self, demand: tuple[int, ...]) -> bool:
-        """Reserve ``demand`` if every amount is available now."""
+    def _add(self, off: int, demand: tuple[int, ...], sign: int) -> None:
+        """``vector at off += sign * demand`` (caller holds the mutex)."""
         mm = self.mm
         if demand is DEFAULT_VECTOR:
-            with self.mutex:
-                cpu = struct.unpack_from("<q", mm, _AVAIL_OFF)[0]
-                if cpu < 1000:
-                    return False
-                struct.pack_into("<q", mm, _AVAIL_OFF, cpu - 1000)
-                return True
-        with self.mutex:
-            avail = _RES.unpack_from(mm, _AVAIL_OFF)
-            if any(d > a for d, a in zip(demand, avail) if d):
-                return False
-            _RES.pack_into(mm, _AVAIL_OFF, *(a - d for a, d in zip(avail, demand)))
-            return True
+            cpu = struct.unpack_from("<q", mm, off)[0]
+            struct.pack_into("<q", mm, off, cpu + sign * 1000)
+        else:
+            v = _RES.unpack_from(mm, off)
+            _RES.pack_into(mm, off, *(a + sign * d for a, d in zip(v, demand)))
 
-    def force_acquire(self, demand: tuple[int, ...]) -> None:
-        """Take ``demand`` back even if that oversubscribes (a worker leaving ``get``)."""
-        with self.mutex:
-            avail = _RES.unpack_from(self.mm, _AVAIL_OFF)
-            _RES.pack_into(self.mm, _AVAIL_OFF, *(a - d for a, d in zip(avail, demand)))
-
-    def release(self, demand: tuple[int, ...]) -> None:
+    def try_acquire(self, demand: tuple[int, ...], slot: int | None = None) -> bool:
+        """Reserve ``demand`` if every amount is available now, and record it as held by
+        ``slot`` in the same critical section (so the node can give it back if that
+        process dies; see :meth:`_repair_pool`)."""
+        mm = self.mm
         with self.mutex:
             if demand is DEFAULT_VECTOR:
-                cpu = struct.unpack_from("<q", self.mm, _AVAIL_OFF)[0]
-                struct.pack_into("<q", self.mm, _AVAIL_OFF, cpu + 1000)
+                if struct.unpack_from("<q", mm, _AVAIL_OFF)[0] < 1000:
+                    return False
             else:
-                avail = _RES.unpack_from(self.mm, _AVAIL_OFF)
-                _RES.pack_into(self.mm, _AVAIL_OFF, *(a + d for a, d in zip(avail, demand)))
-            seq = self._u32(_WORK_SEQ_OFF)
-            sleepers = self._u32(_SLEEPERS_OFF)
-            if sleepers and self.queued():  # freed resources may admit a queued task
-                struct.pack_into("<I", self.mm, _WORK_SEQ_OFF, (seq + 1) & 0xFFFFFFFF)
-            else:
-                sleepers = 0
+                avail = _RES.unpack_from(mm, _AVAIL_OFF)
+                if any(d > a for d, a in zip(demand, avail) if d > 0):
+                    return False
+            self._add(_AVAIL_OFF, demand, -1)
+            if slot is not None:
+                self._add(self.slot_offset(slot) + _HELD_OFF, demand, 1)
+            return True
+
+    def force_acquire(self, demand: tuple[int, ...], slot: int | None = None) -> None:
+        """Take ``demand`` even if that oversubscribes (a worker leaving ``get``)."""
+        with self.mutex:
+            self._add(_AVAIL_OFF, demand, -1)
+            if slot is not None:
+                self._add(self.slot_offset(slot) + _HELD_OFF, demand, 1)
+
+    def release(self, demand: tuple[int, ...], slot: int | None = None) -> None:
+        """Give ``demand`` back to the pool (and take it off what ``slot`` holds)."""
+        with self.mutex:
+            self._add(_AVAIL_OFF, demand, 1)
+            if slot is not None:
+                self._add(self.slot_offset(slot) + _HELD_OFF, demand, -1)
+            sleepers = self._wake_for_resources_locked()
         if sleepers:
             futex_wake(self._work_seq_addr, 1)
+
+    def release_held(self, slot: int) -> None:
+        """Give back everything a dead process held, in one critical section."""
+        with self.mutex:
+            off = self.slot_offset(slot) + _HELD_OFF
+            held = _RES.unpack_from(self.mm, off)
+            _RES.pack_into(self.mm, off, *([0] * NRES))
+            self._add(_AVAIL_OFF, held, 1)
+            sleepers = self._wake_for_resources_locked()
+        if sleepers:
+            futex_wake(self._work_seq_addr, 1)
+
+    def _wake_for_resources_locked(self) -> int:
+        sleepers = self._u32(_SLEEPERS_OFF)
+        if sleepers and self.queued():  # freed resources may admit a queued task
+            seq = self._u32(_WORK_SEQ_OFF)
+            struct.pack_into("<I", self.mm, _WORK_SEQ_OFF, (seq + 1) & 0xFFFFFFFF)
+            return sleepers
+        return 0
+
+    def _repair_pool(self) -> None:
+        """The segment mutex was held by a process that died (``EOWNERDEAD``), maybe between
+        two writes: rebuild the pool from the totals and what every slot holds."""
+        totals = _RES.unpack_from(self.mm, _TOTALS_OFF)
+        held = [0] * NRES
+        for i in range(self.nslots):
+            for k, h in enumerate(_RES.unpack_from(self.mm, self.slot_offset(i) + _HELD_OFF)):
+                held[k] += h
+        _RES.pack_into(self.mm, _AVAIL_OFF, *(t - h for t, h in zip(totals, held)))
 
     # -- cancellation --------------------------------------------------------------------
 
@@ -392,3 +438,33 @@ class Segment:
         """Workers holding their CPU token unused (idle but awake): their CPUs are free."""
         return sum(struct.unpack_from("<I", self.mm, self.slot_offset(i) + 8)[0]
                    for i in range(1, self.active_slots))
+
+
+class PinLedger:
+    """The arena pins one process holds, mirrored into its slot so that the node can give
+    them back when the process dies (a worker killed while its task read an argument would
+    otherwise keep that block for ever).  A process-local index finds an entry in O(1); when
+    the 256 entries are full, further pins go unrecorded (and leak only if the process dies
+    holding them)."""
+
+    def __init__(self, segment: "Segment", index: int) -> None:
+        self.mm = segment.mm
+        self.base = segment.slot_offset(index) + _LEDGER_OFF
+        self.where: dict[int, list] = {}  # block -> [entry, count]
+        self.free = list(range(LEDGER_ENTRIES - 1, -1, -1))
+        self.mm[self.base:self.base + LEDGER_ENTRIES * _LEDGER.size] = bytes(
+            LEDGER_ENTRIES * _LEDGER.size)
+
+    def change(self, blk: int, delta: int) -> None:
+        rec = self.where.get(blk)
+        if rec is None:
+            if delta < 0 or not self.free:
+                return
+            rec = self.where[blk] = [self.free.pop(), 0]
+        rec[1] += delta
+        if rec[1] <= 0:
+            del self.where[blk]
+            self.free.append(rec[0])
+            _LEDGER.pack_into(self.mm, self.base + rec[0] * _LEDGER.size, 0, 0)
+        else:
+            _LEDGER.pack_into(self.mm, self.base + rec[0] * _LEDGER.size, blk, rec[1])

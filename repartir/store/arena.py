@@ -25,6 +25,7 @@ and decrements it when the last view dies (:meth:`Arena.view`).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import mmap
 import os
@@ -51,6 +52,7 @@ _MUTEX_OFF = 128
 # block header: magic state size prev_size pins released next_free prev_free payload_len
 _B = struct.Struct("<IIQQIIQQQ")
 _B_PINS = struct.Struct("<II")  # pins, released at offset 24
+_OWNER = struct.Struct("<I")  # owner slot at offset 56
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +94,9 @@ class Arena:
         self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._mv = memoryview(self.mm)
         self.mutex = RobustMutex(address_of(self.mm, _MUTEX_OFF))
+        self._pending_unpins: collections.deque[int] = collections.deque()
+        # records this process's pins where the node can read them if the process dies
+        self.ledger = None
         if create:
             self.mutex.initialize()
             _H.pack_into(self.mm, 0, _MAGIC, size, HEADER_SIZE, 0, 0, 0, 0, 0)
@@ -100,19 +105,22 @@ class Arena:
 
     # -- allocation (callers hold no lock) -------------------------------------------------
 
-    def allocate(self, nbytes: int) -> int:
+    def allocate(self, nbytes: int, owner: int = 0) -> int:
         """Allocate a block with ``nbytes`` of payload; returns the payload's offset.
+        ``owner`` is the slot of the process that will release it: when that process
+        dies, :meth:`release_owned_by` releases what it still owned.
 
         Raises:
             ObjectStoreFullError: no free block and no wilderness is large enough, or
                 ``/dev/shm`` has no room left for the pages.
         """
         need = _align(nbytes + BLOCK_HEADER)
+        self.drain_unpins()
         with self.mutex:
             blk = self._take_free(need)
             if blk is None:
                 blk = self._grow(need, nbytes)
-            struct.pack_into("<Q", self.mm, blk + 48, nbytes)
+            struct.pack_into("<QI", self.mm, blk + 48, nbytes, owner)
             h = list(_H.unpack_from(self.mm, 0))
             h[4] += _B.unpack_from(self.mm, blk)[2]
             h[5] += 1
@@ -225,6 +233,7 @@ class Arena:
     def release(self, offset: int) -> None:
         """The owner drops the object at payload ``offset``: free it unless views pin it."""
         blk = offset - BLOCK_HEADER
+        self.drain_unpins()
         with self.mutex:
             pins, _ = _B_PINS.unpack_from(self.mm, blk + 24)
             if pins:
@@ -233,13 +242,33 @@ class Arena:
                 self._free_locked(blk)
 
     def _pin(self, blk: int) -> None:
+        self.drain_unpins()
         with self.mutex:
             pins, released = _B_PINS.unpack_from(self.mm, blk + 24)
             _B_PINS.pack_into(self.mm, blk + 24, pins + 1, released)
+        if self.ledger is not None:
+            self.ledger.change(blk, 1)
+
+    def _deferred_unpin(self, blk: int) -> None:
+        """A view died (a weakref finalizer, which may run inside any allocation, even one
+        made while this thread holds the arena mutex): only note it; it is applied at the
+        next arena call or poll, outside the mutex."""
+        self._pending_unpins.append(blk)
+
+    def drain_unpins(self) -> None:
+        pending = self._pending_unpins
+        while pending:
+            try:
+                blk = pending.popleft()
+            except IndexError:
+                return
+            self._unpin(blk)
 
     def _unpin(self, blk: int) -> None:
         if self.mm.closed:
             return
+        if self.ledger is not None:
+            self.ledger.change(blk, -1)
         with self.mutex:
             pins, released = _B_PINS.unpack_from(self.mm, blk + 24)
             pins -= 1
@@ -247,6 +276,24 @@ class Arena:
                 self._free_locked(blk)
             else:
                 _B_PINS.pack_into(self.mm, blk + 24, max(pins, 0), released)
+
+    def release_owned_by(self, owner: int) -> int:
+        """Release every live block owned by slot ``owner`` (whose process died: nobody else
+        will).  Blocks that views still pin are freed when the last view goes.  Returns how
+        many blocks were released."""
+        self.drain_unpins()
+        found = []
+        with self.mutex:
+            mm = self.mm
+            blk, brk = HEADER_SIZE, _H.unpack_from(mm, 0)[2]
+            while blk < brk:
+                _, state, size, _, _, released, _, _, _ = _B.unpack_from(mm, blk)
+                if state == _USED and not released and _OWNER.unpack_from(mm, blk + 56)[0] == owner:
+                    found.append(blk)
+                blk += size
+        for blk in found:
+            self.release(blk + BLOCK_HEADER)
+        return len(found)
 
     def pin(self, offset: int) -> None:
         """Keep the block at payload ``offset`` alive (a borrowed ref, or a ref in flight in
@@ -270,7 +317,7 @@ class Arena:
         base.flags.writeable = False
         blk = offset - BLOCK_HEADER
         self._pin(blk)
-        weakref.finalize(base, self._unpin, blk)
+        weakref.finalize(base, self._deferred_unpin, blk)
         return memoryview(base)
 
     def statistics(self) -> ArenaStatistics:

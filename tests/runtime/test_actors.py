@@ -428,9 +428,6 @@ def test_kill(rt, tmp_path):
     assert b.state == "ALIVE"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "core bug: slots of dead actors are never reused "
-    "(Node.actors never forgets an actor), so kill() does not make room"))
 def test_killed_actors_free_their_slot(tmp_path):
     """With room for one actor, kill it, and another can be created."""
     script = textwrap.dedent("""
@@ -736,9 +733,6 @@ class AsyncStreamer:
         raise KeyError("async failure")
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "core bug: an async generator method of an async actor cannot stream "
-    "(finish_result only accepts sync generators)"))
 def test_streaming_async_generator_method(rt):
     s = AsyncStreamer.remote()
     with pytest.raises(KeyError, match="async failure"):
@@ -787,9 +781,6 @@ def test_constructor_that_raises_is_not_restarted(rt):
     assert h.state == "DEAD"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "core bug: calls that arrived while the constructor "
-    "waited for an ObjectRef argument are lost when it raises (hang)"))
 def test_constructor_failure_after_waiting_for_a_ref_argument(rt, tmp_path):
     gate = str(tmp_path / "gate")
     arg = gated_value.remote(gate, 1)  # kept alive: see the test below
@@ -824,9 +815,6 @@ def test_constructor_ref_argument_is_resolved(rt, tmp_path):
                         timeout=LONG) == b"x" * 200_000
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "core bug: ActorClass.remote does not keep ObjectRef arguments of the constructor "
-    "alive; a dropped ref is freed and the constructor fails with ObjectLostError"))
 def test_constructor_ref_argument_is_kept_alive_by_the_actor(rt, tmp_path):
     gate = str(tmp_path / "gate")
     h = Holder.remote(gated_value.remote(gate, 7))  # the caller keeps no ref
@@ -868,9 +856,6 @@ class GatedInit:
         return self.n
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "core bug: during a restart the handle reports "
-    "STARTING, not RESTARTING (Node._spawn overwrites the state at once)"))
 def test_state_restarting(rt, tmp_path):
     gate, log = str(tmp_path / "gate"), str(tmp_path / "log")
     h = GatedInit.options(max_restarts=1).remote(gate, log, 2)
@@ -966,9 +951,6 @@ def queue_behind_a_running_call(a, tmp_path):
     return pid, running, queued
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "core bug: calls queued behind a running call are "
-    "lost when the actor process dies (hang instead of ActorDiedError)"))
 def test_calls_queued_behind_a_killed_call_fail_promptly(rt, tmp_path):
     a = Counter.remote()
     pid, running, queued = queue_behind_a_running_call(a, tmp_path)
@@ -983,9 +965,6 @@ def test_calls_queued_behind_a_killed_call_fail_promptly(rt, tmp_path):
             repartir.get(r, timeout=1)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "core bug: calls queued behind a running call are "
-    "lost when the actor process dies and is restarted (hang)"))
 def test_calls_queued_behind_a_killed_call_run_after_restart(rt, tmp_path):
     a = Counter.options(max_restarts=1, max_task_retries=1).remote()
     pid, running, queued = queue_behind_a_running_call(a, tmp_path)

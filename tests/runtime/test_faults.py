@@ -631,7 +631,7 @@ def test_ctrl_c_during_get_in_a_driver_subprocess(tmp_path):
         first = _read_json_line(proc, 60)
         assert first.get("ready"), first
         pids = first["pids"]
-        time.sleep(0.5)  # let it enter get
+        time.sleep(1.0)  # let it enter get (the running tasks sleep 2 s)
         sent = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: driver and workers
         caught = _read_json_line(proc, 30)

@@ -217,23 +217,39 @@ def test_extra_workers_retire_after_recursion(node):
     assert rt.get(whoami.remote(), timeout=30) in driver.worker_pids()
 
 
-# --------------------------------------------------------------------------- known deadlocks
-# (last in the module: each starts a fresh session and closes it, stuck tasks and all)
+# --------------------------------------------------------------------------- deep recursion
+# (last in the module: each starts a fresh session and closes it, so that tasks stuck by a
+# deadlock -- a regression -- cannot hold the workers of other tests)
 
 
-@pytest.mark.slow
 def test_deep_chain_one_worker_does_not_deadlock(node):
+    """40 tasks, each blocked in get on the next: deeper than one worker's early nesting
+    limit (15) times the cap of 2 processes."""
     rt = node(num_cpus=1, fresh=True)
     try:
-        assert rt.get(chain.remote(40), timeout=20) == 40
+        with PeakChildren() as peak:
+            assert rt.get(chain.remote(40), timeout=20) == 40
+        assert peak.peak <= 2
     finally:
         node.close()  # stuck tasks would hold the workers of later tests
 
 
-@pytest.mark.slow
 def test_deep_fib_two_workers_does_not_deadlock(node):
     rt = node(num_cpus=2, fresh=True)
     try:
-        assert rt.get(fib.remote(20), timeout=30) == 6765
+        with PeakChildren() as peak:
+            assert rt.get(fib.remote(20), timeout=30) == 6765
+        assert peak.peak <= 4
+    finally:
+        node.close()
+
+
+def test_very_deep_chain_one_worker(node):
+    """300 nested levels on one worker (the worker runs each next task on its own stack)."""
+    rt = node(num_cpus=1, fresh=True)
+    try:
+        with PeakChildren() as peak:
+            assert rt.get(chain.remote(300), timeout=60) == 300
+        assert peak.peak <= 2
     finally:
         node.close()

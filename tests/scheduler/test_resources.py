@@ -86,11 +86,11 @@ def test_task_needing_more_than_half_the_cpus_runs_alone(node, tmp_path):
 
 @pytest.fixture(scope="module")
 def quarter_cpu_run(node, tmp_path_factory):
-    """Four tasks of ``num_cpus=0.5`` on a 2-CPU node, each waiting (up to 4 s) for all
+    """Four tasks of ``num_cpus=0.5`` on a 2-CPU node, each waiting (up to 6 s) for all
     four to have started."""
     node(**MAIN)
     directory = tmp_path_factory.mktemp("fractional")
-    return run_together(meet.options(num_cpus=0.5), 4, directory, wait_s=4.0)
+    return run_together(meet.options(num_cpus=0.5), 4, directory, wait_s=6.0)
 
 
 def test_fractional_cpus_run_more_tasks_than_cpus(quarter_cpu_run):
@@ -110,7 +110,7 @@ def test_zero_cpu_tasks_run(node):
     assert rt.get([f.remote(i) for i in range(4)], timeout=60) == [0, 1, 2, 3]
 
 
-# --------------------------------------------------------------------------- custom resources and GPUs
+# ------------------------------------------------------------------- custom resources and GPUs
 
 
 def test_custom_resource_of_one_serialises_tasks(node, tmp_path):
