@@ -13,7 +13,7 @@ import itertools
 import os
 import threading
 
-__all__ = ["new_task_id", "return_id", "new_object_id", "reset_after_fork"]
+__all__ = ["new_task_id", "return_id", "new_object_id", "mine", "reset_after_fork"]
 
 _prefix = os.urandom(8)
 _counter = itertools.count(1)
@@ -37,6 +37,11 @@ def return_id(task_id: bytes, index: int) -> bytes:
 def new_object_id() -> bytes:
     """A fresh id for an object made by ``put``."""
     return _prefix + ((_next() << 16) | 0xFFFF).to_bytes(8, "big")
+
+
+def mine(object_or_task_id: bytes) -> bool:
+    """Whether this process made the id."""
+    return object_or_task_id[:8] == _prefix
 
 
 def reset_after_fork() -> None:

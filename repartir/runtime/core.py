@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 from ..errors import (GetTimeoutError, InfeasibleTaskError, ObjectLostError, SerializationError, TaskCancelledError,
                       TaskTimeoutError, WorkerCrashedError)
+from .. import ids
 from ..ids import new_object_id, new_task_id, return_id
 from ..scheduler import record
 from ..scheduler.record import HEADER as RECORD_HEADER
@@ -426,7 +427,12 @@ class CoreClient:
         if kind == MSG_DONE:
             _, task_id, status, payload, pins = msg
             t = self.tasks.pop(task_id, None)
-            if t is None:  # a duplicate (task retried after a crash that came too late)
+            if t is None:
+                # A duplicate (a task retried after a crash reported too late): its results
+                # are ours to free.  A task of an earlier process in this slot: the node
+                # released what that process owned when it died -- leave them.
+                if not ids.mine(task_id):
+                    return
                 if status == OK and isinstance(payload, list):
                     for loc in payload:
                         if loc[0] == "a":
@@ -451,7 +457,7 @@ class CoreClient:
             _, task_id, index, loc, pins = msg
             t = self.tasks.get(task_id)
             if t is None or t.stream is None:
-                if loc[0] == "a":
+                if loc[0] == "a" and ids.mine(task_id):
                     self.arena.release(loc[1])
                 self._unpin_all(pins)
                 return

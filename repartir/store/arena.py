@@ -95,6 +95,7 @@ class Arena:
         self._mv = memoryview(self.mm)
         self.mutex = RobustMutex(address_of(self.mm, _MUTEX_OFF))
         self._pending_unpins: collections.deque[int] = collections.deque()
+        self.bad_releases = 0  # releases of blocks already released (a runtime bug if > 0)
         # records this process's pins where the node can read them if the process dies
         self.ledger = None
         if create:
@@ -202,6 +203,7 @@ class Arena:
         _, state, size, prev_size, *_ = _B.unpack_from(mm, blk)
         if state != _USED:
             raise RuntimeError(f"double free of arena block at {blk}")
+        struct.pack_into("<I", mm, blk + 4, _FREE)  # even if it merges into its neighbour
         h = list(_H.unpack_from(mm, 0))
         h[4] -= size
         h[5] -= 1
@@ -235,7 +237,11 @@ class Arena:
         blk = offset - BLOCK_HEADER
         self.drain_unpins()
         with self.mutex:
-            pins, _ = _B_PINS.unpack_from(self.mm, blk + 24)
+            magic, state, *_ = _B.unpack_from(self.mm, blk)
+            pins, released = _B_PINS.unpack_from(self.mm, blk + 24)
+            if magic != _BLOCK_MAGIC or state != _USED or released:
+                self.bad_releases += 1  # a second release of the same object: ignore it
+                return
             if pins:
                 _B_PINS.pack_into(self.mm, blk + 24, pins, 1)
             else:
