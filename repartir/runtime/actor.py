@@ -323,13 +323,13 @@ class _Runner:
         if client.calls:
             return client.calls.popleft()
         seg, inbox = self.seg, client.inbox
-        if self.worker.spin > 0 and seg.try_start_spinning(self.worker.max_spinners):
+        if self.worker.spin > 0 and seg.try_start_spinning(self.worker.max_spinners, self.slot):
             try:
                 end = time.monotonic() + self.worker.spin
                 while time.monotonic() < end and not inbox.pending():
                     os.sched_yield()
             finally:
-                seg.stop_spinning()
+                seg.stop_spinning(self.slot)
         if not inbox.pending():
             inbox.park(timeout)
         client.poll()

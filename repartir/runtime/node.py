@@ -304,8 +304,10 @@ class Node:
             self._fail_actor_inbox(slot)
 
     def _drop_pins(self, slot: int) -> None:
-        """Give back the arena pins a dead process held (its views cannot unpin any more),
-        and release the objects it owned (its refs are gone with it)."""
+        """Clean up after a dead process: take it off the spinner and sleeper counts, give
+        back the arena pins it held (its views cannot unpin any more), and release the
+        objects it owned (its refs are gone with it)."""
+        self.segment.forget_waiting(slot)
         for blk, count in self.segment.take_ledger(slot):
             for _ in range(count):
                 self.arena.unpin(blk + BLOCK_HEADER)

@@ -138,7 +138,7 @@ class Worker:
         """Nothing to run: spin a little, then park until work is pushed or resources are
         freed.  Returns a record found (and admitted) meanwhile, or ``None``."""
         seg = self.seg
-        if self.spin > 0 and seg.try_start_spinning(self.max_spinners):
+        if self.spin > 0 and seg.try_start_spinning(self.max_spinners, self.slot):
             try:
                 end = time.monotonic() + self.spin
                 while time.monotonic() < end and not seg.shutting_down:
@@ -148,9 +148,9 @@ class Worker:
                             return rec
                     os.sched_yield()
             finally:
-                seg.stop_spinning()
+                seg.stop_spinning(self.slot)
         self.give_token()  # asleep, this worker's CPU is free for others
-        rec = seg.park_for_work(self.next_task, 0.5)
+        rec = seg.park_for_work(self.next_task, 0.5, self.slot)
         if rec is None:
             self.take_token()
         return rec

@@ -29,7 +29,7 @@ from .mailbox import Inbox, inbox_bytes
 __all__ = ["Segment", "SlotState", "segment_bytes", "RECORD_SIZE"]
 
 _MAGIC = 0x7265_7061_7363_6864
-LAYOUT_VERSION = 7  # bump whenever the layout below changes
+LAYOUT_VERSION = 8  # bump whenever the layout below changes
 _HEADER = 4096
 _SLOT_HEADER = 16384
 RECORD_SIZE = 512
@@ -64,6 +64,7 @@ _CANCEL_COUNT_OFF, _CANCEL_RING_OFF, CANCEL_RING = 512, 528, 192  # ids of cance
 _HELD_OFF = 64  # in a slot's header: resources its process holds
 _NOTE_OFF = 128  # in a slot's header: a short text (why an actor died)
 _EPOCH_OFF = 40  # in a slot's header: actor epoch u32 + actor id 16 B
+_WAITING_OFF = 36  # in a slot's header: spinning u16, sleeping u16
 _EPOCH = struct.Struct("<I16s")
 _NPRIO = len(PRIORITIES)
 
@@ -396,22 +397,37 @@ class Segment:
         sleepers, spinners = struct.unpack_from("<II", self.mm, _SLEEPERS_OFF)
         return sleepers + spinners > 0
 
-    def try_start_spinning(self, max_spinners: int) -> bool:
-        """Register as a spinner unless ``max_spinners`` already spin (never more spinners
-        than cores: a spinner would steal the CPU from the process that has the work)."""
+    def try_start_spinning(self, max_spinners: int, slot: int) -> bool:
+        """Register ``slot`` as a spinner unless ``max_spinners`` already spin (never more
+        spinners than cores: a spinner would steal the CPU from the process that has the
+        work).  The slot's flag lets the node undo it if the process dies spinning."""
         with self.mutex:
             n = self._u32(_SPINNERS_OFF)
             if n >= max_spinners:
                 return False
             struct.pack_into("<I", self.mm, _SPINNERS_OFF, n + 1)
+            struct.pack_into("<H", self.mm, self.slot_offset(slot) + _WAITING_OFF, 1)
             return True
 
-    def stop_spinning(self) -> None:
+    def stop_spinning(self, slot: int) -> None:
         with self.mutex:
-            n = self._u32(_SPINNERS_OFF)
-            struct.pack_into("<I", self.mm, _SPINNERS_OFF, max(n - 1, 0))
+            self._stop_waiting_locked(slot, _SPINNERS_OFF, 0)
 
-    def park_for_work(self, find_work, timeout: float):
+    def _stop_waiting_locked(self, slot: int, counter_off: int, flag: int) -> None:
+        off = self.slot_offset(slot) + _WAITING_OFF + 2 * flag
+        if struct.unpack_from("<H", self.mm, off)[0]:
+            struct.pack_into("<H", self.mm, off, 0)
+            n = self._u32(counter_off)
+            struct.pack_into("<I", self.mm, counter_off, max(n - 1, 0))
+
+    def forget_waiting(self, slot: int) -> None:
+        """A process died: take it off the spinner and sleeper counts if it was on them
+        (else pushers would count on a dead spinner and wake nobody)."""
+        with self.mutex:
+            self._stop_waiting_locked(slot, _SPINNERS_OFF, 0)
+            self._stop_waiting_locked(slot, _SLEEPERS_OFF, 1)
+
+    def park_for_work(self, find_work, timeout: float, slot: int):
         """Sleep until work may be there: register as a sleeper and read the eventcount
         under the mutex (a full barrier), call ``find_work()`` once more, and sleep only if
         it found nothing and nobody pushed work or freed resources since.  Returns what
@@ -419,6 +435,7 @@ class Segment:
         with self.mutex:
             seq = self._u32(_WORK_SEQ_OFF)
             struct.pack_into("<I", self.mm, _SLEEPERS_OFF, self._u32(_SLEEPERS_OFF) + 1)
+            struct.pack_into("<H", self.mm, self.slot_offset(slot) + _WAITING_OFF + 2, 1)
         try:
             found = find_work()
             if found is None and not self.shutting_down:
@@ -426,8 +443,7 @@ class Segment:
             return found
         finally:
             with self.mutex:
-                n = self._u32(_SLEEPERS_OFF)
-                struct.pack_into("<I", self.mm, _SLEEPERS_OFF, max(n - 1, 0))
+                self._stop_waiting_locked(slot, _SLEEPERS_OFF, 1)
 
     # -- CPU tokens of idle workers (for available_resources) -------------------------
 
