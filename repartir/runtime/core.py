@@ -165,6 +165,9 @@ class CoreClient:
     def put(self, value: Any) -> ObjectRef:
         if isinstance(value, ObjectRef):
             raise TypeError("put() of an ObjectRef is not allowed: pass the ref itself instead")
+        if self.dead_refs:  # free what was dropped first: its warm block is reused
+            with self._lock:
+                self._process_dead()
         with capture_refs() as nested:
             s = serialize(value, "the value passed to put()")
         loc = self.store(s)

@@ -49,6 +49,7 @@ _SPLIT_MIN = 4096
 # arena header fields
 _H = struct.Struct("<QQQQQQQQ")  # magic capacity brk free_head used_bytes num_blocks allocs frees
 _MUTEX_OFF = 128
+_FALLOC_OFF = 72  # header: bytes of the file known to be allocated (fallocate high-water)
 # block header: magic state size prev_size pins released next_free prev_free payload_len
 _B = struct.Struct("<IIQQIIQQQ")
 _B_PINS = struct.Struct("<II")  # pins, released at offset 24
@@ -94,6 +95,8 @@ class Arena:
         self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._mv = memoryview(self.mm)
         self.mutex = RobustMutex(address_of(self.mm, _MUTEX_OFF))
+        self._readonly = np.frombuffer(self.mm, np.uint8)  # views are slices of this
+        self._readonly.flags.writeable = False
         self._pending_unpins: collections.deque[int] = collections.deque()
         self.bad_releases = 0  # releases of blocks already released (a runtime bug if > 0)
         # records this process's pins where the node can read them if the process dies
@@ -158,8 +161,12 @@ class Arena:
                 f"references you no longer need, or start with a larger "
                 f"object_store_memory= (REPARTIR_OBJECT_STORE_MEMORY)."
             )
+        hwm = struct.unpack_from("<Q", self.mm, _FALLOC_OFF)[0]
         try:
-            os.posix_fallocate(self.fd, brk, need)
+            if brk + need > hwm:  # pages below the high-water mark exist already
+                start = max(brk, hwm)
+                os.posix_fallocate(self.fd, start, brk + need - start)
+                struct.pack_into("<Q", self.mm, _FALLOC_OFF, brk + need)
         except OSError as exc:
             raise ObjectStoreFullError(
                 f"/dev/shm has no room for {need:,} more bytes ({exc.strerror}). Free space "
@@ -248,7 +255,6 @@ class Arena:
                 self._free_locked(blk)
 
     def _pin(self, blk: int) -> None:
-        self.drain_unpins()
         with self.mutex:
             pins, released = _B_PINS.unpack_from(self.mm, blk + 24)
             _B_PINS.pack_into(self.mm, blk + 24, pins + 1, released)
@@ -319,8 +325,7 @@ class Arena:
     def view(self, offset: int, nbytes: int) -> memoryview:
         """A read-only view of the payload at ``offset`` that pins its block until the view
         and every slice or array made from it are gone."""
-        base = np.frombuffer(self.mm, np.uint8, nbytes, offset)
-        base.flags.writeable = False
+        base = self._readonly[offset:offset + nbytes]  # its own ndarray: the finalizer's key
         blk = offset - BLOCK_HEADER
         self._pin(blk)
         weakref.finalize(base, self._deferred_unpin, blk)
@@ -339,6 +344,7 @@ class Arena:
 
     def close(self) -> None:
         """Unmap, unless views are still alive (then the mapping lives on with them)."""
+        self._readonly = None
         try:
             self._mv.release()
             self.mm.close()
