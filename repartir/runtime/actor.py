@@ -33,7 +33,7 @@ import cloudpickle
 from ..errors import ActorDiedError, RepartirError, TaskCancelledError
 from ..scheduler.segment import SlotState
 from . import driver
-from .core import MSG_DONE, OK, TaskOptions, failed_message
+from .messages import MSG_DONE, OK, TaskOptions, failed_message
 from .objectref import capture_refs
 
 __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "actor_dead_error", "run_actor",

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import collections
 import os
-import signal
 import pickle
-import struct
 import threading
 import time
 from typing import Any, Sequence
@@ -38,54 +36,12 @@ from ..ids import new_object_id, new_task_id, return_id
 from ..scheduler import record
 from ..scheduler.record import HEADER as RECORD_HEADER
 from ..serialization import Serialized, deserialize, error_from_payload, error_payload, serialize
+from .messages import (ACTOR_DIED, ARENA_SPEC, CANCEL, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED,
+                       MSG_DONE, MSG_ITEM, MSG_OBJECT, MSG_REQUEST, OK, TIMEOUT, Dep, TaskOptions,
+                       name_bad_argument, stop_task)
 from .objectref import ObjectRef, capture_refs
 
-__all__ = ["CoreClient", "Dep", "TaskOptions", "RECORD_HEADER", "MSG_DONE", "MSG_REQUEST",
-           "MSG_OBJECT", "MSG_CRASHED", "OK", "FAILED", "CRASH", "TIMEOUT", "CANCEL"]
-
-ARENA_SPEC = struct.Struct("<QQ")
-MSG_DONE, MSG_REQUEST, MSG_OBJECT, MSG_CRASHED, MSG_CALL, MSG_ITEM = 0, 1, 2, 3, 4, 5
-MSG_ACTOR_EPOCH = 6  # an actor's process was replaced, or the actor died
-OK, FAILED = 0, 1
-CRASH, TIMEOUT, CANCEL, ACTOR_DIED = 0, 1, 2, 3  # why a task stopped (MSG_CRASHED)
-
-
-class TaskOptions:
-    """A remote function's options, checked and turned into what a task record needs.
-
-    Attributes:
-        num_returns: objects the task returns (>= 1).
-        demand: resource vector in milli-units (see :mod:`repartir.scheduler.record`).
-        priority: ``record.HIGH``, ``NORMAL`` or ``LOW``.
-        timeout: seconds before the running task is stopped (0: none).
-        max_retries: re-runs after a worker crash (and matching exceptions).
-        retry_exceptions: ``False``, ``True`` or a tuple of exception types to retry.
-    """
-
-    __slots__ = ("num_returns", "demand", "priority", "timeout", "max_retries",
-                 "retry_exceptions")
-
-    def __init__(self, num_returns: int, demand: tuple, priority: int, timeout: float,
-                 max_retries: int, retry_exceptions) -> None:
-        self.num_returns = num_returns
-        self.demand = demand
-        self.priority = priority
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.retry_exceptions = retry_exceptions
-
-
-class Dep:
-    """Stands for the ``index``-th top-level ObjectRef argument inside a task's args blob."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def __reduce__(self):
-        return (Dep, (self.index,))
-
+__all__ = ["CoreClient", "RECORD_HEADER"]
 
 class _Task:
     __slots__ = ("task_id", "return_ids", "fn_name", "spec", "deps", "pending", "held",
@@ -271,7 +227,7 @@ class CoreClient:
                 try:
                     s = serialize((tuple(args), kwargs))
                 except SerializationError:
-                    raise _name_bad_argument(fn_name, args, kwargs) from None
+                    raise name_bad_argument(fn_name, args, kwargs) from None
             args_loc = self.store(s)  # large arguments go to the arena once, as Ray does
             if args_loc[0] == "a":
                 args_block = args_loc[1]
@@ -866,51 +822,3 @@ class CoreClient:
 
     def tasks_in_flight(self) -> int:
         return len(self.tasks)
-
-
-def failed_message(task_id: bytes, exc: BaseException, fn_name: str) -> bytes:
-    """The completion message of a task that raised ``exc``."""
-    return pickle.dumps((MSG_DONE, task_id, FAILED, error_payload(exc, fn_name), None), 5)
-
-
-def stop_task(segment, task_id: bytes, reason: int, force: bool) -> bool:
-    """Stop a running task: ``force`` kills its worker (the node then reports the task as
-    cancelled or timed out, and retries the other tasks that worker ran); otherwise the
-    worker gets ``SIGUSR1`` and raises ``TaskCancelledError``/``TaskTimeoutError`` inside
-    the task.  Returns whether a worker running it was found."""
-    found = segment.find_running(task_id)
-    if found is None:
-        return False
-    slot, pid = found
-    try:
-        if force:
-            segment.request_stop(slot, task_id, reason)
-            os.kill(pid, signal.SIGKILL)
-        else:
-            segment.request_stop(slot, task_id, reason)
-            os.kill(pid, signal.SIGUSR1)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _name_bad_argument(fn_name: str, args: Sequence, kwargs: dict) -> SerializationError:
-    for i, a in enumerate(args):
-        try:
-            serialize(a)
-        except SerializationError as exc:
-            return SerializationError(
-                f"argument {i} of {fn_name}() ({type(a).__qualname__}) cannot be serialized: "
-                f"{exc.__cause__}. Pass something picklable, or create it inside the task."
-            )
-    for k, a in kwargs.items():
-        try:
-            serialize(a)
-        except SerializationError as exc:
-            return SerializationError(
-                f"keyword argument {k!r} of {fn_name}() ({type(a).__qualname__}) cannot be "
-                f"serialized: {exc.__cause__}. Pass something picklable, or create it inside "
-                f"the task."
-            )
-    return SerializationError(f"the arguments of {fn_name}() cannot be serialized")
-

@@ -32,8 +32,8 @@ from ..store.arena import BLOCK_HEADER, Arena
 from ..scheduler.record import NRES
 from ..errors import RepartirError
 from .actor import CTOR_FAILED_EXIT
-from .core import (ACTOR_DIED, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, OK,
-                   TIMEOUT, stop_task)
+from .messages import (ACTOR_DIED, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE,
+                       OK, TIMEOUT, stop_task)
 
 __all__ = ["Node"]
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from ..scheduler import record
 from ..serialization import dumps_code
 from . import driver
-from .core import TaskOptions
+from .messages import TaskOptions
 from .streaming import STREAMING, submit_streaming
 
 __all__ = ["RemoteFunction", "validate_options", "parse_priority"]

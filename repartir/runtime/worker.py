@@ -40,8 +40,8 @@ from ..scheduler.segment import MAX_NESTING, PinLedger, Segment, SlotState
 from ..serialization import SIMPLE_TYPES, serialize, simple_blob
 from ..store.arena import Arena
 from . import context
-from .core import (ARENA_SPEC, CANCEL, MSG_DONE, MSG_ITEM, OK, RECORD_HEADER, CoreClient,
-                   Dep, failed_message)
+from .core import RECORD_HEADER, CoreClient
+from .messages import ARENA_SPEC, CANCEL, MSG_DONE, MSG_ITEM, OK, Dep, failed_message
 from .objectref import capture_refs
 from .streaming import STREAMING
 
