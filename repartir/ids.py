@@ -50,3 +50,6 @@ def reset_after_fork() -> None:
     with _lock:
         _prefix = os.urandom(8)
         _counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=reset_after_fork)  # a forked child makes ids of its own

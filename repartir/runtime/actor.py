@@ -299,15 +299,23 @@ class _Runner:
         with self._running_lock:
             self.seg.remove_running(self.slot, task_id)
 
-    def _call(self, msg) -> None:
-        from .worker import run_function
-
+    def _start(self, msg):
+        """Decode a call and record it as running; ``None`` when it was answered at once
+        (cancelled before it started, or no such method)."""
         prep = self._prepare(msg)
         if len(prep) == 2:
             self.worker.send(*prep)
+            return None
+        self._enter(prep[1], prep[0])
+        return prep
+
+    def _call(self, msg) -> None:
+        from .worker import run_function
+
+        prep = self._start(msg)
+        if prep is None:
             return
         task_id, owner, fn, fn_name, args_loc, dep_locs, nret = prep
-        self._enter(owner, task_id)
         try:
             reply = run_function(self.worker, fn, fn_name, args_loc, dep_locs, nret, task_id,
                                  owner)
@@ -395,12 +403,10 @@ class _Runner:
         from .worker import finish_result
 
         try:
-            prep = self._prepare(msg)
-            if len(prep) == 2:
-                self.worker.send(*prep)
+            prep = self._start(msg)
+            if prep is None:
                 return
             task_id, owner, fn, fn_name, args_loc, dep_locs, nret = prep
-            self._enter(owner, task_id)
             try:
                 try:
                     args, kwargs = self.worker.load_args(args_loc, dep_locs)

@@ -31,6 +31,10 @@ _LEN = struct.Struct("<I")
 _HDR = 128
 
 
+def _always(record) -> bool:
+    return True
+
+
 def deque_bytes(capacity: int, record_size: int) -> int:
     """Bytes a deque of ``capacity`` records of ``record_size`` bytes takes."""
     return _HDR + capacity * record_size
@@ -99,21 +103,7 @@ class TaskDeque:
 
     def pop(self) -> bytes | None:
         """The owner takes the newest record (LIFO), or ``None`` if empty."""
-        mm = self.mm
-        off = self.offset + 64
-        top, bottom = _TB.unpack_from(mm, off)
-        if bottom <= top:
-            return None
-        with self.mutex:
-            top, bottom = _TB.unpack_from(mm, off)
-            if bottom <= top:
-                return None
-            bottom -= 1
-            pos = self._base + (bottom % self.capacity) * self.record_size
-            n = _LEN.unpack_from(mm, pos)[0]
-            rec = mm[pos + 4:pos + 4 + n]
-            struct.pack_into("<Q", mm, off + 8, bottom)
-        return rec
+        return self.pop_if(_always)
 
     def pop_if(self, admit) -> bytes | None:
         """Like :meth:`pop`, but only when ``admit(record)`` (called under the lock, e.g. to
@@ -260,13 +250,6 @@ class PriorityDeques:
     def pop_if(self, admit) -> bytes | None:
         for d in self.levels:
             rec = d.pop_if(admit)
-            if rec is not None:
-                return rec
-        return None
-
-    def pop(self) -> bytes | None:
-        for d in self.levels:
-            rec = d.pop()
             if rec is not None:
                 return rec
         return None
