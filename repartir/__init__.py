@@ -20,6 +20,7 @@ from . import errors
 from .errors import (ActorDiedError, GetTimeoutError, InfeasibleTaskError, ObjectLostError,
                      ObjectStoreFullError, RepartirError, SerializationError,
                      TaskCancelledError, TaskError, TaskTimeoutError, WorkerCrashedError)
+from .runtime import context as _context
 from .runtime import driver as _driver
 from .runtime.driver import init, is_initialized, shutdown
 from .runtime.objectref import ObjectRef
@@ -129,6 +130,10 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
             type, with the remote traceback attached.
         WorkerCrashedError: the task's worker died more often than ``max_retries``.
     """
+    if type(object_refs) is ObjectRef:
+        client = object_refs._client
+        if client is not None and client is _context._client:
+            return client.get_one(object_refs, timeout)
     refs, single = _refs(object_refs, "get()")
     values = _driver.client().get(refs, timeout)
     return values[0] if single else values

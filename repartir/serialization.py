@@ -304,6 +304,45 @@ def deserialize(blob: memoryview) -> Any:
     return pickle.loads(blob[pos:pos + meta_len], buffers=bufs)
 
 
+_LAYOUTS: dict[bytes, tuple] = {}  # raw-array description -> (dtype, count, shape, order)
+
+
+def _layout(meta: bytes) -> tuple:
+    dtype_str, shape, order = pickle.loads(meta)
+    dtype = np.dtype(dtype_str)
+    count = 1
+    for n in shape:
+        count *= n
+    if len(_LAYOUTS) >= 1024:
+        _LAYOUTS.clear()
+    flat = len(shape) == 1
+    layout = _LAYOUTS[meta] = (dtype, count, None if flat else shape, order)
+    return layout
+
+
+def deserialize_at(arena, offset: int, nbytes: int) -> tuple[Any, Any]:
+    """Rebuild the blob at ``offset`` of an arena; returns ``(value, anchor)``.  The value's
+    buffers are read-only views of the arena that live as long as ``anchor`` (an object
+    that supports weak references): the caller keeps the block alive until it dies.
+
+    A plain array (most large objects) is one ``np.frombuffer`` on the arena at the right
+    offset, its description looked up in a cache: no slice, no pickle, so that ``get`` of
+    any size costs a few microseconds of Python."""
+    mm = arena.mm
+    nbuf, meta_len = _HEAD.unpack_from(mm, offset)
+    if nbuf & _RAW_ARRAY:
+        boff, length = _ENTRY.unpack_from(mm, offset + _HEAD.size)
+        pos = offset + _HEAD.size + _ENTRY.size
+        meta = mm[pos:pos + meta_len]
+        layout = _LAYOUTS.get(meta) or _layout(meta)
+        dtype, count, shape, order = layout
+        if dtype.itemsize and count * dtype.itemsize == length:
+            flat = np.frombuffer(arena.ro, dtype, count, offset + boff)
+            return (flat if shape is None else flat.reshape(shape, order=order)), flat
+    base = arena.readonly_slice(offset, nbytes)
+    return deserialize(memoryview(base)), base
+
+
 def dumps_code(obj: Any, what: str) -> bytes:
     """cloudpickle ``obj`` (a function or class), naming ``what`` on failure."""
     try:

@@ -275,7 +275,7 @@ class _Runner:
         _, task_id, owner, body, arena_spec, _epoch = msg
         if body is None:
             off, n = arena_spec
-            body = bytes(self.client.arena.view(off, n))
+            body = self.client.arena.read(off, n)
         return task_id, owner, pickle.loads(body)
 
     def _prepare(self, msg):

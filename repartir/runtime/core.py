@@ -35,7 +35,8 @@ from .. import ids
 from ..ids import new_object_id, new_task_id, return_id
 from ..scheduler import record
 from ..scheduler.record import HEADER as RECORD_HEADER
-from ..serialization import Serialized, deserialize, error_from_payload, error_payload, serialize
+from ..serialization import (Serialized, deserialize, deserialize_at, error_from_payload,
+                             error_payload, serialize)
 from .messages import (ACTOR_DIED, ARENA_SPEC, CANCEL, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED,
                        MSG_DONE, MSG_ITEM, MSG_OBJECT, MSG_REQUEST, OK, TIMEOUT, Dep, TaskOptions,
                        name_bad_argument, stop_task)
@@ -137,7 +138,9 @@ class CoreClient:
         if kind == "i":
             return deserialize(memoryview(loc[1]))
         if kind == "a":
-            return deserialize(self.arena.view(loc[1], loc[2]))
+            value, anchor = deserialize_at(self.arena, loc[1], loc[2])
+            self.arena.anchor(loc[1], anchor)
+            return value
         if kind == "e":  # the task raised
             raise error_from_payload(loc[1])
         if kind == "x":  # the runtime stopped the task (crash, cancel, timeout)
@@ -373,7 +376,7 @@ class CoreClient:
                 if self.dead_refs:
                     self._process_dead()
                 while self.dead_pins:
-                    self.arena.unpin(self.dead_pins.popleft())
+                    self.arena.let_go(self.dead_pins.popleft())
                 self.arena.drain_unpins()
                 if self.backlog:
                     self._flush_backlog()
@@ -802,6 +805,15 @@ class CoreClient:
 
     def stop_running(self, task_id: bytes, reason: int, force: bool) -> None:
         stop_task(self.segment, task_id, reason, force)
+
+    def get_one(self, ref: ObjectRef, timeout: float | None) -> Any:
+        """``get`` of one ref of this session: a ready object costs two lookups and the
+        rebuild (the common case of ``get`` inside a task of a ref passed to it)."""
+        e = self.table.get(ref._id)
+        loc = e[1] if e is not None else self.borrowed.get(ref._id)
+        if loc is None:
+            return self.get([ref], timeout)[0]
+        return self.value(loc)
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
         ready = self.wait(refs, len(refs), timeout)

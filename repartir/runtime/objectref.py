@@ -97,7 +97,7 @@ def _rebuild(object_id: bytes, owner_slot: int, loc) -> ObjectRef:
     if client is not None and loc is not None:
         client.note_borrowed(object_id, loc)
         if loc[0] == "a":  # a borrower keeps the block alive while it holds the ref
-            client.arena.pin(loc[1])
+            client.arena.hold(loc[1])
             pin = loc[1]
     return ObjectRef(object_id, owner_slot, client, False, pin)
 

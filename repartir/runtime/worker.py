@@ -240,7 +240,7 @@ class Worker:
             body = rec[RECORD_HEADER.size:]
         else:
             off, n = ARENA_SPEC.unpack_from(rec, RECORD_HEADER.size)
-            body = bytes(self.arena.view(off, n))
+            body = self.arena.read(off, n)
         fn_key, fn_off, fn_len, fn_name, args_loc, dep_locs, nret = pickle.loads(body)
         try:
             fn = self.functions.get(fn_key)

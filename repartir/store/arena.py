@@ -30,6 +30,7 @@ import dataclasses
 import mmap
 import os
 import struct
+import threading
 import weakref
 
 import numpy as np
@@ -97,7 +98,12 @@ class Arena:
         self.mutex = RobustMutex(address_of(self.mm, _MUTEX_OFF))
         self._readonly = np.frombuffer(self.mm, np.uint8)  # views are slices of this
         self._readonly.flags.writeable = False
+        self.ro = memoryview(self._readonly)  # read-only: arrays built on it stay read-only
         self._pending_unpins: collections.deque[int] = collections.deque()
+        # holds of this process: block -> count; the first takes one shared pin
+        self._holds: dict[int, int] = {}
+        self._holds_lock = threading.Lock()
+        self._anchors: dict[int, tuple] = {}  # id(weakref) -> (weakref, block)
         self.bad_releases = 0  # releases of blocks already released (a runtime bug if > 0)
         # records this process's pins where the node can read them if the process dies
         self.ledger = None
@@ -261,11 +267,13 @@ class Arena:
         if self.ledger is not None:
             self.ledger.change(blk, 1)
 
-    def _deferred_unpin(self, blk: int) -> None:
-        """A view died (a weakref finalizer, which may run inside any allocation, even one
-        made while this thread holds the arena mutex): only note it; it is applied at the
-        next arena call or poll, outside the mutex."""
-        self._pending_unpins.append(blk)
+    def _anchor_died(self, wr: weakref.ref) -> None:
+        """A view's anchor died (a weakref callback, which may run inside any allocation,
+        even one made while this thread holds the arena mutex): only note it; the hold is
+        let go at the next arena call or poll, outside the mutex."""
+        entry = self._anchors.pop(id(wr), None)
+        if entry is not None:
+            self._pending_unpins.append(entry[1])
 
     def drain_unpins(self) -> None:
         pending = self._pending_unpins
@@ -274,7 +282,45 @@ class Arena:
                 blk = pending.popleft()
             except IndexError:
                 return
+            self._let_go(blk)
+
+    def _hold(self, blk: int) -> None:
+        with self._holds_lock:
+            n = self._holds.get(blk, 0)
+            if n == 0:
+                self._pin(blk)
+            self._holds[blk] = n + 1
+
+    def _let_go(self, blk: int) -> None:
+        with self._holds_lock:
+            n = self._holds.get(blk, 0) - 1
+            if n > 0:
+                self._holds[blk] = n
+                return
+            if n < 0:  # not held (a runtime bug): never unpin what this process did not pin
+                self.bad_releases += 1
+                return
+            del self._holds[blk]
             self._unpin(blk)
+
+    def hold(self, offset: int) -> None:
+        """Keep the block at payload ``offset`` alive for this process (a borrowed ref, a
+        view).  The first hold of a block in a process takes one shared pin; later holds
+        only count in the process, so they cost no lock of the arena.  Every hold needs one
+        :meth:`let_go` *in the same process*; a pin that travels to another process is
+        :meth:`pin`."""
+        self._hold(offset - BLOCK_HEADER)
+
+    def let_go(self, offset: int) -> None:
+        self._let_go(offset - BLOCK_HEADER)
+
+    def anchor(self, offset: int, obj: object) -> None:
+        """Hold the block at payload ``offset`` until ``obj`` (which must support weak
+        references, e.g. an ndarray) is garbage."""
+        blk = offset - BLOCK_HEADER
+        self._hold(blk)
+        wr = weakref.ref(obj, self._anchor_died)
+        self._anchors[id(wr)] = (wr, blk)
 
     def _unpin(self, blk: int) -> None:
         if self.mm.closed:
@@ -322,13 +368,20 @@ class Arena:
         """A writable view of ``nbytes`` at ``offset`` (only for the block's writer)."""
         return self._mv[offset:offset + nbytes]
 
+    def read(self, offset: int, nbytes: int) -> bytes:
+        """A copy of ``nbytes`` at ``offset``; no pin (the caller knows the block lives
+        while it reads, e.g. a task spec its owner keeps until the task ends)."""
+        return self.mm[offset:offset + nbytes]
+
+    def readonly_slice(self, offset: int, nbytes: int) -> np.ndarray:
+        """``nbytes`` at ``offset`` as a read-only uint8 array; no hold (see :meth:`anchor`)."""
+        return self._readonly[offset:offset + nbytes]
+
     def view(self, offset: int, nbytes: int) -> memoryview:
-        """A read-only view of the payload at ``offset`` that pins its block until the view
-        and every slice or array made from it are gone."""
-        base = self._readonly[offset:offset + nbytes]  # its own ndarray: the finalizer's key
-        blk = offset - BLOCK_HEADER
-        self._pin(blk)
-        weakref.finalize(base, self._deferred_unpin, blk)
+        """A read-only view of the payload at ``offset`` that holds its block until the
+        view and every slice or array made from it are gone."""
+        base = self._readonly[offset:offset + nbytes]  # its own ndarray: the anchor
+        self.anchor(offset, base)
         return memoryview(base)
 
     def statistics(self) -> ArenaStatistics:
@@ -346,6 +399,7 @@ class Arena:
         """Unmap, unless views are still alive (then the mapping lives on with them)."""
         self._readonly = None
         try:
+            self.ro.release()
             self._mv.release()
             self.mm.close()
         except BufferError:

@@ -106,6 +106,32 @@ def test_view_pins_block_until_views_die(arena):
     assert arena.statistics().num_blocks == 0
 
 
+def _shared_pins(a: Arena, off: int) -> int:
+    return struct.unpack_from("<I", a.mm, off - 64 + 24)[0]
+
+
+def test_holds_of_one_process_take_one_shared_pin(arena):
+    import numpy as np
+
+    off = arena.allocate(4096)
+    arena.hold(off)  # a borrowed ref
+    arr = np.frombuffer(arena.ro, np.uint8, 4096, off)
+    arena.anchor(off, arr)  # a view of it
+    assert _shared_pins(arena, off) == 1
+    arena.release(off)
+    arena.let_go(off)  # the ref dies first; the array still holds the block
+    assert _shared_pins(arena, off) == 1 and arena.statistics().num_blocks == 1
+    with pytest.raises(ValueError):
+        arr[0] = 1
+    with pytest.raises(ValueError):
+        arr.setflags(write=True)  # read-only for good
+    del arr
+    arena.drain_unpins()
+    assert arena.statistics().num_blocks == 0
+    arena.let_go(off)  # one let_go too many is counted, never unpins someone else's pin
+    assert arena.bad_releases == 1
+
+
 def test_full_store_says_what_to_do(arena):
     with pytest.raises(ObjectStoreFullError, match="object_store_memory"):
         arena.allocate(SIZE)
