@@ -8,8 +8,8 @@ tasks -- has one :class:`CoreClient` bound to its slot of the scheduler segment:
     get/wait ◀── object table ◀── poll() ◀── own inbox ◀──┘ completion (result location)
 
 * **Object table** (owner side): ``object id -> [refcount, location, remote waiters]``.  A
-  location is ``("i", blob)`` for an inline object, ``("a", offset, nbytes)`` for one in the
-  arena, ``("e", payload)`` for a task error, and ``None`` while pending.  ``ObjectRef``
+  location is ``("i", blob)`` for an inline object, ``("a", offset, nbytes, generation)``
+  for one in the arena, ``("e", payload)`` for a task error, and ``None`` while pending.  ``ObjectRef``
   instances hold the counts; their ``__del__`` only appends to :attr:`dead_refs`, which
   :meth:`poll` processes (no lock is ever taken inside ``__del__``).
 * **Dependencies**: top-level ``ObjectRef`` arguments are replaced by markers; the task is
@@ -31,13 +31,12 @@ from typing import Any, Sequence
 
 from ..errors import (GetTimeoutError, InfeasibleTaskError, ObjectLostError, SerializationError, TaskCancelledError,
                       TaskTimeoutError, WorkerCrashedError)
-from .. import ids
 from ..ids import new_object_id, new_task_id, return_id
 from ..scheduler import record
 from ..scheduler.record import HEADER as RECORD_HEADER
 from ..serialization import (Serialized, deserialize, deserialize_at, error_from_payload,
                              error_payload, serialize)
-from .messages import (ACTOR_DIED, ARENA_SPEC, CANCEL, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED,
+from .messages import (ACTOR_DIED, ARENA_SPEC, CANCEL, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED,
                        MSG_DONE, MSG_ITEM, MSG_OBJECT, MSG_REQUEST, OK, TIMEOUT, Dep, TaskOptions,
                        name_bad_argument, stop_task)
 from .objectref import ObjectRef, capture_refs
@@ -110,14 +109,35 @@ class CoreClient:
 
     # -- storing values ------------------------------------------------------------
 
-    def store(self, s: Serialized, owner: int | None = None) -> tuple:
+    def store(self, s: Serialized) -> tuple:
         """Where a serialized value goes: inline under the threshold, else the arena (a
-        block owned by slot ``owner``, this process by default)."""
+        block owned by this process; a task's owner claims its results on arrival)."""
         if s.nbytes < self.config.inline_threshold:
             return ("i", s.to_bytes())
-        off = self.arena.allocate(s.nbytes, self.slot if owner is None else owner)
-        s.write_into(self.arena.writable(off, s.nbytes))
-        return ("a", off, s.nbytes)
+        arena = self.arena
+        off = arena.allocate(s.nbytes, self.slot)
+        s.write_into(arena.writable(off, s.nbytes))
+        return ("a", off, s.nbytes, arena.generation(off))
+
+    def claim_results(self, locs: list) -> bool:
+        """Take ownership of the arena blocks of a result message; returns False, having
+        released those it took, when one is gone (its worker died and the node released
+        what it owned before the message was read: the result is lost)."""
+        taken = []
+        for loc in locs:
+            if loc[0] == "a":
+                if not self.arena.claim(loc[1], loc[3], self.slot):
+                    for off in taken:
+                        self.arena.release(off)
+                    return False
+                taken.append(loc[1])
+        return True
+
+    def drop_results(self, locs: list) -> None:
+        """Free the arena blocks of a result nobody wants (a duplicate, a cancelled task)."""
+        for loc in locs:
+            if loc[0] == "a" and self.arena.claim(loc[1], loc[3], self.slot):
+                self.arena.release(loc[1])
 
     def put(self, value: Any) -> ObjectRef:
         if isinstance(value, ObjectRef):
@@ -389,17 +409,19 @@ class CoreClient:
         if kind == MSG_DONE:
             _, task_id, status, payload, pins = msg
             t = self.tasks.pop(task_id, None)
+            results = status == OK and isinstance(payload, list)
             if t is None:
-                # A duplicate (a task retried after a crash reported too late): its results
-                # are ours to free.  A task of an earlier process in this slot: the node
-                # released what that process owned when it died -- leave them.
-                if not ids.mine(task_id):
-                    return
-                if status == OK and isinstance(payload, list):
-                    for loc in payload:
-                        if loc[0] == "a":
-                            self.arena.release(loc[1])
+                # A duplicate (a task retried after a crash reported too late), or a task of
+                # an earlier process in this slot: nobody wants its results.
+                if results:
+                    self.drop_results(payload)
                 self._unpin_all(pins)
+                return
+            if results and not self.claim_results(payload):
+                self._unpin_all(pins)
+                self.tasks[task_id] = t
+                self._handle((MSG_CRASHED, task_id, "its process died as it sent the result",
+                              CRASH))
                 return
             if t.stream is not None:  # a streaming task ended: payload is the item count
                 t.stream.end(None if status == OK else ("e", payload))
@@ -419,10 +441,12 @@ class CoreClient:
             _, task_id, index, loc, pins = msg
             t = self.tasks.get(task_id)
             if t is None or t.stream is None:
-                if loc[0] == "a" and ids.mine(task_id):
-                    self.arena.release(loc[1])
+                self.drop_results([loc])
                 self._unpin_all(pins)
                 return
+            if not self.claim_results([loc]):
+                self._unpin_all(pins)
+                return  # the stream ends with the crash of its process
             oid = return_id(task_id, index)
             self.table[oid] = [0, loc, None, pins or None]
             t.stream.add(self.make_ref(oid))

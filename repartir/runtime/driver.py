@@ -170,6 +170,19 @@ def worker_pids() -> list[int]:
     return _node.worker_pids() if _node is not None else []
 
 
+def arena_bytes_by_owner() -> dict[int, int]:
+    """Arena bytes of live objects per owner: ``"driver"``, ``"workers"`` (live worker and
+    actor processes: the function blobs they exported, results not yet claimed) and
+    ``"other"`` (slots of no live process: a leak).  For leak checks."""
+    c = client()
+    c.poll()
+    live = set(_node.process_slots()) if _node is not None else set()
+    out = {"driver": 0, "workers": 0, "other": 0}
+    for slot, n in c.arena.bytes_by_owner().items():
+        out["driver" if slot == c.slot else "workers" if slot in live else "other"] += n
+    return out
+
+
 def _after_fork_in_child() -> None:
     """A forked child shares nothing of the parent's node: it must call init() itself."""
     global _node, _client, _pump

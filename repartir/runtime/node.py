@@ -32,7 +32,7 @@ from ..store.arena import BLOCK_HEADER, Arena
 from ..scheduler.record import NRES
 from ..errors import RepartirError
 from .actor import CTOR_FAILED_EXIT
-from .messages import (ACTOR_DIED, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE,
+from .messages import (ACTOR_DIED, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM,
                        OK, TIMEOUT, stop_task)
 
 __all__ = ["Node"]
@@ -338,10 +338,17 @@ class Node:
             msg = pickle.loads(raw)
             if msg[0] == MSG_CALL:
                 self._tell_owners([(msg[2], msg[1], 0.0, 0.0)], cause, ACTOR_DIED)
-            elif msg[0] == MSG_DONE and msg[2] == OK and isinstance(msg[3], list):
-                for loc in msg[3]:  # results of tasks the actor submitted: free them
-                    if loc[0] == "a":
+            elif msg[0] in (MSG_DONE, MSG_ITEM):  # results of tasks the actor submitted
+                if msg[0] == MSG_ITEM:
+                    locs, pins = [msg[3]], msg[4]
+                else:
+                    ok = msg[2] == OK and isinstance(msg[3], list)
+                    locs, pins = (msg[3] if ok else []), msg[4]
+                for loc in locs:
+                    if loc[0] == "a" and self.arena.claim(loc[1], loc[3], slot):
                         self.arena.release(loc[1])
+                for off in pins or ():
+                    self.arena.unpin(off)
 
     # -- faults ----------------------------------------------------------------------
 
@@ -450,6 +457,11 @@ class Node:
     def worker_pids(self) -> list[int]:
         with self._lock:
             return [p.pid for p in self.procs.values()]
+
+    def process_slots(self) -> list[int]:
+        """Slots of the node's live worker and actor processes."""
+        with self._lock:
+            return list(self.procs) + list(self.actor_procs)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the workers (asked, then killed after ``timeout``), unmap, remove the

@@ -298,8 +298,8 @@ def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: byte
                   owner: int) -> bytes:
     """Store a call's result(s); for a streaming call, iterate the generator and announce
     each item to the owner as it comes.  Raises what the task raises."""
-    def store(s):  # the task's owner releases its results
-        return worker.client.store(s, owner)
+    def store(s):  # the task's owner claims its results when they arrive
+        return worker.client.store(s)
 
     if nret == STREAMING:
         if not inspect.isgenerator(result):
@@ -336,7 +336,7 @@ def stream_item(worker: Worker, item, fn_name: str, index: int, task_id: bytes,
                 owner: int) -> None:
     """Store one item of a streaming call and announce it to the owner at once."""
     with capture_refs() as exported:
-        loc = worker.client.store(serialize(item, f"item {index} yielded by {fn_name}"), owner)
+        loc = worker.client.store(serialize(item, f"item {index} yielded by {fn_name}"))
 
     pins = export_pins(worker.client, exported)
     worker.send(owner, pickle.dumps((MSG_ITEM, task_id, index, loc, pins), 5))
@@ -344,7 +344,9 @@ def stream_item(worker: Worker, item, fn_name: str, index: int, task_id: bytes,
 
 def export_pins(client, refs) -> list[int] | None:
     """Pin the arena blocks of refs about to travel in a result, so that they survive until
-    the receiver holds them (it releases these pins when it frees the result)."""
+    the receiver holds them (it releases these pins when it frees the result).  The pins
+    belong to the message, not to this process: they are not in its pin ledger, so its
+    death cannot give them back a second time."""
     pins = []
     for ref in refs:
         loc = client.location_for_export(ref._id)

@@ -55,6 +55,7 @@ _FALLOC_OFF = 72  # header: bytes of the file known to be allocated (fallocate h
 _B = struct.Struct("<IIQQIIQQQ")
 _B_PINS = struct.Struct("<II")  # pins, released at offset 24
 _OWNER = struct.Struct("<I")  # owner slot at offset 56
+_TAIL = struct.Struct("<QII")  # payload_len, owner slot, generation at offset 48
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,13 +131,38 @@ class Arena:
             blk = self._take_free(need)
             if blk is None:
                 blk = self._grow(need, nbytes)
-            struct.pack_into("<QI", self.mm, blk + 48, nbytes, owner)
             h = list(_H.unpack_from(self.mm, 0))
             h[4] += _B.unpack_from(self.mm, blk)[2]
             h[5] += 1
             h[6] += 1
             _H.pack_into(self.mm, 0, *h)
+            _TAIL.pack_into(self.mm, blk + 48, nbytes, owner, h[6] & 0xFFFF_FFFF)
         return blk + BLOCK_HEADER
+
+    def generation(self, offset: int) -> int:
+        """The allocation number of the block at payload ``offset`` (32 bits): with the
+        offset, it names one allocation, so a stale location can be told from a block
+        handed out again (see :meth:`claim`)."""
+        return struct.unpack_from("<I", self.mm, offset - 4)[0]
+
+    def claim(self, offset: int, generation: int, owner: int) -> bool:
+        """Make slot ``owner`` the owner of the live block at payload ``offset`` if it is
+        still the allocation ``generation`` and nobody released it; returns whether it was.
+
+        A task's result is allocated by the worker that computed it, owned by that worker,
+        and claimed by the task's owner when the result message arrives: a worker killed
+        before that has its blocks released by the node (:meth:`release_owned_by`), and
+        then the claim fails, so the owner knows the result is lost instead of reading a
+        block given to someone else."""
+        blk = offset - BLOCK_HEADER
+        with self.mutex:
+            magic, state, *_ = _B.unpack_from(self.mm, blk)
+            _, released = _B_PINS.unpack_from(self.mm, blk + 24)
+            _, _, gen = _TAIL.unpack_from(self.mm, blk + 48)
+            if magic != _BLOCK_MAGIC or state != _USED or released or gen != generation:
+                return False
+            _OWNER.pack_into(self.mm, blk + 56, owner)
+            return True
 
     def _take_free(self, need: int) -> int | None:
         mm = self.mm
@@ -261,9 +287,7 @@ class Arena:
                 self._free_locked(blk)
 
     def _pin(self, blk: int) -> None:
-        with self.mutex:
-            pins, released = _B_PINS.unpack_from(self.mm, blk + 24)
-            _B_PINS.pack_into(self.mm, blk + 24, pins + 1, released)
+        self._count_pin(blk, 1)
         if self.ledger is not None:
             self.ledger.change(blk, 1)
 
@@ -323,13 +347,16 @@ class Arena:
         self._anchors[id(wr)] = (wr, blk)
 
     def _unpin(self, blk: int) -> None:
-        if self.mm.closed:
-            return
         if self.ledger is not None:
             self.ledger.change(blk, -1)
+        self._count_pin(blk, -1)
+
+    def _count_pin(self, blk: int, delta: int) -> None:
+        if self.mm.closed:
+            return
         with self.mutex:
             pins, released = _B_PINS.unpack_from(self.mm, blk + 24)
-            pins -= 1
+            pins += delta
             if pins <= 0 and released:
                 self._free_locked(blk)
             else:
@@ -353,13 +380,30 @@ class Arena:
             self.release(blk + BLOCK_HEADER)
         return len(found)
 
+    def bytes_by_owner(self) -> dict[int, int]:
+        """Bytes (headers included) of live, unreleased blocks per owner slot: a diagnostic
+        walk over every block, for leak checks."""
+        out: dict[int, int] = {}
+        with self.mutex:
+            mm = self.mm
+            blk, brk = HEADER_SIZE, _H.unpack_from(mm, 0)[2]
+            while blk < brk:
+                _, state, size, _, _, released, _, _, _ = _B.unpack_from(mm, blk)
+                if state == _USED and not released:
+                    owner = _OWNER.unpack_from(mm, blk + 56)[0]
+                    out[owner] = out.get(owner, 0) + size
+                blk += size
+        return out
+
     def pin(self, offset: int) -> None:
-        """Keep the block at payload ``offset`` alive (a borrowed ref, or a ref in flight in
-        a message); every pin needs one :meth:`unpin`."""
-        self._pin(offset - BLOCK_HEADER)
+        """Keep the block at payload ``offset`` alive while a ref to it travels in a
+        message; whoever reads the message calls :meth:`unpin`, in any process.  Such pins
+        are not in the pin ledger of either process (only :meth:`hold` s are): a process
+        that dies cannot give back a pin it had already passed on."""
+        self._count_pin(offset - BLOCK_HEADER, 1)
 
     def unpin(self, offset: int) -> None:
-        self._unpin(offset - BLOCK_HEADER)
+        self._count_pin(offset - BLOCK_HEADER, -1)
 
     def payload_length(self, offset: int) -> int:
         return struct.unpack_from("<Q", self.mm, offset - BLOCK_HEADER + 48)[0]

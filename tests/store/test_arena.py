@@ -132,6 +132,27 @@ def test_holds_of_one_process_take_one_shared_pin(arena):
     assert arena.bad_releases == 1
 
 
+def test_claim_takes_a_live_block_of_that_generation_only(arena):
+    worker, owner = 5, 1
+    off = arena.allocate(4096, worker)  # a task's result, written by its worker
+    gen = arena.generation(off)
+    assert arena.claim(off, gen, owner)  # the result message arrived: the owner takes it
+    assert arena.release_owned_by(worker) == 0  # the worker's death no longer frees it
+    arena.release(off)
+
+    off2 = arena.allocate(4096, worker)
+    gen2 = arena.generation(off2)
+    assert arena.release_owned_by(worker) == 1  # the worker died before the claim
+    assert not arena.claim(off2, gen2, owner)  # so the owner learns the result is lost
+    off3 = arena.allocate(4096, worker)  # the same place, handed out again
+    assert off3 == off2 and arena.generation(off3) != gen2
+    assert not arena.claim(off2, gen2, owner)  # a stale location never takes a new block
+    assert arena.claim(off3, arena.generation(off3), owner)
+    arena.release(off3)
+    assert arena.statistics().num_blocks == 0
+    check_invariants(arena)
+
+
 def test_full_store_says_what_to_do(arena):
     with pytest.raises(ObjectStoreFullError, match="object_store_memory"):
         arena.allocate(SIZE)
