@@ -221,8 +221,10 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     node = _driver.client().node
     if node is None:
         raise RepartirError("get_actor() is available in the driver only in this version")
-    handle = node.named_actors.get((namespace or "default", name))
-    if handle is None or handle.state == "DEAD":
+    from .runtime.actor import named_handle
+
+    handle = named_handle(node, namespace or "default", name)
+    if handle is None:
         raise ValueError(f"no live actor named {name!r} in namespace {namespace or 'default'!r}")
     return handle
 

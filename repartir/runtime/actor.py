@@ -16,6 +16,14 @@ Faults: a constructor that raises makes the actor dead (every pending and later 
 :class:`~repartir.errors.ActorDiedError` with the cause); a process that dies is restarted up
 to ``max_restarts`` times (the constructor runs again) and the calls it was running are
 re-sent up to ``max_task_retries`` times; after that the actor is dead.
+
+Lifetime (as in Ray): an actor ends when every handle to it is gone.  The creating process
+counts its handles through one :class:`_ActorLife` they share; when the last one dies, an
+exit call is queued behind that process's calls, and the process is stopped once the exit
+call has run (so every call made before runs to the end, and its results stay readable).
+A handle that was passed to a task or another actor makes its actor live until
+``repartir.kill()`` or ``shutdown()`` (copies in other processes are not counted), and so
+does ``lifetime="detached"``.
 """
 
 from __future__ import annotations
@@ -43,6 +51,46 @@ ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "name", "namespace", "life
                  "get_if_exists", "max_restarts", "max_task_retries", "max_concurrency",
                  "memory", "scheduling_strategy"}
 CTOR_FAILED_EXIT = 77  # exit code of an actor process whose constructor raised
+EXIT_METHOD = "__repartir_exit__"  # the call queued when the last handle of an actor dies
+
+
+class _ActorLife:
+    """Shared by the handles of one actor in the process that created it: when the last of
+    them is garbage, the actor is asked to exit (unless a handle escaped to another process
+    or the actor is detached).  ``__del__`` takes no lock: the client acts in ``poll``."""
+
+    __slots__ = ("client", "slot", "actor_id", "class_name", "escaped", "__weakref__")
+
+    def __init__(self, client, slot: int, actor_id: bytes, class_name: str) -> None:
+        self.client = client
+        self.slot = slot
+        self.actor_id = actor_id
+        self.class_name = class_name
+        self.escaped = False
+
+    def __del__(self) -> None:
+        if self.escaped:
+            return
+        try:
+            self.client.dead_actors.append((self.slot, self.actor_id, self.class_name))
+        except AttributeError:  # interpreter shutdown
+            pass
+
+
+def end_actor(client, slot: int, actor_id: bytes, class_name: str) -> None:
+    """Queue the exit call of an actor whose last handle died; stop its process once the
+    call has run (after every earlier call of this process)."""
+    opts = TaskOptions(num_returns=1, demand=(), priority=1, timeout=0.0, max_retries=0,
+                       retry_exceptions=False)
+    ref = client.submit(EXIT_METHOD, (0, 0), f"{class_name}.{EXIT_METHOD}", (), {}, opts,
+                        target=slot, actor_id=actor_id)[0]
+    node = client.node
+
+    def stop(_future) -> None:
+        if client.segment.actor_epoch(slot)[1] == actor_id:
+            node.kill_actor(slot, no_restart=True, cause="all its handles were dropped")
+
+    client.future(ref).add_done_callback(stop)
 
 
 def actor_dead_error(segment, slot: int, actor_id: bytes | None) -> ActorDiedError | None:
@@ -119,8 +167,8 @@ class ActorClass:
         name = opts.get("name")
         namespace = opts.get("namespace") or "default"
         if name is not None:
-            existing = node.named_actors.get((namespace, name))
-            if existing is not None and existing.state != "DEAD":
+            existing = named_handle(node, namespace, name)
+            if existing is not None:
                 if opts.get("get_if_exists"):
                     return existing
                 raise ValueError(f"an actor named {name!r} already exists in namespace "
@@ -141,9 +189,25 @@ class ActorClass:
         slot = node.create_actor(actor_id, creation, config, demand, held)
         handle = ActorHandle(actor_id, slot, self._cls.__qualname__, self._methods,
                              opts.get("max_task_retries", 0), client.session)
+        if opts.get("lifetime") == "detached":
+            node.detached.add(actor_id)
+        else:
+            handle._life = _ActorLife(client, slot, actor_id, self._cls.__qualname__)
+            node.actor_lives[actor_id] = handle._life
         if name is not None:
-            node.named_actors[(namespace, name)] = handle
+            node.named_actors[(namespace, name)] = handle._copy(None)
         return handle
+
+
+def named_handle(node, namespace: str, name: str) -> "ActorHandle | None":
+    """A handle to the live actor ``name`` of ``namespace``, or ``None``."""
+    template = node.named_actors.get((namespace, name))
+    if template is None or template.state == "DEAD":
+        return None
+    life = node.actor_lives.get(template._actor_id)
+    if life is None and template._actor_id not in node.detached:
+        return None  # its last handle died: it is exiting
+    return template._copy(life)
 
 
 class ActorHandle:
@@ -160,6 +224,13 @@ class ActorHandle:
         self._max_task_retries = max_task_retries
         self._session = session
         self._opts: dict = {}
+        self._life: _ActorLife | None = None  # set in the creating process
+
+    def _copy(self, life: "_ActorLife | None") -> "ActorHandle":
+        h = ActorHandle(self._actor_id, self._slot, self._class_name, self._methods,
+                        self._max_task_retries, self._session)
+        h._life = life
+        return h
 
     def __getattr__(self, name: str) -> "ActorMethod":
         methods = self.__dict__.get("_methods") or {}
@@ -177,8 +248,11 @@ class ActorHandle:
                 SlotState.ACTOR_RESTARTING: "RESTARTING"}.get(st, "DEAD")
 
     def __reduce__(self):
-        return (ActorHandle, (self._actor_id, self._slot, self._class_name, self._methods,
-                              self._max_task_retries, self._session))
+        life = self.__dict__.get("_life")
+        if life is not None:
+            life.escaped = True  # copies elsewhere are not counted: it lives until shutdown
+        return (_rebuild_handle, (self._actor_id, self._slot, self._class_name, self._methods,
+                                  self._max_task_retries, self._session))
 
     def __repr__(self) -> str:
         return f"ActorHandle({self._class_name}, {self._actor_id.hex()[:12]})"
@@ -188,6 +262,18 @@ class ActorHandle:
 
     def __hash__(self) -> int:
         return hash(self._actor_id)
+
+
+def _rebuild_handle(actor_id: bytes, slot: int, class_name: str, methods: dict,
+                    max_task_retries: int, session: str) -> ActorHandle:
+    h = ActorHandle(actor_id, slot, class_name, methods, max_task_retries, session)
+    from . import context
+
+    client = context.current_client()
+    node = client.node if client is not None else None
+    if node is not None:  # back in the creating process: share the handles' count
+        h._life = node.actor_lives.get(actor_id)
+    return h
 
 
 class ActorMethod:
@@ -269,7 +355,9 @@ class _Runner:
         self.slot = client.slot
         self.instance = instance
         self.max_concurrency = config["max_concurrency"]
+        self.is_async = config["is_async"]
         self._running_lock = threading.Lock()
+        self.active = 0  # calls running now
 
     def _decode(self, msg):
         _, task_id, owner, body, arena_spec, _epoch = msg
@@ -286,7 +374,7 @@ class _Runner:
             err = TaskCancelledError(f"call {fn_name} was cancelled before it started")
             return owner, failed_message(task_id, err, fn_name)
         try:
-            fn = getattr(self.instance, name)
+            fn = self._drain if name == EXIT_METHOD else getattr(self.instance, name)
         except AttributeError as exc:
             return owner, failed_message(task_id, exc, fn_name)
         return (task_id, owner, fn, fn_name, args_loc, dep_locs, nret)
@@ -294,10 +382,24 @@ class _Runner:
     def _enter(self, owner: int, task_id: bytes) -> None:
         with self._running_lock:
             self.seg.push_running(self.slot, owner, task_id, time.monotonic(), 0.0)
+            self.active += 1
 
     def _leave(self, task_id: bytes) -> None:
         with self._running_lock:
             self.seg.remove_running(self.slot, task_id)
+            self.active -= 1
+
+    def _drain(self):
+        """The exit call: returns once no other call runs (threaded and async actors run
+        several at once); the owner then stops the process."""
+        if self.is_async:
+            async def wait() -> None:
+                while self.active > 1:
+                    await asyncio.sleep(0.001)
+            return wait()
+        while self.active > 1:
+            time.sleep(0.001)
+        return None
 
     def _start(self, msg):
         """Decode a call and record it as running; ``None`` when it was answered at once

@@ -69,6 +69,7 @@ class CoreClient:
         self.backlog: collections.deque[bytes] = collections.deque()
         self.dead_refs: collections.deque[bytes] = collections.deque()
         self.dead_pins: collections.deque[int] = collections.deque()  # of borrowed refs
+        self.dead_actors: collections.deque[tuple] = collections.deque()  # last handle died
         self.borrowed: dict[bytes, Any] = {}
         self.requested: set[bytes] = set()
         self.functions: dict[bytes, tuple[int, int]] = {}
@@ -382,7 +383,7 @@ class CoreClient:
         """Handle what arrived in the inbox, dropped refs and the backlog; returns the
         number of messages handled (0 when another thread is polling)."""
         if not (self.dead_refs or self.dead_pins or self.backlog or self.inbox.pending()
-                or self.arena._pending_unpins):
+                or self.arena._pending_unpins or self.dead_actors):
             return 0  # nothing to do: no lock taken (this runs in every spin of get)
         if not self._poll_lock.acquire(blocking=False):
             return 0
@@ -400,6 +401,10 @@ class CoreClient:
                 self.arena.drain_unpins()
                 if self.backlog:
                     self._flush_backlog()
+            while self.dead_actors:
+                from .actor import end_actor  # the actor module sits above this one
+
+                end_actor(self, *self.dead_actors.popleft())
             return len(msgs)
         finally:
             self._poll_lock.release()

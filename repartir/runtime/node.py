@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 
 from ..config import Config, shm_free_bytes
 from ..errors import ObjectStoreFullError
@@ -97,6 +98,7 @@ class _ActorRecord:
         self.held = held  # refs among the constructor's arguments
         self.restarts_left = config["max_restarts"]
         self.killed = False
+        self.kill_cause = "it was killed by repartir.kill()"
         self.dead = False
 
 
@@ -114,7 +116,9 @@ class Node:
         self.fatal: str | None = None  # set when workers cannot run at all
         self.actors: dict[int, _ActorRecord] = {}
         self.actor_procs: dict[int, subprocess.Popen] = {}
-        self.named_actors: dict[tuple[str, str], object] = {}
+        self.named_actors: dict[tuple[str, str], object] = {}  # handles without a life
+        self.actor_lives = weakref.WeakValueDictionary()  # actor id -> its handles' count
+        self.detached: set[bytes] = set()  # actors with lifetime="detached"
         self._lock = threading.Lock()
 
     # -- start -----------------------------------------------------------------------
@@ -239,13 +243,15 @@ class Node:
         self._spawn(slot, actor=config)
         return slot
 
-    def kill_actor(self, slot: int, no_restart: bool = True) -> None:
+    def kill_actor(self, slot: int, no_restart: bool = True,
+                   cause: str = "it was killed by repartir.kill()") -> None:
         rec = self.actors.get(slot)
         with self._lock:
             proc = self.actor_procs.get(slot)
         if rec is None or proc is None:
             return
         rec.killed = True
+        rec.kill_cause = cause
         if no_restart:
             rec.restarts_left = 0
         try:
@@ -272,7 +278,7 @@ class Node:
         if code == CTOR_FAILED_EXIT:
             cause = seg.note(slot)
         elif rec.killed and rec.restarts_left == 0:
-            cause = "it was killed by repartir.kill()"
+            cause = rec.kill_cause
         elif rec.restarts_left != 0:  # restart: the constructor runs again
             if rec.restarts_left > 0:
                 rec.restarts_left -= 1

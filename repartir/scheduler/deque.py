@@ -239,10 +239,24 @@ class PriorityDeques:
         return self.levels[record[1]].push(record)
 
     def push_many(self, records: list[bytes]) -> int:
-        """Push in order; returns how many of the leading records fit."""
-        if all(r[1] == records[0][1] for r in records):
-            return self.levels[records[0][1]].push_many(records)
-        for i, r in enumerate(records):
+        """Push in order; returns how many of the leading records fit.
+
+        Records of several levels go in level by level, the highest first, when all fit:
+        a thief that looks between two pushes must find the high-priority work first
+        (pushing in submission order let it take a low record it saw alone).  Only the
+        owner pushes, so the room measured first can only grow meanwhile."""
+        first = records[0][1]
+        if all(r[1] == first for r in records):
+            return self.levels[first].push_many(records)
+        by_level: list[list[bytes]] = [[] for _ in self.levels]
+        for r in records:
+            by_level[r[1]].append(r)
+        if all(len(recs) <= d.capacity - len(d) for d, recs in zip(self.levels, by_level)):
+            for d, recs in zip(self.levels, by_level):
+                if recs:
+                    d.push_many(recs)
+            return len(records)
+        for i, r in enumerate(records):  # a level is full: keep the order, push what fits
             if not self.levels[r[1]].push(r):
                 return i
         return len(records)

@@ -12,6 +12,8 @@
 - ``await ref`` in asyncio code, ``ref.future()``.
 - Streaming generators (``num_returns="streaming"``) for tasks and actor methods: items
   arrive while the generator still runs; an error mid-stream; no option -> TypeError.
+- Lifetime: an actor ends once its last handle is gone, after the calls made before; a
+  handle passed to another process keeps it until ``kill``/``shutdown``.
 - Faults: a constructor that raises or exits; an actor process SIGKILLed mid-call (restart,
   retry, state reset, ``ActorDiedError``); ``handle.state``.
 
@@ -400,6 +402,70 @@ def test_detached_actor_outlives_its_handle(rt):
     h2 = repartir.get_actor("keeper")
     assert h2.state == "ALIVE"
     assert repartir.get(h2.inc.remote(), timeout=LONG) == 43
+
+
+# --------------------------------------------------------------------------- lifetime
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return is_gone(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_actor_ends_when_its_last_handle_is_dropped(rt, tmp_path):
+    started, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+    a = Counter.options(num_cpus=1).remote(10)
+    pid = repartir.get(a.pid.remote(), timeout=LONG)
+    blocked = a.block.remote(started, gate)  # running when the handle goes
+    later = [a.inc.remote() for _ in range(3)]  # queued behind it
+    del a
+    gc.collect()
+    assert wait_until(lambda: lines(started), timeout=LONG)
+    time.sleep(0.3)
+    assert not _gone(pid), "the actor stopped before the calls made before its end ran"
+    Path(gate).touch()
+    assert repartir.get(later, timeout=LONG) == [11, 12, 13]  # every call ran, in order
+    assert repartir.get(blocked, timeout=LONG) == 10
+    assert wait_until(lambda: _gone(pid), timeout=LONG), "the actor outlived its handles"
+    assert wait_until(lambda: _available() == (2.0, 1.0, 1.0), timeout=LONG), _available()
+    assert repartir.get(later, timeout=LONG) == [11, 12, 13]  # results outlive the actor
+
+
+def test_threaded_and_async_actors_finish_running_calls_before_ending(rt):
+    for cls, opts in ((Meter, {"max_concurrency": 3}), (AsyncMeter, {})):
+        m = cls.options(**opts).remote()
+        refs = [m.hold.remote(3, LONG) for _ in range(3)]
+        del m
+        gc.collect()
+        assert repartir.get(refs, timeout=LONG) == [3, 3, 3]
+    assert wait_until(lambda: not _actor_procs(), timeout=LONG), _actor_procs()
+
+
+def test_handles_share_the_count_and_named_actors_end_too(rt):
+    a = Counter.options(name="short-lived").remote(1)
+    b = repartir.get_actor("short-lived")  # another handle of the same actor
+    pid = repartir.get(a.pid.remote(), timeout=LONG)
+    del a
+    gc.collect()
+    time.sleep(0.3)
+    assert repartir.get(b.inc.remote(), timeout=LONG) == 2  # b still keeps it alive
+    del b
+    gc.collect()
+    assert wait_until(lambda: _gone(pid), timeout=LONG)
+    with pytest.raises(ValueError):
+        repartir.get_actor("short-lived")
+
+
+def test_a_handle_passed_to_a_task_keeps_its_actor_until_killed(rt):
+    r = Recorder.remote()
+    c = Caller.remote(r)  # r's handle now lives in another process too
+    assert repartir.get(c.via_ctor_handle.remote(5), timeout=LONG) == 1
+    del r
+    gc.collect()
+    time.sleep(0.3)
+    assert repartir.get(c.via_ctor_handle.remote(6), timeout=LONG) == 2
 
 
 def test_kill(rt, tmp_path):
