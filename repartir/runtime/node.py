@@ -415,8 +415,9 @@ class Node:
 
     def _supervise(self) -> None:
         """Every few milliseconds: stop tasks past their timeout, and start an extra worker
-        when queued tasks could run (a CPU is free) but every worker is busy -- because
-        workers blocked in ``get`` lent their CPUs -- up to ``max_workers`` processes."""
+        when a queued task fits in the CPU left but every worker is busy -- because workers
+        blocked in ``get`` lent their CPUs, or tasks ask for fractions of a CPU -- up to
+        ``max_workers`` processes."""
         seg, cfg = self.segment, self.config
         overdue: dict[bytes, float] = {}
         while not self.stopping:
@@ -442,8 +443,11 @@ class Node:
                 if (rec.dead and seg.slot_state(slot)[0] == SlotState.ACTOR_DEAD
                         and seg.inboxes[slot].pending()):
                     self._fail_actor_inbox(slot)
-            if not seg.queued() or seg.available()[0] < 1000:
+            if not seg.queued():
                 continue
+            cpus = seg.available()[0]
+            if cpus <= 0 or (cpus < 1000 and (seg.smallest_queued_cpu() or 1000) > cpus):
+                continue  # no queued task fits in the CPU left
             if self.fatal:
                 continue
             busy = sum(1 for s in slots if seg.running(s))

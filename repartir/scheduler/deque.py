@@ -26,6 +26,7 @@ from ..sync import RobustMutex, address_of
 
 __all__ = ["TaskDeque", "PriorityDeques", "deque_bytes"]
 
+_CPU = struct.Struct("<I")  # a record header's CPU demand, at byte 22 (record.HEADER)
 _TB = struct.Struct("<QQ")
 _LEN = struct.Struct("<I")
 _HDR = 128
@@ -100,6 +101,19 @@ class TaskDeque:
             mm[pos + 4:pos + 4 + n] = rec
         struct.pack_into("<Q", mm, self.offset + 72, bottom + count)
         return count
+
+    def cpu_demands(self, limit: int = 64) -> list[int]:
+        """The CPU demand (milli-CPUs) of up to ``limit`` records, oldest first; nothing is
+        taken.  Records whose header marks the default demand count 1000."""
+        mm = self.mm
+        out = []
+        with self.mutex:
+            top, bottom = _TB.unpack_from(mm, self.offset + 64)
+            for i in range(top, min(bottom, top + limit)):
+                pos = self._base + (i % self.capacity) * self.record_size + 4
+                flags = mm[pos + 2]
+                out.append(1000 if flags & 1 else _CPU.unpack_from(mm, pos + 22)[0])
+        return out
 
     def pop(self) -> bytes | None:
         """The owner takes the newest record (LIFO), or ``None`` if empty."""
@@ -260,6 +274,13 @@ class PriorityDeques:
             if not self.levels[r[1]].push(r):
                 return i
         return len(records)
+
+    def cpu_demands(self, limit: int = 64) -> list[int]:
+        out: list[int] = []
+        for d in self.levels:
+            if len(d):
+                out += d.cpu_demands(limit)
+        return out
 
     def pop_if(self, admit) -> bytes | None:
         for d in self.levels:

@@ -380,6 +380,18 @@ class Segment:
         """Records in all deques (a hint: read without locks)."""
         return sum(len(self.deques[i]) for i in range(self.active_slots))
 
+    def smallest_queued_cpu(self) -> int | None:
+        """The smallest CPU demand (milli-CPUs) among the oldest queued records of every
+        deque, or ``None`` when nothing is queued."""
+        best = None
+        for i in range(self.active_slots):
+            d = self.deques[i]
+            if len(d):
+                for cpu in d.cpu_demands():
+                    if best is None or cpu < best:
+                        best = cpu
+        return best
+
     def notify_work(self, count: int = 1) -> None:
         """Called after pushing ``count`` records: wake sleepers, if any, unless enough
         processes spin to take the work (a spinner re-checks the deques after it stops

@@ -97,9 +97,6 @@ def test_fractional_cpus_run_more_tasks_than_cpus(quarter_cpu_run):
     assert max_overlap(quarter_cpu_run) > 2, quarter_cpu_run
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core limitation: the node starts an extra worker only when a whole CPU is free, so "
-    "four num_cpus=0.5 tasks on num_cpus=2 run at most three at once"))
 def test_fractional_cpus_fill_the_node(quarter_cpu_run):
     assert max_overlap(quarter_cpu_run) == 4, quarter_cpu_run
 
