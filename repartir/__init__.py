@@ -179,9 +179,10 @@ def put(value: Any) -> ObjectRef:
     return _driver.client().put(value)
 
 
-def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
-    """Cancel the task that computes ``object_ref``; ``get`` on it then raises
-    ``TaskCancelledError``.
+def cancel(object_ref: ObjectRef | ObjectRefGenerator, *, force: bool = False,
+           recursive: bool = True) -> None:
+    """Cancel the task that computes ``object_ref`` (or the streaming task of an
+    ``ObjectRefGenerator``); ``get`` on it then raises ``TaskCancelledError``.
 
     A queued task never runs (copies stolen by other workers included).  A running task
     gets ``TaskCancelledError`` raised inside it; with ``force=True`` its worker process is
@@ -189,10 +190,15 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     accepted for Ray compatibility; tasks the cancelled task submitted are not cancelled.
 
     Raises:
-        TypeError: ``object_ref`` is not an ObjectRef.
+        TypeError: ``object_ref`` is not an ObjectRef or ObjectRefGenerator.
     """
+    if isinstance(object_ref, ObjectRefGenerator):
+        if object_ref._task_id is not None and not object_ref.completed():
+            object_ref._client.cancel_task(object_ref._task_id, force)
+        return
     if not isinstance(object_ref, ObjectRef):
-        raise TypeError(f"cancel() takes an ObjectRef, got {type(object_ref).__qualname__}")
+        raise TypeError(f"cancel() takes an ObjectRef or ObjectRefGenerator, got "
+                        f"{type(object_ref).__qualname__}")
     _driver.client().cancel(object_ref, force)
 
 

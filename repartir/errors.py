@@ -75,9 +75,13 @@ class TaskError(RepartirError):
         cause: BaseException | None,
     ) -> "TaskError":
         """Make the error ``get`` raises: an instance of ``TaskError`` and, when the original
-        exception arrived intact, of its type too (``except ValueError`` catches it)."""
+        exception arrived intact and is an ``Exception``, of its type too (``except
+        ValueError`` catches it).  ``SystemExit`` and other ``BaseException`` types that are
+        not ``Exception`` s arrive as a plain ``TaskError`` (``cause`` holds them)."""
         err: TaskError | None = None
-        if cause is not None and not isinstance(cause, TaskError):
+        # SystemExit, KeyboardInterrupt, GeneratorExit: never re-raised as themselves in
+        # the caller (a task's sys.exit() must not end the driver), so only a TaskError
+        if isinstance(cause, Exception) and not isinstance(cause, TaskError):
             err = _dual_instance(type(cause), cause)
         if err is None:
             err = cls(message)

@@ -226,6 +226,23 @@ def test_exception_that_cannot_be_pickled_in_worker_arrives_promptly(rt):
     assert repartir.get(add.remote(1, 1), timeout=30) == 2
 
 
+@repartir.remote(max_retries=0)
+def exits(code):
+    import sys
+
+    sys.exit(code)
+
+
+@pytest.mark.timeout(60)
+def test_sys_exit_in_a_task_is_a_task_error_not_an_exit_of_the_driver(rt):
+    with pytest.raises(repartir.TaskError) as info:
+        repartir.get(exits.remote(3), timeout=30)
+    assert not isinstance(info.value, SystemExit)
+    assert isinstance(info.value.cause, SystemExit) and info.value.cause.code == 3
+    assert "SystemExit" in str(info.value)
+    assert repartir.get(add.remote(1, 2), timeout=30) == 3
+
+
 @pytest.mark.timeout(60)
 def test_unpicklable_result_fails_promptly(rt):
     with pytest.raises(repartir.RepartirError) as info:

@@ -23,6 +23,7 @@ tasks -- has one :class:`CoreClient` bound to its slot of the scheduler segment:
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import pickle
 import threading
@@ -40,6 +41,8 @@ from .messages import (ACTOR_DIED, ARENA_SPEC, CANCEL, CRASH, MSG_ACTOR_EPOCH, M
                        MSG_DONE, MSG_ITEM, MSG_OBJECT, MSG_REQUEST, OK, TIMEOUT, Dep, TaskOptions,
                        name_bad_argument, stop_task)
 from .objectref import ObjectRef, capture_refs
+
+_log = logging.getLogger("repartir")
 
 __all__ = ["CoreClient", "RECORD_HEADER"]
 
@@ -391,7 +394,10 @@ class CoreClient:
             msgs = self.inbox.drain()
             with self._lock:
                 for m in msgs:
-                    self._handle(pickle.loads(m))
+                    try:
+                        self._handle(pickle.loads(m))
+                    except Exception:  # a runtime bug: report it, keep the session usable
+                        _log.exception("repartir: a message could not be handled")
                 if msgs:
                     self._version += 1
                 if self.dead_refs:
@@ -452,7 +458,7 @@ class CoreClient:
             if not self.claim_results([loc]):
                 self._unpin_all(pins)
                 return  # the stream ends with the crash of its process
-            oid = return_id(task_id, index)
+            oid = new_object_id()  # any number of items (return ids stop at 65,534)
             self.table[oid] = [0, loc, None, pins or None]
             t.stream.add(self.make_ref(oid))
         elif kind == MSG_CALL:
@@ -778,7 +784,9 @@ class CoreClient:
 
     def cancel(self, ref: ObjectRef, force: bool = False) -> None:
         """Cancel the task computing ``ref`` (see :func:`repartir.cancel`)."""
-        task_id = ref._id[:14] + b"\0\0"
+        self.cancel_task(ref._id[:14] + b"\0\0", force)
+
+    def cancel_task(self, task_id: bytes, force: bool = False) -> None:
         with self._lock:
             t = self.tasks.get(task_id)
             if t is None or t.cancelled:
@@ -815,8 +823,10 @@ class CoreClient:
 
     def _cancelled(self, t: _Task) -> None:
         self.tasks.pop(t.task_id, None)
-        err = TaskCancelledError(f"task {t.fn_name} was cancelled")
-        self._finish(t, [("x", pickle.dumps(err, 5))] * len(t.return_ids))
+        err = pickle.dumps(TaskCancelledError(f"task {t.fn_name} was cancelled"), 5)
+        if t.stream is not None:
+            t.stream.end(("x", err))
+        self._finish(t, [("x", err)] * len(t.return_ids))
 
     def cancel_queued(self) -> int:
         """Cancel every task of this process that has not started; returns how many."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import collections
 import time
 
-from ..ids import return_id
+from ..ids import new_object_id
 
 __all__ = ["STREAMING", "ObjectRefGenerator", "submit_streaming"]
 
@@ -53,7 +53,7 @@ class ObjectRefGenerator:
             if self._done:
                 if self._error is not None:
                     err, self._error = self._error, None
-                    oid = return_id(self._task_id, 65534)
+                    oid = new_object_id()
                     with client._lock:
                         client.table[oid] = [0, err, None, None]
                         return client.make_ref(oid)

@@ -286,10 +286,11 @@ def run_function(worker: Worker, fn, fn_name: str, args_loc, dep_locs, nret: int
         worker.calls.append(task_id)
         try:
             result = fn(*args, **kwargs)
+            del args, kwargs
+            # a generator's body runs here: it can be cancelled or time out meanwhile too
+            return finish_result(worker, result, fn_name, nret, task_id, owner)
         finally:
             worker.calls.pop()
-        del args, kwargs
-        return finish_result(worker, result, fn_name, nret, task_id, owner)
     except BaseException as exc:  # the task's own error, reported to its owner
         return failed_message(task_id, exc, fn_name)
 

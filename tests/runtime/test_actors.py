@@ -693,6 +693,11 @@ def failing_gen(n):
 
 
 @repartir.remote
+def range_gen(n):
+    yield from range(n)
+
+
+@repartir.remote
 def big_gen(n, size):
     for i in range(n):
         yield bytes([i]) * size
@@ -747,6 +752,37 @@ def test_streaming_error_mid_stream(rt):
     assert repartir.get(refs[:2], timeout=LONG) == [0, 1]
     with pytest.raises(ValueError, match="failed after 2 items"):
         repartir.get(refs[2], timeout=LONG)
+
+
+@repartir.remote
+def endless_gen():
+    i = 0
+    while True:
+        yield i
+        i += 1
+
+
+def test_streaming_more_items_than_return_ids(rt):
+    n = 70_000  # return ids of a task stop at 65,534; stream items take fresh ids
+    gen = range_gen.options(num_returns="streaming").remote(n)
+    total = count = 0
+    for ref in gen:
+        total += repartir.get(ref, timeout=LONG)
+        count += 1
+    assert (count, total) == (n, n * (n - 1) // 2)
+    assert repartir.get(square.remote(3), timeout=LONG) == 9  # the session is fine
+
+
+def test_cancel_a_streaming_task(rt):
+    gen = endless_gen.options(num_returns="streaming").remote()
+    assert repartir.get(next(gen), timeout=LONG) == 0
+    repartir.cancel(gen)
+    refs = list(gen)  # ends: the items made before the cancel, then the error
+    with pytest.raises(repartir.TaskCancelledError):
+        repartir.get(refs[-1], timeout=LONG)
+    assert wait_until(lambda: repartir.available_resources()["CPU"] == 2.0, timeout=LONG)
+    with pytest.raises(TypeError, match="ObjectRefGenerator"):
+        repartir.cancel("not a ref")
 
 
 def test_generator_without_streaming_option_says_to_use_it(rt):
