@@ -14,6 +14,7 @@ Ray's programming model -- ``@repartir.remote`` tasks, ``ObjectRef`` futures,
 
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
 from . import errors
@@ -216,6 +217,10 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     if node is None:
         raise RepartirError("kill() is available in the driver only in this version")
     node.kill_actor(actor._slot, no_restart)
+    if no_restart:  # once kill() returns, the actor is dead and its name is free
+        deadline = time.monotonic() + 10
+        while actor.state != "DEAD" and time.monotonic() < deadline:
+            time.sleep(0.002)
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:

@@ -1,4 +1,6 @@
-"""Configuration: keyword arguments first, ``REPARTIR_*`` environment variables second.
+"""Configuration: the keyword arguments of ``repartir.init()`` first (``num_cpus``,
+``num_gpus``, ``resources``, ``object_store_memory``), ``REPARTIR_*`` environment variables
+second (every setting has one), then the defaults.
 
 Every setting, its variable, unit and default:
 
@@ -89,6 +91,11 @@ def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
     temp_dir = os.environ.get("REPARTIR_TEMP_DIR") or "/tmp/repartir-sessions"
     if num_cpus is None:
         num_cpus = _env_int("REPARTIR_NUM_CPUS") or os.cpu_count() or 1
+    if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or (
+            isinstance(num_cpus, float) and not num_cpus.is_integer()):
+        raise ValueError(f"num_cpus is the number of worker processes: a whole number >= 1, "
+                         f"got {num_cpus!r}")
+    num_cpus = int(num_cpus)
     if num_cpus < 1:
         raise ValueError(f"num_cpus must be at least 1, got {num_cpus}")
     if object_store_memory is None:

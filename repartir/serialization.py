@@ -33,7 +33,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
-from .errors import SerializationError, TaskError
+from .errors import SerializationError, TaskCancelledError, TaskError, TaskTimeoutError
 
 __all__ = [
     "Serialized",
@@ -231,6 +231,8 @@ def serialize(value: Any, what: str = "value") -> Serialized:
             meta = _dumps(_DataPickler, value, buffers.append)
         else:
             meta = _dumps(_DataCloudPickler, value, buffers.append)
+    except (TaskCancelledError, TaskTimeoutError):
+        raise  # the task was stopped (a signal) while its result was being pickled
     except Exception as exc:
         raise SerializationError(
             f"{what} of type {type(value).__module__}.{type(value).__qualname__} cannot be "

@@ -95,7 +95,11 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
                 f"version; call init() without address= to start a local node.")
         config = resolve(num_cpus, object_store_memory, num_gpus, resources)
         node = Node(config)
-        node.start()
+        try:
+            node.start()
+        except BaseException:
+            node.stop(timeout=0.5)  # nothing of a failed start stays behind
+            raise
         client = CoreClient(node.segment, node.arena, 0, config, node.session)
         client.node = node
         client.batch_submits = True
@@ -184,8 +188,15 @@ def arena_bytes_by_owner() -> dict[int, int]:
 
 
 def _after_fork_in_child() -> None:
-    """A forked child shares nothing of the parent's node: it must call init() itself."""
+    """A forked child shares nothing of the parent's node: it must call init() itself.  It
+    closes its copy of the pipe the workers watch, or they would outlive the driver as long
+    as the child lives."""
     global _node, _client, _pump
+    if _node is not None and _node.life_w >= 0:
+        try:
+            os.close(_node.life_w)
+        except OSError:
+            pass
     _node = _client = _pump = None
     context.set_client(None)
 

@@ -107,7 +107,11 @@ class Node:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.session = f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
+        stamp, pid, n = time.strftime('%Y-%m-%d_%H-%M-%S'), os.getpid(), 0
+        self.session = f"{stamp}_{pid}"
+        while os.path.exists(os.path.join(config.temp_dir, f"session_{self.session}")):
+            n += 1  # a second init() of this process within the same second
+            self.session = f"{stamp}.{n}_{pid}"
         self.session_dir = os.path.join(config.temp_dir, f"session_{self.session}")
         self.procs: dict[int, subprocess.Popen] = {}
         self.life_r = self.life_w = -1
@@ -477,7 +481,9 @@ class Node:
         """Stop the workers (asked, then killed after ``timeout``), unmap, remove the
         session directory."""
         self.stopping = True
-        self.segment.begin_shutdown()
+        started = hasattr(self, "arena")  # else start() failed part-way
+        if hasattr(self, "segment"):
+            self.segment.begin_shutdown()
         if self.life_w >= 0:
             os.close(self.life_w)  # the workers see end-of-file and leave
             self.life_w = -1
@@ -490,10 +496,11 @@ class Node:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        for fd in (self.life_r, self.sched_fd, self.arena_fd):
+        for fd in (self.life_r, getattr(self, "sched_fd", -1), getattr(self, "arena_fd", -1)):
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self.arena.close()
+        if started:
+            self.arena.close()
         shutil.rmtree(self.session_dir, ignore_errors=True)

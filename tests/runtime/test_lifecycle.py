@@ -75,6 +75,17 @@ def test_implicit_init_at_first_remote(no_session):
     assert repartir.get(ref) == 42
 
 
+def test_bad_num_cpus_is_a_value_error_and_init_works_after_it(no_session):
+    for bad in (1.5, "2", True, 0):
+        with pytest.raises(ValueError, match="num_cpus"):
+            repartir.init(num_cpus=bad)
+        assert not repartir.is_initialized()
+    assert repartir.init(num_cpus=2.0)["num_cpus"] == 2
+    repartir.shutdown()
+    assert repartir.init(num_cpus=1)["num_cpus"] == 1  # the same second: a new session
+    repartir.shutdown()
+
+
 def test_reinit_after_shutdown(no_session):
     for i in range(2):
         repartir.init(num_cpus=2)
@@ -180,6 +191,16 @@ DRIVER = textwrap.dedent(
         repartir.get(refs)
     elif mode == "idle":
         assert repartir.get([quick.remote(i) for i in range(8)]) == list(range(8))
+        print("READY", flush=True)
+        time.sleep(120)
+    elif mode == "forked":  # a child forked after init() outlives the driver
+        assert repartir.get([quick.remote(i) for i in range(8)]) == list(range(8))
+        child = os.fork()
+        if child == 0:
+            time.sleep(60)
+            os._exit(0)
+        with open(os.path.join(markers, "child"), "w") as f:
+            f.write(str(child))
         print("READY", flush=True)
         time.sleep(120)
     elif mode == "start":
@@ -323,6 +344,22 @@ def test_workers_exit_when_idle_driver_dies(driver_factory):
     d.proc.kill()
     d.proc.wait(10)
     d.assert_cleaned_up()
+
+
+@pytest.mark.timeout(90)
+def test_workers_exit_when_driver_dies_while_its_forked_child_lives(driver_factory, tmp_path):
+    d = driver_factory("forked")
+    d.wait_ready()
+    d.snapshot()
+    child = psutil.Process(int((tmp_path / "d0" / "markers" / "child").read_text()))
+    d.workers = [w for w in d.workers if w.pid != child.pid]
+    try:
+        d.proc.kill()
+        d.proc.wait(10)
+        d.assert_cleaned_up()
+        assert child.is_running()  # the workers left although the child still lives
+    finally:
+        child.kill()
 
 
 @pytest.mark.timeout(90)
