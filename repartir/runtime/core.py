@@ -35,8 +35,7 @@ from ..errors import (GetTimeoutError, InfeasibleTaskError, ObjectLostError, Ser
 from ..ids import new_object_id, new_task_id, return_id
 from ..scheduler import record
 from ..scheduler.record import HEADER as RECORD_HEADER
-from ..serialization import (Serialized, deserialize, deserialize_at, error_from_payload,
-                             error_payload, serialize)
+from ..serialization import Serialized, deserialize, deserialize_at, error_from_payload, serialize
 from .messages import (ACTOR_DIED, ARENA_SPEC, CANCEL, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED,
                        MSG_DONE, MSG_ITEM, MSG_OBJECT, MSG_REQUEST, OK, TIMEOUT, Dep, TaskOptions,
                        name_bad_argument, stop_task)
@@ -503,9 +502,11 @@ class CoreClient:
         elif kind == MSG_REQUEST:
             _, object_id, reply_slot = msg
             e = self.table.get(object_id)
-            if e is None:
-                self._reply(reply_slot, object_id, ("e", error_payload(ObjectLostError(
-                    f"object {object_id.hex()} was freed by its owner"), "get")))
+            if e is None:  # a runtime error, raised as is by the asker's get (no TaskError)
+                err = ObjectLostError(
+                    f"object {object_id.hex()} was freed by its owner (slot {self.slot}) "
+                    f"before this process asked for its value: no ref to it was left there")
+                self._reply(reply_slot, object_id, ("x", pickle.dumps(err, 5)))
             elif e[1] is not None:
                 self._reply(reply_slot, object_id, e[1])
             else:

@@ -11,7 +11,9 @@ arena frees a block only when its owner released it and no pin is left), so the 
 outlives its owner's refs while a borrower holds it.  While a ref is in flight -- pickled,
 not yet unpickled -- something else holds it: a task's arguments are held by the submitter
 until the task completes, and a task's result that contains refs carries *export pins*,
-released when the owner frees that result.
+released when the owner frees that result.  A result never carries a still-pending ref that
+its process owns: the worker waits for the object first (``worker.serialize_ready``), so the
+ref travels with its location, which no longer depends on the returning process's table.
 """
 
 from __future__ import annotations

@@ -73,6 +73,7 @@ class Worker:
         self._charge: tuple = (False, None)  # set by admit(): (uses token, pool charge)
         self.charges: list[tuple] = []  # (uses token, pool charge) of each running task
         self.calls: list[bytes] = []  # ids of the tasks whose function is running now
+        self.runs_calls_serially = False  # an actor that cannot run a call while one waits
         client.helper = self
 
     # -- finding work --------------------------------------------------------------
@@ -296,9 +297,11 @@ def run_function(worker: Worker, fn, fn_name: str, args_loc, dep_locs, nret: int
 
 
 def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: bytes,
-                  owner: int) -> bytes:
+                  owner: int, block: bool = True) -> bytes:
     """Store a call's result(s); for a streaming call, iterate the generator and announce
-    each item to the owner as it comes.  Raises what the task raises."""
+    each item to the owner as it comes.  Raises what the task raises.  Refs this process
+    owns inside the result are waited for first (see :func:`serialize_ready`); with
+    ``block=False`` that raises :class:`RefsPending` instead, before anything is stored."""
     def store(s):  # the task's owner claims its results when they arrive
         return worker.client.store(s)
 
@@ -327,20 +330,84 @@ def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: byte
                 f"{type(result).__name__} of length "
                 f"{len(result) if hasattr(result, '__len__') else 'n/a'}")
         results = result
-    with capture_refs() as exported:
-        locs = [store(serialize(r, f"the return value of {fn_name}")) for r in results]
+    blobs, exported = serialize_ready(worker, results, f"the return value of {fn_name}",
+                                      fn_name, task_id, block)
+    locs = [store(s) for s in blobs]
     pins = export_pins(worker.client, exported) if exported else None
     return pickle.dumps((MSG_DONE, task_id, OK, locs, pins), 5)
 
 
 def stream_item(worker: Worker, item, fn_name: str, index: int, task_id: bytes,
-                owner: int) -> None:
+                owner: int, block: bool = True) -> None:
     """Store one item of a streaming call and announce it to the owner at once."""
-    with capture_refs() as exported:
-        loc = worker.client.store(serialize(item, f"item {index} yielded by {fn_name}"))
-
+    blobs, exported = serialize_ready(worker, (item,), f"item {index} yielded by {fn_name}",
+                                      fn_name, task_id, block)
+    loc = worker.client.store(blobs[0])
     pins = export_pins(worker.client, exported)
     worker.send(owner, pickle.dumps((MSG_ITEM, task_id, index, loc, pins), 5))
+
+
+class RefsPending(Exception):
+    """Raised instead of waiting (``block=False``, in an async actor): the value holds refs
+    this process owns whose objects are not ready; await them, then store it again."""
+
+    def __init__(self, refs: list) -> None:
+        super().__init__(refs)
+        self.refs = refs
+
+
+def serialize_ready(worker: Worker, values, what: str, fn_name: str, task_id: bytes,
+                    block: bool = True) -> tuple[list, list]:
+    """Serialize ``values`` (nothing is stored yet); returns the blobs and the refs they
+    contain.  A ref owned by this process whose object is still pending would arrive
+    without a location, and its entry here dies with the task's local refs: so first wait
+    for those objects (helping with queued tasks meanwhile, as ``get`` does) and serialize
+    again -- then every ref carries its location (an inline value, an arena block that
+    :func:`export_pins` keeps alive, or its task's error)."""
+    client = worker.client
+    while True:
+        with capture_refs() as exported:
+            blobs = [serialize(v, what) for v in values]
+        pending = pending_owned(client, exported) if exported else None
+        if not pending:
+            return blobs, exported
+        del blobs
+        if not block:
+            raise RefsPending(pending)
+        check_not_own_calls(worker, pending, fn_name)
+        worker.calls.append(task_id)  # cancel and timeout stop the task while it waits
+        try:
+            client.wait(pending, len(pending), None)
+        finally:
+            worker.calls.pop()
+
+
+def pending_owned(client: CoreClient, refs) -> list:
+    """Those of ``refs`` owned by this process whose objects are not ready yet."""
+    table = client.table
+    pending = {}
+    for ref in refs:
+        if ref._owned and ref._client is client:
+            e = table.get(ref._id)
+            if e is not None and e[1] is None:
+                pending[ref._id] = ref
+    return list(pending.values())
+
+
+def check_not_own_calls(worker: Worker, refs, fn_name: str) -> None:
+    """An actor that runs one call at a time (or an async actor blocked here) cannot run a
+    call on itself while this one waits: refuse instead of hanging."""
+    if not worker.runs_calls_serially:
+        return
+    client = worker.client
+    for ref in refs:
+        t = client.tasks.get(ref._id[:14] + b"\0\0")
+        if t is not None and t.target == client.slot:
+            raise RuntimeError(
+                f"{fn_name} returned a ref to {t.fn_name} on its own actor, which has not run "
+                f"yet: the actor runs it only after this call returns, so its result can never "
+                f"be ready for the return value. Return the handle's call from another process, "
+                f"or give the actor max_concurrency > 1.")
 
 
 def export_pins(client, refs) -> list[int] | None:

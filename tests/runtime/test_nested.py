@@ -9,11 +9,16 @@ extra workers, but never more than the cap (``2 x num_cpus`` processes).  Checke
 - the peak number of live child processes of the driver (sampled with psutil while the
   recursion runs) never exceeds ``2 x num_cpus``;
 - a remote function calling itself by name, also when it is defined inside another function;
-- refs made by the driver, passed down through nested tasks, read at the bottom.
+- refs made by the driver, passed down through nested tasks, read at the bottom;
+- a task, actor method or streaming item that returns a ref to a task it submitted and that
+  has not finished (directly, inside a list): the worker waits for that object before it
+  sends the result, so the driver can ``get`` it (small and arena values, the inner task's
+  error), also on one CPU, and the arena gives every byte back.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 
@@ -22,7 +27,7 @@ import pytest
 
 import repartir
 from repartir.runtime import driver
-from rtsupport import wait_until
+from rtsupport import settled_used_bytes, wait_until
 from sessionsupport import PeakChildren, Sessions
 
 pytestmark = pytest.mark.timeout(120)
@@ -215,6 +220,264 @@ def test_extra_workers_retire_after_recursion(node):
     assert rt.get(fib_bench.remote(20, 12), timeout=60) == 6765
     assert wait_until(lambda: len(driver.worker_pids()) == 1, timeout=15), driver.worker_pids()
     assert rt.get(whoami.remote(), timeout=30) in driver.worker_pids()
+
+
+# --------------------------------------------------------------------------- returned refs
+# A task that returns a ref to a task it submitted owns that ref's object; the ref it returns
+# must arrive in the driver with the object's location (or error), not be freed with the
+# task's local refs while the inner task still runs.
+
+BIG = 512 * 1024  # float64 elements: 4 MiB, an arena object
+
+
+@repartir.remote
+def double(x):
+    return x * 2
+
+
+@repartir.remote
+def ones(n):
+    return np.ones(n)
+
+
+@repartir.remote
+def gated(x, gate):
+    """``x`` once the file ``gate`` exists (the test opens it)."""
+    assert wait_until(lambda: os.path.exists(gate), timeout=60), "gate never opened"
+    return x
+
+
+@repartir.remote
+def fails(message):
+    raise ValueError(message)
+
+
+@repartir.remote
+def return_ref(kind, arg=None):
+    """Returns a ref to a task it submits, without waiting for it."""
+    if kind == "small":
+        return double.remote(3)
+    if kind == "big":
+        return ones.remote(BIG)
+    if kind == "list":
+        return [double.remote(3), ones.remote(BIG), double.remote(4)]
+    if kind == "gated":
+        return gated.remote(7, arg)
+    if kind == "fails":
+        return fails.remote(arg)
+    if kind == "fails_in_list":
+        return [double.remote(1), fails.remote(arg)]
+    raise AssertionError(kind)
+
+
+@repartir.remote
+def nest_refs(depth):
+    """A ref to a ref to ... to ``0``: each level returns the next one's pending ref."""
+    return 0 if depth == 0 else nest_refs.remote(depth - 1)
+
+
+@repartir.remote
+def stream_refs(n):
+    for i in range(n):
+        yield [double.remote(i), ones.remote(BIG)]
+
+
+@repartir.remote
+class RefReturner:
+    def small(self):
+        return double.remote(3)
+
+    def big(self):
+        return [ones.remote(BIG)]
+
+    def fails(self, message):
+        return fails.remote(message)
+
+    def six(self):
+        return 6
+
+    def call_on(self, handle):
+        return handle.six.remote()  # a call on this very actor when handle is its own
+
+    def stream(self, n):
+        for i in range(n):
+            yield double.remote(i)
+
+
+@repartir.remote
+class AsyncRefReturner:
+    async def small(self):
+        return double.remote(3)
+
+    async def big(self):
+        return [ones.remote(BIG)]
+
+    async def six(self):
+        return 6
+
+    async def call_on(self, handle):
+        return handle.six.remote()
+
+    async def stream(self, n):
+        for i in range(n):
+            yield double.remote(i)
+
+
+def get2(rt, ref, timeout=60):
+    """The value behind the ref that ``ref``'s task returned."""
+    return rt.get(rt.get(ref, timeout=timeout), timeout=timeout)
+
+
+@pytest.mark.parametrize("num_cpus", [1, 2])
+def test_returned_pending_ref_small_and_big(node, num_cpus):
+    rt = node(num_cpus=num_cpus)
+    for _ in range(5):
+        assert get2(rt, return_ref.remote("small")) == 6
+        big = get2(rt, return_ref.remote("big"))
+        assert big.shape == (BIG,) and float(big.sum()) == BIG
+        a, b, c = [rt.get(r, timeout=60) for r in rt.get(return_ref.remote("list"), timeout=60)]
+        assert (a, float(b.sum()), c) == (6, BIG, 8)
+
+
+def test_returned_ref_waits_for_its_object(node, tmp_path):
+    """The inner task is held back by a gate: the outer one cannot complete before it, and
+    the ref it returns then reads the value (the very case that used to be freed)."""
+    rt = node(num_cpus=2)
+    gate = str(tmp_path / "gate")
+    outer = return_ref.remote("gated", gate)
+    ready, _ = rt.wait([outer], timeout=0.5)
+    assert not ready, "the task returned its ref before the object was ready"
+    open(gate, "w").close()
+    assert get2(rt, outer) == 7
+
+
+@pytest.mark.parametrize("num_cpus", [1, 2])
+def test_chain_of_returned_refs(node, num_cpus):
+    """Each level returns the next level's pending ref; on one CPU the waiting worker runs
+    the inner tasks itself (no deadlock)."""
+    rt = node(num_cpus=num_cpus)
+    ref = nest_refs.remote(6)
+    for _ in range(6):
+        ref = rt.get(ref, timeout=60)
+        assert isinstance(ref, repartir.ObjectRef)
+    assert rt.get(ref, timeout=60) == 0
+
+
+@pytest.mark.parametrize("kind", ["fails", "fails_in_list"])
+def test_returned_ref_of_failed_task_raises_its_error(node, kind):
+    rt = node(num_cpus=2)
+    got = rt.get(return_ref.remote(kind, "inner task failed"), timeout=60)
+    ref = got if kind == "fails" else got[1]
+    with pytest.raises(ValueError, match="inner task failed") as info:
+        rt.get(ref, timeout=60)
+    assert not isinstance(info.value, repartir.ObjectLostError)
+    if kind == "fails_in_list":
+        assert rt.get(got[0], timeout=60) == 2
+
+
+def test_streamed_items_with_pending_refs(node):
+    rt = node(num_cpus=2)
+    gen = stream_refs.options(num_returns="streaming").remote(3)
+    for i, item in enumerate(gen):
+        small, big = rt.get(item, timeout=60)
+        assert rt.get(small, timeout=60) == 2 * i
+        assert float(rt.get(big, timeout=60).sum()) == BIG
+
+
+@pytest.mark.parametrize("cls", [RefReturner, AsyncRefReturner])
+def test_actor_method_returns_pending_ref(node, cls):
+    rt = node(num_cpus=2)
+    a = cls.remote()
+    for _ in range(3):
+        assert get2(rt, a.small.remote()) == 6
+        (big,) = [rt.get(r, timeout=60) for r in rt.get(a.big.remote(), timeout=60)]
+        assert float(big.sum()) == BIG
+    gen = a.stream.options(num_returns="streaming").remote(3)
+    assert [get2(rt, item) for item in gen] == [0, 2, 4]
+    if cls is RefReturner:
+        with pytest.raises(ValueError, match="failed in an actor"):
+            get2(rt, a.fails.remote("failed in an actor"))
+    del a
+
+
+def test_actor_returning_pending_call_on_itself(node):
+    """An actor that runs one call at a time cannot wait for a call on itself: the call
+    fails with a message that says so (instead of hanging); an async actor, or one with
+    more than one thread, runs the inner call meanwhile."""
+    rt = node(num_cpus=2)
+    serial = RefReturner.remote()
+    threaded = RefReturner.options(max_concurrency=2).remote()
+    asynchronous = AsyncRefReturner.remote()
+    try:
+        with pytest.raises(RuntimeError, match="on its own actor"):
+            rt.get(serial.call_on.remote(serial), timeout=60)
+        assert rt.get(serial.six.remote(), timeout=60) == 6  # still usable
+        assert get2(rt, threaded.call_on.remote(threaded)) == 6
+        assert get2(rt, asynchronous.call_on.remote(asynchronous)) == 6
+    finally:
+        for h in (serial, threaded, asynchronous):  # passed to themselves: never collected
+            rt.kill(h)
+
+
+def test_returned_refs_leave_no_arena_bytes(node):
+    """Every round stores 4 MiB arrays that reach the driver through returned refs (tasks,
+    lists, actors, streams, failures); once the driver drops them the arena is back to its
+    level -- a leak of one array would be 4 MiB (function blobs exported meanwhile by
+    workers seen for the first time are small)."""
+    rt = node(num_cpus=2)
+    a = RefReturner.remote()
+
+    def round_trip():
+        got = [rt.get(return_ref.remote("big"), timeout=60),
+               rt.get(return_ref.remote("list"), timeout=60),
+               rt.get(a.big.remote(), timeout=60),
+               rt.get(return_ref.remote("fails", "x"), timeout=60)]
+        values = [rt.get(got[0], timeout=60), rt.get(got[1], timeout=60),
+                  rt.get(got[2], timeout=60)]
+        for item in stream_refs.options(num_returns="streaming").remote(2):
+            values.append(rt.get(rt.get(item, timeout=60), timeout=60))
+        dropped = [return_ref.remote("big") for _ in range(3)]  # results never read
+        rt.wait(dropped, num_returns=3, timeout=60)
+        del got, values, dropped
+
+    round_trip()  # warm up: function blobs, workers
+    before = settled_used_bytes()
+    for _ in range(4):
+        round_trip()
+    after = settled_used_bytes()
+    assert after - before < 1 << 20, f"arena used bytes grew from {before} to {after}"
+    del a
+
+
+def test_freed_object_error_names_no_task_get(node, tmp_path):
+    """A borrowed ref that left its owner before the object was ready, and whose owner then
+    dropped it (a limit of owner-side counting): ``get`` raises ``ObjectLostError`` saying
+    the owner freed it -- from the actor's call, not as a task called "get"."""
+    rt = node(num_cpus=2)
+    gate = str(tmp_path / "gate")
+    k = Keeper.remote()
+    ref = gated.remote(1, gate)
+    oid = ref.binary()
+    assert rt.get(k.keep.remote([ref]), timeout=60)  # pickled while pending: no location
+    open(gate, "w").close()
+    assert rt.get(ref, timeout=60) == 1
+    del ref
+    assert wait_until(lambda: (gc.collect(), not driver.client().owns(oid))[1], timeout=30)
+    with pytest.raises(repartir.ObjectLostError, match="freed by its owner") as info:
+        rt.get(k.read.remote(), timeout=60)
+    assert "task get raised" not in str(info.value)
+    assert "task Keeper.read raised" in str(info.value)
+    del k
+
+
+@repartir.remote
+class Keeper:
+    def keep(self, box):
+        self.box = box
+        return True
+
+    def read(self):
+        return repartir.get(self.box[0], timeout=30)
 
 
 # --------------------------------------------------------------------------- deep recursion
