@@ -27,6 +27,12 @@ setting                        environment variable            default
 ``deque_capacity``             ``REPARTIR_DEQUE_CAPACITY``     8192 task records per process deque
 ``inbox_bytes``                ``REPARTIR_INBOX_BYTES``        8 MiB per process inbox ring
 ``max_actors``                 ``REPARTIR_MAX_ACTORS``         64 actor processes per node
+``log_to_driver``              ``REPARTIR_LOG_TO_DRIVER``      1: workers' and actors' stdout and
+                                                               stderr go to the driver's, each
+                                                               line prefixed ``(worker pid=N)``
+                                                               or ``(ClassName pid=N)``; 0: to
+                                                               ``worker-<slot>.log`` files in the
+                                                               session dir (removed at shutdown)
 ============================== =============================== =====================================
 """
 
@@ -56,6 +62,7 @@ class Config:
     deque_capacity: int = 8192
     inbox_bytes: int = 8 * MiB
     max_actors: int = 64
+    log_to_driver: bool = True
 
 
 def _env_int(name: str) -> int | None:
@@ -66,6 +73,18 @@ def _env_int(name: str) -> int | None:
         return int(float(raw))
     except ValueError:
         raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"environment variable {name}={raw!r} is not 0 or 1")
 
 
 def _total_memory() -> int:
@@ -136,4 +155,5 @@ def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
         deque_capacity=_env_int("REPARTIR_DEQUE_CAPACITY") or 8192,
         inbox_bytes=_env_int("REPARTIR_INBOX_BYTES") or 8 * MiB,
         max_actors=_env_int("REPARTIR_MAX_ACTORS") or 64,
+        log_to_driver=_env_bool("REPARTIR_LOG_TO_DRIVER", True),
     )

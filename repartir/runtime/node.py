@@ -1,11 +1,17 @@
 """The composition root of one machine: session, shared memory, worker processes.
 
 ``Node.start`` makes the session directory (``/tmp/repartir-sessions/session_<time>_<pid>/``, with
-``session.json`` and the workers' logs), creates the scheduler segment and the arena in
-``/dev/shm`` and **unlinks them at once**: every process of the node holds them through
-inherited file descriptors, so nothing of the session can outlive its processes, even after
-``SIGKILL`` of the driver.  It then starts the workers, and a monitor thread per worker that
-reports a worker's death to the owner of the task it was running and starts a replacement.
+``session.json``, and the workers' logs when their output is not forwarded), creates the
+scheduler segment and the arena in ``/dev/shm`` and **unlinks them at once**: every process of
+the node holds them through inherited file descriptors, so nothing of the session can outlive
+its processes, even after ``SIGKILL`` of the driver.  It then starts the workers, and a
+monitor thread per worker that reports a worker's death to the owner of the task it was
+running and starts a replacement.
+
+The stdout and stderr of every worker and actor process go, line by line and prefixed with
+the process, to the driver's own ``sys.stdout`` and ``sys.stderr`` (one thread for all of
+them: :mod:`repartir.runtime.output`), or, with ``REPARTIR_LOG_TO_DRIVER=0``, to
+``worker-<slot>.log`` in the session directory.
 
 Start-up also sweeps away what dead sessions left (their directories and any
 ``/dev/shm/repartir-<session>-*`` name).
@@ -33,6 +39,7 @@ from ..store.arena import BLOCK_HEADER, Arena
 from ..scheduler.record import NRES
 from ..errors import RepartirError
 from .actor import CTOR_FAILED_EXIT
+from .output import OutputForwarder
 from .messages import (ACTOR_DIED, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM,
                        OK, TIMEOUT, stop_task)
 
@@ -124,6 +131,7 @@ class Node:
         self.actor_lives = weakref.WeakValueDictionary()  # actor id -> its handles' count
         self.detached: set[bytes] = set()  # actors with lifetime="detached"
         self._lock = threading.Lock()
+        self.output: OutputForwarder | None = None  # None: output goes to log files
 
     # -- start -----------------------------------------------------------------------
 
@@ -153,6 +161,8 @@ class Node:
             json.dump({"pid": os.getpid(), "session": self.session,
                        "num_cpus": cfg.num_cpus,
                        "object_store_memory": cfg.object_store_memory}, f)
+        if cfg.log_to_driver:
+            self.output = OutputForwarder()
         for i in range(cfg.num_cpus):
             self._spawn(i + 1)
         threading.Thread(target=self._supervise, daemon=True, name="repartir-supervisor").start()
@@ -198,16 +208,42 @@ class Node:
             "cwd": os.getcwd(),
         }
         env = dict(os.environ, REPARTIR_WORKER_SPEC=json.dumps(spec))
-        log = open(os.path.join(self.session_dir, f"worker-{slot}.log"), "ab")
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "repartir.runtime.worker", self.session],
-                pass_fds=(self.sched_fd, self.arena_fd, self.life_r),
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                close_fds=True,
-            )
-        finally:
-            log.close()
+        # -u: a task's print reaches the pipe (or log) at once, and is not lost in a buffer
+        # when the process leaves with os._exit
+        cmd = [sys.executable, "-u", "-m", "repartir.runtime.worker", self.session]
+        pass_fds = (self.sched_fd, self.arena_fd, self.life_r)
+        output = self.output
+        if output is None:
+            log = open(os.path.join(self.session_dir, f"worker-{slot}.log"), "ab")
+            try:
+                proc = subprocess.Popen(cmd, pass_fds=pass_fds, env=env,
+                                        stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                        close_fds=True)
+            finally:
+                log.close()
+        else:
+            # os.pipe: both ends non-inheritable; Popen puts only the write ends in the child
+            # (as its fds 1 and 2), so no other child ever holds a read end
+            out_r, out_w = os.pipe()
+            try:
+                err_r, err_w = os.pipe()
+            except OSError:
+                os.close(out_r)
+                os.close(out_w)
+                raise
+            try:
+                proc = subprocess.Popen(cmd, pass_fds=pass_fds, env=env,
+                                        stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
+                                        close_fds=True)
+            except BaseException:
+                os.close(out_r)
+                os.close(err_r)
+                raise
+            finally:
+                os.close(out_w)
+                os.close(err_w)
+            name = actor["class_name"].rsplit(".", 1)[-1] if actor else "worker"
+            output.add(proc, f"({name} pid={proc.pid}) ", out_r, err_r)
         self.segment.claim_slot(state, proc.pid, slot)
         with self._lock:
             (self.actor_procs if actor else self.procs)[slot] = proc
@@ -265,6 +301,7 @@ class Node:
 
     def _watch_actor(self, slot: int, proc: subprocess.Popen) -> None:
         code = proc.wait()
+        self._finish_output(proc)
         if self.stopping or self.segment.shutting_down:
             return
         seg = self.segment
@@ -364,6 +401,7 @@ class Node:
 
     def _watch(self, slot: int, proc: subprocess.Popen) -> None:
         code = proc.wait()
+        tail = self._finish_output(proc)
         if self.stopping or self.segment.shutting_down:
             return
         state, _ = self.segment.slot_state(slot)
@@ -385,7 +423,7 @@ class Node:
             if self.startup_failures >= 3:
                 self.fatal = (
                     f"worker processes fail to start (exit code {code}); the last one "
-                    f"wrote:\n{self._log_tail(slot)}")
+                    f"wrote:\n{self._log_tail(slot) if tail is None else tail[-3000:]}")
                 self.segment.set_slot_state(slot, SlotState.DEAD)
                 return
         else:
@@ -407,6 +445,14 @@ class Node:
             self.segment.notify_work(len(leftovers))
         if not self.stopping and slot <= self.config.num_cpus:
             self._spawn(slot)
+
+    def _finish_output(self, proc: subprocess.Popen) -> str | None:
+        """Forward the rest of a dead process's output and close its pipes; returns its last
+        lines (``None`` when its output went to a log file, or is not known)."""
+        if self.output is None:
+            return None
+        tail = self.output.finish(proc)
+        return "(no output)" if tail == "" else tail
 
     def _log_tail(self, slot: int, nbytes: int = 3000) -> str:
         try:
@@ -496,6 +542,8 @@ class Node:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        if self.output is not None:
+            self.output.close()  # forwards what the processes left in their pipes
         for fd in (self.life_r, getattr(self, "sched_fd", -1), getattr(self, "arena_fd", -1)):
             try:
                 os.close(fd)

@@ -491,3 +491,181 @@ def test_ctrl_c_in_get_leaves_the_session_usable(tmp_path):
     old = lines[2].split()
     assert old[0] == "OLD" and len(old) == 3, lines
     assert set(old[1:]) <= {"2.0", "TaskCancelledError"}, lines
+
+
+# --------------------------------------------------------------------------- worker output
+
+OUTPUT_DRIVER = textwrap.dedent(
+    """
+    import logging, os, sys, threading
+    import repartir
+
+    info = repartir.init(num_cpus=1)
+
+    @repartir.remote
+    def chatty():
+        print("TASK-OUT", "é")
+        logging.warning("TASK-WARN")
+        sys.stdout.write("NO-NEWLINE")  # the worker's last output: forwarded when it exits
+        return os.getpid()
+
+    @repartir.remote
+    class Greeter:
+        def hi(self):
+            print("ACTOR-OUT")
+            return os.getpid()
+
+    print("WORKER", repartir.get(chatty.remote(), timeout=30), flush=True)
+    print("ACTOR", repartir.get(Greeter.remote().hi.remote(), timeout=30), flush=True)
+    log = os.path.join(info["session_dir"], "worker-1.log")
+    with open(log, "rb") if os.path.exists(log) else open(os.devnull, "rb") as f:
+        print("LOG-HAS-OUTPUT", b"TASK-OUT" in f.read(), flush=True)
+    repartir.shutdown()
+    print("SHUTDOWN-DONE", [t.name for t in threading.enumerate() if t.name == "repartir-output"])
+    """
+)
+
+
+def _run_driver(script: str, tmp_path: Path, **env_extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.pop("REPARTIR_LOG_TO_DRIVER", None)
+    env.pop("PYTHONUNBUFFERED", None)  # the node must make the workers' output unbuffered
+    env.update(env_extra)
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True, text=True, encoding="utf-8", errors="replace",
+        timeout=60, cwd=tmp_path, env=env,
+    )
+
+
+def _value_after(stdout: str, word: str) -> str:
+    line = next((l for l in stdout.splitlines() if l.startswith(word + " ")), None)
+    assert line is not None, f"no {word} line in:\n{stdout}"
+    return line.split(" ", 1)[1]
+
+
+@pytest.mark.timeout(90)
+def test_task_and_actor_output_reaches_the_driver(tmp_path):
+    """print, sys.stdout.write and logging in tasks and actor methods reach the driver's own
+    stdout and stderr, each line prefixed with its process, all of it before shutdown()
+    returns; the forwarding thread ends with shutdown()."""
+    proc = _run_driver(OUTPUT_DRIVER, tmp_path, PYTHONIOENCODING="utf-8")
+    out, err = proc.stdout, proc.stderr
+    assert proc.returncode == 0, err[-4000:]
+    worker, actor = _value_after(out, "WORKER"), _value_after(out, "ACTOR")
+    lines = out.splitlines()
+    assert f"(worker pid={worker}) TASK-OUT é" in lines, out
+    assert f"(Greeter pid={actor}) ACTOR-OUT" in lines, out
+    assert f"(worker pid={worker}) NO-NEWLINE" in lines, out  # a last line without newline
+    assert lines.index(f"(worker pid={worker}) NO-NEWLINE") < lines.index(
+        next(l for l in lines if l.startswith("SHUTDOWN-DONE"))), out
+    assert any(l.startswith(f"(worker pid={worker}) ") and "TASK-WARN" in l
+               for l in err.splitlines()), err
+    assert "TASK-OUT" not in err and "TASK-WARN" not in out
+    assert _value_after(out, "SHUTDOWN-DONE") == "[]", "the forwarding thread outlives shutdown()"
+
+
+@pytest.mark.timeout(90)
+def test_log_to_driver_off_keeps_output_in_the_log_files(tmp_path):
+    proc = _run_driver(OUTPUT_DRIVER, tmp_path, REPARTIR_LOG_TO_DRIVER="0")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for stream in (proc.stdout, proc.stderr):
+        assert "pid=" not in stream and "TASK-" not in stream and "ACTOR-OUT" not in stream, stream
+    assert _value_after(proc.stdout, "LOG-HAS-OUTPUT") == "True", proc.stdout
+
+
+BROKEN_WORKERS = textwrap.dedent(
+    """
+    import os, sys
+    import repartir
+
+    # the workers (fresh interpreters) import this broken package instead of repartir
+    broken = os.path.abspath("broken")
+    os.makedirs(os.path.join(broken, "repartir"))
+    with open(os.path.join(broken, "repartir", "__init__.py"), "w") as f:
+        f.write("import sys\\n"
+                "print('BROKEN-WORKER-MARK', file=sys.stderr)\\n"
+                "raise SystemExit(3)\\n")
+    os.environ["PYTHONPATH"] = broken
+
+    repartir.init(num_cpus=1)
+
+    @repartir.remote
+    def one():
+        return 1
+
+    try:
+        repartir.get(one.remote(), timeout=50)
+        print("NO ERROR")
+    except repartir.WorkerCrashedError as exc:
+        print("ERROR", "fail to start" in str(exc), "BROKEN-WORKER-MARK" in str(exc))
+    repartir.shutdown()
+    """
+)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("forward", ["1", "0"], ids=["forwarded", "log-files"])
+def test_workers_that_fail_to_start_report_their_output(tmp_path, forward):
+    """Workers that cannot start make ``get`` raise with what they wrote -- kept in memory
+    when output is forwarded, read from the log file otherwise."""
+    proc = _run_driver(BROKEN_WORKERS, tmp_path, REPARTIR_LOG_TO_DRIVER=forward)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert _value_after(proc.stdout, "ERROR") == "True True", proc.stdout + proc.stderr[-4000:]
+    forwarded = any(l.startswith("(worker pid=") and l.endswith(") BROKEN-WORKER-MARK")
+                    for l in proc.stderr.splitlines())
+    assert forwarded == (forward == "1"), proc.stderr[-4000:]
+
+
+def _pipes(pid: int | str = "self") -> dict[int, tuple[str, int]]:
+    """fd -> (pipe inode, access mode) of ``pid``'s pipes."""
+    found = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                flags = next(int(l.split()[1], 8) for l in f if l.startswith("flags:"))
+        except (OSError, StopIteration):
+            continue
+        if target.startswith("pipe:"):
+            found[int(fd)] = (target, flags & os.O_ACCMODE)
+    return found
+
+
+@repartir.remote
+class Quiet:
+    def pid(self):
+        return os.getpid()
+
+
+@pytest.mark.timeout(60)
+def test_output_pipes_are_closed_and_not_inherited(no_session):
+    """The driver holds one read end per worker and actor stream; no worker or actor holds
+    the read end of any (not even its own); a dead process's pipes are closed; shutdown()
+    closes the rest."""
+    from repartir.runtime import driver
+
+    before = _pipes()
+    repartir.init(num_cpus=2)
+    actor = Quiet.remote()
+    actor_pid = repartir.get(actor.pid.remote(), timeout=30)
+    new = [v for fd, v in _pipes().items() if fd not in before]
+    # the read ends of output pipes: pipes of which the driver holds no write end (unlike
+    # the workers' life pipe and the forwarder's wake-up pipe)
+    reads = ({inode for inode, mode in new if mode == os.O_RDONLY}
+             - {inode for inode, mode in new if mode == os.O_WRONLY})
+    pids = [*driver.worker_pids(), actor_pid]
+    assert len(reads) == 2 * len(pids), new
+    for pid in pids:
+        held = {inode: mode for inode, mode in _pipes(pid).values() if inode in reads}
+        assert len(held) == 2 and set(held.values()) == {os.O_WRONLY}, (pid, held)
+
+    victim = driver.worker_pids()[0]
+    victim_pipes = {inode for inode, _ in _pipes(victim).values() if inode in reads}
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: not victim_pipes & {v[0] for v in _pipes().values()}, 10.0), (
+        "the read ends of a dead worker's pipes stay open")
+    assert repartir.get(add.remote(1, 2), timeout=30) == 3
+    repartir.shutdown()
+    assert _pipes() == before
