@@ -73,6 +73,9 @@ class CoreClient:
         self.dead_pins: collections.deque[int] = collections.deque()  # of borrowed refs
         self.dead_actors: collections.deque[tuple] = collections.deque()  # last handle died
         self.borrowed: dict[bytes, Any] = {}
+        self.borrow_counts: dict[bytes, int] = {}  # borrowed ObjectRefs alive, per object
+        self.dead_borrows: collections.deque[bytes] = collections.deque()
+        self.borrow_holds: dict[bytes, int] = {}  # arena holds of locations heard of late
         self.requested: set[bytes] = set()
         self.functions: dict[bytes, tuple[int, int]] = {}
         self._headers: dict[TaskOptions, tuple[bytes, bytes]] = {}  # record header parts
@@ -102,7 +105,26 @@ class CoreClient:
         return ObjectRef(object_id, self.slot, self, True)
 
     def note_borrowed(self, object_id: bytes, loc) -> None:
-        self.borrowed[object_id] = loc
+        """A borrowed ref to ``object_id`` was made in this process (``loc``: its location,
+        ``None`` while unknown).  Counted, so that the entry goes with the last such ref."""
+        self.borrow_counts[object_id] = self.borrow_counts.get(object_id, 0) + 1
+        if loc is not None:
+            self.borrowed[object_id] = loc
+
+    def _drop_borrowed(self) -> None:
+        counts = self.borrow_counts
+        while self.dead_borrows:
+            oid = self.dead_borrows.popleft()
+            n = counts.get(oid, 0) - 1
+            if n > 0:
+                counts[oid] = n
+                continue
+            counts.pop(oid, None)
+            self.borrowed.pop(oid, None)
+            self.requested.discard(oid)
+            off = self.borrow_holds.pop(oid, None)
+            if off is not None:
+                self.arena.let_go(off)
 
     def location_for_export(self, object_id: bytes):
         e = self.table.get(object_id)
@@ -385,7 +407,7 @@ class CoreClient:
         """Handle what arrived in the inbox, dropped refs and the backlog; returns the
         number of messages handled (0 when another thread is polling)."""
         if not (self.dead_refs or self.dead_pins or self.backlog or self.inbox.pending()
-                or self.arena._pending_unpins or self.dead_actors):
+                or self.arena._pending_unpins or self.dead_actors or self.dead_borrows):
             return 0  # nothing to do: no lock taken (this runs in every spin of get)
         if not self._poll_lock.acquire(blocking=False):
             return 0
@@ -403,6 +425,8 @@ class CoreClient:
                     self._process_dead()
                 while self.dead_pins:
                     self.arena.let_go(self.dead_pins.popleft())
+                if self.dead_borrows:
+                    self._drop_borrowed()
                 self.arena.drain_unpins()
                 if self.backlog:
                     self._flush_backlog()
@@ -515,6 +539,15 @@ class CoreClient:
                 e[2].append(reply_slot)
         elif kind == MSG_OBJECT:
             _, object_id, loc = msg
+            if object_id not in self.borrow_counts:
+                return  # every ref to it died meanwhile
+            if loc[0] == "a":  # hold the block while our refs live, if it still is that object
+                if self.arena.hold_if_generation(loc[1], loc[3]):
+                    self.borrow_holds[object_id] = loc[1]
+                else:
+                    loc = ("x", pickle.dumps(ObjectLostError(
+                        f"object {object_id.hex()} was freed by its owner before this "
+                        f"process could hold it: keep a ref to it in its owner"), 5))
             self.borrowed[object_id] = loc
             futures = self.futures.pop(object_id, None)
             if futures:

@@ -75,8 +75,10 @@ class ObjectRef:
         try:
             if self._owned:
                 self._client.dead_refs.append(self._id)
-            elif self._pin is not None:  # unpinned later by poll(): no lock in __del__
-                self._client.dead_pins.append(self._pin)
+            elif self._client is not None:  # handled later by poll(): no lock in __del__
+                if self._pin is not None:
+                    self._client.dead_pins.append(self._pin)
+                self._client.dead_borrows.append(self._id)
         except AttributeError:  # interpreter shutdown
             pass
 
@@ -96,8 +98,9 @@ def _rebuild(object_id: bytes, owner_slot: int, loc) -> ObjectRef:
     if client is not None and client.slot == owner_slot and client.owns(object_id):
         return client.make_ref(object_id)
     pin = None
-    if client is not None and loc is not None:
+    if client is not None:
         client.note_borrowed(object_id, loc)
+    if client is not None and loc is not None:
         if loc[0] == "a":  # a borrower keeps the block alive while it holds the ref
             client.arena.hold(loc[1])
             pin = loc[1]

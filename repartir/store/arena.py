@@ -335,6 +335,26 @@ class Arena:
         :meth:`pin`."""
         self._hold(offset - BLOCK_HEADER)
 
+    def hold_if_generation(self, offset: int, generation: int) -> bool:
+        """:meth:`hold` the block at payload ``offset`` if it is still live allocation
+        ``generation`` (released or not: a pin keeps a released block until let go);
+        returns whether it was (a location heard of late may name a freed block)."""
+        blk = offset - BLOCK_HEADER
+        with self._holds_lock:
+            n = self._holds.get(blk, 0)
+            if n == 0:
+                with self.mutex:
+                    magic, state, *_ = _B.unpack_from(self.mm, blk)
+                    gen = _TAIL.unpack_from(self.mm, blk + 48)[2]
+                    if magic != _BLOCK_MAGIC or state != _USED or gen != generation:
+                        return False
+                    pins, released = _B_PINS.unpack_from(self.mm, blk + 24)
+                    _B_PINS.pack_into(self.mm, blk + 24, pins + 1, released)
+                if self.ledger is not None:
+                    self.ledger.change(blk, 1)
+            self._holds[blk] = n + 1
+            return True
+
     def let_go(self, offset: int) -> None:
         self._let_go(offset - BLOCK_HEADER)
 

@@ -223,6 +223,29 @@ def test_memory_freed_after_task_used_argument(rt):
     assert used_bytes_returns_to(base) == base
 
 
+@repartir.remote
+def borrowed_entries(refs):
+    """In a worker: how many borrowed objects it still keeps an entry for (the refs of this
+    call's own argument included)."""
+    import gc
+
+    from repartir.runtime import context
+
+    gc.collect()
+    client = context.current_client()
+    client.poll()
+    return len(client.borrowed), len(client.borrow_counts)
+
+
+def test_borrowed_entries_go_with_the_last_borrowed_ref(rt):
+    refs = [repartir.put(np.full(MIB // 8, i)) for i in range(40)]
+    repartir.get([borrowed_entries.remote([r]) for r in refs])
+    del refs
+    # every worker forgets what it borrowed once the refs are gone (one ref: the probe's own)
+    seen = repartir.get([borrowed_entries.remote([repartir.put(i)]) for i in range(8)])
+    assert all(b <= 1 and c <= 1 for b, c in seen), seen
+
+
 def test_identity_task_result_freed(rt):
     warm_up(identity)
     base = settled_used_bytes()
