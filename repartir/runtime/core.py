@@ -794,6 +794,7 @@ class CoreClient:
             if changed:
                 continue
             if helper is not None and helper.help():
+                helper.raise_pending_stop()
                 changed = True
                 spin_end = time.monotonic() + self._spin
                 continue

@@ -477,8 +477,8 @@ class Node:
             with self._lock:
                 slots = list(self.procs)
             now = time.monotonic()
-            for s in slots:
-                for _, task_id, start, timeout in seg.running(s)[-1:]:
+            for s in slots:  # every task on a worker's stack (one may wait under another)
+                for _, task_id, start, timeout in seg.running(s):
                     if timeout and now - start > timeout:
                         # ask the task to stop; kill the worker if it has not within 1 s
                         first = overdue.get(task_id)

@@ -73,6 +73,7 @@ class Worker:
         self._charge: tuple = (False, None)  # set by admit(): (uses token, pool charge)
         self.charges: list[tuple] = []  # (uses token, pool charge) of each running task
         self.calls: list[bytes] = []  # ids of the tasks whose function is running now
+        self.pending_stops: dict[bytes, int] = {}  # stops for tasks under the top one
         self.runs_calls_serially = False  # an actor that cannot run a call while one waits
         client.helper = self
 
@@ -271,11 +272,27 @@ class Worker:
 
     def on_stop_signal(self, signum, frame) -> None:
         req = self.seg.take_stop_request(self.slot)
-        if req is None or not self.calls or self.calls[-1] != req[1]:
-            return  # the task finished meanwhile (or the request names another one)
-        if req[0] == CANCEL:
+        if req is None or req[1] not in self.calls:
+            return  # the task finished meanwhile
+        if self.calls[-1] != req[1]:
+            # it waits in get while this worker runs another task on its stack: raise it
+            # there when that task is done (the node kills the worker if that is too late)
+            self.pending_stops[req[1]] = req[0]
+            return
+        self._raise_stop(req[0])
+
+    @staticmethod
+    def _raise_stop(reason: int) -> None:
+        if reason == CANCEL:
             raise TaskCancelledError("task was cancelled while running")
         raise TaskTimeoutError("task ran longer than its timeout")
+
+    def raise_pending_stop(self) -> None:
+        """After a helped task: stop the waiting task now if a stop came meanwhile."""
+        if self.pending_stops and self.calls:
+            reason = self.pending_stops.pop(self.calls[-1], None)
+            if reason is not None:
+                self._raise_stop(reason)
 
 
 def run_function(worker: Worker, fn, fn_name: str, args_loc, dep_locs, nret: int,
@@ -292,6 +309,7 @@ def run_function(worker: Worker, fn, fn_name: str, args_loc, dep_locs, nret: int
             return finish_result(worker, result, fn_name, nret, task_id, owner)
         finally:
             worker.calls.pop()
+            worker.pending_stops.pop(task_id, None)
     except BaseException as exc:  # the task's own error, reported to its owner
         return failed_message(task_id, exc, fn_name)
 

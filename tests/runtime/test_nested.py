@@ -168,6 +168,40 @@ def test_nested_task_errors_propagate_up(node):
     assert rt.get(fib_bench.remote(15, 13), timeout=60) == 610  # still usable
 
 
+@repartir.remote
+def wait_gate(gate: str) -> str:
+    open(gate + ".started", "w").close()
+    end = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < end:
+        time.sleep(0.01)
+    return "inner done"
+
+
+@repartir.remote(max_retries=0)
+def waits_on_inner(gate: str) -> str:
+    return repartir.get(wait_gate.remote(gate))
+
+
+def test_timeout_and_cancel_reach_a_task_waiting_under_a_helped_one(node, tmp_path):
+    """One CPU: the outer task's worker runs the inner task on its own stack while the outer
+    waits in get; a timeout of the outer must not wait for the inner's end, and a cancel
+    is raised in it once the inner is done."""
+    rt = node(num_cpus=1)
+    gate = str(tmp_path / "gate")
+    timed = waits_on_inner.options(timeout=0.5).remote(gate)
+    with pytest.raises(repartir.TaskTimeoutError):
+        rt.get(timed, timeout=50)
+    assert not os.path.exists(gate)  # it came while the inner task still waited
+    gate2 = str(tmp_path / "gate2")
+    cancelled = waits_on_inner.remote(gate2)
+    assert wait_until(lambda: os.path.exists(gate2 + ".started"), 50)
+    rt.cancel(cancelled)
+    open(gate2, "w").close()
+    with pytest.raises(repartir.TaskCancelledError):
+        rt.get(cancelled, timeout=50)
+    assert rt.get(fib_bench.remote(15, 13), timeout=60) == 610  # still usable
+
+
 # --------------------------------------------------------------------------- self-recursion
 
 
