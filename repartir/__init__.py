@@ -126,11 +126,14 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
     store; they stay valid as long as they are referenced, even after the ref is gone.
 
     Raises:
+        ValueError: ``timeout`` is negative.
         GetTimeoutError: ``timeout`` seconds passed first (also a ``TimeoutError``).
         TaskError: the task raised; the error is also an instance of the task's exception
             type, with the remote traceback attached.
         WorkerCrashedError: the task's worker died more often than ``max_retries``.
     """
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout}")
     if type(object_refs) is ObjectRef:
         client = object_refs._client
         if client is not None and client is _context._client:
@@ -153,6 +156,8 @@ def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
         ValueError: ``num_returns`` is not between 1 and ``len(object_refs)``, or a ref is
             given twice.
     """
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout}")
     refs, single = _refs(object_refs, "wait()")
     if single:
         raise TypeError("wait() takes a list of ObjectRefs")

@@ -244,6 +244,28 @@ def test_sys_exit_in_a_task_is_a_task_error_not_an_exit_of_the_driver(rt):
 
 
 @pytest.mark.timeout(60)
+def test_unpicklable_actor_argument_is_named_at_remote(rt):
+    import threading
+
+    @repartir.remote
+    class Keeper:
+        def __init__(self, thing):
+            self.thing = thing
+
+    with pytest.raises(repartir.errors.SerializationError, match=r"argument 0 of .*Keeper.__init__"):
+        Keeper.remote(threading.Lock())
+
+
+def test_negative_timeouts_are_refused(rt):
+    ref = add.remote(1, 1)
+    with pytest.raises(ValueError, match="timeout"):
+        repartir.get(ref, timeout=-1)
+    with pytest.raises(ValueError, match="timeout"):
+        repartir.wait([ref], timeout=-0.5)
+    assert repartir.get(ref, timeout=30) == 2
+
+
+@pytest.mark.timeout(60)
 def test_unpicklable_result_fails_promptly(rt):
     with pytest.raises(repartir.RepartirError) as info:
         repartir.get(return_a_lock.remote(), timeout=30)

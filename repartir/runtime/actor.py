@@ -38,10 +38,10 @@ from typing import Any
 
 import cloudpickle
 
-from ..errors import ActorDiedError, RepartirError, TaskCancelledError
+from ..errors import ActorDiedError, RepartirError, SerializationError, TaskCancelledError
 from ..scheduler.segment import SlotState
 from . import driver
-from .messages import MSG_DONE, OK, TaskOptions, failed_message
+from .messages import MSG_DONE, OK, TaskOptions, failed_message, name_bad_argument
 from .objectref import capture_refs
 
 __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "actor_dead_error", "run_actor",
@@ -176,7 +176,17 @@ class ActorClass:
         demand = client.demand_vector(opts.get("num_cpus", 0), opts.get("num_gpus", 0),
                                       opts.get("resources") or {})
         with capture_refs() as held:  # refs among the arguments live as long as the actor
-            creation = cloudpickle.dumps((self._cls, args, kwargs), protocol=5)
+            try:
+                creation = cloudpickle.dumps((self._cls, args, kwargs), protocol=5)
+            except Exception as exc:
+                try:
+                    cloudpickle.dumps(self._cls, protocol=5)
+                except Exception:
+                    raise SerializationError(
+                        f"actor class {self._cls.__qualname__} cannot be serialized: {exc}"
+                    ) from None
+                raise name_bad_argument(f"{self._cls.__qualname__}.__init__", args,
+                                        kwargs) from None
         mc = opts.get("max_concurrency")
         is_async = any(m["is_async"] for m in self._methods.values())
         config = {

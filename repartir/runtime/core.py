@@ -681,6 +681,12 @@ class CoreClient:
             e[0] -= 1
             if e[0] <= 0:
                 del table[oid]
+                if e[2]:  # borrowers wait for a value that will never come: tell them
+                    lost = ("x", pickle.dumps(ObjectLostError(
+                        f"object {oid.hex()} was freed by its owner (slot {self.slot}) while "
+                        f"still pending: no ref to it was left there"), 5))
+                    for s in e[2]:
+                        self._reply(s, oid, lost)
                 loc = e[1]
                 if loc is not None and loc[0] == "a":
                     arena.release(loc[1])
