@@ -796,6 +796,9 @@ class CoreClient:
                 return ready
             if self.node is not None and self.node.fatal:
                 raise WorkerCrashedError(self.node.fatal)
+            if self.closed:
+                raise ObjectLostError("repartir.shutdown() ended the session while this "
+                                      "thread waited for its objects")
             changed = self.poll() > 0 or self._version != seen
             if changed:
                 continue

@@ -152,12 +152,13 @@ def shutdown() -> None:
         _pump_stop.set()
         if _pump is not None:
             _pump.join(1.0)
+        pump_left = _pump is not None and _pump.is_alive()
         node, c = _node, _client
         _node = _client = _pump = None
         context.set_client(None)
         if c is not None:
             c.closed = True
-        node.stop()
+        node.stop(unmap=not pump_left)
 
 
 def store_statistics() -> StoreStatistics:

@@ -109,6 +109,29 @@ class _ActorRecord:
         self.dead = False
 
 
+_retired: list = []  # (when, mmap) of scheduler segments of stopped nodes
+_RETIRE_AFTER = 1.0  # seconds: a thread parked in a segment wakes within 50 ms and leaves
+
+
+def _retire(mm: mmap.mmap) -> None:
+    """Unmap the segment of a stopped node -- later: a thread of this process may still be
+    inside a futex wait on it, and would crash taking the mutex after it (the wait ends
+    within 50 ms, then the thread sees the session closed).  Segments retired over a second
+    ago are unmapped now, so init/shutdown cycles keep at most about one."""
+    now = time.monotonic()
+    keep = []
+    for when, old in _retired:
+        if now - when < _RETIRE_AFTER:
+            keep.append((when, old))
+            continue
+        try:
+            old.close()
+        except BufferError:  # still exported somewhere in this process
+            keep.append((when, old))
+    keep.append((now, mm))
+    _retired[:] = keep
+
+
 class Node:
     """The local node: owns the shared memory and the worker processes."""
 
@@ -165,7 +188,9 @@ class Node:
             self.output = OutputForwarder()
         for i in range(cfg.num_cpus):
             self._spawn(i + 1)
-        threading.Thread(target=self._supervise, daemon=True, name="repartir-supervisor").start()
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True,
+                                            name="repartir-supervisor")
+        self._supervisor.start()
 
     def resource_names(self) -> list[str]:
         """Resource names by vector index: CPU, GPU, then the custom ones sorted."""
@@ -523,9 +548,10 @@ class Node:
         with self._lock:
             return list(self.procs) + list(self.actor_procs)
 
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop the workers (asked, then killed after ``timeout``), unmap, remove the
-        session directory."""
+    def stop(self, timeout: float = 2.0, unmap: bool = True) -> None:
+        """Stop the workers (asked, then killed after ``timeout``), unmap (unless ``unmap``
+        is false: a thread of this process may still use the segment), remove the session
+        directory."""
         self.stopping = True
         started = hasattr(self, "arena")  # else start() failed part-way
         if hasattr(self, "segment"):
@@ -551,4 +577,9 @@ class Node:
                 pass
         if started:
             self.arena.close()
+        supervisor = getattr(self, "_supervisor", None)
+        if supervisor is not None:
+            supervisor.join(5)
+        if unmap and hasattr(self, "segment") and not (supervisor and supervisor.is_alive()):
+            _retire(self.segment.mm)
         shutil.rmtree(self.session_dir, ignore_errors=True)
