@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import weakref
 
 from ..config import Config, shm_free_bytes
@@ -155,6 +156,7 @@ class Node:
         self.detached: set[bytes] = set()  # actors with lifetime="detached"
         self._lock = threading.Lock()
         self.output: OutputForwarder | None = None  # None: output goes to log files
+        self.stuck_warning_s = 10.0  # warn when queued tasks cannot start for this long
 
     # -- start -----------------------------------------------------------------------
 
@@ -495,6 +497,7 @@ class Node:
         ``max_workers`` processes."""
         seg, cfg = self.segment, self.config
         overdue: dict[bytes, float] = {}
+        stuck_since, warned = None, False  # tasks queued while no worker runs anything
         while not self.stopping:
             time.sleep(0.005)
             if self.stopping:
@@ -519,7 +522,15 @@ class Node:
                         and seg.inboxes[slot].pending()):
                     self._fail_actor_inbox(slot)
             if not seg.queued():
+                stuck_since, warned = None, False
                 continue
+            if any(seg.running(s) for s in slots):
+                stuck_since = None
+            elif stuck_since is None:
+                stuck_since = now
+            elif not warned and now - stuck_since > self.stuck_warning_s:
+                warned = True
+                self._warn_stuck(now - stuck_since)
             cpus = seg.available()[0]
             if cpus <= 0 or (cpus < 1000 and (seg.smallest_queued_cpu() or 1000) > cpus):
                 continue  # no queued task fits in the CPU left
@@ -536,6 +547,21 @@ class Node:
                     self._spawn(free)
                 except OSError:
                     pass
+
+    def _warn_stuck(self, seconds: float) -> None:
+        """Tasks have been queued for a while and no worker runs anything: their resources
+        are held elsewhere (actors, most often) or do not exist free on this node."""
+        seg = self.segment
+        names = ["CPU", "GPU"] + [n for n, _ in self.config.resources]
+        avail = list(seg.available())
+        avail[0] += 1000 * seg.free_tokens()
+        free = ", ".join(f"{n} {max(a, 0) / 1000:g}" for n, a in zip(names, avail))
+        actors = sum(1 for r in self.actors.values() if not r.dead and any(r.demand))
+        warnings.warn(
+            f"repartir: {seg.queued()} task(s) have waited {seconds:.0f} s and none can start: "
+            f"free now: {free}; {actors} live actor(s) hold resources. Kill actors you no "
+            f"longer need (repartir.kill), or ask for fewer resources.", RuntimeWarning,
+            stacklevel=1)
 
     # -- stop ------------------------------------------------------------------------
 

@@ -362,6 +362,21 @@ def test_actor_resources_are_reserved_while_it_lives(rt):
     assert wait_until(lambda: _available() == (2.0, 1.0, 1.0), timeout=LONG), _available()
 
 
+def test_tasks_starved_by_actors_get_a_warning(rt):
+    hogs = [Counter.options(num_cpus=1).remote() for _ in range(2)]  # every CPU of the node
+    assert repartir.get([h.inc.remote() for h in hogs], timeout=LONG) == [1, 1]
+    driver._node.stuck_warning_s = 0.2
+    try:
+        with pytest.warns(RuntimeWarning, match="none can start.*2 live actor") as seen:
+            ref = square.remote(4)
+            assert wait_until(lambda: len(seen) > 0, LONG)  # the node's supervisor warns
+    finally:
+        driver._node.stuck_warning_s = 10.0
+    del hogs
+    gc.collect()
+    assert repartir.get(ref, timeout=LONG) == 16  # runs once the actors are gone
+
+
 def test_named_actors_namespaces_and_get_if_exists(rt):
     a = Counter.options(name="counter").remote(1)
     assert repartir.get(a.inc.remote(), timeout=LONG) == 2
