@@ -85,6 +85,9 @@ def end_actor(client, slot: int, actor_id: bytes, class_name: str) -> None:
     ref = client.submit(EXIT_METHOD, (0, 0), f"{class_name}.{EXIT_METHOD}", (), {}, opts,
                         target=slot, actor_id=actor_id)[0]
     node = client.node
+    rec = node.actors.get(slot)
+    if rec is not None and rec.actor_id == actor_id:
+        rec.exiting = True
 
     def stop(_future) -> None:
         if client.segment.actor_epoch(slot)[1] == actor_id:
@@ -196,6 +199,7 @@ class ActorClass:
             "max_restarts": opts.get("max_restarts", 0),
         }
         actor_id = os.urandom(16)
+        client.poll()  # actors whose last handle died start exiting, freeing their slots
         slot = node.create_actor(actor_id, creation, config, demand, held)
         handle = ActorHandle(actor_id, slot, self._cls.__qualname__, self._methods,
                              opts.get("max_task_retries", 0), client.session)

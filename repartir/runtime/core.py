@@ -28,6 +28,7 @@ import os
 import pickle
 import threading
 import time
+import weakref
 from typing import Any, Sequence
 
 from ..errors import (GetTimeoutError, InfeasibleTaskError, ObjectLostError, SerializationError, TaskCancelledError,
@@ -44,6 +45,29 @@ from .objectref import ObjectRef, capture_refs
 _log = logging.getLogger("repartir")
 
 __all__ = ["CoreClient", "RECORD_HEADER"]
+
+class _StreamLink:
+    """A streaming task's tie to its ``ObjectRefGenerator``, weak: once the caller dropped
+    the generator, items that still arrive are freed at once instead of piling up."""
+
+    __slots__ = ("_gen",)
+
+    def __init__(self, gen) -> None:
+        self._gen = weakref.ref(gen)
+
+    def alive(self) -> bool:
+        return self._gen() is not None
+
+    def add(self, ref) -> None:
+        gen = self._gen()
+        if gen is not None:
+            gen.add(ref)
+
+    def end(self, error_loc) -> None:
+        gen = self._gen()
+        if gen is not None:
+            gen.end(error_loc)
+
 
 class _Task:
     __slots__ = ("task_id", "return_ids", "fn_name", "spec", "deps", "pending", "held",
@@ -298,7 +322,7 @@ class CoreClient:
         t.target = target
         t.actor_id = actor_id
         t.epoch = 0
-        t.stream = stream
+        t.stream = None if stream is None else _StreamLink(stream)
         if stream is not None:
             stream._task_id = task_id
         with self._lock:
@@ -474,7 +498,7 @@ class CoreClient:
         elif kind == MSG_ITEM:
             _, task_id, index, loc, pins = msg
             t = self.tasks.get(task_id)
-            if t is None or t.stream is None:
+            if t is None or t.stream is None or not t.stream.alive():
                 self.drop_results([loc])
                 self._unpin_all(pins)
                 return

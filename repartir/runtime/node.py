@@ -106,6 +106,7 @@ class _ActorRecord:
         self.held = held  # refs among the constructor's arguments
         self.restarts_left = config["max_restarts"]
         self.killed = False
+        self.exiting = False  # its last handle died: it ends after the calls made before
         self.kill_cause = "it was killed by repartir.kill()"
         self.dead = False
 
@@ -288,20 +289,26 @@ class Node:
             RepartirError: every actor slot is taken (``REPARTIR_MAX_ACTORS``).
         """
         seg = self.segment
-        with self._lock:
-            slot = next((i for i in range(self.first_actor_slot, self.nslots)
-                         if (i not in self.actors or self.actors[i].dead)
-                         and seg.slot_state(i)[0] in (SlotState.FREE, SlotState.DEAD,
-                                                      SlotState.ACTOR_DEAD)), None)
-            if slot is None:
+        deadline = time.monotonic() + 30
+        while True:
+            with self._lock:
+                slot = next((i for i in range(self.first_actor_slot, self.nslots)
+                             if (i not in self.actors or self.actors[i].dead)
+                             and seg.slot_state(i)[0] in (SlotState.FREE, SlotState.DEAD,
+                                                          SlotState.ACTOR_DEAD)), None)
+                if slot is not None:
+                    path = os.path.join(self.session_dir, f"actor-{actor_id.hex()}.pkl")
+                    with open(path, "wb") as f:
+                        f.write(creation)
+                    config = dict(config, creation_file=path)
+                    self.actors[slot] = _ActorRecord(actor_id, config, demand, held)
+                    break
+                exiting = any(r.exiting and not r.dead for r in self.actors.values())
+            if not exiting or time.monotonic() > deadline:
                 raise RepartirError(
                     f"this node already runs {len(self.actors)} actors, its maximum; kill "
                     f"actors you no longer need or raise REPARTIR_MAX_ACTORS")
-            path = os.path.join(self.session_dir, f"actor-{actor_id.hex()}.pkl")
-            with open(path, "wb") as f:
-                f.write(creation)
-            config = dict(config, creation_file=path)
-            self.actors[slot] = _ActorRecord(actor_id, config, demand, held)
+            time.sleep(0.005)  # actors whose last handle died are finishing their calls
         seg.inboxes[slot].drain()  # nothing meant for an earlier actor of this slot remains
         seg.bump_actor_epoch(slot, actor_id)
         seg.set_note(slot, "")

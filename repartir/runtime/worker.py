@@ -480,6 +480,13 @@ def main() -> None:
         from .actor import run_actor
 
         client.helper = None  # an actor does not run other tasks while it waits
+        actor = spec["actor"]
+        if actor["is_async"] or actor["max_concurrency"] > 1:
+            # calls run on other threads or an event loop, the signal only in this thread:
+            # a running call cannot be interrupted (as in Ray's threaded actors); it ends
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        else:  # calls run in this thread: a cancel or timeout is raised inside the call
+            signal.signal(signal.SIGUSR1, worker.on_stop_signal)
         run_actor(client, worker, spec)
         os._exit(0)
     signal.signal(signal.SIGUSR1, worker.on_stop_signal)

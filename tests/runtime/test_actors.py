@@ -37,6 +37,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 import psutil
 import pytest
 
@@ -798,6 +800,53 @@ def test_cancel_a_streaming_task(rt):
     assert wait_until(lambda: repartir.available_resources()["CPU"] == 2.0, timeout=LONG)
     with pytest.raises(TypeError, match="ObjectRefGenerator"):
         repartir.cancel("not a ref")
+
+
+@repartir.remote
+def arrays_gen(n, gate, sent, end_gate):
+    for i in range(n):
+        if i == 1:
+            assert wait_file(gate), "gate never opened"
+        yield np.full(100_000, i)
+    Path(sent).touch()
+    assert wait_file(end_gate), "end gate never opened"  # the task still runs meanwhile
+
+
+def test_items_of_a_dropped_generator_are_freed_as_they_come(rt, tmp_path):
+    gate, sent, end_gate = (str(tmp_path / n) for n in ("gate", "sent", "end"))
+    base = driver.arena_bytes_by_owner()["driver"]
+    gen = arrays_gen.options(num_returns="streaming").remote(30, gate, sent, end_gate)
+    assert repartir.get(next(gen), timeout=LONG)[0] == 0
+    del gen
+    gc.collect()
+    Path(gate).touch()  # 29 more items of 800 kB arrive after the drop
+    assert wait_until(lambda: os.path.exists(sent), LONG)
+    # while the task still runs, the items it sent are gone (the function's blob stays)
+    # (within 20 s: the task waits up to 60 s for the end gate, then would free them anyway)
+    assert wait_until(lambda: driver.arena_bytes_by_owner()["driver"] < base + 100_000, 20), \
+        driver.arena_bytes_by_owner()
+    Path(end_gate).touch()
+    assert wait_until(lambda: repartir.available_resources()["CPU"] == 2.0, LONG)
+
+
+def test_cancel_of_a_running_actor_call(rt, tmp_path):
+    started, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+    a = Counter.remote(7)
+    call = a.block.remote(started, gate)
+    assert wait_until(lambda: lines(started), timeout=LONG)
+    repartir.cancel(call)  # raised inside the call; the actor and its state survive
+    with pytest.raises(repartir.TaskCancelledError):
+        repartir.get(call, timeout=LONG)
+    assert repartir.get(a.inc.remote(), timeout=LONG) == 8
+    # a threaded actor's running call cannot be interrupted: it ends, the actor lives on
+    m = Meter.options(max_concurrency=2).remote()
+    held = m.hold.remote(2, 1.0)
+    repartir.cancel(held)
+    try:
+        repartir.get(held, timeout=LONG)
+    except repartir.TaskCancelledError:
+        pass  # cancelled before it started
+    assert m.state == "ALIVE" and repartir.get(m.peak_.remote(), timeout=LONG) in (0, 1)
 
 
 def test_generator_without_streaming_option_says_to_use_it(rt):

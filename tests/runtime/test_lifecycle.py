@@ -129,6 +129,24 @@ def test_a_thread_waiting_at_shutdown_gets_an_error(no_session):
     assert not t.is_alive() and isinstance(out[0], repartir.ObjectLostError)
 
 
+def test_actors_dropped_faster_than_they_exit_free_their_slots(no_session, monkeypatch):
+    monkeypatch.setenv("REPARTIR_MAX_ACTORS", "3")
+    repartir.init(num_cpus=1)
+
+    @repartir.remote
+    class Short:
+        def f(self, i):
+            return i
+
+    refs = []
+    for i in range(8):  # more than the node's actor slots, each dropped at once
+        a = Short.remote()
+        refs.append(a.f.remote(i))
+        del a
+    assert repartir.get(refs, timeout=60) == list(range(8))
+    repartir.shutdown()
+
+
 def test_reinit_after_shutdown(no_session):
     for i in range(2):
         repartir.init(num_cpus=2)
