@@ -118,8 +118,9 @@ _RETIRE_AFTER = 1.0  # seconds: a thread parked in a segment wakes within 50 ms 
 def _retire(mm: mmap.mmap) -> None:
     """Unmap the segment of a stopped node -- later: a thread of this process may still be
     inside a futex wait on it, and would crash taking the mutex after it (the wait ends
-    within 50 ms, then the thread sees the session closed).  Segments retired over a second
-    ago are unmapped now, so init/shutdown cycles keep at most about one."""
+    within 50 ms, then the thread sees the session closed).  Each call unmaps the segments
+    retired over a second before it, so mappings do not pile up over init/shutdown cycles:
+    only those of the last second's cycles remain, until the next shutdown."""
     now = time.monotonic()
     keep = []
     for when, old in _retired:
