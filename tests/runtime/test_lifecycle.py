@@ -147,6 +147,30 @@ def test_actors_dropped_faster_than_they_exit_free_their_slots(no_session, monke
     repartir.shutdown()
 
 
+def test_more_tasks_than_the_deque_holds_queue_behind_a_busy_worker(no_session, monkeypatch,
+                                                                   tmp_path):
+    monkeypatch.setenv("REPARTIR_DEQUE_CAPACITY", "64")
+    repartir.init(num_cpus=1)
+    gate = tmp_path / "gate"
+
+    @repartir.remote
+    def wait_gate(path):
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        return "open"
+
+    @repartir.remote
+    def square(x):
+        return x * x
+
+    blocker = wait_gate.remote(str(gate))
+    refs = [square.remote(i) for i in range(1000)]  # the deque takes 64; the rest wait in order
+    gate.touch()
+    assert repartir.get(blocker, timeout=60) == "open"
+    assert repartir.get(refs, timeout=60) == [i * i for i in range(1000)]
+    repartir.shutdown()
+
+
 def test_reinit_after_shutdown(no_session):
     for i in range(2):
         repartir.init(num_cpus=2)
