@@ -192,20 +192,23 @@ def cancel(object_ref: ObjectRef | ObjectRefGenerator, *, force: bool = False,
 
     A queued task never runs (copies stolen by other workers included).  A running task
     gets ``TaskCancelledError`` raised inside it; with ``force=True`` its worker process is
-    killed instead (and replaced).  A finished task is left alone.  ``recursive`` is
-    accepted for Ray compatibility; tasks the cancelled task submitted are not cancelled.
+    killed instead (and replaced).  A finished task is left alone.  With ``recursive``
+    (the default, as in Ray) the tasks a running task submitted and that have not finished
+    are cancelled too -- also one its worker runs on the waiting task's stack; with
+    ``recursive=False`` only the task itself.  A running call of a threaded or async actor
+    cannot be interrupted: it ends normally.
 
     Raises:
         TypeError: ``object_ref`` is not an ObjectRef or ObjectRefGenerator.
     """
     if isinstance(object_ref, ObjectRefGenerator):
         if object_ref._task_id is not None and not object_ref.completed():
-            object_ref._client.cancel_task(object_ref._task_id, force)
+            object_ref._client.cancel_task(object_ref._task_id, force, recursive)
         return
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() takes an ObjectRef or ObjectRefGenerator, got "
                         f"{type(object_ref).__qualname__}")
-    _driver.client().cancel(object_ref, force)
+    _driver.client().cancel(object_ref, force, recursive)
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

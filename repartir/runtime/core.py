@@ -38,7 +38,7 @@ from ..ids import new_object_id, new_task_id, return_id
 from ..scheduler import record
 from ..scheduler.record import HEADER as RECORD_HEADER
 from ..serialization import Serialized, deserialize, deserialize_at, error_from_payload, serialize
-from .messages import (ACTOR_DIED, ARENA_SPEC, CANCEL, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED,
+from .messages import (ACTOR_DIED, ARENA_SPEC, CANCEL, CANCEL_ONE, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED,
                        MSG_DONE, MSG_ITEM, MSG_OBJECT, MSG_REQUEST, OK, TIMEOUT, Dep, TaskOptions,
                        name_bad_argument, stop_task)
 from .objectref import ObjectRef, capture_refs
@@ -307,6 +307,9 @@ class CoreClient:
         else:
             args_loc, nested = _EMPTY_ARGS, []
         task_id = new_task_id()
+        helper = self.helper
+        if helper is not None and helper.calls:  # a task's child: cancelled with it
+            helper.children.setdefault(helper.calls[-1], set()).add(task_id)
         t = _Task()
         t.task_id = task_id
         t.return_ids = [return_id(task_id, i) for i in range(max(num_returns, 0))]
@@ -863,11 +866,11 @@ class CoreClient:
 
     # -- cancellation ----------------------------------------------------------------
 
-    def cancel(self, ref: ObjectRef, force: bool = False) -> None:
+    def cancel(self, ref: ObjectRef, force: bool = False, recursive: bool = True) -> None:
         """Cancel the task computing ``ref`` (see :func:`repartir.cancel`)."""
-        self.cancel_task(ref._id[:14] + b"\0\0", force)
+        self.cancel_task(ref._id[:14] + b"\0\0", force, recursive)
 
-    def cancel_task(self, task_id: bytes, force: bool = False) -> None:
+    def cancel_task(self, task_id: bytes, force: bool = False, recursive: bool = True) -> None:
         with self._lock:
             t = self.tasks.get(task_id)
             if t is None or t.cancelled:
@@ -885,7 +888,7 @@ class CoreClient:
                 self._cancelled(t)
                 return
         # running now (or popped and about to be dropped by its worker)
-        self.stop_running(task_id, CANCEL, force)
+        self.stop_running(task_id, CANCEL if recursive or force else CANCEL_ONE, force)
 
     def _unqueue(self, task_ids: set) -> set:
         """Remove queued copies of ``task_ids`` from the backlog and every deque; returns

@@ -14,7 +14,7 @@ from ..errors import SerializationError
 from ..serialization import error_payload, serialize
 
 __all__ = ["ARENA_SPEC", "MSG_DONE", "MSG_REQUEST", "MSG_OBJECT", "MSG_CRASHED", "MSG_CALL",
-           "MSG_ITEM", "MSG_ACTOR_EPOCH", "OK", "FAILED", "CRASH", "TIMEOUT", "CANCEL",
+           "MSG_ITEM", "MSG_ACTOR_EPOCH", "OK", "FAILED", "CRASH", "TIMEOUT", "CANCEL", "CANCEL_ONE",
            "ACTOR_DIED", "TaskOptions", "Dep", "failed_message", "stop_task",
            "name_bad_argument"]
 
@@ -23,6 +23,7 @@ MSG_DONE, MSG_REQUEST, MSG_OBJECT, MSG_CRASHED, MSG_CALL, MSG_ITEM = 0, 1, 2, 3,
 MSG_ACTOR_EPOCH = 6  # an actor's process was replaced, or the actor died
 OK, FAILED = 0, 1
 CRASH, TIMEOUT, CANCEL, ACTOR_DIED = 0, 1, 2, 3  # why a task stopped (MSG_CRASHED)
+CANCEL_ONE = 4  # a stop request: cancel(recursive=False), the task but not its children
 
 
 class TaskOptions:

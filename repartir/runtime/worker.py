@@ -41,7 +41,7 @@ from ..serialization import SIMPLE_TYPES, serialize, simple_blob
 from ..store.arena import Arena
 from . import context
 from .core import RECORD_HEADER, CoreClient
-from .messages import ARENA_SPEC, CANCEL, MSG_DONE, MSG_ITEM, OK, Dep, failed_message
+from .messages import ARENA_SPEC, CANCEL, CANCEL_ONE, MSG_DONE, MSG_ITEM, OK, Dep, failed_message
 from .objectref import capture_refs
 from .streaming import STREAMING
 
@@ -74,6 +74,8 @@ class Worker:
         self.charges: list[tuple] = []  # (uses token, pool charge) of each running task
         self.calls: list[bytes] = []  # ids of the tasks whose function is running now
         self.pending_stops: dict[bytes, int] = {}  # stops for tasks under the top one
+        self.children: dict[bytes, set] = {}  # running call -> tasks it submitted
+        self.recursive_cancels: set[bytes] = set()  # calls stopped by a recursive cancel
         self.runs_calls_serially = False  # an actor that cannot run a call while one waits
         client.helper = self
 
@@ -276,14 +278,37 @@ class Worker:
             return  # the task finished meanwhile
         if self.calls[-1] != req[1]:
             # it waits in get while this worker runs another task on its stack: raise it
-            # there when that task is done (the node kills the worker if that is too late)
+            # there when that task is done (the node kills the worker if that is too late);
+            # a cancel also stops that task now if it is a descendant (cancel is recursive)
             self.pending_stops[req[1]] = req[0]
+            if req[0] == CANCEL and self._descends(self.calls[-1], req[1]):
+                self._raise_stop(CANCEL, self.calls[-1])  # cancelled with its ancestor
             return
-        self._raise_stop(req[0])
+        self._raise_stop(req[0], req[1])
 
-    @staticmethod
-    def _raise_stop(reason: int) -> None:
+    def _descends(self, task_id: bytes, ancestor: bytes) -> bool:
+        """Whether the call ``task_id`` on this worker's stack was submitted, directly or
+        through calls above ``ancestor`` on the stack, by ``ancestor``."""
+        calls = self.calls
+        i = calls.index(ancestor)
+        family = {ancestor}
+        for call in calls[i + 1:]:
+            if any(call in self.children.get(f, ()) for f in family):
+                family.add(call)
+        return task_id in family and task_id != ancestor
+
+    def cancel_children(self, task_id: bytes) -> None:
+        """A call ended by a cancel: cancel what it submitted that is still pending."""
+        for child in self.children.pop(task_id, ()):
+            try:
+                self.client.cancel_task(child)
+            except Exception:  # noqa: BLE001 -- best effort, as Ray's recursive cancel
+                pass
+
+    def _raise_stop(self, reason: int, task_id: bytes) -> None:
         if reason == CANCEL:
+            self.recursive_cancels.add(task_id)  # its children go too (run_function)
+        if reason in (CANCEL, CANCEL_ONE):
             raise TaskCancelledError("task was cancelled while running")
         raise TaskTimeoutError("task ran longer than its timeout")
 
@@ -292,7 +317,7 @@ class Worker:
         if self.pending_stops and self.calls:
             reason = self.pending_stops.pop(self.calls[-1], None)
             if reason is not None:
-                self._raise_stop(reason)
+                self._raise_stop(reason, self.calls[-1])
 
 
 def run_function(worker: Worker, fn, fn_name: str, args_loc, dep_locs, nret: int,
@@ -311,7 +336,12 @@ def run_function(worker: Worker, fn, fn_name: str, args_loc, dep_locs, nret: int
             worker.calls.pop()
             worker.pending_stops.pop(task_id, None)
     except BaseException as exc:  # the task's own error, reported to its owner
+        if task_id in worker.recursive_cancels:
+            worker.cancel_children(task_id)
         return failed_message(task_id, exc, fn_name)
+    finally:
+        worker.children.pop(task_id, None)
+        worker.recursive_cancels.discard(task_id)
 
 
 def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: bytes,

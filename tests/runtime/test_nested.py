@@ -195,11 +195,43 @@ def test_timeout_and_cancel_reach_a_task_waiting_under_a_helped_one(node, tmp_pa
     gate2 = str(tmp_path / "gate2")
     cancelled = waits_on_inner.remote(gate2)
     assert wait_until(lambda: os.path.exists(gate2 + ".started"), 50)
-    rt.cancel(cancelled)
-    open(gate2, "w").close()
+    rt.cancel(cancelled)  # recursive, as in Ray: the helped inner task is its child
     with pytest.raises(repartir.TaskCancelledError):
         rt.get(cancelled, timeout=50)
+    assert not os.path.exists(gate2)  # both stopped while the inner one still waited
     assert rt.get(fib_bench.remote(15, 13), timeout=60) == 610  # still usable
+
+
+@repartir.remote(max_retries=0)
+def fans_out(gate: str, n: int) -> list:
+    return repartir.get([wait_gate.remote(f"{gate}{i}") for i in range(n)])
+
+
+def test_cancel_is_recursive(node, tmp_path):
+    """Cancelling a task cancels the tasks it submitted, on its worker and elsewhere."""
+    rt = node(num_cpus=2)
+    gate = str(tmp_path / "g")
+    parent = fans_out.remote(gate, 3)
+    assert wait_until(lambda: sum(os.path.exists(f"{gate}{i}.started") for i in range(3)) >= 2,
+                      50)  # children run on both workers
+    rt.cancel(parent)
+    with pytest.raises(repartir.TaskCancelledError):
+        rt.get(parent, timeout=50)
+    # every child is stopped although no gate was opened: the node is idle again
+    assert wait_until(lambda: rt.available_resources()["CPU"] == 2.0, 50)
+    assert rt.get(fib_bench.remote(15, 13), timeout=60) == 610
+    # recursive=False: the children run on, to their end
+    gate2 = str(tmp_path / "h")
+    parent = fans_out.remote(gate2, 2)
+    assert wait_until(lambda: all(os.path.exists(f"{gate2}{i}.started") for i in range(2)), 50)
+    rt.cancel(parent, recursive=False)
+    time.sleep(0.5)
+    assert rt.available_resources()["CPU"] < 2.0  # a child still runs
+    for i in range(2):
+        open(f"{gate2}{i}", "w").close()
+    with pytest.raises(repartir.TaskCancelledError):
+        rt.get(parent, timeout=50)
+    assert wait_until(lambda: rt.available_resources()["CPU"] == 2.0, 50)
 
 
 # --------------------------------------------------------------------------- self-recursion
