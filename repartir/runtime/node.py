@@ -108,6 +108,7 @@ class _ActorRecord:
         self.killed = False
         self.exiting = False  # its last handle died: it ends after the calls made before
         self.kill_cause = "it was killed by repartir.kill()"
+        self.pending = False  # waiting for its resources, not started yet
         self.dead = False
 
 
@@ -156,6 +157,7 @@ class Node:
         self.named_actors: dict[tuple[str, str], object] = {}  # handles without a life
         self.actor_lives = weakref.WeakValueDictionary()  # actor id -> its handles' count
         self.detached: set[bytes] = set()  # actors with lifetime="detached"
+        self.pending_actors: list[int] = []  # slots of actors waiting for resources, in order
         self._lock = threading.Lock()
         self.output: OutputForwarder | None = None  # None: output goes to log files
         self.stuck_warning_s = 10.0  # warn when queued tasks cannot start for this long
@@ -313,16 +315,63 @@ class Node:
         seg.inboxes[slot].drain()  # nothing meant for an earlier actor of this slot remains
         seg.bump_actor_epoch(slot, actor_id)
         seg.set_note(slot, "")
-        if any(demand):
-            seg.force_acquire(demand, 0)  # actors' reservations count as the driver's
-        self._spawn(slot, actor=config)
+        if any(demand) and not self._fits(demand):
+            # as in Ray, the actor waits for its resources (its calls wait in its inbox);
+            # the supervisor starts it when they are free
+            seg.set_slot_state(slot, SlotState.STARTING)
+            with self._lock:
+                self.actors[slot].pending = True
+                self.pending_actors.append(slot)
+            return slot
+        self._start_actor(slot)
         return slot
+
+    def _fits(self, demand: tuple) -> bool:
+        """Whether ``demand`` is free now (idle workers' CPU tokens count as free)."""
+        seg = self.segment
+        avail = list(seg.available())
+        avail[0] += 1000 * seg.free_tokens()
+        return all(d <= a for d, a in zip(demand, avail) if d > 0)
+
+    def _start_actor(self, slot: int) -> None:
+        rec = self.actors[slot]
+        rec.pending = False
+        if any(rec.demand):
+            self.segment.force_acquire(rec.demand, 0)  # actors' reservations: the driver's
+        self._spawn(slot, actor=rec.config)
+
+    def _start_pending_actors(self) -> None:
+        """Start the pending actors whose resources are free now, oldest first."""
+        with self._lock:
+            pending = list(self.pending_actors)
+        for slot in pending:
+            rec = self.actors.get(slot)
+            if rec is None or not rec.pending:
+                with self._lock:
+                    self.pending_actors.remove(slot)
+                continue
+            if self._fits(rec.demand):
+                with self._lock:
+                    if not rec.pending:  # killed meanwhile
+                        continue
+                    self.pending_actors.remove(slot)
+                try:
+                    self._start_actor(slot)
+                except OSError:  # the node is stopping
+                    return
 
     def kill_actor(self, slot: int, no_restart: bool = True,
                    cause: str = "it was killed by repartir.kill()") -> None:
         rec = self.actors.get(slot)
         with self._lock:
             proc = self.actor_procs.get(slot)
+            never_started = rec is not None and rec.pending
+            if never_started:
+                rec.pending = False
+                self.pending_actors.remove(slot)
+        if never_started:  # dead before it started: nothing to stop, nothing to release
+            self._end_pending_actor(slot, rec, cause)
+            return
         if rec is None or proc is None:
             return
         rec.killed = True
@@ -333,6 +382,17 @@ class Node:
             proc.kill()
         except ProcessLookupError:
             pass
+
+    def _end_pending_actor(self, slot: int, rec, cause: str) -> None:
+        seg = self.segment
+        epoch = seg.bump_actor_epoch(slot)
+        rec.dead = True
+        rec.held = None
+        seg.set_note(slot, cause)
+        seg.set_slot_state(slot, SlotState.ACTOR_DEAD)
+        self._broadcast(pickle.dumps(
+            (MSG_ACTOR_EPOCH, slot, rec.actor_id, epoch, True, cause, []), 5))
+        self._fail_actor_inbox(slot)
 
     def _watch_actor(self, slot: int, proc: subprocess.Popen) -> None:
         code = proc.wait()
@@ -525,6 +585,8 @@ class Node:
                             stop_task(seg, task_id, TIMEOUT, force=True)
             if len(overdue) > 1000:
                 overdue.clear()
+            if self.pending_actors:
+                self._start_pending_actors()
             for slot, rec in list(self.actors.items()):  # late calls to dead actors
                 if (rec.dead and seg.slot_state(slot)[0] == SlotState.ACTOR_DEAD
                         and seg.inboxes[slot].pending()):
@@ -564,7 +626,8 @@ class Node:
         avail = list(seg.available())
         avail[0] += 1000 * seg.free_tokens()
         free = ", ".join(f"{n} {max(a, 0) / 1000:g}" for n, a in zip(names, avail))
-        actors = sum(1 for r in self.actors.values() if not r.dead and any(r.demand))
+        actors = sum(1 for r in self.actors.values()
+                     if not r.dead and not r.pending and any(r.demand))
         warnings.warn(
             f"repartir: {seg.queued()} task(s) have waited {seconds:.0f} s and none can start: "
             f"free now: {free}; {actors} live actor(s) hold resources. Kill actors you no "

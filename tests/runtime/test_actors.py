@@ -364,6 +364,25 @@ def test_actor_resources_are_reserved_while_it_lives(rt):
     assert wait_until(lambda: _available() == (2.0, 1.0, 1.0), timeout=LONG), _available()
 
 
+def test_an_actor_waits_for_its_resources(rt):
+    a, b = (Counter.options(num_cpus=1).remote() for _ in range(2))  # every CPU
+    assert repartir.get([a.inc.remote(), b.inc.remote()], timeout=LONG) == [1, 1]
+    c = Counter.options(num_cpus=1).remote(10)
+    call = c.inc.remote()
+    ready, _ = repartir.wait([call], timeout=0.5)
+    assert not ready and c.state == "STARTING"  # pending, as in Ray: no oversubscription
+    repartir.kill(a)
+    assert repartir.get(call, timeout=LONG) == 11  # started once a CPU came back
+    d = Counter.options(num_cpus=1).remote()
+    doomed = d.inc.remote()
+    repartir.kill(d)  # killed before it could start: its calls fail, nothing is released
+    with pytest.raises(ActorDiedError):
+        repartir.get(doomed, timeout=LONG)
+    repartir.kill(b)
+    repartir.kill(c)
+    assert wait_until(lambda: _available() == (2.0, 1.0, 1.0), timeout=LONG), _available()
+
+
 def test_tasks_starved_by_actors_get_a_warning(rt):
     hogs = [Counter.options(num_cpus=1).remote() for _ in range(2)]  # every CPU of the node
     assert repartir.get([h.inc.remote() for h in hogs], timeout=LONG) == [1, 1]
