@@ -253,7 +253,12 @@ class ActorHandle:
         raise AttributeError(f"actor {self.__dict__.get('_class_name')} has no method {name!r}")
 
     @property
-    def state(self) -> str:
+    def state(self) -> Any:
+        """``"STARTING"``, ``"ALIVE"``, ``"RESTARTING"`` or ``"DEAD"`` -- or, if the actor's
+        class has a method named ``state``, that method (user methods come first)."""
+        methods = self.__dict__.get("_methods") or {}
+        if "state" in methods:
+            return ActorMethod(self, "state", methods["state"])
         client = driver.client()
         if client.segment.actor_epoch(self._slot)[1] != self._actor_id:
             return "DEAD"

@@ -47,6 +47,60 @@ _log = logging.getLogger("repartir")
 
 __all__ = ["CoreClient", "RECORD_HEADER"]
 
+class _Backlog:
+    """Task records not in this process's deque yet: one FIFO per priority level, so a
+    high-priority task never waits behind low ones that did not fit."""
+
+    __slots__ = ("levels", "count")
+
+    def __init__(self, nlevels: int) -> None:
+        self.levels = [collections.deque() for _ in range(nlevels)]
+        self.count = 0
+
+    def append(self, rec: bytes) -> None:
+        self.levels[rec[1]].append(rec)
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        for q in self.levels:
+            yield from q
+
+    def remove_if(self, match) -> set:
+        """Drop the records ``match`` accepts; returns their task ids."""
+        found = set()
+        for i, q in enumerate(self.levels):
+            if any(match(r) for r in q):
+                kept = collections.deque()
+                for r in q:
+                    if match(r):
+                        found.add(bytes(r[6:22]))
+                    else:
+                        kept.append(r)
+                self.levels[i] = kept
+        self.count = sum(len(q) for q in self.levels)
+        return found
+
+    def flush_into(self, deque) -> int:
+        """Push into ``deque`` (a PriorityDeques), highest level first, in batches of at most
+        512 records, while they fit; a full level is skipped at once (each submit must not
+        copy the whole backlog: that made submitting quadratic).  Returns how many went."""
+        pushed = 0
+        for q, level in zip(self.levels, deque.levels):
+            while q and len(level) < level.capacity:
+                batch = list(itertools.islice(q, 512))
+                n = level.push_many(batch)
+                for _ in range(n):
+                    q.popleft()
+                pushed += n
+                if n < len(batch):
+                    break
+        self.count -= pushed
+        return pushed
+
+
 class _StreamLink:
     """A streaming task's tie to its ``ObjectRefGenerator``, weak: once the caller dropped
     the generator, items that still arrive are freed at once instead of piling up."""
@@ -93,7 +147,7 @@ class CoreClient:
         self.table: dict[bytes, list] = {}
         self.tasks: dict[bytes, _Task] = {}
         self.waiting: dict[bytes, list[_Task]] = {}
-        self.backlog: collections.deque[bytes] = collections.deque()
+        self.backlog = _Backlog(len(self.deque.levels))
         self.dead_refs: collections.deque[bytes] = collections.deque()
         self.dead_pins: collections.deque[int] = collections.deque()  # of borrowed refs
         self.dead_actors: collections.deque[tuple] = collections.deque()  # last handle died
@@ -420,24 +474,10 @@ class CoreClient:
             time.sleep(0.0005)
 
     def _flush_backlog(self) -> None:
-        """Push the backlog into this process's deque, in batches of at most 512 records,
-        while they fit.  When the deque is full (more than its capacity queued behind busy
-        workers), return at once: the records stay in the backlog, in order, until workers
-        make room (each submit must not copy the whole backlog: that made submitting
-        quadratic, ~150 us a task with 20,000 queued)."""
-        backlog = self.backlog
-        pushed = 0
-        while backlog:
-            level = self.deque.levels[backlog[0][1]]
-            if len(level) >= level.capacity:
-                break
-            batch = list(itertools.islice(backlog, 512))
-            n = self.deque.push_many(batch)
-            for _ in range(n):
-                backlog.popleft()
-            pushed += n
-            if n < len(batch):
-                break
+        """Move the backlog into this process's deque as far as it fits (records stay in
+        the backlog, in order per priority, while workers are busy and the deque is
+        full), and wake workers for what went in."""
+        pushed = self.backlog.flush_into(self.deque)
         if pushed:
             self.segment.notify_work(pushed)
 
@@ -875,6 +915,9 @@ class CoreClient:
             t = self.tasks.get(task_id)
             if t is None or t.cancelled:
                 return  # finished (or never ours): nothing to do, as in Ray
+            if force and t.target is not None:
+                raise ValueError("force=True cannot cancel an actor call (it would kill the "
+                                 "actor); use repartir.kill(actor) to stop the actor")
             t.cancelled = True
             if t.record is None:  # still waiting for its arguments
                 for d in t.deps:
@@ -896,9 +939,7 @@ class CoreClient:
         def match(rec) -> bool:
             return bytes(rec[6:22]) in task_ids
 
-        found = {bytes(r[6:22]) for r in self.backlog if match(r)}
-        if found:
-            self.backlog = collections.deque(r for r in self.backlog if not match(r))
+        found = self.backlog.remove_if(match)
         seg = self.segment
         for i in range(seg.active_slots):
             for r in seg.deques[i].remove_if(match):

@@ -37,11 +37,12 @@ from ..config import Config, shm_free_bytes
 from ..errors import ObjectStoreFullError
 from ..scheduler.segment import Segment, SlotState, segment_bytes
 from ..store.arena import BLOCK_HEADER, Arena
+from ..scheduler import record
 from ..scheduler.record import NRES
 from ..errors import RepartirError
 from .actor import CTOR_FAILED_EXIT
 from .output import OutputForwarder
-from .messages import (ACTOR_DIED, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM,
+from .messages import (ACTOR_DIED, CANCEL, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM,
                        OK, TIMEOUT, stop_task)
 
 __all__ = ["Node"]
@@ -533,11 +534,25 @@ class Node:
             inbox = self.segment.inboxes[owner]
             while not inbox.put(msg) and not self.stopping:
                 time.sleep(0.001)
-        # tasks it had stolen into its own deque go back to the driver's deque
-        leftovers = self.segment.deques[slot].remove_if(lambda r: True)
+        # tasks it had stolen into its own deque go back to the driver's deque; tasks it
+        # submitted itself are dropped wherever they wait (their owner is gone: no one
+        # would read their results; a cancelled or timed-out task's children end with it)
+        seg = self.segment
+        orphans = seg.deques[slot].remove_if(lambda r: True)
+        leftovers = [r for r in orphans if record.HEADER.unpack_from(r, 0)[4] != slot]
+        for i in range(seg.active_slots):
+            if i != slot:
+                seg.deques[i].remove_if(lambda r: record.HEADER.unpack_from(r, 0)[4] == slot)
         if leftovers:
-            self.segment.deques[0].push_many(leftovers)
-            self.segment.notify_work(len(leftovers))
+            seg.deques[0].push_many(leftovers)
+            seg.notify_work(len(leftovers))
+        # its children running elsewhere are stopped too (recursively): nobody will read
+        # their results, and a cancelled or timed-out tree must stop to its leaves
+        for i in range(seg.active_slots):
+            if i != slot:
+                for owner, task_id, _, _ in seg.running(i):
+                    if owner == slot:
+                        stop_task(seg, task_id, CANCEL, force=False)
         if not self.stopping and slot <= self.config.num_cpus:
             self._spawn(slot)
 

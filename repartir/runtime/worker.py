@@ -41,7 +41,7 @@ from ..serialization import SIMPLE_TYPES, serialize, simple_blob
 from ..store.arena import Arena
 from . import context
 from .core import RECORD_HEADER, CoreClient
-from .messages import ARENA_SPEC, CANCEL, CANCEL_ONE, MSG_DONE, MSG_ITEM, OK, Dep, failed_message
+from .messages import ARENA_SPEC, CANCEL, CANCEL_ONE, MSG_DONE, TIMEOUT, MSG_ITEM, OK, Dep, failed_message
 from .objectref import capture_refs
 from .streaming import STREAMING
 
@@ -281,21 +281,26 @@ class Worker:
             # there when that task is done (the node kills the worker if that is too late);
             # a cancel also stops that task now if it is a descendant (cancel is recursive)
             self.pending_stops[req[1]] = req[0]
-            if req[0] == CANCEL and self._descends(self.calls[-1], req[1]):
-                self._raise_stop(CANCEL, self.calls[-1])  # cancelled with its ancestor
+            if req[0] in (CANCEL, TIMEOUT):
+                family = self._family(req[1])
+                if self.calls[-1] in family:  # stopped with its ancestor, as are the calls
+                    self.recursive_cancels.update(family)  # in between, children and all
+                    for call in family:
+                        if call != req[1] and call != self.calls[-1]:
+                            self.pending_stops[call] = CANCEL  # raised as the stack unwinds
+                    self._raise_stop(CANCEL, self.calls[-1])
             return
         self._raise_stop(req[0], req[1])
 
-    def _descends(self, task_id: bytes, ancestor: bytes) -> bool:
-        """Whether the call ``task_id`` on this worker's stack was submitted, directly or
-        through calls above ``ancestor`` on the stack, by ``ancestor``."""
+    def _family(self, ancestor: bytes) -> set:
+        """``ancestor`` and the calls above it on this worker's stack that it submitted,
+        directly or through calls in between."""
         calls = self.calls
-        i = calls.index(ancestor)
         family = {ancestor}
-        for call in calls[i + 1:]:
+        for call in calls[calls.index(ancestor) + 1:]:
             if any(call in self.children.get(f, ()) for f in family):
                 family.add(call)
-        return task_id in family and task_id != ancestor
+        return family
 
     def cancel_children(self, task_id: bytes) -> None:
         """A call ended by a cancel: cancel what it submitted that is still pending."""
@@ -306,7 +311,7 @@ class Worker:
                 pass
 
     def _raise_stop(self, reason: int, task_id: bytes) -> None:
-        if reason == CANCEL:
+        if reason in (CANCEL, TIMEOUT):
             self.recursive_cancels.add(task_id)  # its children go too (run_function)
         if reason in (CANCEL, CANCEL_ONE):
             raise TaskCancelledError("task was cancelled while running")

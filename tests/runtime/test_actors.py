@@ -383,6 +383,24 @@ def test_an_actor_waits_for_its_resources(rt):
     assert wait_until(lambda: _available() == (2.0, 1.0, 1.0), timeout=LONG), _available()
 
 
+@repartir.remote
+class Stateful:
+    def state(self):
+        return "user state"
+
+
+def test_force_cancel_of_an_actor_call_is_refused_and_user_methods_win(rt, tmp_path):
+    started, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+    a = Counter.remote()
+    call = a.block.remote(started, gate)
+    with pytest.raises(ValueError, match="repartir.kill"):
+        repartir.cancel(call, force=True)
+    Path(gate).touch()
+    assert repartir.get(call, timeout=LONG) == 0
+    s = Stateful.remote()
+    assert repartir.get(s.state.remote(), timeout=LONG) == "user state"
+
+
 def test_tasks_starved_by_actors_get_a_warning(rt):
     hogs = [Counter.options(num_cpus=1).remote() for _ in range(2)]  # every CPU of the node
     assert repartir.get([h.inc.remote() for h in hogs], timeout=LONG) == [1, 1]

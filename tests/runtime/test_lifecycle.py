@@ -163,11 +163,19 @@ def test_more_tasks_than_the_deque_holds_queue_behind_a_busy_worker(no_session, 
     def square(x):
         return x * x
 
+    @repartir.remote
+    def stamp():
+        return time.monotonic_ns()
+
     blocker = wait_gate.remote(str(gate))
     refs = [square.remote(i) for i in range(1000)]  # the deque takes 64; the rest wait in order
+    low = [stamp.options(priority="low").remote() for _ in range(200)]
+    high = [stamp.options(priority="high").remote() for _ in range(200)]  # beyond capacity too
     gate.touch()
     assert repartir.get(blocker, timeout=60) == "open"
     assert repartir.get(refs, timeout=60) == [i * i for i in range(1000)]
+    first_low = min(repartir.get(low, timeout=60))
+    assert all(h < first_low for h in repartir.get(high, timeout=60))  # priority kept
     repartir.shutdown()
 
 

@@ -234,6 +234,41 @@ def test_cancel_is_recursive(node, tmp_path):
     assert wait_until(lambda: rt.available_resources()["CPU"] == 2.0, 50)
 
 
+@repartir.remote(max_retries=0)
+def mid_level(gate: str) -> int:
+    return len(repartir.get([wait_gate.remote(f"{gate}.{i}") for i in range(4)]))
+
+
+@repartir.remote(max_retries=0)
+def top_level(gate: str) -> int:
+    return repartir.get(mid_level.remote(gate))
+
+
+@pytest.mark.parametrize("how", ["cancel", "force", "timeout"])
+def test_a_stopped_tree_stops_to_its_leaves(node, tmp_path, how):
+    """Three levels on one CPU (all on one worker's stack) or two: stopping the top stops
+    the middle task and every leaf, queued or running, without any gate being opened."""
+    rt = node(num_cpus=1 if how == "cancel" else 2)
+    gate = str(tmp_path / "g")
+    if how == "timeout":
+        top = top_level.options(timeout=1.0).remote(gate)
+    else:
+        top = top_level.remote(gate)
+    def started() -> int:
+        return sum(os.path.exists(f"{gate}.{i}.started") for i in range(4))
+
+    assert wait_until(lambda: started() >= 1, 50)
+    if how != "timeout":
+        rt.cancel(top, force=how == "force")
+    with pytest.raises((repartir.TaskCancelledError, repartir.TaskTimeoutError)):
+        rt.get(top, timeout=50)
+    cpus = 1.0 if how == "cancel" else 2.0
+    assert wait_until(lambda: rt.available_resources()["CPU"] == cpus, 50)  # all stopped
+    if how == "cancel":
+        assert started() == 1  # on one CPU the other leaves were cancelled before they ran
+    assert rt.get(fib_bench.remote(15, 13), timeout=60) == 610
+
+
 # --------------------------------------------------------------------------- self-recursion
 
 
