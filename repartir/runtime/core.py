@@ -23,106 +23,29 @@ tasks -- has one :class:`CoreClient` bound to its slot of the scheduler segment:
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import os
 import pickle
 import threading
 import time
-import weakref
 from typing import Any, Sequence
 
-from ..errors import (GetTimeoutError, InfeasibleTaskError, ObjectLostError, SerializationError, TaskCancelledError,
+from ..errors import (GetTimeoutError, ObjectLostError, SerializationError, TaskCancelledError,
                       TaskTimeoutError, WorkerCrashedError)
 from ..ids import new_object_id, new_task_id, return_id
 from ..scheduler import record
+from ..scheduler.deque import Backlog
 from ..scheduler.record import HEADER as RECORD_HEADER
 from ..serialization import Serialized, deserialize, deserialize_at, error_from_payload, serialize
 from .messages import (ACTOR_DIED, ARENA_SPEC, CANCEL, CANCEL_ONE, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED,
                        MSG_DONE, MSG_ITEM, MSG_OBJECT, MSG_REQUEST, OK, TIMEOUT, Dep, TaskOptions,
-                       name_bad_argument, stop_task)
+                       demand_vector, name_bad_argument, stop_task)
 from .objectref import ObjectRef, capture_refs
+from .streaming import StreamLink
 
 _log = logging.getLogger("repartir")
 
 __all__ = ["CoreClient", "RECORD_HEADER"]
-
-class _Backlog:
-    """Task records not in this process's deque yet: one FIFO per priority level, so a
-    high-priority task never waits behind low ones that did not fit."""
-
-    __slots__ = ("levels", "count")
-
-    def __init__(self, nlevels: int) -> None:
-        self.levels = [collections.deque() for _ in range(nlevels)]
-        self.count = 0
-
-    def append(self, rec: bytes) -> None:
-        self.levels[rec[1]].append(rec)
-        self.count += 1
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __iter__(self):
-        for q in self.levels:
-            yield from q
-
-    def remove_if(self, match) -> set:
-        """Drop the records ``match`` accepts; returns their task ids."""
-        found = set()
-        for i, q in enumerate(self.levels):
-            if any(match(r) for r in q):
-                kept = collections.deque()
-                for r in q:
-                    if match(r):
-                        found.add(bytes(r[6:22]))
-                    else:
-                        kept.append(r)
-                self.levels[i] = kept
-        self.count = sum(len(q) for q in self.levels)
-        return found
-
-    def flush_into(self, deque) -> int:
-        """Push into ``deque`` (a PriorityDeques), highest level first, in batches of at most
-        512 records, while they fit; a full level is skipped at once (each submit must not
-        copy the whole backlog: that made submitting quadratic).  Returns how many went."""
-        pushed = 0
-        for q, level in zip(self.levels, deque.levels):
-            while q and len(level) < level.capacity:
-                batch = list(itertools.islice(q, 512))
-                n = level.push_many(batch)
-                for _ in range(n):
-                    q.popleft()
-                pushed += n
-                if n < len(batch):
-                    break
-        self.count -= pushed
-        return pushed
-
-
-class _StreamLink:
-    """A streaming task's tie to its ``ObjectRefGenerator``, weak: once the caller dropped
-    the generator, items that still arrive are freed at once instead of piling up."""
-
-    __slots__ = ("_gen",)
-
-    def __init__(self, gen) -> None:
-        self._gen = weakref.ref(gen)
-
-    def alive(self) -> bool:
-        return self._gen() is not None
-
-    def add(self, ref) -> None:
-        gen = self._gen()
-        if gen is not None:
-            gen.add(ref)
-
-    def end(self, error_loc) -> None:
-        gen = self._gen()
-        if gen is not None:
-            gen.end(error_loc)
-
 
 class _Task:
     __slots__ = ("task_id", "return_ids", "fn_name", "spec", "deps", "pending", "held",
@@ -147,7 +70,7 @@ class CoreClient:
         self.table: dict[bytes, list] = {}
         self.tasks: dict[bytes, _Task] = {}
         self.waiting: dict[bytes, list[_Task]] = {}
-        self.backlog = _Backlog(len(self.deque.levels))
+        self.backlog = Backlog(len(self.deque.levels))
         self.dead_refs: collections.deque[bytes] = collections.deque()
         self.dead_pins: collections.deque[int] = collections.deque()  # of borrowed refs
         self.dead_actors: collections.deque[tuple] = collections.deque()  # last handle died
@@ -286,38 +209,9 @@ class CoreClient:
     # -- submitting ----------------------------------------------------------------
 
     def demand_vector(self, num_cpus: float, num_gpus: float, resources: dict) -> tuple:
-        """The resource vector (milli-units) of a task asking for these amounts.
-
-        Raises:
-            InfeasibleTaskError: the node does not have that much of something, or does
-                not have the resource at all.
-        """
+        """The resource vector of a task on this node (see :func:`messages.demand_vector`)."""
         names = ["CPU", "GPU"] + [n for n, _ in self.config.resources]
-        want = {"CPU": num_cpus, "GPU": num_gpus}
-        for name, amount in (resources or {}).items():
-            if name in ("CPU", "GPU"):
-                raise ValueError(f"ask for {name} with num_{name.lower()}s=, not resources=")
-            want[name] = amount
-        v = [0] * record.NRES
-        totals = self.segment.totals()
-        for name, amount in want.items():
-            if amount < 0:
-                raise ValueError(f"resource {name} must be >= 0, got {amount}")
-            if not amount:
-                continue
-            if name not in names:
-                raise InfeasibleTaskError(
-                    f"the task asks for {amount:g} {name} but no node has resource {name!r} "
-                    f"(declared: {names}); declare it with init(resources={{{name!r}: n}}).")
-            i = names.index(name)
-            v[i] = int(round(amount * 1000))
-            if v[i] > totals[i]:
-                raise InfeasibleTaskError(
-                    f"the task asks for {amount:g} {name} but the node has only "
-                    f"{totals[i] / 1000:g}; it could never run. Ask for less, or start the "
-                    f"node with more (init(num_cpus=..., num_gpus=..., resources=...)).")
-        v = tuple(v)
-        return record.DEFAULT_VECTOR if v == record.DEFAULT_VECTOR else v
+        return demand_vector(names, self.segment.totals(), num_cpus, num_gpus, resources)
 
     def submit(self, fn_key, fn_loc: tuple[int, int], fn_name: str, args: Sequence,
                kwargs: dict, opts: TaskOptions, target: int | None = None,
@@ -380,7 +274,7 @@ class CoreClient:
         t.target = target
         t.actor_id = actor_id
         t.epoch = 0
-        t.stream = None if stream is None else _StreamLink(stream)
+        t.stream = None if stream is None else StreamLink(stream)
         if stream is not None:
             stream._task_id = task_id
         with self._lock:

@@ -10,13 +10,14 @@ import signal
 import struct
 from typing import Sequence
 
-from ..errors import SerializationError
+from ..errors import InfeasibleTaskError, SerializationError
+from ..scheduler import record
 from ..serialization import error_payload, serialize
 
 __all__ = ["ARENA_SPEC", "MSG_DONE", "MSG_REQUEST", "MSG_OBJECT", "MSG_CRASHED", "MSG_CALL",
-           "MSG_ITEM", "MSG_ACTOR_EPOCH", "OK", "FAILED", "CRASH", "TIMEOUT", "CANCEL", "CANCEL_ONE",
-           "ACTOR_DIED", "TaskOptions", "Dep", "failed_message", "stop_task",
-           "name_bad_argument"]
+           "MSG_ITEM", "MSG_ACTOR_EPOCH", "OK", "FAILED", "CRASH", "TIMEOUT", "CANCEL",
+           "CANCEL_ONE", "ACTOR_DIED", "TaskOptions", "Dep", "failed_message", "stop_task",
+           "name_bad_argument", "demand_vector"]
 
 ARENA_SPEC = struct.Struct("<QQ")
 MSG_DONE, MSG_REQUEST, MSG_OBJECT, MSG_CRASHED, MSG_CALL, MSG_ITEM = 0, 1, 2, 3, 4, 5
@@ -109,3 +110,38 @@ def name_bad_argument(fn_name: str, args: Sequence, kwargs: dict) -> Serializati
             )
     return SerializationError(f"the arguments of {fn_name}() cannot be serialized")
 
+
+def demand_vector(names: list, totals: tuple, num_cpus: float, num_gpus: float,
+                  resources: dict) -> tuple:
+    """The resource vector (milli-units, in the order of ``names``: CPU, GPU, then the
+    node's custom resources) of a task asking for these amounts on a node with ``totals``.
+
+    Raises:
+        ValueError: a negative amount, or CPU/GPU passed in ``resources``.
+        InfeasibleTaskError: the node does not have that much of something, or does not
+            have the resource at all.
+    """
+    want = {"CPU": num_cpus, "GPU": num_gpus}
+    for name, amount in (resources or {}).items():
+        if name in ("CPU", "GPU"):
+            raise ValueError(f"ask for {name} with num_{name.lower()}s=, not resources=")
+        want[name] = amount
+    v = [0] * record.NRES
+    for name, amount in want.items():
+        if amount < 0:
+            raise ValueError(f"resource {name} must be >= 0, got {amount}")
+        if not amount:
+            continue
+        if name not in names:
+            raise InfeasibleTaskError(
+                f"the task asks for {amount:g} {name} but no node has resource {name!r} "
+                f"(declared: {names}); declare it with init(resources={{{name!r}: n}}).")
+        i = names.index(name)
+        v[i] = int(round(amount * 1000))
+        if v[i] > totals[i]:
+            raise InfeasibleTaskError(
+                f"the task asks for {amount:g} {name} but the node has only "
+                f"{totals[i] / 1000:g}; it could never run. Ask for less, or start the "
+                f"node with more (init(num_cpus=..., num_gpus=..., resources=...)).")
+    v = tuple(v)
+    return record.DEFAULT_VECTOR if v == record.DEFAULT_VECTOR else v

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import collections
 import time
+import weakref
 
 from ..ids import new_object_id
 
-__all__ = ["STREAMING", "ObjectRefGenerator", "submit_streaming"]
+__all__ = ["STREAMING", "ObjectRefGenerator", "StreamLink", "submit_streaming"]
 
 STREAMING = 0  # num_returns value in task records meaning "streaming"
 
@@ -63,6 +64,29 @@ class ObjectRefGenerator:
 
     def __repr__(self) -> str:
         return f"ObjectRefGenerator(done={self._done}, buffered={len(self._items)})"
+
+
+class StreamLink:
+    """A streaming task's tie to its ``ObjectRefGenerator``, weak: once the caller dropped
+    the generator, items that still arrive are freed at once instead of piling up."""
+
+    __slots__ = ("_gen",)
+
+    def __init__(self, gen) -> None:
+        self._gen = weakref.ref(gen)
+
+    def alive(self) -> bool:
+        return self._gen() is not None
+
+    def add(self, ref) -> None:
+        gen = self._gen()
+        if gen is not None:
+            gen.add(ref)
+
+    def end(self, error_loc) -> None:
+        gen = self._gen()
+        if gen is not None:
+            gen.end(error_loc)
 
 
 def submit_streaming(client, fn_key, fn_loc, fn_name: str, args, kwargs, opts,

@@ -428,11 +428,7 @@ def serialize_ready(worker: Worker, values, what: str, fn_name: str, task_id: by
         if not block:
             raise RefsPending(pending)
         check_not_own_calls(worker, pending, fn_name)
-        worker.calls.append(task_id)  # cancel and timeout stop the task while it waits
-        try:
-            client.wait(pending, len(pending), None)
-        finally:
-            worker.calls.pop()
+        client.wait(pending, len(pending), None)  # (task_id is in worker.calls: stoppable)
 
 
 def pending_owned(client: CoreClient, refs) -> list:

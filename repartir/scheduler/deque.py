@@ -20,11 +20,13 @@ Layout at ``offset`` in the scheduler segment::
 
 from __future__ import annotations
 
+import collections
+import itertools
 import struct
 
 from ..sync import RobustMutex, address_of
 
-__all__ = ["TaskDeque", "PriorityDeques", "deque_bytes"]
+__all__ = ["TaskDeque", "PriorityDeques", "Backlog", "deque_bytes"]
 
 _CPU = struct.Struct("<I")  # a record header's CPU demand, at byte 22 (record.HEADER)
 _TB = struct.Struct("<QQ")
@@ -294,3 +296,53 @@ class PriorityDeques:
         for d in self.levels:
             out.extend(d.remove_if(predicate))
         return out
+
+
+class Backlog:
+    """Task records not in this process's deque yet: one FIFO per priority level, so a
+    high-priority task never waits behind low ones that did not fit."""
+
+    __slots__ = ("levels", "count")
+
+    def __init__(self, nlevels: int) -> None:
+        self.levels = [collections.deque() for _ in range(nlevels)]
+        self.count = 0
+
+    def append(self, rec: bytes) -> None:
+        self.levels[rec[1]].append(rec)
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def remove_if(self, match) -> set:
+        """Drop the records ``match`` accepts; returns their task ids."""
+        found = set()
+        for i, q in enumerate(self.levels):
+            if any(match(r) for r in q):
+                kept = collections.deque()
+                for r in q:
+                    if match(r):
+                        found.add(bytes(r[6:22]))
+                    else:
+                        kept.append(r)
+                self.levels[i] = kept
+        self.count = sum(len(q) for q in self.levels)
+        return found
+
+    def flush_into(self, deque: PriorityDeques) -> int:
+        """Push into ``deque`` (a PriorityDeques), highest level first, in batches of at most
+        512 records, while they fit; a full level is skipped at once (each submit must not
+        copy the whole backlog: that made submitting quadratic).  Returns how many went."""
+        pushed = 0
+        for q, level in zip(self.levels, deque.levels):
+            while q and len(level) < level.capacity:
+                batch = list(itertools.islice(q, 512))
+                n = level.push_many(batch)
+                for _ in range(n):
+                    q.popleft()
+                pushed += n
+                if n < len(batch):
+                    break
+        self.count -= pushed
+        return pushed
