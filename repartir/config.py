@@ -18,6 +18,10 @@ setting                        environment variable            default
                                                                inside task and completion records
 ``max_workers``                ``REPARTIR_MAX_WORKERS``        2 x ``num_cpus``: cap on worker
                                                                processes (nested tasks may add some)
+``max_stuck_workers``          ``REPARTIR_MAX_STUCK_WORKERS``  ``max_workers``: workers started
+                                                               beyond the cap, one at a time, only
+                                                               while every worker is blocked in
+                                                               ``get`` and queued tasks wait
 ``spin_us``                    ``REPARTIR_SPIN_US``            200: microseconds an idle process
                                                                spins before it parks
 ``temp_dir``                   ``REPARTIR_TEMP_DIR``           ``/tmp/repartir-sessions``: session
@@ -41,7 +45,13 @@ from __future__ import annotations
 import dataclasses
 import os
 
-__all__ = ["Config", "resolve"]
+__all__ = ["Config", "resolve", "STUCK_SPAWN_S"]
+
+#: Seconds every worker must have been blocked in ``get``, with tasks queued that none of them
+#: may run on its stack, before the node starts a worker beyond ``max_workers``.  Shorter
+#: starts processes for waits that would have ended by themselves; longer makes such a
+#: program (a task waiting on a ref passed to it inside a list) wait that long per level.
+STUCK_SPAWN_S = 0.05
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -56,6 +66,7 @@ class Config:
     resources: tuple = ()  # ((name, amount), ...) sorted by name
     inline_threshold: int = 100 * KiB
     max_workers: int = 0
+    max_stuck_workers: int = 0
     spin_us: int = 200
     temp_dir: str = "/tmp/repartir-sessions"
     shm_dir: str = "/dev/shm"
@@ -149,6 +160,9 @@ def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
         resources=tuple(sorted((k, float(v)) for k, v in resources.items())),
         inline_threshold=_env_int("REPARTIR_INLINE_THRESHOLD") or 100 * KiB,
         max_workers=max(max_workers, num_cpus),
+        max_stuck_workers=(_env_int("REPARTIR_MAX_STUCK_WORKERS")
+                           if _env_int("REPARTIR_MAX_STUCK_WORKERS") is not None
+                           else max(max_workers, num_cpus)),
         spin_us=_env_int("REPARTIR_SPIN_US") if _env_int("REPARTIR_SPIN_US") is not None else 200,
         temp_dir=temp_dir,
         shm_dir=shm_dir,

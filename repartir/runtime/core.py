@@ -38,7 +38,7 @@ from ..scheduler.deque import Backlog
 from ..scheduler.record import HEADER as RECORD_HEADER
 from ..serialization import Serialized, deserialize, deserialize_at, error_from_payload, serialize
 from .messages import (ACTOR_DIED, ARENA_SPEC, CANCEL, CANCEL_ONE, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED,
-                       MSG_DONE, MSG_ITEM, MSG_OBJECT, MSG_REQUEST, OK, TIMEOUT, Dep, TaskOptions,
+                       MSG_DONE, MSG_ITEM, MSG_LARGE, MSG_OBJECT, MSG_REQUEST, OK, TIMEOUT, Dep, TaskOptions,
                        demand_vector, name_bad_argument, stop_task)
 from .objectref import ObjectRef, capture_refs
 from .streaming import StreamLink
@@ -54,6 +54,7 @@ class _Task:
 
 
 _EMPTY_ARGS = ("i", serialize(((), {})).to_bytes())
+_HOLDS_REFS = "holds refs"  # in an object entry's held list: its value holds refs
 
 
 class CoreClient:
@@ -80,7 +81,7 @@ class CoreClient:
         self.borrow_holds: dict[bytes, int] = {}  # arena holds of locations heard of late
         self.requested: set[bytes] = set()
         self.functions: dict[bytes, tuple[int, int]] = {}
-        self._headers: dict[TaskOptions, tuple[bytes, bytes]] = {}  # record header parts
+        self._headers: dict[tuple, tuple[bytes, bytes]] = {}  # (options, holds refs) -> parts
         self.actor_queues: dict[int, collections.deque] = {}  # calls not yet sent, per actor
         self.calls: collections.deque = collections.deque()  # in an actor: calls received
         self.futures: dict[bytes, list] = {}  # object id -> concurrent.futures.Future list
@@ -305,17 +306,18 @@ class CoreClient:
         """Build the task's record (dependencies are ready now) and push it."""
         body = self._body(t)
         o = t.opts
+        holds = self._holds_refs(t) if (t.held or t.deps) else False
         if len(body) + RECORD_HEADER.size > self.deque.max_payload:
             off = self.arena.allocate(len(body), self.slot)
             self.arena.writable(off, len(body))[:] = body
             t.spec_block = off
             rec = record.pack_header(record.SPEC_IN_ARENA, o.priority, self.slot, t.task_id,
-                                     o.demand, o.timeout) + ARENA_SPEC.pack(off, len(body))
+                                     o.demand, o.timeout, holds) + ARENA_SPEC.pack(off, len(body))
         else:
-            parts = self._headers.get(o)
+            parts = self._headers.get((o, holds))
             if parts is None:
-                parts = self._headers[o] = record.header_parts(
-                    record.SPEC_INLINE, o.priority, self.slot, o.demand, o.timeout)
+                parts = self._headers[(o, holds)] = record.header_parts(
+                    record.SPEC_INLINE, o.priority, self.slot, o.demand, o.timeout, holds)
             rec = parts[0] + t.task_id + parts[1] + body
         t.record = rec
         if self.batch_submits:
@@ -363,9 +365,7 @@ class CoreClient:
         else:
             msg = pickle.dumps((MSG_CALL, t.task_id, self.slot, body, None, epoch), 5)
         t.record = msg
-        inbox = self.segment.inboxes[t.target]
-        while not inbox.put(msg):
-            time.sleep(0.0005)
+        self.post(t.target, msg)
 
     def _flush_backlog(self) -> None:
         """Move the backlog into this process's deque as far as it fits (records stay in
@@ -374,6 +374,40 @@ class CoreClient:
         pushed = self.backlog.flush_into(self.deque)
         if pushed:
             self.segment.notify_work(pushed)
+
+    # -- messages ------------------------------------------------------------------
+
+    def post(self, slot: int, msg: bytes) -> None:
+        """Put ``msg`` into the inbox of ``slot``, waiting while it is full.  A message too
+        large for an inbox (a quarter of its ring) goes into an arena block owned by this
+        process until the receiver claims it; only a small ``MSG_LARGE`` message travels.
+
+        Raises:
+            ObjectStoreFullError: the message is too large for an inbox and the arena has
+                no room for it either.
+        """
+        inbox = self.segment.inboxes[slot]
+        if len(msg) > inbox.max_message:
+            arena = self.arena
+            off = arena.allocate(len(msg), self.slot)
+            arena.writable(off, len(msg))[:] = msg
+            msg = pickle.dumps((MSG_LARGE, off, len(msg), arena.generation(off)), 5)
+        while not inbox.put(msg):  # the receiver is draining: wait a bit
+            if self.segment.shutting_down:
+                return
+            time.sleep(0.0005)
+
+    def open_large(self, msg: tuple) -> tuple | None:
+        """The message inside a ``MSG_LARGE`` one (its block is freed), or ``None`` when its
+        sender died before this process claimed it (the node freed the block)."""
+        _, off, nbytes, gen = msg
+        arena = self.arena
+        if not arena.claim(off, gen, self.slot):
+            return None
+        try:
+            return pickle.loads(arena.view(off, nbytes))
+        finally:
+            arena.release(off)
 
     # -- completions ---------------------------------------------------------------
 
@@ -390,7 +424,12 @@ class CoreClient:
             with self._lock:
                 for m in msgs:
                     try:
-                        self._handle(pickle.loads(m))
+                        msg = pickle.loads(m)
+                        if msg[0] == MSG_LARGE:
+                            msg = self.open_large(msg)
+                            if msg is None:
+                                continue
+                        self._handle(msg)
                     except Exception:  # a runtime bug: report it, keep the session usable
                         _log.exception("repartir: a message could not be handled")
                 if msgs:
@@ -456,7 +495,7 @@ class CoreClient:
                 self._unpin_all(pins)
                 return  # the stream ends with the crash of its process
             oid = new_object_id()  # any number of items (return ids stop at 65,534)
-            self.table[oid] = [0, loc, None, pins or None]
+            self.table[oid] = [0, loc, None, None if pins is None else [_HOLDS_REFS, *pins]]
             t.stream.add(self.make_ref(oid))
         elif kind == MSG_CALL:
             if self.actor_epoch is None or msg[5] == self.actor_epoch:
@@ -551,16 +590,38 @@ class CoreClient:
             else:
                 self._send_call(t)
 
-    def _keep_pins(self, return_ids: list, pins: list) -> None:
-        """Export pins of refs inside a result stay until that result is freed."""
-        if not pins:
+    def _keep_pins(self, return_ids: list, pins: list | None) -> None:
+        """Export pins of refs inside a result stay until that result is freed.  ``pins`` is
+        ``None`` when the result holds no refs; otherwise every return entry is marked as
+        holding refs (see :meth:`_may_wait`), and the pins stay with the first one alive."""
+        if pins is None:
             return
+        kept = False
         for rid in return_ids:
             e = self.table.get(rid)
             if e is not None:
-                e[3] = (e[3] or []) + list(pins)
-                return
-        self._unpin_all(pins)
+                e[3] = (e[3] or []) + ([_HOLDS_REFS] if kept else [_HOLDS_REFS, *pins])
+                kept = True
+        if not kept:
+            self._unpin_all(pins)
+
+    def _may_wait(self, ref: ObjectRef, dep: bool) -> bool:
+        """Whether a task holding ``ref`` (a top-level dependency when ``dep``, ready then;
+        else a ref nested in its arguments) may, through it, wait on another task: its
+        object is pending, or holds refs, or is borrowed (its value is not known here)."""
+        e = self.table.get(ref._id)
+        if e is None:
+            return True
+        return bool(e[3]) or (not dep and e[1] is None)
+
+    def _holds_refs(self, t: _Task) -> bool:
+        """Whether the task must never run on top of a task blocked in ``get`` (the record
+        flag ``HOLDS_REFS``): it might wait on that task, which cannot go on until it
+        returns.  A task holding no such refs can only wait on tasks it submits itself."""
+        may_wait = self._may_wait
+        if t.held and any(may_wait(r, False) for r in t.held if type(r) is ObjectRef):
+            return True
+        return bool(t.deps) and any(may_wait(d, True) for d in t.deps)
 
     def _unpin_all(self, pins) -> None:
         for off in pins or ():
@@ -641,9 +702,7 @@ class CoreClient:
         return f
 
     def _reply(self, slot: int, object_id: bytes, loc) -> None:
-        msg = pickle.dumps((MSG_OBJECT, object_id, loc), 5)
-        while not self.segment.inboxes[slot].put(msg):
-            time.sleep(0.0005)
+        self.post(slot, pickle.dumps((MSG_OBJECT, object_id, loc), 5))
 
     def _process_dead(self) -> None:
         table, arena = self.table, self.arena

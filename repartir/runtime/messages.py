@@ -15,13 +15,15 @@ from ..scheduler import record
 from ..serialization import error_payload, serialize
 
 __all__ = ["ARENA_SPEC", "MSG_DONE", "MSG_REQUEST", "MSG_OBJECT", "MSG_CRASHED", "MSG_CALL",
-           "MSG_ITEM", "MSG_ACTOR_EPOCH", "OK", "FAILED", "CRASH", "TIMEOUT", "CANCEL",
+           "MSG_ITEM", "MSG_ACTOR_EPOCH", "MSG_LARGE", "OK", "FAILED", "CRASH", "TIMEOUT", "CANCEL",
            "CANCEL_ONE", "ACTOR_DIED", "TaskOptions", "Dep", "failed_message", "stop_task",
            "name_bad_argument", "demand_vector"]
 
 ARENA_SPEC = struct.Struct("<QQ")
 MSG_DONE, MSG_REQUEST, MSG_OBJECT, MSG_CRASHED, MSG_CALL, MSG_ITEM = 0, 1, 2, 3, 4, 5
 MSG_ACTOR_EPOCH = 6  # an actor's process was replaced, or the actor died
+MSG_LARGE = 7  # (MSG_LARGE, offset, nbytes, generation): a message too large for an inbox,
+#                 in an arena block the receiver claims, reads and frees
 OK, FAILED = 0, 1
 CRASH, TIMEOUT, CANCEL, ACTOR_DIED = 0, 1, 2, 3  # why a task stopped (MSG_CRASHED)
 CANCEL_ONE = 4  # a stop request: cancel(recursive=False), the task but not its children

@@ -33,7 +33,7 @@ import time
 import warnings
 import weakref
 
-from ..config import Config, shm_free_bytes
+from ..config import STUCK_SPAWN_S, Config, shm_free_bytes
 from ..errors import ObjectStoreFullError
 from ..scheduler.segment import Segment, SlotState, segment_bytes
 from ..store.arena import BLOCK_HEADER, Arena
@@ -42,7 +42,7 @@ from ..scheduler.record import NRES
 from ..errors import RepartirError
 from .actor import CTOR_FAILED_EXIT
 from .output import OutputForwarder
-from .messages import (ACTOR_DIED, CANCEL, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM,
+from .messages import (ACTOR_DIED, CANCEL, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM, MSG_LARGE,
                        OK, TIMEOUT, stop_task)
 
 __all__ = ["Node"]
@@ -171,8 +171,9 @@ class Node:
         sweep_dead_sessions(cfg.temp_dir, cfg.shm_dir)
         self._check_shm(cfg)
         os.makedirs(self.session_dir)
-        # the driver, workers up to the cap, one spare, then the actors
-        self.first_actor_slot = cfg.max_workers + 2
+        # the driver, workers up to the cap, those started beyond it while every worker is
+        # blocked, one spare, then the actors
+        self.first_actor_slot = cfg.max_workers + cfg.max_stuck_workers + 2
         self.nslots = self.first_actor_slot + cfg.max_actors
         sched_size = segment_bytes(self.nslots, cfg.deque_capacity, cfg.inbox_bytes)
         self.sched_fd = _create_shm(cfg.shm_dir, f"{_SHM_PREFIX}{self.session}-sched",
@@ -313,7 +314,8 @@ class Node:
                     f"this node already runs {len(self.actors)} actors, its maximum; kill "
                     f"actors you no longer need or raise REPARTIR_MAX_ACTORS")
             time.sleep(0.005)  # actors whose last handle died are finishing their calls
-        seg.inboxes[slot].drain()  # nothing meant for an earlier actor of this slot remains
+        for raw in seg.inboxes[slot].drain():  # nothing meant for an earlier actor remains
+            self._open_large(slot, pickle.loads(raw))  # frees a large message's block
         seg.bump_actor_epoch(slot, actor_id)
         seg.set_note(slot, "")
         if any(demand) and not self._fits(demand):
@@ -474,11 +476,26 @@ class Node:
             while not inbox.put(msg) and not self.stopping:
                 time.sleep(0.001)
 
+    def _open_large(self, slot: int, msg: tuple) -> tuple | None:
+        """``msg``, or for a ``MSG_LARGE`` one the message in its arena block, which is
+        freed (``None`` when the block is gone with its sender)."""
+        if msg[0] != MSG_LARGE:
+            return msg
+        _, off, nbytes, gen = msg
+        if not self.arena.claim(off, gen, slot):
+            return None
+        try:
+            return pickle.loads(self.arena.view(off, nbytes))
+        finally:
+            self.arena.release(off)
+
     def _fail_actor_inbox(self, slot: int) -> None:
         """Answer the calls waiting in a dead actor's inbox with ActorDiedError."""
         cause = self.segment.note(slot)
         for raw in self.segment.inboxes[slot].drain():
-            msg = pickle.loads(raw)
+            msg = self._open_large(slot, pickle.loads(raw))
+            if msg is None:
+                continue
             if msg[0] == MSG_CALL:
                 self._tell_owners([(msg[2], msg[1], 0.0, 0.0)], cause, ACTOR_DIED)
             elif msg[0] in (MSG_DONE, MSG_ITEM):  # results of tasks the actor submitted
@@ -503,6 +520,8 @@ class Node:
         state, _ = self.segment.slot_state(slot)
         running = self.segment.running(slot)
         self.segment.clear_running(slot)
+        if state != SlotState.FREE or code != 0:  # before its CPU is free for a thief
+            self._requeue_orphans(slot)
         self.segment.release_held(slot)  # what it had reserved goes back to the pool
         self._drop_pins(slot)
         self.segment.set_blocked(slot, False)
@@ -534,20 +553,9 @@ class Node:
             inbox = self.segment.inboxes[owner]
             while not inbox.put(msg) and not self.stopping:
                 time.sleep(0.001)
-        # tasks it had stolen into its own deque go back to the driver's deque; tasks it
-        # submitted itself are dropped wherever they wait (their owner is gone: no one
-        # would read their results; a cancelled or timed-out task's children end with it)
-        seg = self.segment
-        orphans = seg.deques[slot].remove_if(lambda r: True)
-        leftovers = [r for r in orphans if record.HEADER.unpack_from(r, 0)[4] != slot]
-        for i in range(seg.active_slots):
-            if i != slot:
-                seg.deques[i].remove_if(lambda r: record.HEADER.unpack_from(r, 0)[4] == slot)
-        if leftovers:
-            seg.deques[0].push_many(leftovers)
-            seg.notify_work(len(leftovers))
         # its children running elsewhere are stopped too (recursively): nobody will read
         # their results, and a cancelled or timed-out tree must stop to its leaves
+        seg = self.segment
         for i in range(seg.active_slots):
             if i != slot:
                 for owner, task_id, _, _ in seg.running(i):
@@ -555,6 +563,32 @@ class Node:
                         stop_task(seg, task_id, CANCEL, force=False)
         if not self.stopping and slot <= self.config.num_cpus:
             self._spawn(slot)
+
+    def _requeue_orphans(self, slot: int) -> None:
+        """A worker died: the tasks it had stolen into its own deque go back to the top of
+        the driver's deque; the tasks it submitted itself are dropped wherever they wait
+        (their owner is gone: no one would read their results; a cancelled or timed-out
+        task's children end with it)."""
+        seg = self.segment
+        orphans = seg.deques[slot].remove_if(lambda r: True)
+        for i in range(seg.active_slots):
+            if i != slot:
+                seg.deques[i].remove_if(lambda r: record.HEADER.unpack_from(r, 0)[4] == slot)
+        # back at the top of the driver's deque, in the order the dead worker would have
+        # popped them (bottom first: a stolen batch lies reversed), so that they start
+        # before the tasks queued after them
+        put_back = 0
+        for prio, level in enumerate(seg.deques[0].levels):
+            recs = [r for r in orphans if r[1] == prio
+                    and record.HEADER.unpack_from(r, 0)[4] != slot]
+            if recs:
+                recs.reverse()
+                n = level.push_front_many(recs)
+                if n < len(recs):  # no room at the top: keep them, at the bottom
+                    n += seg.deques[0].push_many(recs[n:])
+                put_back += n
+        if put_back:
+            seg.notify_work(put_back)
 
     def _finish_output(self, proc: subprocess.Popen) -> str | None:
         """Forward the rest of a dead process's output and close its pipes; returns its last
@@ -581,6 +615,8 @@ class Node:
         seg, cfg = self.segment, self.config
         overdue: dict[bytes, float] = {}
         stuck_since, warned = None, False  # tasks queued while no worker runs anything
+        # at the cap: the task on top of each worker's stack, and since when none changed
+        stack_tops, all_blocked_since = None, 0.0
         while not self.stopping:
             time.sleep(0.005)
             if self.stopping:
@@ -622,9 +658,23 @@ class Node:
             if self.fatal:
                 continue
             busy = sum(1 for s in slots if seg.running(s))
-            if busy < len(slots) or len(slots) >= cfg.max_workers:
+            if busy < len(slots):
                 continue
-            free = next((i for i in range(cfg.num_cpus + 1, self.nslots)
+            if len(slots) >= cfg.max_workers:
+                # At the cap.  Workers blocked in get help only with tasks that cannot wait
+                # on their stacks; when no stack moves while tasks stay queued and CPU is
+                # free (lent by blocked workers), the queued tasks are others (they hold refs
+                # to pending objects) and only a new worker, with an empty stack, can run
+                # them: start one beyond the cap, or the program would hang.
+                tops = tuple((seg.running(s) or [(0, b"")])[-1][1] for s in slots)
+                if tops != stack_tops:
+                    stack_tops, all_blocked_since = tops, now
+                    continue
+                if (now - all_blocked_since < STUCK_SPAWN_S
+                        or len(slots) >= cfg.max_workers + cfg.max_stuck_workers):
+                    continue
+                stack_tops = None
+            free = next((i for i in range(cfg.num_cpus + 1, self.first_actor_slot)
                          if i not in slots and seg.slot_state(i)[0] not in
                          (SlotState.WORKER, SlotState.STARTING)), None)
             if free is not None:

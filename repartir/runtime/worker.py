@@ -34,7 +34,7 @@ import threading
 import time
 
 from ..config import Config
-from ..errors import TaskCancelledError, TaskTimeoutError
+from ..errors import ObjectStoreFullError, TaskCancelledError, TaskTimeoutError
 from ..scheduler import policy, record
 from ..scheduler.segment import MAX_NESTING, PinLedger, Segment, SlotState
 from ..serialization import SIMPLE_TYPES, serialize, simple_blob
@@ -87,6 +87,8 @@ class Worker:
         or known to the node.  With a free token, a default task costs nothing and any
         other task only its difference to one CPU; without one, the whole demand comes
         from the node's pool."""
+        if self.charges and rec[record.FLAGS_OFFSET] & record.HOLDS_REFS:
+            return False  # helping: it might wait on a task below it on this stack
         demand = record.demand_of(rec)
         seg = self.seg
         if self.token == _FREE:
@@ -179,7 +181,12 @@ class Worker:
 
     def help(self) -> bool:
         """Run one queued task while the current one waits in ``get``; ``False`` when
-        there is nothing this worker may run now."""
+        there is nothing this worker may run now.  Only tasks whose arguments hold no refs
+        to pending objects are helped with (``record.HOLDS_REFS``, checked in
+        :meth:`admit`): any other one might wait, directly or through others, on a task
+        below it on this stack, which cannot go on before it returns -- a deadlock.  Those
+        wait for a worker with an empty stack; the node starts one when every worker is
+        blocked (see ``Node._supervise``)."""
         if len(self.charges) >= MAX_NESTING - 1:
             return False
         rec = self.next_task()
@@ -224,11 +231,14 @@ class Worker:
         self.charges.append((uses_token, charge))
         self.last_work = time.monotonic()
         try:
-            if seg.is_cancelled(task_id):
-                err = TaskCancelledError("task was cancelled before it started")
-                msg = failed_message(task_id, err, "?")
-            else:
-                msg = self._run(kind, rec, task_id, owner)
+            try:
+                if seg.is_cancelled(task_id):
+                    err = TaskCancelledError("task was cancelled before it started")
+                    msg = failed_message(task_id, err, "?")
+                else:
+                    msg = self._run(kind, rec, task_id, owner)
+            except BaseException as exc:  # a fault of the runtime: the owner must hear of it
+                msg = failed_message(task_id, exc, "the task")
             self.send(owner, msg)
         finally:
             self.charges.pop()
@@ -266,11 +276,24 @@ class Worker:
         return args, kwargs
 
     def send(self, owner: int, msg: bytes) -> None:
-        inbox = self.seg.inboxes[owner]
-        while not inbox.put(msg):  # the owner's inbox is full: it is draining, wait a bit
-            if self.seg.shutting_down:
-                return
-            time.sleep(0.0005)
+        """Send a completion (or a streamed item) to the task's owner.  One too large for an
+        inbox travels through the arena (:meth:`CoreClient.post`); when the arena has no
+        room for it either, its blocks are freed and the task fails with an error that
+        says so (a streamed item raises it inside the generator's task instead) -- the
+        owner is never left waiting for a message that cannot come."""
+        try:
+            self.client.post(owner, msg)
+        except ObjectStoreFullError as exc:
+            decoded = pickle.loads(msg)
+            if decoded[0] not in (MSG_DONE, MSG_ITEM):
+                raise
+            drop_message_blocks(self.client, decoded)
+            err = ObjectStoreFullError(
+                f"a result of {len(msg):,} bytes (once serialized) could not be sent to the "
+                f"task's owner: {exc}")
+            if decoded[0] == MSG_ITEM:
+                raise err from None
+            self.client.post(owner, failed_message(decoded[1], err, "the task"))
 
     def on_stop_signal(self, signum, frame) -> None:
         req = self.seg.take_stop_request(self.slot)
@@ -372,7 +395,7 @@ def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: byte
                         f".options(num_returns='streaming') to get its items as they come, "
                         f"or return a list")
     if nret == 1:
-        if type(result) in SIMPLE_TYPES and (type(result) is not str or len(result) < 4096):
+        if type(result) in SIMPLE_TYPES and _small(result):
             blob = _NONE_BLOB if result is None else simple_blob(result)  # the common case
             return pickle.dumps((MSG_DONE, task_id, OK, [("i", blob)], None), 5)
         results = (result,)
@@ -386,8 +409,19 @@ def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: byte
     blobs, exported = serialize_ready(worker, results, f"the return value of {fn_name}",
                                       fn_name, task_id, block)
     locs = [store(s) for s in blobs]
-    pins = export_pins(worker.client, exported) if exported else None
+    pins = export_pins(worker.client, exported) if exported else None  # [] still says: refs
     return pickle.dumps((MSG_DONE, task_id, OK, locs, pins), 5)
+
+
+def _small(value) -> bool:
+    """Whether a builtin scalar is small enough for the inline fast path (a large ``str``,
+    ``bytes`` or ``int`` goes the general way: into the arena above the inline threshold)."""
+    t = type(value)
+    if t is str or t is bytes:
+        return len(value) < 4096
+    if t is int:
+        return value.bit_length() < 32768
+    return True
 
 
 def stream_item(worker: Worker, item, fn_name: str, index: int, task_id: bytes,
@@ -396,7 +430,7 @@ def stream_item(worker: Worker, item, fn_name: str, index: int, task_id: bytes,
     blobs, exported = serialize_ready(worker, (item,), f"item {index} yielded by {fn_name}",
                                       fn_name, task_id, block)
     loc = worker.client.store(blobs[0])
-    pins = export_pins(worker.client, exported)
+    pins = export_pins(worker.client, exported) if exported else None
     worker.send(owner, pickle.dumps((MSG_ITEM, task_id, index, loc, pins), 5))
 
 
@@ -459,18 +493,33 @@ def check_not_own_calls(worker: Worker, refs, fn_name: str) -> None:
                 f"or give the actor max_concurrency > 1.")
 
 
-def export_pins(client, refs) -> list[int] | None:
+def drop_message_blocks(client, msg: tuple) -> None:
+    """Free what an undelivered completion or item holds: its result blocks (owned by this
+    process) and its export pins."""
+    if msg[0] == MSG_ITEM:
+        locs, pins = [msg[3]], msg[4]
+    else:
+        locs, pins = (msg[3] if msg[2] == OK and isinstance(msg[3], list) else []), msg[4]
+    for loc in locs:
+        if loc[0] == "a":
+            client.arena.release(loc[1])
+    for off in pins or ():
+        client.arena.unpin(off)
+
+
+def export_pins(client, refs) -> list[int]:
     """Pin the arena blocks of refs about to travel in a result, so that they survive until
     the receiver holds them (it releases these pins when it frees the result).  The pins
     belong to the message, not to this process: they are not in its pin ledger, so its
-    death cannot give them back a second time."""
+    death cannot give them back a second time.  An empty list still tells the receiver
+    that the result holds refs."""
     pins = []
     for ref in refs:
         loc = client.location_for_export(ref._id)
         if loc is not None and loc[0] == "a":
             client.arena.pin(loc[1])
             pins.append(loc[1])
-    return pins or None
+    return pins
 
 
 def _watch_parent(fd: int) -> None:

@@ -30,6 +30,7 @@ __all__ = ["TaskDeque", "PriorityDeques", "Backlog", "deque_bytes"]
 
 _CPU = struct.Struct("<I")  # a record header's CPU demand, at byte 22 (record.HEADER)
 _TB = struct.Struct("<QQ")
+_START = 1 << 48  # initial top and bottom
 _LEN = struct.Struct("<I")
 _HDR = 128
 
@@ -58,7 +59,9 @@ class TaskDeque:
         self._base = offset + _HDR
         if create:
             self.mutex.initialize()
-            _TB.pack_into(mm, offset + 64, 0, 0)
+            # top and bottom only grow, except when records are put back at the top
+            # (push_front_many): start high so that top never goes below zero
+            _TB.pack_into(mm, offset + 64, _START, _START)
 
     def __len__(self) -> int:
         """Records held; read without the lock, so only a hint under concurrency."""
@@ -102,6 +105,29 @@ class TaskDeque:
             _LEN.pack_into(mm, pos, n)
             mm[pos + 4:pos + 4 + n] = rec
         struct.pack_into("<Q", mm, self.offset + 72, bottom + count)
+        return count
+
+    def push_front_many(self, records: list[bytes]) -> int:
+        """Put records back at the top, the end thieves take first: ``records[0]`` becomes
+        the top (the next one stolen), then ``records[1]``, ... -- so tasks taken back from
+        a dead worker run before the ones queued after them.  Returns how many fit (the
+        leading ones)."""
+        mm = self.mm
+        cap, rs, base = self.capacity, self.record_size, self._base
+        with self.mutex:
+            top, bottom = _TB.unpack_from(mm, self.offset + 64)
+            count = min(cap - (bottom - top), len(records))
+            for i in range(count):
+                if len(records[i]) > self.max_payload:
+                    count = i
+                    break
+            new_top = top - count
+            for i in range(count):
+                rec = records[i]
+                pos = base + ((new_top + i) % cap) * rs
+                _LEN.pack_into(mm, pos, len(rec))
+                mm[pos + 4:pos + 4 + len(rec)] = rec
+            struct.pack_into("<Q", mm, self.offset + 64, new_top)
         return count
 
     def cpu_demands(self, limit: int = 64) -> list[int]:

@@ -6,7 +6,10 @@ handling can find a task by id).
 ``cpu u32 | gpu u32 | timeout f32 | custom index 4 x u8 | custom amount 4 x u32``
 
 Amounts are in milli-units (``num_cpus=0.5`` is 500).  ``flags & DEFAULT_DEMAND`` marks the
-common case, one CPU and nothing else.  After the header comes the spec (pickled), or, for
+common case, one CPU and nothing else.  ``flags & HOLDS_REFS`` marks a task whose arguments hold
+refs to objects that were pending when it was queued (or that may hold such refs themselves):
+such a task may wait on any task, so a worker never runs it on top of a task blocked in ``get``
+(see ``docs/architecture.md``, "Nested tasks").  After the header comes the spec (pickled), or, for
 ``kind == SPEC_IN_ARENA``, its ``(offset, nbytes)`` in the arena.
 """
 
@@ -14,13 +17,16 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["HEADER", "SPEC_INLINE", "SPEC_IN_ARENA", "DEFAULT_DEMAND", "NRES",
+__all__ = ["HEADER", "SPEC_INLINE", "SPEC_IN_ARENA", "DEFAULT_DEMAND", "HOLDS_REFS", "NRES",
            "HIGH", "NORMAL", "LOW", "PRIORITIES", "pack_header", "header_parts", "demand_of",
+           "holds_refs",
            "DEFAULT_VECTOR", "MAX_CUSTOM"]
 
 HEADER = struct.Struct("<BBBBH16sIIf4B4I")
 SPEC_INLINE, SPEC_IN_ARENA = 0, 1
 DEFAULT_DEMAND = 1
+HOLDS_REFS = 2
+FLAGS_OFFSET = 2  # byte offset of the flags in a record
 NRES = 8  # CPU, GPU, and up to 6 custom resources per node
 MAX_CUSTOM = 4  # custom resources one task may ask for
 HIGH, NORMAL, LOW = 0, 1, 2
@@ -29,12 +35,14 @@ DEFAULT_VECTOR = (1000,) + (0,) * (NRES - 1)
 
 
 def pack_header(kind: int, priority: int, owner: int, task_id: bytes,
-                demand: tuple[int, ...], timeout: float) -> bytes:
+                demand: tuple[int, ...], timeout: float, holds_refs: bool = False) -> bytes:
     """Pack a header; ``demand`` is a vector of ``NRES`` milli-amounts."""
     custom = [(i, a) for i, a in enumerate(demand[2:], start=2) if a]
     if len(custom) > MAX_CUSTOM:
         raise ValueError(f"a task may ask for at most {MAX_CUSTOM} custom resources")
     flags = DEFAULT_DEMAND if tuple(demand) == DEFAULT_VECTOR else 0
+    if holds_refs:
+        flags |= HOLDS_REFS
     idx = [i for i, _ in custom] + [0] * (MAX_CUSTOM - len(custom))
     amt = [a for _, a in custom] + [0] * (MAX_CUSTOM - len(custom))
     return HEADER.pack(kind, priority, flags, len(custom), owner, task_id, demand[0],
@@ -42,11 +50,16 @@ def pack_header(kind: int, priority: int, owner: int, task_id: bytes,
 
 
 def header_parts(kind: int, priority: int, owner: int, demand: tuple[int, ...],
-                 timeout: float) -> tuple[bytes, bytes]:
+                 timeout: float, holds_refs: bool = False) -> tuple[bytes, bytes]:
     """The bytes before and after the task id in a header: ``pre + task_id + post`` equals
     :func:`pack_header` with the same arguments (cheap to build per task)."""
-    full = pack_header(kind, priority, owner, bytes(16), demand, timeout)
+    full = pack_header(kind, priority, owner, bytes(16), demand, timeout, holds_refs)
     return full[:6], full[22:]
+
+
+def holds_refs(rec) -> bool:
+    """Whether the record's task may wait on tasks it did not submit (see ``HOLDS_REFS``)."""
+    return bool(rec[FLAGS_OFFSET] & HOLDS_REFS)
 
 
 def demand_of(rec) -> tuple[int, ...]:
