@@ -359,7 +359,6 @@ def run_actor(client, worker, spec: dict) -> None:
             client.calls.remove(msg)
     runner = _Runner(client, worker, instance, config)
     # while a call waits (blocking) for refs it returns, no other call of this actor runs
-    worker.runs_calls_serially = config["is_async"] or config["max_concurrency"] <= 1
     if config["is_async"]:
         asyncio.run(runner.run_async())
     elif config["max_concurrency"] > 1:
@@ -518,24 +517,9 @@ class _Runner:
                             f".options(num_returns='streaming') to get its items as they come")
         count = 0
         async for item in agen:
-            await self._ready(lambda: stream_item(self.worker, item, fn_name, count, task_id,
-                                                  owner, block=False))
+            stream_item(self.worker, item, fn_name, count, task_id, owner)
             count += 1
         return pickle.dumps((MSG_DONE, task_id, OK, count, None), 5)
-
-    @staticmethod
-    async def _ready(store):
-        """``store()`` a result or item; when it holds refs this process owns that are not
-        ready, await them (the loop goes on running other calls, calls on this actor too)
-        and store it again."""
-        from .worker import RefsPending
-
-        while True:
-            try:
-                return store()
-            except RefsPending as pending:
-                await asyncio.gather(*(asyncio.wrap_future(r.future()) for r in pending.refs),
-                                     return_exceptions=True)
 
     async def _async_call(self, msg, sem) -> None:
         from .worker import finish_result
@@ -554,8 +538,8 @@ class _Runner:
                     if inspect.isasyncgen(result):
                         reply = await self._stream_async(result, fn_name, nret, task_id, owner)
                     else:
-                        reply = await self._ready(lambda: finish_result(
-                            self.worker, result, fn_name, nret, task_id, owner, block=False))
+                        reply = finish_result(self.worker, result, fn_name, nret, task_id,
+                                              owner)
                 except BaseException as exc:
                     reply = failed_message(task_id, exc, fn_name)
                 self.worker.send(owner, reply)

@@ -38,7 +38,7 @@ from ..scheduler.deque import Backlog
 from ..scheduler.record import HEADER as RECORD_HEADER
 from ..serialization import Serialized, deserialize, deserialize_at, error_from_payload, serialize
 from .messages import (ACTOR_DIED, ARENA_SPEC, CANCEL, CANCEL_ONE, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED,
-                       MSG_DONE, MSG_ITEM, MSG_LARGE, MSG_OBJECT, MSG_REQUEST, OK, TIMEOUT, Dep, TaskOptions,
+                       MSG_DONE, MSG_ITEM, MSG_LARGE, MSG_OBJECT, MSG_OWNER_DIED, MSG_RELEASE, MSG_REQUEST, OK, TIMEOUT, Dep, TaskOptions,
                        demand_vector, name_bad_argument, stop_task)
 from .objectref import ObjectRef, capture_refs
 from .streaming import StreamLink
@@ -80,6 +80,7 @@ class CoreClient:
         self.dead_borrows: collections.deque[bytes] = collections.deque()
         self.borrow_holds: dict[bytes, int] = {}  # arena holds of locations heard of late
         self.requested: set[bytes] = set()
+        self.lent_from: dict[bytes, int] = {}  # object id -> slot of its owner, who lent it
         self.functions: dict[bytes, tuple[int, int]] = {}
         self._headers: dict[tuple, tuple[bytes, bytes]] = {}  # (options, holds refs) -> parts
         self.actor_queues: dict[int, collections.deque] = {}  # calls not yet sent, per actor
@@ -128,6 +129,38 @@ class CoreClient:
             off = self.borrow_holds.pop(oid, None)
             if off is not None:
                 self.arena.let_go(off)
+            owner = self.lent_from.pop(oid, None)
+            if owner is not None:  # the loan ends with the last ref here
+                self.post(owner, pickle.dumps((MSG_RELEASE, oid), 5))
+
+    def lend(self, object_id: bytes) -> bool:
+        """A ref to ``object_id`` (owned here, pending) leaves in a result: hold one count
+        for the receiver until it sends ``MSG_RELEASE``, so that the object, and this
+        process's answer to requests for it, outlive the task's own refs (Ray's borrowers,
+        reduced to one loan per result).  ``False`` when this process no longer owns it."""
+        with self._lock:
+            e = self.table.get(object_id)
+            if e is None:
+                return False
+            e[0] += 1
+            return True
+
+    def _adopt(self, pins, first: bool) -> list:
+        """The held list of an object entry made from a result's export pins: a marker that
+        its value holds refs, the arena pins (on the ``first`` entry only: each is released
+        once) and the loans, each counted as a borrow of this process until the entry is
+        freed."""
+        held: list = [_HOLDS_REFS]
+        for pin in pins:
+            if type(pin) is int:
+                if first:
+                    held.append(pin)
+            else:
+                owner, oid = pin
+                self.note_borrowed(oid, None)
+                self.lent_from[oid] = owner
+                held.append(pin)
+        return held
 
     def location_for_export(self, object_id: bytes):
         e = self.table.get(object_id)
@@ -495,7 +528,7 @@ class CoreClient:
                 self._unpin_all(pins)
                 return  # the stream ends with the crash of its process
             oid = new_object_id()  # any number of items (return ids stop at 65,534)
-            self.table[oid] = [0, loc, None, None if pins is None else [_HOLDS_REFS, *pins]]
+            self.table[oid] = [0, loc, None, None if pins is None else self._adopt(pins, True)]
             t.stream.add(self.make_ref(oid))
         elif kind == MSG_CALL:
             if self.actor_epoch is None or msg[5] == self.actor_epoch:
@@ -550,6 +583,21 @@ class CoreClient:
                 if e[2] is None:
                     e[2] = []
                 e[2].append(reply_slot)
+        elif kind == MSG_RELEASE:
+            self.dead_refs.append(msg[1])  # the loan's count goes (poll processes it next)
+        elif kind == MSG_OWNER_DIED:
+            dead = msg[1]
+            for oid, owner in list(self.lent_from.items()):
+                if owner == dead and self.borrowed.get(oid) is None:
+                    err = ObjectLostError(
+                        f"object {oid.hex()} was lost: the process that owned it (slot "
+                        f"{dead}) died before it was ready. Its task returned the ref "
+                        f"pending; get() it inside that task to keep the value.")
+                    loc = ("x", pickle.dumps(err, 5))
+                    self.borrowed[oid] = loc
+                    futures = self.futures.pop(oid, None)
+                    if futures:
+                        self._resolve(futures, loc)
         elif kind == MSG_OBJECT:
             _, object_id, loc = msg
             if object_id not in self.borrow_counts:
@@ -600,7 +648,7 @@ class CoreClient:
         for rid in return_ids:
             e = self.table.get(rid)
             if e is not None:
-                e[3] = (e[3] or []) + ([_HOLDS_REFS] if kept else [_HOLDS_REFS, *pins])
+                e[3] = (e[3] or []) + self._adopt(pins, not kept)
                 kept = True
         if not kept:
             self._unpin_all(pins)
@@ -624,8 +672,12 @@ class CoreClient:
         return bool(t.deps) and any(may_wait(d, True) for d in t.deps)
 
     def _unpin_all(self, pins) -> None:
-        for off in pins or ():
-            self.arena.unpin(off)
+        """Give back the export pins and loans of a result nobody keeps."""
+        for pin in pins or ():
+            if type(pin) is int:
+                self.arena.unpin(pin)
+            else:
+                self.post(pin[0], pickle.dumps((MSG_RELEASE, pin[1]), 5))
 
     def _should_retry(self, t: _Task, payload: bytes) -> bool:
         retry = t.opts.retry_exceptions
@@ -723,10 +775,12 @@ class CoreClient:
                 loc = e[1]
                 if loc is not None and loc[0] == "a":
                     arena.release(loc[1])
-                if e[3]:  # refs held by the value, and export pins of refs inside it
+                if e[3]:  # refs held by the value, export pins and loans of refs inside it
                     for x in e[3]:
                         if type(x) is int:
                             arena.unpin(x)
+                        elif type(x) is tuple:
+                            self.dead_borrows.append(x[1])
 
     # -- get and wait --------------------------------------------------------------
 

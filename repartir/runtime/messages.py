@@ -15,13 +15,15 @@ from ..scheduler import record
 from ..serialization import error_payload, serialize
 
 __all__ = ["ARENA_SPEC", "MSG_DONE", "MSG_REQUEST", "MSG_OBJECT", "MSG_CRASHED", "MSG_CALL",
-           "MSG_ITEM", "MSG_ACTOR_EPOCH", "MSG_LARGE", "OK", "FAILED", "CRASH", "TIMEOUT", "CANCEL",
+           "MSG_ITEM", "MSG_ACTOR_EPOCH", "MSG_LARGE", "MSG_RELEASE", "MSG_OWNER_DIED", "OK", "FAILED", "CRASH", "TIMEOUT", "CANCEL",
            "CANCEL_ONE", "ACTOR_DIED", "TaskOptions", "Dep", "failed_message", "stop_task",
            "name_bad_argument", "demand_vector"]
 
 ARENA_SPEC = struct.Struct("<QQ")
 MSG_DONE, MSG_REQUEST, MSG_OBJECT, MSG_CRASHED, MSG_CALL, MSG_ITEM = 0, 1, 2, 3, 4, 5
 MSG_ACTOR_EPOCH = 6  # an actor's process was replaced, or the actor died
+MSG_RELEASE = 8  # (MSG_RELEASE, object id): a loan of a pending object ends (see lend)
+MSG_OWNER_DIED = 9  # (MSG_OWNER_DIED, slot): that process died; objects it lent are lost
 MSG_LARGE = 7  # (MSG_LARGE, offset, nbytes, generation): a message too large for an inbox,
 #                 in an arena block the receiver claims, reads and frees
 OK, FAILED = 0, 1

@@ -43,6 +43,7 @@ from ..errors import RepartirError
 from .actor import CTOR_FAILED_EXIT
 from .output import OutputForwarder
 from .messages import (ACTOR_DIED, CANCEL, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM, MSG_LARGE,
+                       MSG_OWNER_DIED, MSG_RELEASE,
                        OK, TIMEOUT, stop_task)
 
 __all__ = ["Node"]
@@ -440,6 +441,7 @@ class Node:
                 seg.release(rec.demand, 0)
         self._broadcast(pickle.dumps(
             (MSG_ACTOR_EPOCH, slot, rec.actor_id, epoch, not restart, cause, running), 5))
+        self._broadcast(pickle.dumps((MSG_OWNER_DIED, slot), 5))
         if restart:
             try:
                 self._spawn(slot, actor=rec.config, state=SlotState.ACTOR_RESTARTING)
@@ -507,8 +509,16 @@ class Node:
                 for loc in locs:
                     if loc[0] == "a" and self.arena.claim(loc[1], loc[3], slot):
                         self.arena.release(loc[1])
-                for off in pins or ():
-                    self.arena.unpin(off)
+                for pin in pins or ():
+                    if type(pin) is int:
+                        self.arena.unpin(pin)
+                    else:  # a loan: its owner may free the object now
+                        self._post(pin[0], pickle.dumps((MSG_RELEASE, pin[1]), 5))
+
+    def _post(self, slot: int, msg: bytes) -> None:
+        inbox = self.segment.inboxes[slot]
+        while not inbox.put(msg) and not self.stopping:
+            time.sleep(0.001)
 
     # -- faults ----------------------------------------------------------------------
 
@@ -553,6 +563,7 @@ class Node:
             inbox = self.segment.inboxes[owner]
             while not inbox.put(msg) and not self.stopping:
                 time.sleep(0.001)
+        self._broadcast(pickle.dumps((MSG_OWNER_DIED, slot), 5))  # what it lent is lost
         # its children running elsewhere are stopped too (recursively): nobody will read
         # their results, and a cancelled or timed-out tree must stop to its leaves
         seg = self.segment

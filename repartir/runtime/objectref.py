@@ -11,9 +11,11 @@ arena frees a block only when its owner released it and no pin is left), so the 
 outlives its owner's refs while a borrower holds it.  While a ref is in flight -- pickled,
 not yet unpickled -- something else holds it: a task's arguments are held by the submitter
 until the task completes, and a task's result that contains refs carries *export pins*,
-released when the owner frees that result.  A result never carries a still-pending ref that
-its process owns: the worker waits for the object first (``worker.serialize_ready``), so the
-ref travels with its location, which no longer depends on the returning process's table.
+released when the owner frees that result.  A result may carry a still-pending ref that its
+process owns, as in Ray: the returning process *lends* the object to the result's receiver
+(``CoreClient.lend``: one count held until the receiver's last ref to it is gone and it sends
+``MSG_RELEASE``), answers the receiver's request once the object is ready, and the returning
+task does not wait.  When the lender dies first, ``get`` raises ``ObjectLostError``.
 """
 
 from __future__ import annotations

@@ -76,7 +76,6 @@ class Worker:
         self.pending_stops: dict[bytes, int] = {}  # stops for tasks under the top one
         self.children: dict[bytes, set] = {}  # running call -> tasks it submitted
         self.recursive_cancels: set[bytes] = set()  # calls stopped by a recursive cancel
-        self.runs_calls_serially = False  # an actor that cannot run a call while one waits
         client.helper = self
 
     # -- finding work --------------------------------------------------------------
@@ -168,7 +167,8 @@ class Worker:
             rec = self.next_task()
             if rec is None:
                 self.client.poll()
-                if self.extra and time.monotonic() - self.last_work > EXTRA_IDLE_S:
+                if (self.extra and time.monotonic() - self.last_work > EXTRA_IDLE_S
+                        and not self.client.table):  # (objects it lent live in its table)
                     self.give_token()
                     seg.set_slot_state(self.slot, SlotState.FREE)  # retire quietly
                     return
@@ -373,11 +373,10 @@ def run_function(worker: Worker, fn, fn_name: str, args_loc, dep_locs, nret: int
 
 
 def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: bytes,
-                  owner: int, block: bool = True) -> bytes:
+                  owner: int) -> bytes:
     """Store a call's result(s); for a streaming call, iterate the generator and announce
-    each item to the owner as it comes.  Raises what the task raises.  Refs this process
-    owns inside the result are waited for first (see :func:`serialize_ready`); with
-    ``block=False`` that raises :class:`RefsPending` instead, before anything is stored."""
+    each item to the owner as it comes.  Raises what the task raises.  Refs inside the
+    result travel as they are, pending ones too (see :func:`serialize_result`)."""
     def store(s):  # the task's owner claims its results when they arrive
         return worker.client.store(s)
 
@@ -406,10 +405,12 @@ def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: byte
                 f"{type(result).__name__} of length "
                 f"{len(result) if hasattr(result, '__len__') else 'n/a'}")
         results = result
-    blobs, exported = serialize_ready(worker, results, f"the return value of {fn_name}",
-                                      fn_name, task_id, block)
-    locs = [store(s) for s in blobs]
-    pins = export_pins(worker.client, exported) if exported else None  # [] still says: refs
+    blobs, pins = serialize_result(worker, results, f"the return value of {fn_name}", owner)
+    try:
+        locs = [store(s) for s in blobs]
+    except BaseException:
+        drop_message_blocks(worker.client, (MSG_DONE, task_id, OK, [], pins))
+        raise
     return pickle.dumps((MSG_DONE, task_id, OK, locs, pins), 5)
 
 
@@ -425,72 +426,28 @@ def _small(value) -> bool:
 
 
 def stream_item(worker: Worker, item, fn_name: str, index: int, task_id: bytes,
-                owner: int, block: bool = True) -> None:
+                owner: int) -> None:
     """Store one item of a streaming call and announce it to the owner at once."""
-    blobs, exported = serialize_ready(worker, (item,), f"item {index} yielded by {fn_name}",
-                                      fn_name, task_id, block)
-    loc = worker.client.store(blobs[0])
-    pins = export_pins(worker.client, exported) if exported else None
+    blobs, pins = serialize_result(worker, (item,), f"item {index} yielded by {fn_name}", owner)
+    try:
+        loc = worker.client.store(blobs[0])
+    except BaseException:
+        drop_message_blocks(worker.client, (MSG_ITEM, task_id, index, ("i", b""), pins))
+        raise
     worker.send(owner, pickle.dumps((MSG_ITEM, task_id, index, loc, pins), 5))
 
 
-class RefsPending(Exception):
-    """Raised instead of waiting (``block=False``, in an async actor): the value holds refs
-    this process owns whose objects are not ready; await them, then store it again."""
-
-    def __init__(self, refs: list) -> None:
-        super().__init__(refs)
-        self.refs = refs
-
-
-def serialize_ready(worker: Worker, values, what: str, fn_name: str, task_id: bytes,
-                    block: bool = True) -> tuple[list, list]:
-    """Serialize ``values`` (nothing is stored yet); returns the blobs and the refs they
-    contain.  A ref owned by this process whose object is still pending would arrive
-    without a location, and its entry here dies with the task's local refs: so first wait
-    for those objects (helping with queued tasks meanwhile, as ``get`` does) and serialize
-    again -- then every ref carries its location (an inline value, an arena block that
-    :func:`export_pins` keeps alive, or its task's error)."""
-    client = worker.client
-    while True:
-        with capture_refs() as exported:
-            blobs = [serialize(v, what) for v in values]
-        pending = pending_owned(client, exported) if exported else None
-        if not pending:
-            return blobs, exported
-        del blobs
-        if not block:
-            raise RefsPending(pending)
-        check_not_own_calls(worker, pending, fn_name)
-        client.wait(pending, len(pending), None)  # (task_id is in worker.calls: stoppable)
-
-
-def pending_owned(client: CoreClient, refs) -> list:
-    """Those of ``refs`` owned by this process whose objects are not ready yet."""
-    table = client.table
-    pending = {}
-    for ref in refs:
-        if ref._owned and ref._client is client:
-            e = table.get(ref._id)
-            if e is not None and e[1] is None:
-                pending[ref._id] = ref
-    return list(pending.values())
-
-
-def check_not_own_calls(worker: Worker, refs, fn_name: str) -> None:
-    """An actor that runs one call at a time (or an async actor blocked here) cannot run a
-    call on itself while this one waits: refuse instead of hanging."""
-    if not worker.runs_calls_serially:
-        return
-    client = worker.client
-    for ref in refs:
-        t = client.tasks.get(ref._id[:14] + b"\0\0")
-        if t is not None and t.target == client.slot:
-            raise RuntimeError(
-                f"{fn_name} returned a ref to {t.fn_name} on its own actor, which has not run "
-                f"yet: the actor runs it only after this call returns, so its result can never "
-                f"be ready for the return value. Return the handle's call from another process, "
-                f"or give the actor max_concurrency > 1.")
+def serialize_result(worker: Worker, values, what: str, receiver: int
+                     ) -> tuple[list, list | None]:
+    """Serialize ``values`` (nothing is stored yet); returns the blobs and the export pins
+    of the refs inside them (see :func:`export_pins`; ``None`` when they hold none).  A
+    ref this process owns whose object is still pending travels pending, as in Ray: this
+    process *lends* it to ``receiver`` (see :meth:`CoreClient.lend`) and answers its
+    request once the object is ready, so the returning task never waits for it."""
+    with capture_refs() as exported:
+        blobs = [serialize(v, what) for v in values]
+    pins = export_pins(worker.client, exported, receiver) if exported else None
+    return blobs, pins
 
 
 def drop_message_blocks(client, msg: tuple) -> None:
@@ -503,22 +460,33 @@ def drop_message_blocks(client, msg: tuple) -> None:
     for loc in locs:
         if loc[0] == "a":
             client.arena.release(loc[1])
-    for off in pins or ():
-        client.arena.unpin(off)
+    for pin in pins or ():
+        if type(pin) is int:
+            client.arena.unpin(pin)
+        else:  # a loan of an object this process owns
+            client.dead_refs.append(pin[1])
 
 
-def export_pins(client, refs) -> list[int]:
-    """Pin the arena blocks of refs about to travel in a result, so that they survive until
-    the receiver holds them (it releases these pins when it frees the result).  The pins
-    belong to the message, not to this process: they are not in its pin ledger, so its
-    death cannot give them back a second time.  An empty list still tells the receiver
-    that the result holds refs."""
-    pins = []
+def export_pins(client, refs, receiver: int) -> list:
+    """What keeps the objects of refs about to travel in a result alive until the receiver
+    holds them: the pin of each arena block (an ``int``: the receiver unpins it when it
+    frees the result; it belongs to the message, not to this process's pin ledger, so this
+    process's death cannot give it back a second time), and for each pending object this
+    process owns a loan ``(owner slot, object id)`` (the receiver sends ``MSG_RELEASE``
+    when its last ref to the object is gone).  An empty list still tells the receiver that
+    the result holds refs."""
+    pins: list = []
+    lent: set = set()
     for ref in refs:
         loc = client.location_for_export(ref._id)
-        if loc is not None and loc[0] == "a":
-            client.arena.pin(loc[1])
-            pins.append(loc[1])
+        if loc is not None:
+            if loc[0] == "a":
+                client.arena.pin(loc[1])
+                pins.append(loc[1])
+        elif ref._owned and ref._client is client and ref._id not in lent:
+            if client.lend(ref._id):
+                lent.add(ref._id)
+                pins.append((client.slot, ref._id))
     return pins
 
 
