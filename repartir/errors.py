@@ -20,6 +20,7 @@ __all__ = [
     "ObjectLostError",
     "TaskCancelledError",
     "TaskTimeoutError",
+    "TaskInterrupted",
     "InfeasibleTaskError",
     "ActorDiedError",
     "AlreadyInitializedError",
@@ -159,6 +160,25 @@ class TaskCancelledError(RepartirError):
 
 class TaskTimeoutError(RepartirError, TimeoutError):
     """The task ran longer than its ``timeout=`` option and was stopped."""
+
+
+class TaskInterrupted(KeyboardInterrupt):
+    """Raised *inside* a running task (or a call of a one-call-at-a-time actor) by
+    ``cancel()`` or by its ``timeout=``.  It derives from ``KeyboardInterrupt``, as Ray's
+    in-task cancellation does, so ``except Exception`` in the task does not swallow it;
+    catch it (or ``KeyboardInterrupt``) to clean up, and re-raise.  The task's caller gets
+    ``TaskCancelledError`` or ``TaskTimeoutError`` from ``get``.
+
+    Attributes:
+        timed_out: ``True`` for a timeout, ``False`` for a cancel.
+    """
+
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.timed_out))
 
 
 class InfeasibleTaskError(RepartirError, ValueError):

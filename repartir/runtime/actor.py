@@ -540,6 +540,9 @@ class _Runner:
                     else:
                         reply = finish_result(self.worker, result, fn_name, nret, task_id,
                                               owner)
+                except SystemExit as exc:
+                    from .worker import exit_process
+                    exit_process(self.worker, exc, fn_name)
                 except BaseException as exc:
                     reply = failed_message(task_id, exc, fn_name)
                 self.worker.send(owner, reply)

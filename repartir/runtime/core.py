@@ -54,6 +54,7 @@ class _Task:
 
 
 _EMPTY_ARGS = ("i", serialize(((), {})).to_bytes())
+_ERROR_KINDS = ("e", "x")  # locations that stand for an error (see value())
 _HOLDS_REFS = "holds refs"  # in an object entry's held list: its value holds refs
 
 
@@ -504,6 +505,12 @@ class CoreClient:
                               CRASH))
                 return
             if t.stream is not None:  # a streaming task ended: payload is the item count
+                if status != OK and self._should_retry(t, payload):
+                    # as in Ray: run the generator again; the items already delivered are
+                    # dropped as they come again (by index), the caller sees one stream
+                    self.tasks[task_id] = t
+                    self._retry(t)
+                    return
                 t.stream.end(None if status == OK else ("e", payload))
                 self._finish(t, [])
                 return
@@ -520,7 +527,8 @@ class CoreClient:
         elif kind == MSG_ITEM:
             _, task_id, index, loc, pins = msg
             t = self.tasks.get(task_id)
-            if t is None or t.stream is None or not t.stream.alive():
+            if (t is None or t.stream is None or not t.stream.alive()
+                    or index < t.stream.delivered):  # (a retry yields them again)
                 self.drop_results([loc])
                 self._unpin_all(pins)
                 return
@@ -529,6 +537,7 @@ class CoreClient:
                 return  # the stream ends with the crash of its process
             oid = new_object_id()  # any number of items (return ids stop at 65,534)
             self.table[oid] = [0, loc, None, None if pins is None else self._adopt(pins, True)]
+            t.stream.delivered = index + 1
             t.stream.add(self.make_ref(oid))
         elif kind == MSG_CALL:
             if self.actor_epoch is None or msg[5] == self.actor_epoch:
@@ -551,7 +560,7 @@ class CoreClient:
                 err = TaskTimeoutError(
                     f"task {t.fn_name} ran longer than its timeout of {t.opts.timeout:g} s and "
                     f"was stopped ({detail})")
-            elif t.attempt < t.opts.max_retries and t.stream is None:
+            elif t.attempt < t.opts.max_retries:  # (a stream's retry skips what it had sent)
                 self._retry(t)
                 return
             elif t.target is not None:
@@ -796,10 +805,11 @@ class CoreClient:
                 time.sleep(0.0005)
         return loc
 
-    def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
-             ) -> list[bool]:
+    def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None,
+             fail_fast: bool = False) -> list[bool]:
         """Block until ``num_returns`` of ``refs`` are ready or ``timeout`` passes; returns
-        which are ready.  Ctrl-C (``KeyboardInterrupt``) while the driver waits cancels the
+        which are ready.  With ``fail_fast`` (for ``get``), also return as soon as a ready
+        one is an error.  Ctrl-C (``KeyboardInterrupt``) while the driver waits cancels the
         tasks it has queued and propagates; the session stays usable.
 
         Raises:
@@ -812,7 +822,7 @@ class CoreClient:
         if helper is not None:  # a worker: the waiting task lends its CPU meanwhile
             helper.lend()
             try:
-                return self._wait(refs, num_returns, timeout)
+                return self._wait(refs, num_returns, timeout, fail_fast)
             finally:
                 helper.unlend()
         local = self._local
@@ -821,7 +831,7 @@ class CoreClient:
             local.waiting = True
             self._getters += 1
         try:
-            return self._wait(refs, num_returns, timeout)
+            return self._wait(refs, num_returns, timeout, fail_fast)
         except KeyboardInterrupt:
             self.cancel_queued()
             raise
@@ -852,8 +862,8 @@ class CoreClient:
                 return False
         return n >= num_returns
 
-    def _wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
-              ) -> list[bool]:
+    def _wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None,
+              fail_fast: bool = False) -> list[bool]:
         deadline = None if timeout is None else time.monotonic() + timeout
         n = len(refs)
         ready = [False] * n
@@ -869,14 +879,17 @@ class CoreClient:
                 seen = self._version
                 with self._lock:
                     still = []
+                    failed = False
                     for i in pending:
-                        if self._loc_of(refs[i]) is not None:
+                        loc = self._loc_of(refs[i])
+                        if loc is not None:
                             ready[i] = True
                             count += 1
+                            failed = failed or loc[0] in _ERROR_KINDS
                         else:
                             still.append(i)
                     pending = still
-                if count >= num_returns:
+                if count >= num_returns or (fail_fast and failed):
                     return ready
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -920,8 +933,14 @@ class CoreClient:
     def cancel_task(self, task_id: bytes, force: bool = False, recursive: bool = True) -> None:
         with self._lock:
             t = self.tasks.get(task_id)
-            if t is None or t.cancelled:
+            if t is None:
                 return  # finished (or never ours): nothing to do, as in Ray
+            if t.cancelled:
+                if force and t.target is None and t.record is not None:
+                    # cancelled, but still running (the task ignored the interrupt): kill
+                    # its worker now, whatever happened before
+                    self.stop_running(task_id, CANCEL, True)
+                return
             if force and t.target is not None:
                 raise ValueError("force=True cannot cancel an actor call (it would kill the "
                                  "actor); use repartir.kill(actor) to stop the actor")
@@ -987,8 +1006,20 @@ class CoreClient:
         return self.value(loc)
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
-        ready = self.wait(refs, len(refs), timeout)
+        """The values of ``refs``, in order.  Fails fast, as Ray's ``get``: as soon as one of
+        them is an error, that error is raised, without waiting for the others.
+
+        Raises:
+            GetTimeoutError: not all were ready within ``timeout`` seconds.
+            TaskError, ...: the error of a ref's task (the first found, in list order).
+        """
+        ready = self.wait(refs, len(refs), timeout, fail_fast=True)
         if not all(ready):
+            with self._lock:
+                locs = [self._loc_of(r) if ok else None for r, ok in zip(refs, ready)]
+            for loc in locs:
+                if loc is not None and loc[0] in _ERROR_KINDS:
+                    self.value(loc)  # raises the task's error
             missing = ready.count(False)
             raise GetTimeoutError(
                 f"get() timed out after {timeout} s with {missing} of {len(refs)} objects "

@@ -16,7 +16,7 @@ from ..serialization import error_payload, serialize
 
 __all__ = ["ARENA_SPEC", "MSG_DONE", "MSG_REQUEST", "MSG_OBJECT", "MSG_CRASHED", "MSG_CALL",
            "MSG_ITEM", "MSG_ACTOR_EPOCH", "MSG_LARGE", "MSG_RELEASE", "MSG_OWNER_DIED", "OK", "FAILED", "CRASH", "TIMEOUT", "CANCEL",
-           "CANCEL_ONE", "ACTOR_DIED", "TaskOptions", "Dep", "failed_message", "stop_task",
+           "CANCEL_ONE", "ACTOR_DIED", "EXITED_ON_PURPOSE", "TaskOptions", "Dep", "failed_message", "stop_task",
            "name_bad_argument", "demand_vector"]
 
 ARENA_SPEC = struct.Struct("<QQ")
@@ -28,6 +28,7 @@ MSG_LARGE = 7  # (MSG_LARGE, offset, nbytes, generation): a message too large fo
 #                 in an arena block the receiver claims, reads and frees
 OK, FAILED = 0, 1
 CRASH, TIMEOUT, CANCEL, ACTOR_DIED = 0, 1, 2, 3  # why a task stopped (MSG_CRASHED)
+EXITED_ON_PURPOSE = 78  # exit code of an actor process whose method called sys.exit()
 CANCEL_ONE = 4  # a stop request: cancel(recursive=False), the task but not its children
 
 

@@ -44,7 +44,7 @@ from .actor import CTOR_FAILED_EXIT
 from .output import OutputForwarder
 from .messages import (ACTOR_DIED, CANCEL, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM, MSG_LARGE,
                        MSG_OWNER_DIED, MSG_RELEASE,
-                       OK, TIMEOUT, stop_task)
+                       EXITED_ON_PURPOSE, OK, TIMEOUT, stop_task)
 
 __all__ = ["Node"]
 
@@ -111,6 +111,8 @@ class _ActorRecord:
         self.exiting = False  # its last handle died: it ends after the calls made before
         self.kill_cause = "it was killed by repartir.kill()"
         self.pending = False  # waiting for its resources, not started yet
+        self.pending_since = 0.0  # time.monotonic() when it began to wait
+        self.warned = False  # the "waits for resources" warning was given
         self.dead = False
 
 
@@ -325,6 +327,7 @@ class Node:
             seg.set_slot_state(slot, SlotState.STARTING)
             with self._lock:
                 self.actors[slot].pending = True
+                self.actors[slot].pending_since = time.monotonic()
                 self.pending_actors.append(slot)
             return slot
         self._start_actor(slot)
@@ -363,6 +366,30 @@ class Node:
                     self._start_actor(slot)
                 except OSError:  # the node is stopping
                     return
+            elif not rec.warned and time.monotonic() - rec.pending_since > self.stuck_warning_s:
+                rec.warned = True
+                self._warn_pending_actor(rec, time.monotonic() - rec.pending_since)
+
+    def _free_resources_text(self) -> str:
+        """What the node has free now, e.g. ``CPU 0, GPU 1``."""
+        seg = self.segment
+        names = ["CPU", "GPU"] + [n for n, _ in self.config.resources]
+        avail = list(seg.available())
+        avail[0] += 1000 * seg.free_tokens()
+        return ", ".join(f"{n} {max(a, 0) / 1000:g}" for n, a in zip(names, avail))
+
+    def _warn_pending_actor(self, rec: "_ActorRecord", seconds: float) -> None:
+        """An actor has waited this long for resources that other actors (or tasks) hold."""
+        names = ["CPU", "GPU"] + [n for n, _ in self.config.resources]
+        wants = ", ".join(f"{n} {a / 1000:g}" for n, a in zip(names, rec.demand) if a)
+        holders = sum(1 for r in self.actors.values()
+                      if r is not rec and not r.dead and not r.pending and any(r.demand))
+        warnings.warn(
+            f"repartir: actor {rec.config['class_name']} has waited {seconds:.0f} s for its "
+            f"resources ({wants}) and has not started: free now: "
+            f"{self._free_resources_text()}; {holders} live actor(s) hold resources. Kill "
+            f"actors you no longer need (repartir.kill), or ask for fewer resources.",
+            RuntimeWarning, stacklevel=1)
 
     def kill_actor(self, slot: int, no_restart: bool = True,
                    cause: str = "it was killed by repartir.kill()") -> None:
@@ -415,7 +442,7 @@ class Node:
         detail = (f"killed by signal {signal.Signals(-code).name}" if code < 0
                   else f"exit code {code}")
         restart = False
-        if code == CTOR_FAILED_EXIT:
+        if code in (CTOR_FAILED_EXIT, EXITED_ON_PURPOSE):  # not restarted
             cause = seg.note(slot)
         elif rec.killed and rec.restarts_left == 0:
             cause = rec.kill_cause
@@ -556,6 +583,10 @@ class Node:
         self.segment.set_slot_state(slot, SlotState.DEAD)
         detail = (f"killed by signal {signal.Signals(-code).name}" if code < 0
                   else f"exit code {code}")
+        note = self.segment.note(slot)
+        if note:  # it said why it exits (a task called sys.exit)
+            detail = f"{detail}: {note}"
+            self.segment.set_note(slot, "")
         stop = self.segment.take_stop_request(slot)  # killed on purpose: cancel or timeout
         for owner, task_id, _, _ in running:
             reason = stop[0] if stop is not None and stop[1] == task_id else CRASH
@@ -698,10 +729,7 @@ class Node:
         """Tasks have been queued for a while and no worker runs anything: their resources
         are held elsewhere (actors, most often) or do not exist free on this node."""
         seg = self.segment
-        names = ["CPU", "GPU"] + [n for n, _ in self.config.resources]
-        avail = list(seg.available())
-        avail[0] += 1000 * seg.free_tokens()
-        free = ", ".join(f"{n} {max(a, 0) / 1000:g}" for n, a in zip(names, avail))
+        free = self._free_resources_text()
         actors = sum(1 for r in self.actors.values()
                      if not r.dead and not r.pending and any(r.demand))
         warnings.warn(

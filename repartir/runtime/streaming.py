@@ -70,10 +70,11 @@ class StreamLink:
     """A streaming task's tie to its ``ObjectRefGenerator``, weak: once the caller dropped
     the generator, items that still arrive are freed at once instead of piling up."""
 
-    __slots__ = ("_gen",)
+    __slots__ = ("_gen", "delivered")
 
     def __init__(self, gen) -> None:
         self._gen = weakref.ref(gen)
+        self.delivered = 0  # items handed to the generator: a retry skips that many
 
     def alive(self) -> bool:
         return self._gen() is not None

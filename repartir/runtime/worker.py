@@ -34,14 +34,15 @@ import threading
 import time
 
 from ..config import Config
-from ..errors import ObjectStoreFullError, TaskCancelledError, TaskTimeoutError
+from ..errors import ObjectStoreFullError, TaskCancelledError, TaskInterrupted, TaskTimeoutError
 from ..scheduler import policy, record
 from ..scheduler.segment import MAX_NESTING, PinLedger, Segment, SlotState
 from ..serialization import SIMPLE_TYPES, serialize, simple_blob
 from ..store.arena import Arena
 from . import context
 from .core import RECORD_HEADER, CoreClient
-from .messages import ARENA_SPEC, CANCEL, CANCEL_ONE, MSG_DONE, TIMEOUT, MSG_ITEM, OK, Dep, failed_message
+from .messages import (ARENA_SPEC, CANCEL, CANCEL_ONE, EXITED_ON_PURPOSE, MSG_DONE, MSG_ITEM, OK,
+                       TIMEOUT, Dep, failed_message)
 from .objectref import capture_refs
 from .streaming import STREAMING
 
@@ -237,8 +238,10 @@ class Worker:
                     msg = failed_message(task_id, err, "?")
                 else:
                     msg = self._run(kind, rec, task_id, owner)
+            except SystemExit as exc:
+                exit_process(self, exc, "the task")
             except BaseException as exc:  # a fault of the runtime: the owner must hear of it
-                msg = failed_message(task_id, exc, "the task")
+                msg = failed_message(task_id, stop_error(exc), "the task")
             self.send(owner, msg)
         finally:
             self.charges.pop()
@@ -334,11 +337,14 @@ class Worker:
                 pass
 
     def _raise_stop(self, reason: int, task_id: bytes) -> None:
+        """Raise the stop inside the running task: a ``KeyboardInterrupt`` (as Ray does), so
+        that ``except Exception`` in user code does not swallow it; :func:`run_function`
+        reports it to the owner as ``TaskCancelledError`` or ``TaskTimeoutError``."""
         if reason in (CANCEL, TIMEOUT):
             self.recursive_cancels.add(task_id)  # its children go too (run_function)
         if reason in (CANCEL, CANCEL_ONE):
-            raise TaskCancelledError("task was cancelled while running")
-        raise TaskTimeoutError("task ran longer than its timeout")
+            raise TaskInterrupted("task was cancelled while running")
+        raise TaskInterrupted("task ran longer than its timeout", timed_out=True)
 
     def raise_pending_stop(self) -> None:
         """After a helped task: stop the waiting task now if a stop came meanwhile."""
@@ -363,13 +369,46 @@ def run_function(worker: Worker, fn, fn_name: str, args_loc, dep_locs, nret: int
         finally:
             worker.calls.pop()
             worker.pending_stops.pop(task_id, None)
+    except SystemExit as exc:  # the task asks its process to exit: it does
+        exit_process(worker, exc, fn_name)
     except BaseException as exc:  # the task's own error, reported to its owner
         if task_id in worker.recursive_cancels:
             worker.cancel_children(task_id)
-        return failed_message(task_id, exc, fn_name)
+        return failed_message(task_id, stop_error(exc), fn_name)
     finally:
         worker.children.pop(task_id, None)
         worker.recursive_cancels.discard(task_id)
+
+
+def stop_error(exc: BaseException) -> BaseException:
+    """What the owner of a task gets for ``exc``: the error a stop stands for, or ``exc``."""
+    if isinstance(exc, TaskInterrupted):
+        err: BaseException = (TaskTimeoutError(str(exc)) if exc.timed_out
+                              else TaskCancelledError(str(exc)))
+        return err.with_traceback(exc.__traceback__)
+    return exc
+
+
+def exit_process(worker: Worker, exc: SystemExit, fn_name: str) -> None:
+    """``sys.exit()`` in a task or actor method: the process exits, as the call asked.  The
+    node reports the task's worker as crashed (retried under ``max_retries``, then
+    ``WorkerCrashedError``); an actor ends for good (later calls raise ``ActorDiedError``
+    saying it exited on purpose).  The slot's note says why, for those messages."""
+    code = exc.code
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)  # as the interpreter does for sys.exit("message")
+    status = 0 if code is None else code if isinstance(code, int) else 1
+    why = f"{fn_name} called sys.exit({code!r})"
+    if worker.client.actor_epoch is not None:
+        worker.seg.set_note(worker.slot, f"it exited on purpose: {why}")
+        status = EXITED_ON_PURPOSE
+    else:
+        worker.seg.set_note(worker.slot, why)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(status)
 
 
 def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: bytes,

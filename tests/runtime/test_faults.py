@@ -124,12 +124,12 @@ def announce_and_sleep(path: str, seconds: float, result: str = "finished") -> s
 
 @repartir.remote
 def catch_cancel(path: str, seconds: float) -> str:
-    """Write its pid, sleep; on TaskCancelledError raised inside, write a marker and
-    re-raise."""
+    """Write its pid, sleep; on the interrupt raised inside (a KeyboardInterrupt, as in
+    Ray), write a marker and re-raise."""
     Path(f"{path}.pid").write_text(str(os.getpid()))
     try:
         time.sleep(seconds)
-    except repartir.TaskCancelledError:
+    except repartir.TaskInterrupted:
         Path(f"{path}.cancelled-inside").touch()
         raise
     return "not cancelled"
