@@ -18,10 +18,13 @@ setting                        environment variable            default
                                                                inside task and completion records
 ``max_workers``                ``REPARTIR_MAX_WORKERS``        2 x ``num_cpus``: cap on worker
                                                                processes (nested tasks may add some)
-``max_stuck_workers``          ``REPARTIR_MAX_STUCK_WORKERS``  ``max_workers``: workers started
-                                                               beyond the cap, one at a time, only
-                                                               while every worker is blocked in
-                                                               ``get`` and queued tasks wait
+``max_stuck_workers``          ``REPARTIR_MAX_STUCK_WORKERS``  64 (or ``max_workers`` if more):
+                                                               workers started beyond the cap, one
+                                                               at a time, only while every worker
+                                                               is blocked in ``get`` and queued
+                                                               tasks wait that none may help with;
+                                                               they retire when idle.  Ray has no
+                                                               such cap; at it the node warns
 ``spin_us``                    ``REPARTIR_SPIN_US``            200: microseconds an idle process
                                                                spins before it parks
 ``temp_dir``                   ``REPARTIR_TEMP_DIR``           ``/tmp/repartir-sessions``: session
@@ -162,7 +165,7 @@ def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
         max_workers=max(max_workers, num_cpus),
         max_stuck_workers=(_env_int("REPARTIR_MAX_STUCK_WORKERS")
                            if _env_int("REPARTIR_MAX_STUCK_WORKERS") is not None
-                           else max(max_workers, num_cpus)),
+                           else max(64, max_workers, num_cpus)),
         spin_us=_env_int("REPARTIR_SPIN_US") if _env_int("REPARTIR_SPIN_US") is not None else 200,
         temp_dir=temp_dir,
         shm_dir=shm_dir,

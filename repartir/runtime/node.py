@@ -658,7 +658,7 @@ class Node:
         overdue: dict[bytes, float] = {}
         stuck_since, warned = None, False  # tasks queued while no worker runs anything
         # at the cap: the task on top of each worker's stack, and since when none changed
-        stack_tops, all_blocked_since = None, 0.0
+        stack_tops, all_blocked_since, cap_warned = None, 0.0, False
         while not self.stopping:
             time.sleep(0.005)
             if self.stopping:
@@ -712,9 +712,21 @@ class Node:
                 if tops != stack_tops:
                     stack_tops, all_blocked_since = tops, now
                     continue
-                if (now - all_blocked_since < STUCK_SPAWN_S
-                        or len(slots) >= cfg.max_workers + cfg.max_stuck_workers):
+                if now - all_blocked_since < STUCK_SPAWN_S:
                     continue
+                if len(slots) >= cfg.max_workers + cfg.max_stuck_workers:
+                    if not cap_warned and now - all_blocked_since > self.stuck_warning_s:
+                        cap_warned = True
+                        warnings.warn(
+                            f"repartir: all {len(slots)} workers have been blocked in get() "
+                            f"for {now - all_blocked_since:.0f} s while {seg.queued()} "
+                            f"task(s) wait that none of them may run (they hold refs to "
+                            f"pending objects), and the node may start no more workers "
+                            f"(max_stuck_workers={cfg.max_stuck_workers}). Raise "
+                            f"REPARTIR_MAX_STUCK_WORKERS, or pass fewer nested refs.",
+                            RuntimeWarning, stacklevel=1)
+                    continue
+                cap_warned = False
                 stack_tops = None
             free = next((i for i in range(cfg.num_cpus + 1, self.first_actor_slot)
                          if i not in slots and seg.slot_state(i)[0] not in

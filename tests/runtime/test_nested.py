@@ -1,7 +1,9 @@
-"""Nested tasks (DESIGN.md §4, issue 3 item 1): a task submits tasks and ``get``s them.
+"""Nested tasks (``docs/architecture.md``, "Nested tasks", "Returned refs"): a task submits
+tasks and ``get``s them.
 
 A worker blocked in ``get`` runs queued tasks meanwhile and lends its CPU; the node may start
-extra workers, but never more than the cap (``2 x num_cpus`` processes).  Checked here:
+extra workers, but for tasks that need none beyond the cap never more than ``2 x num_cpus``
+processes.  Checked here:
 
 - recursive ``fib`` in the benchmark's shape (``fib(22)``, tasks above ``n = 14`` submit two
   children and ``get`` them) and fully recursive ``fib`` down to ``n < 2``, with one worker
@@ -11,9 +13,9 @@ extra workers, but never more than the cap (``2 x num_cpus`` processes).  Checke
 - a remote function calling itself by name, also when it is defined inside another function;
 - refs made by the driver, passed down through nested tasks, read at the bottom;
 - a task, actor method or streaming item that returns a ref to a task it submitted and that
-  has not finished (directly, inside a list): the worker waits for that object before it
-  sends the result, so the driver can ``get`` it (small and arena values, the inner task's
-  error), also on one CPU, and the arena gives every byte back.
+  has not finished (directly, inside a list): the result is sent at once and the ref travels
+  pending, lent by its owner, so the driver can ``get`` it later (small and arena values,
+  the inner task's error), also on one CPU, and the arena gives every byte back.
 """
 
 from __future__ import annotations
