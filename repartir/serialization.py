@@ -458,8 +458,10 @@ loads = pickle.loads
 def error_payload(exc: BaseException, function_name: str) -> bytes:
     """What a worker sends back when a task raised ``exc``: the pickled exception when it
     pickles, plus its type name, message and formatted traceback as plain strings, so the
-    owner can report it even when the exception cannot be unpickled there."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    owner can report it even when the exception cannot be unpickled there.  The traceback
+    starts at the user's code, as a local one starts at the caller: the runtime's frames that
+    called it are left out (all frames are kept when every one is the runtime's)."""
+    tb = "".join(traceback.format_exception(type(exc), exc, _from_user_code(exc.__traceback__)))
     try:
         pickled = cloudpickle.dumps(exc, protocol=5)
     except Exception:
@@ -469,6 +471,16 @@ def error_payload(exc: BaseException, function_name: str) -> bytes:
         (pickled, f"{t.__module__}.{t.__qualname__}", _safe_str(exc), tb, function_name),
         protocol=5,
     )
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _from_user_code(tb: types.TracebackType | None) -> types.TracebackType | None:
+    first = tb
+    while first is not None and first.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        first = first.tb_next
+    return first or tb
 
 
 def _safe_str(exc: BaseException) -> str:

@@ -296,8 +296,10 @@ def _remote_traceback(ref) -> str:
 
 def test_traceback_of_a_function_names_its_file_line_and_source(rt):
     text = _remote_traceback(fails_here.remote(21))
-    assert f'File "{THIS_FILE}", line {line_of("fails-here")}, in fails_here' in text
-    assert 'raise ValueError(f"failed with {y}")  # fails-here' in text
+    # as a local traceback: from the user's frame on, not the runtime's that called it
+    assert ("Traceback (most recent call last):\n"
+            f'  File "{THIS_FILE}", line {line_of("fails-here")}, in fails_here\n'
+            '    raise ValueError(f"failed with {y}")  # fails-here\n') in text
 
 
 def test_traceback_of_a_lambda_and_a_closure(rt):

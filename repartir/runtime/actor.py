@@ -478,7 +478,10 @@ def _unveil_class(cls: type) -> None:
     if found:
         for attr in ("remote", "options"):
             if not any(attr in vars(klass) for klass in cls.__mro__):
-                setattr(cls, attr, getattr(found[0], attr))
+                try:
+                    setattr(cls, attr, getattr(found[0], attr))
+                except (AttributeError, TypeError):  # a metaclass that refuses it
+                    pass
 
 
 class _Runner:
