@@ -68,6 +68,11 @@ def submit_wrongly():
 
 
 @repartir.remote
+def count_up(n, step=1):
+    yield from range(0, n, step)
+
+
+@repartir.remote
 def call_method_wrongly(handle):
     return handle.add.remote()
 
@@ -116,6 +121,10 @@ def fails_here(x):
 
 @repartir.remote
 class Faulty:
+    def __init__(self, fail=False):
+        if fail:
+            raise OSError("no device")  # faulty-constructor
+
     def method(self, k):
         return {}[k]  # faulty-method
 
@@ -163,6 +172,15 @@ def test_calls_a_local_call_accepts_still_run(rt):
         star.remote(), star.remote(1, 2, k=3),
     ], timeout=LONG) == [
         3, 6, 6, 7, 10, 6, 3, (1, 0, {}), (1, 2, {"a": 3}), ((), {}), ((1, 2), {"k": 3})]
+
+
+def test_streaming_calls_are_checked_too(rt):
+    streaming = count_up.options(num_returns="streaming")
+    with pytest.raises(TypeError, match=r"count_up\.remote\(\): missing a required"):
+        streaming.remote()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'stride'"):
+        streaming.remote(3, stride=2)
+    assert [repartir.get(r, timeout=LONG) for r in streaming.remote(5, step=2)] == [0, 2, 4]
 
 
 def test_wrong_arguments_inside_a_task_fail_that_task(rt):
@@ -324,6 +342,14 @@ def test_traceback_of_an_actor_method(rt):
     assert f'File "{THIS_FILE}", line {line_of("faulty-method")}, in method' in text
     assert "return {}[k]  # faulty-method" in text
     repartir.kill(a)
+
+
+def test_a_failed_constructor_names_its_file_and_line(rt):
+    a = Faulty.remote(fail=True)
+    with pytest.raises(repartir.ActorDiedError) as info:
+        repartir.get(a.method.remote(1), timeout=LONG)
+    assert f"({THIS_FILE}, line {line_of('faulty-constructor')}) raised OSError: no device" \
+        in str(info.value)
 
 
 def _define(source: str, filename: str):

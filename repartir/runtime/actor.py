@@ -418,7 +418,9 @@ def run_actor(client, worker, spec: dict) -> None:
         import traceback
 
         tb = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        seg.set_note(slot, f"the constructor of {config['class_name']} raised {tb}")
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+        seg.set_note(slot, f"the constructor of {config['class_name']}{where} raised {tb}")
         os._exit(CTOR_FAILED_EXIT)
     seg.claim_slot(SlotState.ACTOR, os.getpid(), slot)
     client.actor_epoch = seg.actor_epoch(slot)[0]
