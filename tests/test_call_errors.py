@@ -69,6 +69,8 @@ def submit_wrongly():
 
 @repartir.remote
 def count_up(n, step=1):
+    if step == 0:
+        raise ZeroDivisionError("step 0")  # stream-end
     yield from range(0, n, step)
 
 
@@ -111,6 +113,9 @@ class AsyncAccount:
     async def add(self, amount):
         self.balance += amount
         return self.balance
+
+    async def overdraw(self):
+        raise ArithmeticError(f"balance {self.balance}")  # async-method
 
 
 @repartir.remote
@@ -219,13 +224,14 @@ def test_wrong_arguments_of_actor_methods_raise_at_remote(rt):
         ]:
             with pytest.raises(TypeError, match=fault):
                 call()
-        # the actor is alive and only the right calls ran
-        assert repartir.get([
-            a.add.remote(5), a.add.remote(amount=1, note="n"), a.tags.remote(),
-            a.tags.remote(1, x=2), a.rate.remote(1, 4), a.kind.remote(loud=True),
-            a.read.remote(),
-        ], timeout=LONG) == [5, 6, ((), {}), ((1,), {"x": 2}), 0.25, "ACCOUNT",
-                             ("ann", 6, "USD")]
+        # the actor is alive and only the right calls ran (one at a time: a threaded
+        # actor runs calls sent together in any order)
+        assert [repartir.get(call(), timeout=LONG) for call in [
+            lambda: a.add.remote(5), lambda: a.add.remote(amount=1, note="n"),
+            lambda: a.tags.remote(), lambda: a.tags.remote(1, x=2),
+            lambda: a.rate.remote(1, 4), lambda: a.kind.remote(loud=True),
+            lambda: a.read.remote(),
+        ]] == [5, 6, ((), {}), ((1,), {"x": 2}), 0.25, "ACCOUNT", ("ann", 6, "USD")]
         repartir.kill(a)
 
 
@@ -342,6 +348,18 @@ def test_traceback_of_an_actor_method(rt):
     assert f'File "{THIS_FILE}", line {line_of("faulty-method")}, in method' in text
     assert "return {}[k]  # faulty-method" in text
     repartir.kill(a)
+
+
+def test_traceback_of_an_async_method_and_of_a_stream(rt):
+    a = AsyncAccount.remote(3)
+    text = _remote_traceback(a.overdraw.remote())
+    assert ("Traceback (most recent call last):\n"
+            f'  File "{THIS_FILE}", line {line_of("async-method")}, in overdraw\n') in text
+    repartir.kill(a)
+    items = list(count_up.options(num_returns="streaming").remote(0, step=0))
+    text = _remote_traceback(items[-1])
+    assert f'File "{THIS_FILE}", line {line_of("stream-end")}, in count_up' in text
+    assert 'raise ZeroDivisionError("step 0")  # stream-end' in text
 
 
 def test_a_failed_constructor_names_its_file_and_line(rt):

@@ -458,10 +458,10 @@ def _unveil_class(cls: type) -> None:
     seen: set[int] = set()
     for klass in cls.__mro__:
         for member in vars(klass).values():
-            if isinstance(member, (staticmethod, classmethod)):
-                member = member.__func__
-            funcs = [member.fget, member.fset, member.fdel] if isinstance(member, property) \
-                else [member]
+            # a function, or what holds one: static and class methods (__func__), properties
+            # (fget...), functools' cached_property and partialmethod (func)
+            funcs = [member] + [getattr(member, attr, None)
+                                for attr in ("__func__", "func", "fget", "fset", "fdel")]
             for fn in funcs:
                 fn = inspect.unwrap(fn) if inspect.isfunction(fn) else fn
                 if not inspect.isfunction(fn):

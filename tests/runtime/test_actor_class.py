@@ -14,6 +14,7 @@ items 13 and 14).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 
@@ -62,12 +63,16 @@ class Child(Base):
     def label(self):
         return f"{Child.__name__}:{self.total}"
 
+    @functools.cached_property
+    def cached(self):
+        return isinstance(self, Child)
+
     def describe(self):
         return "child, " + super(Child, self).describe()
 
     def facts(self):
         return (self.total, Child.STEP, Child.double(3), Child.offset(), self.label,
-                isinstance(self, Child), self.describe())
+                isinstance(self, Child) and self.cached, self.describe())
 
     def create_sibling(self):
         return Child.remote(0)
