@@ -91,13 +91,20 @@ def remote(*args: Any, **options: Any):
     :mod:`repartir.runtime.actor`.
 
     Raises:
-        TypeError: applied to something that is neither a function nor a class.
-        ValueError: an unknown option or a value out of range.
+        TypeError: applied to something that is neither a function nor a class, or written
+            ``@remote()`` with empty parentheses (refused, as in Ray: write ``@remote``).
+        ValueError: an unknown option or a value out of range; an ``async def`` function
+            (tasks cannot run coroutines: use an actor, or ``asyncio.run`` inside a task).
     """
     if len(args) == 1 and not options and callable(args[0]):
         return _make_remote(args[0], {})
     if args:
         raise TypeError("use @remote or @remote(option=value, ...)")
+    if not options:
+        raise TypeError(
+            "@remote() with empty parentheses is not accepted (as in Ray): write @remote "
+            "without parentheses, or give options, e.g. @remote(num_cpus=2) or "
+            "@remote(num_returns=2)")
     return lambda fn: _make_remote(fn, options)
 
 

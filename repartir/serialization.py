@@ -22,11 +22,16 @@ the object store's arena (see :mod:`repartir.store`).
 from __future__ import annotations
 
 import copyreg
+import importlib
 import io
+import linecache
+import marshal
 import os
 import pickle
 import struct
+import sys
 import traceback
+import types
 from collections import ChainMap
 from typing import Any
 
@@ -69,12 +74,96 @@ def _rebuild_time_array(buf, dtype: str, shape: tuple, order: str) -> np.ndarray
     return np.frombuffer(buf, dtype=np.int64).view(dtype).reshape(shape, order=order)
 
 
+# -- code keeps its file name -----------------------------------------------------------------
+#
+# cloudpickle writes every code object with the file name "<dynamic-code>", so a remote
+# traceback would not say where the user's code is.  Code objects go through ``marshal``
+# instead (the format of ``.pyc`` files: every field kept, the file name and line table
+# included; the same interpreter reads it back, as cloudpickle's own code format requires).
+# A function or class sent by :func:`dumps_code` also carries the source lines of its code
+# when its file cannot be read where it runs (code typed at a prompt, a notebook cell, a file
+# of another machine): they are put into :mod:`linecache` there, so the traceback shows them.
+
+
+def _reduce_code_data(code: types.CodeType):
+    try:
+        return marshal.loads, (marshal.dumps(code),)
+    except ValueError:  # a hand-made code object with constants marshal cannot write
+        return cloudpickle.CloudPickler.dispatch_table[types.CodeType](code)
+
+
+def _reduce_code(code: types.CodeType):
+    reduced = _reduce_code_data(code)
+    if reduced[0] is not marshal.loads:
+        return reduced
+    first = code.co_firstlineno
+    last = max((line for _, _, line in code.co_lines() if line is not None), default=first)
+    lines = linecache.getlines(code.co_filename)[first - 1:last]
+    return _load_code, (reduced[1][0], code.co_filename, first, lines)
+
+
+_readable: dict[str, bool] = {}  # file name -> whether this process can read it
+
+
+def _load_code(blob: bytes, filename: str, first: int, lines: list[str]) -> types.CodeType:
+    """Rebuild a code object; where its file cannot be read, remember its source lines in
+    :mod:`linecache` (beside lines of other code of the same file sent before)."""
+    readable = _readable.get(filename)
+    if readable is None:
+        readable = _readable[filename] = os.path.isfile(filename)
+    if lines and not readable:
+        entry = linecache.cache.get(filename)
+        if entry is None or len(entry) != 4 or entry[1] is not None:
+            entry = linecache.cache[filename] = (0, None, [], filename)  # mtime None: kept
+        known = entry[2]
+        end = first - 1 + len(lines)
+        if len(known) < end:
+            known.extend(["\n"] * (end - len(known)))
+        known[first - 1:end] = lines
+    return marshal.loads(blob)
+
+
 class _DataPickler(pickle.Pickler):
     dispatch_table = ChainMap({np.ndarray: _reduce_ndarray}, copyreg.dispatch_table)
 
 
 class _DataCloudPickler(cloudpickle.CloudPickler):
-    dispatch_table = ChainMap({np.ndarray: _reduce_ndarray}, cloudpickle.CloudPickler.dispatch_table)
+    dispatch_table = ChainMap({np.ndarray: _reduce_ndarray, types.CodeType: _reduce_code_data},
+                              cloudpickle.CloudPickler.dispatch_table)
+
+
+class _CodePickler(cloudpickle.CloudPickler):
+    dispatch_table = ChainMap({types.CodeType: _reduce_code},
+                              cloudpickle.CloudPickler.dispatch_table)
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, type):
+            path = _wrapped_class_path(obj)
+            if path is not None:
+                return _import_wrapped_class, path
+        return super().reducer_override(obj)
+
+
+def _wrapped_class_path(cls: type) -> tuple[str, str] | None:
+    """``(module, name)`` when the module-level name of ``cls`` holds a wrapper of it (an
+    object whose ``__wrapped__`` is ``cls``: a class decorated with ``@repartir.remote``).
+
+    cloudpickle would send such a class by value, as it cannot find it under its name; but
+    its functions it finds through the wrapper (which forwards attribute reads) and sends
+    by reference, so the class would arrive in pieces.  Sent by reference as a whole, its
+    code runs with its module's globals, like any importable class."""
+    module_name, name = cls.__module__, cls.__qualname__
+    if module_name == "__main__" or "." in name:
+        return None
+    module = sys.modules.get(module_name)
+    wrapper = getattr(module, name, None) if module is not None else None
+    if getattr(wrapper, "__dict__", {}).get("__wrapped__") is not cls:
+        return None
+    return module_name, name
+
+
+def _import_wrapped_class(module_name: str, name: str) -> type:
+    return getattr(importlib.import_module(module_name), name).__wrapped__
 
 
 def _dumps(pickler_class, value: Any, buffer_callback) -> bytes:
@@ -345,12 +434,22 @@ def deserialize_at(arena, offset: int, nbytes: int) -> tuple[Any, Any]:
     return deserialize(memoryview(base)), base
 
 
-def dumps_code(obj: Any, what: str) -> bytes:
-    """cloudpickle ``obj`` (a function or class), naming ``what`` on failure."""
+def dumps_code(obj: Any, what: str | None = None) -> bytes:
+    """cloudpickle ``obj`` (a function or class, or a tuple holding one), keeping the file
+    names of its code and the source lines a traceback shows (see ``_reduce_code``).
+
+    Raises:
+        SerializationError: ``obj`` cannot be pickled; the message names ``what``.  With
+            ``what=None`` the pickler's own exception is raised instead.
+    """
+    f = io.BytesIO()
     try:
-        return cloudpickle.dumps(obj, protocol=5)
+        _CodePickler(f, protocol=5).dump(obj)
     except Exception as exc:
+        if what is None:
+            raise
         raise SerializationError(f"{what} cannot be serialized: {exc}") from exc
+    return f.getvalue()
 
 
 loads = pickle.loads
@@ -359,8 +458,10 @@ loads = pickle.loads
 def error_payload(exc: BaseException, function_name: str) -> bytes:
     """What a worker sends back when a task raised ``exc``: the pickled exception when it
     pickles, plus its type name, message and formatted traceback as plain strings, so the
-    owner can report it even when the exception cannot be unpickled there."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    owner can report it even when the exception cannot be unpickled there.  The traceback
+    starts at the user's code, as a local one starts at the caller: the runtime's frames that
+    called it are left out (all frames are kept when every one is the runtime's)."""
+    tb = "".join(traceback.format_exception(type(exc), exc, _from_user_code(exc.__traceback__)))
     try:
         pickled = cloudpickle.dumps(exc, protocol=5)
     except Exception:
@@ -370,6 +471,16 @@ def error_payload(exc: BaseException, function_name: str) -> bytes:
         (pickled, f"{t.__module__}.{t.__qualname__}", _safe_str(exc), tb, function_name),
         protocol=5,
     )
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _from_user_code(tb: types.TracebackType | None) -> types.TracebackType | None:
+    first = tb
+    while first is not None and first.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        first = first.tb_next
+    return first or tb
 
 
 def _safe_str(exc: BaseException) -> str:

@@ -36,13 +36,13 @@ import threading
 import time
 from typing import Any
 
-import cloudpickle
-
 from ..errors import ActorDiedError, RepartirError, SerializationError, TaskCancelledError
 from ..scheduler.segment import SlotState
+from ..serialization import dumps_code
 from . import driver
 from .messages import MSG_DONE, OK, TaskOptions, failed_message, name_bad_argument
 from .objectref import capture_refs
+from .signature import arg_check, method_arg_check
 
 __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "actor_dead_error", "run_actor",
            "ACTOR_OPTIONS", "CTOR_FAILED_EXIT"]
@@ -106,15 +106,19 @@ def actor_dead_error(segment, slot: int, actor_id: bytes | None) -> ActorDiedErr
 
 
 def _method_table(cls: type) -> dict[str, dict]:
+    """``{name: {"num_returns", "is_async", "check"}}`` for each method an actor of ``cls``
+    can be called with: functions, static and class methods (not dunders but ``__call__``)."""
     table = {}
     for name, member in inspect.getmembers(cls):
         if name.startswith("__") and name not in ("__call__",):
             continue
-        if inspect.isfunction(member) or inspect.ismethoddescriptor(member):
+        if inspect.isfunction(member) or inspect.ismethoddescriptor(member) \
+                or (inspect.ismethod(member) and member.__self__ is cls):  # a classmethod
             table[name] = {
                 "num_returns": getattr(member, "__repartir_num_returns__", 1),
                 "is_async": inspect.iscoroutinefunction(member)
                 or inspect.isasyncgenfunction(member),
+                "check": method_arg_check(cls, name, f"{cls.__qualname__}.{name}"),
             }
     return table
 
@@ -129,9 +133,14 @@ def method(*, num_returns: int | str = 1):
 
 class ActorClass:
     """A class made remote.  ``Cls.remote(*args, **kwargs)`` starts an actor and returns its
-    :class:`ActorHandle`; ``Cls.options(**opts)`` returns a copy with other options."""
+    :class:`ActorHandle`; ``Cls.options(**opts)`` returns a copy with other options.
 
-    def __init__(self, cls: type, options: dict) -> None:
+    Other attributes are read from the class itself: class attributes, static and class
+    methods (``Cls.helper()`` runs locally, as on the plain class), and ``dir(Cls)`` lists
+    them.  Inside the actor's process, the name under which the class was decorated is the
+    plain class (so ``super(Cls, self).__init__()`` works), see :func:`_unveil_class`."""
+
+    def __init__(self, cls: type, options: dict, methods: dict | None = None) -> None:
         unknown = set(options) - ACTOR_OPTIONS
         if unknown:
             raise ValueError(f"unknown actor option(s) {sorted(unknown)}; known: "
@@ -148,24 +157,66 @@ class ActorClass:
             raise ValueError(f"lifetime must be 'detached' or None, got {lifetime!r}")
         self._cls = cls
         self._options = dict(options)
-        self._methods = _method_table(cls)
+        self._methods = _method_table(cls) if methods is None else methods
+        self._check = arg_check(cls, cls.__qualname__) if methods is None else None
+        for attr in ("__module__", "__qualname__", "__name__", "__doc__"):
+            try:
+                self.__dict__[attr] = getattr(cls, attr)
+            except AttributeError:
+                pass
+        self.__dict__["__wrapped__"] = cls  # sent by reference: see serialization
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"actor class {self._cls.__qualname__} cannot be instantiated directly: "
                         f"use {self._cls.__qualname__}.remote(...)")
 
+    def __getattr__(self, name: str) -> Any:
+        """Class attributes, static and class methods of the class itself."""
+        cls = self.__dict__.get("_cls")
+        if cls is None or (name.startswith("__") and name.endswith("__")):
+            raise AttributeError(name)
+        return getattr(cls, name)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(object.__dir__(self)) | set(dir(self._cls)))
+
+    def __mro_entries__(self, bases: tuple) -> tuple:
+        raise TypeError(
+            f"cannot subclass the actor class {self._cls.__qualname__}: define the class "
+            f"without @repartir.remote, subclass that, and make actor classes of both with "
+            f"repartir.remote(TheClass)")
+
+    def __repr__(self) -> str:
+        return f"<ActorClass {self._cls.__module__}.{self._cls.__qualname__}>"
+
     def options(self, **options: Any) -> "ActorClass":
         merged = dict(self._options)
         merged.update(options)
-        return ActorClass(self._cls, merged)
+        ac = ActorClass(self._cls, merged, self._methods)
+        ac._check = self._check
+        return ac
 
     def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
+        """Start an actor; returns its handle at once (the constructor runs in the actor).
+
+        Raises:
+            TypeError: the arguments do not fit the constructor's signature.
+            ValueError: an actor with this ``name`` exists (without ``get_if_exists``).
+            SerializationError: the class or an argument cannot be pickled.
+        """
+        self._check.check(args, kwargs)
         client = driver.client()
         node = client.node
         if node is None:
             raise RepartirError(
                 "actors can only be created from the driver in this version; create the "
                 "actor in the driver and pass its handle to the task")
+        if self._options.get("name") is None:
+            return self._create(client, node, args, kwargs)
+        with _naming:  # look-up and creation of a named actor: one thread at a time
+            return self._create(client, node, args, kwargs)
+
+    def _create(self, client, node, args: tuple, kwargs: dict) -> "ActorHandle":
         opts = self._options
         name = opts.get("name")
         namespace = opts.get("namespace") or "default"
@@ -180,10 +231,10 @@ class ActorClass:
                                       opts.get("resources") or {})
         with capture_refs() as held:  # refs among the arguments live as long as the actor
             try:
-                creation = cloudpickle.dumps((self._cls, args, kwargs), protocol=5)
+                creation = dumps_code((self._cls, args, kwargs))
             except Exception as exc:
                 try:
-                    cloudpickle.dumps(self._cls, protocol=5)
+                    dumps_code(self._cls)
                 except Exception:
                     raise SerializationError(
                         f"actor class {self._cls.__qualname__} cannot be serialized: {exc}"
@@ -211,6 +262,9 @@ class ActorClass:
         if name is not None:
             node.named_actors[(namespace, name)] = handle._copy(None)
         return handle
+
+
+_naming = threading.Lock()  # makes "is the name free? then create" one step
 
 
 def named_handle(node, namespace: str, name: str) -> "ActorHandle | None":
@@ -251,6 +305,9 @@ class ActorHandle:
         if name in methods:
             return ActorMethod(self, name, methods[name])
         raise AttributeError(f"actor {self.__dict__.get('_class_name')} has no method {name!r}")
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(object.__dir__(self)) | set(self._methods))
 
     @property
     def state(self) -> Any:
@@ -313,8 +370,18 @@ class ActorMethod:
                         f".{self._name}.remote(...)")
 
     def remote(self, *args: Any, **kwargs: Any):
+        """Call the method; returns its ref(s) at once (a list when ``num_returns > 1``, an
+        ``ObjectRefGenerator`` for ``num_returns="streaming"``).
+
+        Raises:
+            TypeError: the arguments do not fit the method's signature.
+            SerializationError: an argument cannot be pickled.
+        """
         from .streaming import STREAMING, submit_streaming
 
+        check = self._meta["check"]
+        if kwargs or not check.min_pos <= len(args) <= check.max_pos:
+            check.check(args, kwargs)
         client = driver.client()
         h = self._handle
         nret = self._num_returns
@@ -342,6 +409,7 @@ def run_actor(client, worker, spec: dict) -> None:
     try:
         with open(config["creation_file"], "rb") as f:
             cls, args, kwargs = pickle.load(f)
+        _unveil_class(cls)
         from .objectref import ObjectRef
 
         args = [client.get([a], None)[0] if isinstance(a, ObjectRef) else a for a in args]
@@ -350,7 +418,9 @@ def run_actor(client, worker, spec: dict) -> None:
         import traceback
 
         tb = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        seg.set_note(slot, f"the constructor of {config['class_name']} raised {tb}")
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+        seg.set_note(slot, f"the constructor of {config['class_name']}{where} raised {tb}")
         os._exit(CTOR_FAILED_EXIT)
     seg.claim_slot(SlotState.ACTOR, os.getpid(), slot)
     client.actor_epoch = seg.actor_epoch(slot)[0]
@@ -365,6 +435,55 @@ def run_actor(client, worker, spec: dict) -> None:
         runner.run_threaded()
     else:
         runner.run_sync()
+
+
+def _unveil_class(cls: type) -> None:
+    """In the actor's process, make the name of the actor class, as the class's own code
+    reads it, the plain class: ``super(Cls, self)``, ``Cls.CONSTANT`` and ``Cls.helper()``
+    then work inside the actor as in a local instance.
+
+    The class's functions (methods, static and class methods, properties) read the name as
+    a global of their module or as a closure cell (a class defined inside a function); the
+    ones that hold an :class:`ActorClass` of ``cls`` get ``cls`` instead.  So that
+    ``Cls.remote(...)`` and ``Cls.options(...)`` there still mean what they mean elsewhere,
+    the class gets these two attributes of its ``ActorClass`` (unless it defines them)."""
+    found: list[ActorClass] = []
+
+    def is_actor_class(value: Any) -> bool:
+        if isinstance(value, ActorClass) and value.__dict__.get("_cls") is cls:
+            found.append(value)
+            return True
+        return False
+
+    seen: set[int] = set()
+    for klass in cls.__mro__:
+        for member in vars(klass).values():
+            # a function, or what holds one: static and class methods (__func__), properties
+            # (fget...), functools' cached_property and partialmethod (func)
+            funcs = [member] + [getattr(member, attr, None)
+                                for attr in ("__func__", "func", "fget", "fset", "fdel")]
+            for fn in funcs:
+                fn = inspect.unwrap(fn) if inspect.isfunction(fn) else fn
+                if not inspect.isfunction(fn):
+                    continue
+                g = fn.__globals__
+                if id(g) not in seen:
+                    seen.add(id(g))
+                    for key in [k for k, v in g.items() if is_actor_class(v)]:
+                        g[key] = cls
+                for cell in fn.__closure__ or ():
+                    try:
+                        if is_actor_class(cell.cell_contents):
+                            cell.cell_contents = cls
+                    except ValueError:  # an empty cell
+                        pass
+    if found:
+        for attr in ("remote", "options"):
+            if not any(attr in vars(klass) for klass in cls.__mro__):
+                try:
+                    setattr(cls, attr, getattr(found[0], attr))
+                except (AttributeError, TypeError):  # a metaclass that refuses it
+                    pass
 
 
 class _Runner:

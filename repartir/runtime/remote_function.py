@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from typing import Any, Callable
 
@@ -10,6 +11,7 @@ from ..scheduler import record
 from ..serialization import dumps_code
 from . import driver
 from .messages import TaskOptions
+from .signature import ArgCheck, arg_check
 from .streaming import STREAMING, submit_streaming
 
 __all__ = ["RemoteFunction", "validate_options", "parse_priority"]
@@ -67,12 +69,15 @@ class RemoteFunction:
     ``f.options(**opts)`` returns a copy with other options."""
 
     def __init__(self, fn: Callable, options: dict, key: bytes | None = None) -> None:
+        self._name = getattr(fn, "__qualname__", repr(fn))
+        if key is None:
+            _refuse_async(fn, self._name)
         self._function = fn
         self._options = validate_options(dict(options))
         self._key = key or os.urandom(16)
-        self._name = getattr(fn, "__qualname__", repr(fn))
         self._blob: bytes | None = None
         self._task_options: tuple[Any, TaskOptions] | None = None
+        self._check: ArgCheck | None = None  # made at the first .remote()
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -86,6 +91,7 @@ class RemoteFunction:
         merged.update(options)
         rf = RemoteFunction(self._function, merged, self._key)
         rf._blob = self._blob
+        rf._check = self._check
         return rf
 
     def _code(self) -> bytes:
@@ -114,6 +120,18 @@ class RemoteFunction:
         return opts
 
     def remote(self, *args: Any, **kwargs: Any):
+        """Submit the task; returns its ref(s) at once.
+
+        Raises:
+            TypeError: the arguments do not fit the function's signature.
+            SerializationError: an argument cannot be pickled.
+            InfeasibleTaskError: no node can ever satisfy the task's resources.
+        """
+        check = self._check
+        if check is None:
+            check = self._check = arg_check(self._function, self._name)
+        if kwargs or not check.min_pos <= len(args) <= check.max_pos:
+            check.check(args, kwargs)
         client = driver.client()
         opts = self._opts_for(client)
         loc = client.functions.get(self._key) or client.export_function(self._key, self._code)
@@ -131,3 +149,26 @@ class RemoteFunction:
 
 def _rebuild(fn: Callable, options: dict, key: bytes) -> RemoteFunction:
     return RemoteFunction(fn, options, key)
+
+
+def _refuse_async(fn: Callable, name: str) -> None:
+    """Raises:
+        ValueError: ``fn`` is an ``async def`` function or async generator (also behind
+            ``functools.partial`` or as the ``__call__`` of a callable object), which a task
+            cannot run: it would return a coroutine, as in Ray.
+    """
+    call = fn if inspect.isroutine(fn) or isinstance(fn, functools.partial) \
+        else getattr(type(fn), "__call__", fn)
+    while isinstance(call, functools.partial):
+        call = call.func
+    if inspect.iscoroutinefunction(call):
+        raise ValueError(
+            f"{name} is an 'async def' function, which a task cannot run (it would return a "
+            f"coroutine). Define it with 'def' and run its coroutine inside with "
+            f"asyncio.run(...), or make it a method of an actor: actor methods may be "
+            f"'async def'.")
+    if inspect.isasyncgenfunction(call):
+        raise ValueError(
+            f"{name} is an async generator, which a task cannot run. Use a plain generator "
+            f"with num_returns='streaming', or make it a method of an actor: actor methods "
+            f"may be async generators.")
