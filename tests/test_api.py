@@ -267,8 +267,10 @@ def test_options_overrides_decorator(rt):
 
 def test_wrong_number_of_returns_fails_the_task(rt):
     refs = triple.options(num_returns=2).remote(1)
-    with pytest.raises((repartir.RepartirError, ValueError)):
-        repartir.get(list(refs), timeout=30)
+    for ref in refs:  # each return fails with the task's error (a hang is GetTimeoutError)
+        with pytest.raises(ValueError, match="num_returns=2 but returned tuple of length 3") as info:
+            repartir.get(ref, timeout=30)
+        assert isinstance(info.value, repartir.TaskError)
 
 
 def test_large_multiple_returns(rt):
