@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -318,29 +319,33 @@ def test_object_store_memory_sets_capacity_and_full_store_is_reported():
     report = run_store_script(64 * MIB, 256 * MIB)
     assert "init_error" not in report, report
     assert 0.75 * 64 * MIB <= report["capacity"] <= 1.1 * 64 * MIB, report
-    # An object larger than the whole store either spills to disk and comes back, or fails
-    # with ObjectStoreFullError giving sizes -- never another error, a crash or a hang.
-    if "put_error" in report:
-        name, message, is_full_error = report["put_error"]
-        assert is_full_error, report
-        assert any(ch.isdigit() for ch in message), message
-    else:
-        assert report["put"] is True
+    # Nothing spills to disk yet (docs/architecture.md, "A full store"): an object larger than
+    # the whole store is ObjectStoreFullError naming the object's size and the store's.
+    assert "put_error" in report, f"a 256 MiB put into a 64 MiB store succeeded: {report}"
+    name, message, is_full_error = report["put_error"]
+    assert is_full_error, report
+    asked = re.search(r"cannot store ([\d,]+) bytes", message)
+    assert asked and int(asked.group(1).replace(",", "")) >= 256 * MIB, message
+    assert f"{report['capacity']:,} bytes" in message, message
+    assert "object_store_memory" in message, message  # what to do
 
 
 @pytest.mark.timeout(90)
-def test_store_larger_than_dev_shm_is_refused_or_warned():
+def test_store_larger_than_dev_shm_is_refused():
+    """docs/architecture.md: init() refuses a store that /dev/shm cannot hold, with
+    ObjectStoreFullError naming the directory, both sizes and what to do."""
     import shutil
 
     free = shutil.disk_usage("/dev/shm").free
-    report = run_store_script(free * 2 + 7 * MIB)
-    texts = report["warnings"] + ([report["init_error"][1]] if "init_error" in report else [])
-    assert any("/dev/shm" in t for t in texts), (
-        "a store larger than the free space of /dev/shm must be refused or warned about, "
-        f"naming /dev/shm and what to do; got {report}"
-    )
-    if "init_error" in report:
-        assert report["init_error"][2], "init's error must be a RepartirError"
+    asked = free * 2 + 7 * MIB
+    report = run_store_script(asked)
+    assert "init_error" in report, f"init() accepted a store twice /dev/shm's free space: {report}"
+    name, message, is_repartir_error = report["init_error"]
+    assert name == "ObjectStoreFullError" and is_repartir_error, report
+    assert "/dev/shm" in message and f"{asked / MIB:,.0f} MiB" in message, message
+    free_mib = re.search(r"has ([\d,]+) MiB free", message)
+    assert free_mib and abs(int(free_mib.group(1).replace(",", "")) - free / MIB) < 64, message
+    assert "object_store_memory=" in message, message
 
 
 REUSE_SCRIPT = textwrap.dedent(
