@@ -1,7 +1,6 @@
 """The short stress runs, as CI runs them: ``stress/soak.py --short`` (50,000 tiny tasks, flat
-driver RSS and arena) and ``stress/chaos.py --short`` (~15 s of random SIGKILLs of workers, at least
-7 of them,
-every result correct, nothing lost).
+driver RSS and arena) and ``stress/chaos.py --short`` (~15 s of random SIGKILLs of workers, at
+least 7 of them, every result correct, nothing lost).
 
 Each runs as a subprocess with its own session (``sys.executable stress/X.py --short``) and
 must exit with status 0; on failure the assertion shows the run's summary.  Afterwards no
