@@ -98,8 +98,14 @@ def dask_timed_get(key: str) -> tuple[float, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# unbalanced
+# unbalanced, ctrl_c
 # ---------------------------------------------------------------------------------------------
+
+
+def sleep_s(seconds: float) -> float:
+    """Sleep ``seconds``; returns them."""
+    time.sleep(seconds)
+    return seconds
 
 
 def spin(seconds: float) -> float:

@@ -34,7 +34,8 @@ import numpy as np
 from stress.adapters import (ADAPTERS, MIB, Adapter, Config, DaskAdapter, PeakWorkers,
                              RayAdapter, RepartirAdapter)
 from stress.tasks import (NoopActor, checksum, dask_fib, dask_timed_get, fib_serial, noop,
-                          ray_fib, ray_timed_get, read_ends, repartir_timed_get, rp_fib, spin)
+                          ray_fib, ray_timed_get, read_ends, repartir_timed_get, rp_fib,
+                          sleep_s, spin)
 
 #: Workload ids in table order, with the unit written to JSON and the one shown in the table.
 WORKLOADS: dict[str, tuple[str, str]] = {
@@ -48,6 +49,7 @@ WORKLOADS: dict[str, tuple[str, str]] = {
     "bigarg": ("s", "s"),
     "fib": ("s", "s"),
     "unbalanced": ("ratio", "× ideal"),
+    "ctrl_c": ("ms", "ms"),
 }
 
 #: Goals from docs/benchmarks.md (its Goals table), shown in the table's last column.
@@ -62,6 +64,7 @@ GOALS: dict[str, str] = {
     "bigarg": "≤ 0.5×ray",
     "fib": "≤ 0.1 s, ≤ 2×cores procs",
     "unbalanced": "≤ 1.1",
+    "ctrl_c": "≤ 100 ms",
 }
 
 #: Shown in () after a value in the table: workload -> (key of its extra, format).
@@ -101,6 +104,7 @@ DOES: dict[str, dict[str, str]] = {
             "ray": "the @remote function submits two children and gets them",
             "dask": "get_client().submit two children; secede while waiting"},
     "unbalanced": {"*": "all busy-loop tasks submitted at once; makespan over ideal"},
+    "ctrl_c": {"repartir": "SIGINT to the driver waiting in get(): until KeyboardInterrupt"},
 }
 
 
@@ -441,3 +445,36 @@ def w_unbalanced(s: Adapter, cfg: Config) -> Any:
         "ideal_s": round(ideal, 4), "max_task_s": round(max(durations), 4),
         "alpha": UNBALANCED_ALPHA, "scale_s": UNBALANCED_SCALE_S, "cap_s": UNBALANCED_CAP_S,
         "seed": UNBALANCED_SEED}
+
+
+@workload("ctrl_c", ("repartir",))
+def w_ctrl_c(s: RepartirAdapter, cfg: Config) -> Any:
+    """Median latency from a SIGINT to this process (a terminal's Ctrl-C) while the main
+    thread waits in ``get`` for a sleeping task, to the ``KeyboardInterrupt`` raised there."""
+    import signal
+    import threading
+
+    latencies = []
+    for _ in range(cfg.ctrl_c_reps):
+        ref = s.submit(sleep_s, 0.5)
+        sent: list[float] = []
+
+        def interrupt() -> None:
+            sent.append(time.perf_counter())
+            os.kill(os.getpid(), signal.SIGINT)
+
+        timer = threading.Timer(0.1, interrupt)
+        timer.start()
+        try:
+            s.get(ref)
+            raise AssertionError("get() returned: the SIGINT did not interrupt it")
+        except KeyboardInterrupt:
+            latencies.append(time.perf_counter() - sent[0])
+        finally:
+            timer.join()
+        try:
+            s.get(ref)                          # the running task ends normally
+        except Exception:  # noqa: BLE001 - or was cancelled: either way it is over
+            pass
+    med = statistics.median(latencies)
+    return med * 1e3, {"reps": len(latencies), "max_ms": round(max(latencies) * 1e3, 3)}
