@@ -389,6 +389,32 @@ def test_an_actor_waits_for_its_resources(rt):
     assert wait_until(lambda: _available() == (2.0, 1.0, 1.0), timeout=LONG), _available()
 
 
+def test_actors_waiting_for_resources_start_oldest_first(rt, tmp_path):
+    """Several actors wait for the one licence: each time it comes back, the one created
+    first among those still waiting starts (docs/architecture.md, as in Ray)."""
+    log = str(tmp_path / "starts")
+    holder = Counter.options(resources={"licence": 1}).remote(0, log)
+    assert repartir.get(holder.inc.remote(), timeout=LONG) == 1
+    waiting = [Counter.options(resources={"licence": 1}).remote(10 * (k + 1), log)
+               for k in range(4)]
+    calls = [w.inc.remote() for w in waiting]
+    ready, _ = repartir.wait(calls, num_returns=1, timeout=0.5)
+    assert not ready and len(lines(log)) == 1  # all four wait
+    order = []
+    previous = holder
+    for _ in waiting:
+        repartir.kill(previous)  # gives the licence back: exactly one waiting actor starts
+        ready, _ = repartir.wait(calls, num_returns=len(order) + 1, timeout=LONG)
+        assert len(ready) == len(order) + 1, "no waiting actor started"
+        k = next(i for i, c in enumerate(calls) if c in ready and i not in order)
+        order.append(k)
+        assert repartir.get(calls[k], timeout=LONG) == 10 * (k + 1) + 1
+        previous = waiting[k]
+    repartir.kill(previous)
+    assert order == [0, 1, 2, 3], f"start order of the waiting actors: {order}"
+    assert wait_until(lambda: _available() == (2.0, 1.0, 1.0), timeout=LONG), _available()
+
+
 @repartir.remote
 class Stateful:
     def state(self):
