@@ -30,7 +30,8 @@ child is then restarted with the workloads left, so one hang costs one cell, not
 the table prints under it what each system does):
 ``init``, ``tiny_async``, ``tiny_rtt``, ``actor_sync``, ``actor_async``, ``put``, ``get``,
 ``bigarg``, ``fib``, ``unbalanced``, ``ctrl_c``. A workload that does not apply to a system
-(``put`` without an object store, actors without actors, ``fib`` without tasks that submit tasks) is ``–`` in the table.
+(``put`` without an object store, actors without actors, ``fib`` without tasks that submit
+tasks) is ``–`` in the table.
 
 **Output.** A table on stdout (rows: workloads, columns: systems) and with ``--json FILE`` a list of
 records ``{"system", "workload", "value", "unit", "extra"}`` for every value measured (failed or

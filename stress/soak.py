@@ -218,7 +218,7 @@ def main(argv=None) -> int:
                 baseline_used = settled_used_bytes()
             st = driver.store_statistics()
             samples.append((done, private_bytes(), me.memory_info().rss, workers_rss(),
-                             st.used_bytes, st.num_objects, st.tasks_in_flight))
+                            st.used_bytes, st.num_objects, st.tasks_in_flight))
             if not args.quiet and (b % max(1, num_batches // 20) == 0 or b + 1 == num_batches):
                 rate = done / (time.monotonic() - t_start)
                 print(f"[soak] {done:>10,} tasks  {rate:>9,.0f}/s  driver RSS "
@@ -235,7 +235,8 @@ def main(argv=None) -> int:
             xs = [float(x[0]) for x in measured]
             per_task = slope(xs, [float(x[1]) for x in measured])
             total = measured[-1][1] - measured[0][1]
-            growth_verdict = (f"{per_task:+.1f} B per task over {measured[-1][0] - measured[0][0]:,}"
+            span = measured[-1][0] - measured[0][0]
+            growth_verdict = (f"{per_task:+.1f} B per task over {span:,}"
                               f" tasks ({total / MiB:+.2f} MiB; limit {args.growth_per_task:g} B"
                               f" per task)")
             if per_task > args.growth_per_task:

@@ -246,8 +246,8 @@ def _median_put(put: Callable[[np.ndarray], Any], release: Callable[[Any], None]
         del ref
     med = statistics.median(times)
     return arr.nbytes / med / 1e9, {"bytes": arr.nbytes, "median_s": round(med, 5),
-                                   "min_s": round(min(times), 5), "reps": reps,
-                                   "checked": "crc32 of every byte, each rep"}
+                                    "min_s": round(min(times), 5), "reps": reps,
+                                    "checked": "crc32 of every byte, each rep"}
 
 
 def _threaded_copy(pool: Any, dst: np.ndarray, src: np.ndarray, parts: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -297,7 +296,8 @@ def test_options_overrides_decorator(rt):
 def test_wrong_number_of_returns_fails_the_task(rt):
     refs = triple.options(num_returns=2).remote(1)
     for ref in refs:  # each return fails with the task's error (a hang is GetTimeoutError)
-        with pytest.raises(ValueError, match="num_returns=2 but returned tuple of length 3") as info:
+        with pytest.raises(ValueError,
+                           match="num_returns=2 but returned tuple of length 3") as info:
             repartir.get(ref, timeout=30)
         assert isinstance(info.value, repartir.TaskError)
 
