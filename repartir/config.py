@@ -1,6 +1,6 @@
 """Configuration: the keyword arguments of ``repartir.init()`` first (``num_cpus``,
 ``num_gpus``, ``resources``, ``object_store_memory``), ``REPARTIR_*`` environment variables
-second (every setting has one), then the defaults.
+second (every setting but ``resources`` has one), then the defaults.
 
 Every setting, its variable, unit and default:
 

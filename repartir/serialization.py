@@ -265,10 +265,14 @@ class Serialized:
 
 _copy_pool = None
 _PARALLEL_COPY = 8 << 20  # bytes from which a copy is split over threads
+#: The most threads one copy is split over (and no more than the machine's cores); the
+#: benchmark's memcpy reference tries 1 to this many threads and keeps the best.
+MAX_COPY_THREADS = 4
 
 
 def _copy(dst: memoryview, off: int, src: memoryview) -> None:
-    """Copy ``src`` into ``dst`` at ``off``.  Large copies are split over up to four threads:
+    """Copy ``src`` into ``dst`` at ``off``.  Large copies are split over up to
+    :data:`MAX_COPY_THREADS` threads, one part per 8 MiB at least:
     shared-memory pages are 4 KiB (no transparent huge pages for tmpfs on most kernels), and
     on virtual machines one core then copies at ~4 GB/s where two reach ~9 GB/s (measured
     on the development VM, 256 MiB)."""
@@ -278,7 +282,7 @@ def _copy(dst: memoryview, off: int, src: memoryview) -> None:
         return
     d = np.frombuffer(dst, np.uint8, n, off)
     s = np.frombuffer(src, np.uint8)
-    parts = min(4, os.cpu_count() or 1, n // _PARALLEL_COPY)
+    parts = min(MAX_COPY_THREADS, os.cpu_count() or 1, n // _PARALLEL_COPY)
     if parts < 2:
         np.copyto(d, s)  # releases the GIL
         return
@@ -286,7 +290,7 @@ def _copy(dst: memoryview, off: int, src: memoryview) -> None:
     if _copy_pool is None:
         from concurrent.futures import ThreadPoolExecutor
 
-        _copy_pool = ThreadPoolExecutor(4, thread_name_prefix="repartir-copy")
+        _copy_pool = ThreadPoolExecutor(MAX_COPY_THREADS, thread_name_prefix="repartir-copy")
     step = -(-n // parts) + 63 & ~63
     chunks = [(i, min(i + step, n)) for i in range(0, n, step)]
     for f in [_copy_pool.submit(np.copyto, d[a:b], s[a:b]) for a, b in chunks]:

@@ -61,6 +61,7 @@ class Config:
     unbalanced_tasks: int = 200
     actor_sync_calls: int = 2_000
     actor_async_calls: int = 20_000
+    ctrl_c_reps: int = 5
     mp_start: str = "spawn"
     quick: bool = False
 
@@ -68,7 +69,7 @@ class Config:
     def quick_sizes(cls, workers: int, **kw: Any) -> "Config":
         return cls(workers=workers, tiny_tasks=2_000, rtt_trips=200, array_mib=32,
                    bigarg_tasks=5, fib_n=18, unbalanced_tasks=60, actor_sync_calls=200,
-                   actor_async_calls=2_000, quick=True, **kw)
+                   actor_async_calls=2_000, ctrl_c_reps=3, quick=True, **kw)
 
     @property
     def array_len(self) -> int:

@@ -1,4 +1,4 @@
-"""The benchmark harness of repartir: every workload of ``BENCHMARKS.md``, side by side with the peers.
+"""The benchmark harness of repartir: the workloads of ``docs/benchmarks.md``, beside the peers.
 
 ::
 
@@ -15,7 +15,7 @@
 The harness is four modules: this one (command line, the child runner, the parent that launches,
 watches and restarts the children, the table and the JSON records); :mod:`stress.adapters` (one
 adapter per system, the run's sizes in ``Config``); :mod:`stress.workloads` (the registry, one
-function per workload and system, units and goals, and the table of what each workload times);
+function per workload and system, units, goals and what each system does in each workload);
 and :mod:`stress.tasks`, what runs inside the workers.
 
 **Systems.** ``repartir`` always; ``multiprocessing`` (``multiprocessing.Pool``, ``spawn`` start
@@ -26,10 +26,12 @@ number of workers (``--workers``, default ``os.cpu_count()``), runs in its own p
 killed when one workload exceeds ``--workload-timeout`` or the system exceeds ``--timeout``; the
 child is then restarted with the workloads left, so one hang costs one cell, not the run.
 
-**Workloads** (see :mod:`stress.workloads` for what each one times, and its sizes):
+**Workloads** (``docs/benchmarks.md`` defines what each one times, its sizes and its goal;
+the table prints under it what each system does):
 ``init``, ``tiny_async``, ``tiny_rtt``, ``actor_sync``, ``actor_async``, ``put``, ``get``,
-``bigarg``, ``fib``, ``unbalanced``. A workload that does not apply to a system (``put`` without an
-object store, actors without actors, ``fib`` without tasks that submit tasks) is ``–`` in the table.
+``bigarg``, ``fib``, ``unbalanced``, ``ctrl_c``. A workload that does not apply to a system
+(``put`` without an object store, actors without actors, ``fib`` without tasks that submit
+tasks) is ``–`` in the table.
 
 **Output.** A table on stdout (rows: workloads, columns: systems) and with ``--json FILE`` a list of
 records ``{"system", "workload", "value", "unit", "extra"}`` for every value measured (failed or
@@ -54,6 +56,7 @@ import gc
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,8 +73,9 @@ if ROOT not in sys.path:                # ``python stress/bench.py`` puts only s
 
 from stress.adapters import (ADAPTERS, MIB, SYSTEM_MODULE, SYSTEM_ORDER,  # noqa: E402
                              SYSTEM_TITLE, Config)
-from stress.tasks import noop  # noqa: E402
-from stress.workloads import CELL_SUFFIX, FOOTNOTES, GOALS, REGISTRY, WORKLOADS  # noqa: E402
+from stress.tasks import rendezvous  # noqa: E402
+from stress.workloads import (CELL_SUFFIX, FOOTNOTES, GOALS, REGISTRY, WORKLOADS,  # noqa: E402
+                              does)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,11 +97,19 @@ def child_main(system: str, workloads: list[str], cfg: Config, out_path: str) ->
     try:
         s.prepare()
         gc.collect()
-        t0 = time.perf_counter()
-        s.start()
-        if s.has_tasks:
-            s.get(s.submit(noop))
-        s.init_time = time.perf_counter() - t0
+        meeting = tempfile.mkdtemp(prefix="repartir-bench-init-")
+        try:
+            t0 = time.perf_counter()
+            s.start()
+            if s.has_tasks:                 # INIT_DEFINITION: every worker runs a task at once
+                pids = s.get_all([s.submit(rendezvous, meeting, s.workers)
+                                  for _ in range(s.workers)])
+            s.init_time = time.perf_counter() - t0
+        finally:
+            shutil.rmtree(meeting, ignore_errors=True)
+        if s.has_tasks and len(set(pids)) != s.workers:
+            raise AssertionError(f"init: {len(set(pids))} distinct workers ran the "
+                                 f"{s.workers} rendezvous tasks")
     except BaseException as e:  # noqa: BLE001 - reported to the parent, then exit
         emit(event="fatal", workload="__start__", error=_one_line(e), tb=traceback.format_exc())
         try:
@@ -442,6 +454,14 @@ def render_table(results: dict[str, dict[str, Cell]], workloads: list[str], cfg:
         out += ["failures:"] + notes
     if NOTES:
         out += ["notes:"] + ["  " + n.split("\n")[0] for n in NOTES]
+    out.append("what each system does (definitions: docs/benchmarks.md):")
+    for w in workloads:
+        lines = [(s, does(w, s)) for s in systems]
+        lines = [(s, t) for s, t in lines if t]
+        if len({t for _, t in lines}) == 1 and len(lines) > 1:
+            out.append(f"  {w}: {lines[0][1]}")
+        else:
+            out += [f"  {w}, {SYSTEM_TITLE.get(s, s)}: {t}" for s, t in lines]
     for w, note in FOOTNOTES.items():
         key = CELL_SUFFIX[w][0]
         shown = ("memcpy" in results if w == "put" else      # put: whenever memcpy was measured

@@ -26,19 +26,19 @@ correct or raise ``WorkerCrashedError`` naming the signal (``SIGKILL``).  Anythi
 the run (exit status 1):
 
 * a wrong value, or any other exception;
+* fewer SIGKILLs than ``--min-kills`` (default: one per two of the longest kill intervals of
+  the chaos time; 7 in a ``--short`` run): a run that killed nothing proved nothing;
 * a task not back by the global deadline (lost, or a hang);
 * an exception escaping any thread of the driver (the runtime's background threads);
-* after the chaos: the node not back to ``num_cpus`` workers; a probe batch failing;
+* after the chaos: the node not back to ``num_cpus`` workers; ``available_resources()`` not
+  back to ``cluster_resources()`` (a worker reserves a task's resources and records them as
+  held by its slot in one critical section of the scheduler segment, so the node gives back
+  everything a killed worker held); a probe batch failing;
   objects left in the driver's table; the arena bytes of the driver and of dead processes not
   back to their level before the chaos once every ref is dropped (``--arena-slack``
   tolerates some), or live workers holding more than the function blobs they exported.  A task's result
   is owned by the worker that wrote it until the owner claims it on arrival, so a worker
   killed before, or while, it sends a result leaks nothing.
-
-Printed as a warning, not a failure: ``available_resources()`` not back to
-``cluster_resources()``.  A worker SIGKILLed inside the few bytecodes between reserving a
-resource and recording it leaves that much behind; the node gives back everything else a
-dead worker held (its recorded reservations, pins and owned objects).
 
 ``repartir.shutdown()`` runs in every case.
 """
@@ -150,12 +150,13 @@ def check(kind: str, i: int, value) -> str | None:
 # --------------------------------------------------------------------------- killer
 
 
-def attached(pid: int) -> bool:
-    """Whether worker ``pid`` has mapped the node's shared memory (it attaches right after:
-    a worker killed before that counts as one that failed to start)."""
+def attached(pid: int, shm_prefix: str) -> bool:
+    """Whether worker ``pid`` has mapped the node's shared memory, whose files start with
+    ``shm_prefix`` (the configured ``shm_dir`` + ``/repartir-``; it attaches right after it
+    starts: a worker killed before that counts as one that failed to start)."""
     try:
         with open(f"/proc/{pid}/maps") as f:
-            return any("/dev/shm/repartir" in line for line in f)
+            return any(shm_prefix in line for line in f)
     except OSError:
         return False
 
@@ -164,10 +165,11 @@ class Killer(threading.Thread):
     """SIGKILLs a random worker of this driver every ``uniform(lo, hi)`` seconds: one that
     has attached to the node, unless ``kill_starting``."""
 
-    def __init__(self, lo: float, hi: float, rng: random.Random,
+    def __init__(self, lo: float, hi: float, rng: random.Random, shm_prefix: str,
                  kill_starting: bool = False) -> None:
         super().__init__(daemon=True, name="chaos-killer")
         self.lo, self.hi, self.rng, self.kill_starting = lo, hi, rng, kill_starting
+        self.shm_prefix = shm_prefix
         self.stop = threading.Event()
         self.kills = 0
         self.errors: list[str] = []
@@ -180,7 +182,7 @@ class Killer(threading.Thread):
                 try:
                     p = psutil.Process(pid)  # never kill a recycled pid that is not ours
                     if (p.ppid() == me and any(WORKER_MARK in a for a in p.cmdline())
-                            and (self.kill_starting or attached(pid))):
+                            and (self.kill_starting or attached(pid, self.shm_prefix))):
                         candidates.append(pid)
                 except psutil.Error:
                     continue
@@ -223,6 +225,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arena-slack", type=int, default=None,
                    help="bytes the arena may stay above its level before the chaos "
                         "(default: none allowed)")
+    p.add_argument("--min-kills", type=int, default=None,
+                   help="fewer SIGKILLs fail the run (default: duration / (2 x the longest "
+                        "kill interval))")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -232,6 +237,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.deadline = args.duration + 90.0
     if args.seed is None:
         args.seed = int(time.time())
+    if args.min_kills is None:
+        args.min_kills = int(args.duration / (2 * args.kill_interval[1]))
     args.kinds = tuple(k for k in args.kinds.split(",") if k)
     bad = set(args.kinds) - set(KINDS)
     if bad or not args.kinds:
@@ -265,18 +272,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     rng = random.Random(args.seed)
     failures: list[str] = []
-    # Leaks after SIGKILL are reported, not failed: a worker killed inside the few
-    # bytecodes between reserving and recording a resource, or between allocating a result
-    # and sending it, leaves that much behind (documented limitation).
-    warnings: list[str] = []
     counts = collections.Counter()
     thread_errors = ThreadErrors()
     t_start = time.monotonic()
     hard_deadline = t_start + args.deadline
     info = repartir.init(num_cpus=args.num_cpus, resources={"chaos": CHAOS_RESOURCE})
     num_cpus = info["num_cpus"]
+    shm_prefix = os.path.join(driver.client().config.shm_dir, "repartir-")
     killer = Killer(*args.kill_interval, rng=random.Random(rng.random()),
-                    kill_starting=args.kill_starting)
+                    shm_prefix=shm_prefix, kill_starting=args.kill_starting)
     pending: dict = {}  # ref -> (kind, i, fragile)
     try:
         # warm-up (functions exported, workers up) and the arena's level before the chaos
@@ -368,6 +372,10 @@ def main(argv=None) -> int:
             killer.stop.set()
             killer.join(5)
             failures.extend(killer.errors)
+            if killer.kills < args.min_kills:
+                failures.append(f"only {killer.kills} workers were killed in {args.duration:.0f} s "
+                                f"(at least {args.min_kills} required; workers are found by "
+                                f"their mappings of {shm_prefix}*)")
 
             # drain: everything submitted must come back before the global deadline
             while pending and time.monotonic() < hard_deadline:
@@ -389,7 +397,7 @@ def main(argv=None) -> int:
                      if k != "object_store_memory"}
             free = lambda: {k: repartir.available_resources().get(k) for k in total}  # noqa
             if not _wait_for(lambda: free() == total, 15):
-                warnings.append(f"resources not released after the chaos: available "
+                failures.append(f"resources not released after the chaos: available "
                                 f"{free()}, total {total}")
             try:
                 probe = repartir.get([compute_task.remote(k) for k in range(200)], timeout=60)
@@ -429,8 +437,6 @@ def main(argv=None) -> int:
               f"(allowed)")
         print(f"  arena used     {baseline_used:,} B before, "
               f"{'n/a' if end_used is None else f'{end_used:,}'} B after")
-        for w in warnings:
-            print(f"  warning: {w}")
         if failures:
             print(f"[chaos] FAILED ({len(failures)} problems)")
             for f in failures[:30]:

@@ -1,50 +1,14 @@
 """The workloads of the benchmark harness: ``REGISTRY[system][workload] -> fn(adapter, cfg)``.
 
-The full sizes; ``--quick`` in brackets. Before each timed loop a short warm-up runs the same
-operation untimed. Task bodies live in :mod:`stress.tasks`; systems in :mod:`stress.adapters`.
+What each workload times, its sizes, how each system does it and the goals are defined in
+``docs/benchmarks.md``; :data:`DOES` is the one line per system that the table prints under it,
+:data:`GOALS` the goal column. Task bodies live in :mod:`stress.tasks`; systems in
+:mod:`stress.adapters`. ``init`` is timed by the child runner (``stress.bench.child_main``):
+from creating the runtime until one :func:`~stress.tasks.rendezvous` task runs on every worker
+at once.
 
-=========== ================================================================= ==================
-id           what is timed                                                     unit (JSON)
-=========== ================================================================= ==================
-init         creation of the runtime/pool/cluster until the first no-op task's ``s``
-             result is back (imports are done before the clock starts)
-tiny_async   submit 20,000 [2,000] no-op tasks, then get all                   ``tasks/s``
-tiny_rtt     2,000 [200] × (submit one no-op, get it); mean, p50/p99 in extra  ``us`` per trip
-actor_sync   2,000 [200] × (call a no-op method of one actor, get it); mean,   ``calls/s``
-             p50/p99 in extra. repartir (``@remote`` class, ``h.m.remote()``)
-             and Ray only; the actor is created before the clock starts
-actor_async  20,000 [2,000] calls of that method in flight, then get all       ``calls/s``
-put          ``put`` of a 256 MiB [32 MiB] float64 array, median of 5, store   ``GB/s`` (1e9 B/s)
-             warm, each ref released before the next put; extra:
-             ``fraction_of_memcpy``. memcpy: ``np.copyto`` into a warm,
-             preallocated destination, median of 5. Dask: ``client.scatter``
-             (``hash=False``, so a new key each time).
-get          inside a task running in a worker process, the time of ``get`` on ``us``
-             a ref to that array (the ref travels nested in a list, so the
-             task receives the ref, not the value); median of 7 after a warm-up;
-             extra: the same at 1 MiB (the goal is: no growth with size).
-             Dask: the array is scattered to worker A, the task runs on worker
-             B and times ``Future(key, get_client(), state="memory").result()``
-             through its worker client, i.e. the transfer to another process
-             (the task receives the key: Dask resolves futures nested in lists).
-bigarg       20 [5] tasks, each receiving the array as a top-level argument by ``s``
-             ref (resolved to the value) and returning ``float(a[0] + a[-1])``;
-             from the first submit to all results. The ref is made (``put``,
-             ``scatter``) before the clock starts. multiprocessing and loky
-             receive the array itself (pickled for every task).
-fib          recursive fib(22) [fib(18)]: a task with n > 14 submits two       ``s``
-             children and gets them, n <= 14 computes serially; after a
-             warm-up run of fib(n - 4). repartir and Ray: the ``@remote``
-             function calling itself; Dask: ``get_client().submit`` (``pure=
-             False``) and ``secede``/``rejoin`` around the wait. extra:
-             ``peak_workers``, the most worker processes alive at once among
-             the driver's descendants (sampled every few ms), shown in ()
-unbalanced   200 [60] busy-loop tasks (spinning on ``time.perf_counter``),     ``ratio``
-             durations Pareto α=1.5 with minimum 3 ms, capped at 200 ms, seed
-             0, all submitted at once; value = makespan ÷ (total work ÷
-             workers), 1.0 is ideal. multiprocessing: ``apply_async`` per task
-             (chunksize 1)
-=========== ================================================================= ==================
+Every array a workload moves is checked whole (:func:`~stress.tasks.checksum`, a CRC-32 of every
+byte), outside the timed window.
 
 ``put`` and ``get`` make no sense without an object store and are skipped for multiprocessing and
 loky, the actor workloads without actors (everything but repartir and Ray), ``fib`` without tasks
@@ -60,6 +24,7 @@ ships to workers to :mod:`stress.tasks`.
 from __future__ import annotations
 
 import os
+import pickle
 import statistics
 import time
 from typing import Any, Callable, Iterable
@@ -68,8 +33,9 @@ import numpy as np
 
 from stress.adapters import (ADAPTERS, MIB, Adapter, Config, DaskAdapter, PeakWorkers,
                              RayAdapter, RepartirAdapter)
-from stress.tasks import (NoopActor, dask_fib, dask_timed_get, fib_serial, noop, ray_fib,
-                          ray_timed_get, read_ends, repartir_timed_get, rp_fib, spin)
+from stress.tasks import (NoopActor, checksum, dask_fib, dask_timed_get, fib_serial, noop,
+                          ray_fib, ray_timed_get, read_ends, repartir_timed_get, rp_fib,
+                          sleep_s, spin)
 
 #: Workload ids in table order, with the unit written to JSON and the one shown in the table.
 WORKLOADS: dict[str, tuple[str, str]] = {
@@ -83,9 +49,10 @@ WORKLOADS: dict[str, tuple[str, str]] = {
     "bigarg": ("s", "s"),
     "fib": ("s", "s"),
     "unbalanced": ("ratio", "× ideal"),
+    "ctrl_c": ("ms", "ms"),
 }
 
-#: Goals from BENCHMARKS.md, shown in the table's last column.
+#: Goals from docs/benchmarks.md (its Goals table), shown in the table's last column.
 GOALS: dict[str, str] = {
     "init": "≤ 0.3 s",
     "tiny_async": "≥ 3×mp, ≥ 50×ray",
@@ -97,6 +64,7 @@ GOALS: dict[str, str] = {
     "bigarg": "≤ 0.5×ray",
     "fib": "≤ 0.1 s, ≤ 2×cores procs",
     "unbalanced": "≤ 1.1",
+    "ctrl_c": "≤ 100 ms",
 }
 
 #: Shown in () after a value in the table: workload -> (key of its extra, format).
@@ -110,6 +78,43 @@ FOOTNOTES: dict[str, str] = {
     "put": "put: value in () is the fraction of memcpy measured in the same run",
     "fib": "fib: value in () is the peak number of worker processes alive during the run",
 }
+
+#: What each system does in a workload, printed under the table for the workloads run
+#: (``"*"``: every system the workload runs on). The full definitions: docs/benchmarks.md.
+DOES: dict[str, dict[str, str]] = {
+    "init": {"*": "from creating the runtime until N rendezvous tasks run at once on all N "
+                  "workers (imports untimed)"},
+    "tiny_async": {"*": "submit all no-op tasks, then get all"},
+    "tiny_rtt": {"*": "submit one no-op task, get it; repeated"},
+    "actor_sync": {"*": "call a no-op actor method, get it; repeated"},
+    "actor_async": {"*": "all calls in flight, then get all"},
+    "put": {"memcpy": "np.copyto into a warm buffer, best of 1..{threads} threads",
+            "repartir": "repartir.put: one copy into the shared-memory arena",
+            "ray": "ray.put: one copy into the plasma store",
+            "dask": "client.scatter: serialize and send to one worker process"},
+    "get": {"repartir": "zero-copy view: unpickle the ref (lookup + pin) and get, in a worker",
+            "ray": "zero-copy view: ray.get of a nested ref (lookup + pin), in a worker",
+            "dask": "transfer: worker B fetches the array from worker A (a copy)"},
+    "bigarg": {"repartir": "tasks get the put array by ref (zero-copy view)",
+               "ray": "tasks get the put array by ref (zero-copy view)",
+               "dask": "tasks get the scattered array by ref (copied once to each worker using it)",
+               "multiprocessing": "the array is pickled into every task",
+               "loky": "the array is pickled into every task"},
+    "fib": {"repartir": "the @remote function submits two children and gets them",
+            "ray": "the @remote function submits two children and gets them",
+            "dask": "get_client().submit two children; secede while waiting"},
+    "unbalanced": {"*": "all busy-loop tasks submitted at once; makespan over ideal"},
+    "ctrl_c": {"repartir": "SIGINT to the driver waiting in get(): until KeyboardInterrupt"},
+}
+
+
+def does(workload_id: str, system: str) -> str | None:
+    """The line :data:`DOES` has for ``system`` in ``workload_id``, or ``None``."""
+    d = DOES.get(workload_id, {})
+    text = d.get(system, d.get("*") if system in REGISTRY and workload_id in REGISTRY[system]
+                 else None)
+    return text.format(threads=copy_threads()) if text and "{threads}" in text else text
+
 
 WorkloadFn = Callable[[Any, Config], Any]
 REGISTRY: dict[str, dict[str, WorkloadFn]] = {name: {} for name in ADAPTERS}
@@ -145,7 +150,7 @@ def _percentiles_us(times: np.ndarray) -> dict[str, float]:
 @workload("init", TASK_SYSTEMS)
 def w_init(s: Adapter, cfg: Config) -> Any:
     """Measured by the child runner when it starts the system: see ``stress.bench.child_main``."""
-    return s.init_time, dict(s.extra)
+    return s.init_time, {**s.extra, "definition": "all workers ready (rendezvous on every one)"}
 
 
 @workload("tiny_async", TASK_SYSTEMS)
@@ -212,36 +217,82 @@ def w_actor_async(s: Adapter, cfg: Config) -> Any:
     return n / dt, {"calls": n, "submit_s": round(t_submit, 4), "total_s": round(dt, 4)}
 
 
+def copy_threads() -> int:
+    """The most threads repartir splits one copy over on this machine (``put``'s reference
+    tries 1 to this many)."""
+    try:
+        from repartir.serialization import MAX_COPY_THREADS
+    except ImportError:                         # the table of a run without repartir
+        MAX_COPY_THREADS = 4
+    return max(1, min(MAX_COPY_THREADS, os.cpu_count() or 1))
+
+
 def _median_put(put: Callable[[np.ndarray], Any], release: Callable[[Any], None],
-                arr: np.ndarray, reps: int) -> Any:
+                arr: np.ndarray, reps: int, read_back: Callable[[Any], Any]) -> Any:
+    """Median bandwidth of ``reps`` timed ``put(arr)``; after each one (untimed) the stored
+    copy is read back and its checksum compared with ``arr``'s, every byte of it."""
+    expect = checksum(arr)
     release(put(arr))                           # warm the store
     times = []
-    for _ in range(reps):
+    for rep in range(reps):
         t0 = time.perf_counter()
         ref = put(arr)
         times.append(time.perf_counter() - t0)
+        got = checksum(read_back(ref))
+        if got != expect:
+            raise AssertionError(f"put #{rep}: the stored copy differs from the array "
+                                 f"(crc32 {got:#x}, expected {expect:#x})")
         release(ref)
         del ref
     med = statistics.median(times)
     return arr.nbytes / med / 1e9, {"bytes": arr.nbytes, "median_s": round(med, 5),
-                                   "min_s": round(min(times), 5), "reps": reps}
+                                    "min_s": round(min(times), 5), "reps": reps,
+                                    "checked": "crc32 of every byte, each rep"}
+
+
+def _threaded_copy(pool: Any, dst: np.ndarray, src: np.ndarray, parts: int) -> None:
+    """``np.copyto`` split into ``parts`` 64-byte-aligned chunks, one per thread (as
+    repartir splits a large copy)."""
+    if parts == 1:
+        np.copyto(dst, src)
+        return
+    d, s = dst.view(np.uint8), src.view(np.uint8)
+    n = d.nbytes
+    step = -(-n // parts) + 63 & ~63
+    for f in [pool.submit(np.copyto, d[i:i + step], s[i:i + step]) for i in range(0, n, step)]:
+        f.result()
 
 
 @workload("put", ("memcpy",))
 def w_put_memcpy(s: Adapter, cfg: Config) -> Any:
+    """The best copy this machine does: ``np.copyto`` into a warm, preallocated destination,
+    split over 1, 2, ... up to :func:`copy_threads` threads; the best median wins."""
+    from concurrent.futures import ThreadPoolExecutor
+
     arr = _array(cfg)
     dst = np.empty_like(arr)
-    return _median_put(lambda a: np.copyto(dst, a), lambda _: None, arr, cfg.put_reps)
+    np.copyto(dst, arr)                         # warm the destination's pages
+    by_threads = {}
+    with ThreadPoolExecutor(copy_threads()) as pool:
+        for k in range(1, copy_threads() + 1):
+            value, extra = _median_put(lambda a: _threaded_copy(pool, dst, a, k), lambda _: None,
+                                       arr, cfg.put_reps, lambda _: dst)
+            by_threads[k] = (value, extra)
+    best = max(by_threads, key=lambda k: by_threads[k][0])
+    value, extra = by_threads[best]
+    extra.update(threads=best, GBps_by_threads={str(k): round(v[0], 3)
+                                                for k, v in by_threads.items()})
+    return value, extra
 
 
 @workload("put", ("repartir",))
 def w_put_repartir(s: RepartirAdapter, cfg: Config) -> Any:
-    return _median_put(s.rp.put, lambda ref: None, _array(cfg), cfg.put_reps)
+    return _median_put(s.rp.put, lambda ref: None, _array(cfg), cfg.put_reps, s.rp.get)
 
 
 @workload("put", ("ray",))
 def w_put_ray(s: RayAdapter, cfg: Config) -> Any:
-    return _median_put(s.ray.put, lambda ref: None, _array(cfg), cfg.put_reps)
+    return _median_put(s.ray.put, lambda ref: None, _array(cfg), cfg.put_reps, s.ray.get)
 
 
 @workload("put", ("dask",))
@@ -249,46 +300,51 @@ def w_put_dask(s: DaskAdapter, cfg: Config) -> Any:
     def release(fut: Any) -> None:
         s.client.cancel(fut)
     value, extra = _median_put(lambda a: s.client.scatter(a, hash=False), release, _array(cfg),
-                               cfg.put_reps)
+                               cfg.put_reps, lambda fut: fut.result())
     extra["measured"] = "client.scatter(hash=False) to one worker"
     return value, extra
 
 
-def _median_get(run_one: Callable[[np.ndarray], tuple[float, float]], arr: np.ndarray,
+def _median_get(run_one: Callable[[np.ndarray], tuple[float, int]], arr: np.ndarray,
                 reps: int) -> tuple[float, float]:
-    """Median seconds of ``reps`` timed gets after one warm-up; checks the value came through."""
-    expect = float(arr[0] + arr[-1])
+    """Median seconds of ``reps`` timed gets after one warm-up; each one's checksum of the
+    whole array it got must equal ``arr``'s."""
+    expect = checksum(arr)
     run_one(arr)
     times = []
-    for _ in range(reps):
+    for rep in range(reps):
         dt, got = run_one(arr)
         if got != expect:
-            raise AssertionError(f"get returned a wrong array: a[0]+a[-1] = {got}, expected {expect}")
+            raise AssertionError(f"get #{rep} returned a wrong array: crc32 {got:#x}, "
+                                 f"expected {expect:#x}")
         times.append(dt)
     return statistics.median(times), min(times)
 
 
-def _get_workload(run_one: Callable[[np.ndarray], tuple[float, float]], cfg: Config) -> Any:
+def _get_workload(run_one: Callable[[np.ndarray], tuple[float, int]], cfg: Config) -> Any:
     big = _array(cfg)
     med, best = _median_get(run_one, big, cfg.get_reps)
     small_med, _ = _median_get(run_one, _array(cfg, MIB // 8), cfg.get_reps)
     return med * 1e6, {"bytes": big.nbytes, "min_us": round(best * 1e6, 1),
-                       "us_at_1MiB": round(small_med * 1e6, 1), "reps": cfg.get_reps}
+                       "us_at_1MiB": round(small_med * 1e6, 1), "reps": cfg.get_reps,
+                       "checked": "crc32 of every byte, each rep"}
 
 
 @workload("get", ("repartir",))
 def w_get_repartir(s: RepartirAdapter, cfg: Config) -> Any:
-    def run_one(arr: np.ndarray) -> tuple[float, float]:
+    def run_one(arr: np.ndarray) -> tuple[float, int]:
         ref = s.rp.put(arr)
-        out = s.rp.get(s.submit(repartir_timed_get, [ref]))
-        del ref
+        # the task receives the ref still pickled: its unpickling (lookup + pin) is timed
+        blob = pickle.dumps([ref], protocol=5)
+        out = s.rp.get(s.submit(repartir_timed_get, blob))
+        del ref                                 # held until the task is done
         return out
     return _get_workload(run_one, cfg)
 
 
 @workload("get", ("ray",))
 def w_get_ray(s: RayAdapter, cfg: Config) -> Any:
-    def run_one(arr: np.ndarray) -> tuple[float, float]:
+    def run_one(arr: np.ndarray) -> tuple[float, int]:
         ref = s.ray.put(arr)
         out = s.ray.get(s.submit(ray_timed_get, [ref]))
         del ref
@@ -301,7 +357,7 @@ def w_get_dask(s: DaskAdapter, cfg: Config) -> Any:
     workers = s.worker_addresses()
     holder, reader = workers[0], workers[-1]
 
-    def run_one(arr: np.ndarray) -> tuple[float, float]:
+    def run_one(arr: np.ndarray) -> tuple[float, int]:
         fut = s.client.scatter(arr, workers=[holder], hash=False)
         out = s.submit(dask_timed_get, fut.key, workers=[reader]).result()
         s.client.cancel(fut)
@@ -323,8 +379,14 @@ def w_bigarg(s: Adapter, cfg: Config) -> Any:
     dt = time.perf_counter() - t0
     if any(v != expect for v in out):
         raise AssertionError(f"bigarg: tasks returned {set(out)}, expected {expect}")
+    # untimed: what a task received is the whole array, every byte of it
+    got = s.get(s.submit(checksum, ref))
+    if got != checksum(arr):
+        raise AssertionError(f"bigarg: a task received a different array (crc32 {got:#x}, "
+                             f"expected {checksum(arr):#x})")
     return dt, {"tasks": n, "bytes": arr.nbytes,
-                "passed": "by value (pickled)" if ref is arr else "by ref"}
+                "passed": "by value (pickled)" if ref is arr else "by ref",
+                "checked": "crc32 of every byte, one extra untimed task"}
 
 
 FIB_TASK: dict[str, Callable[[int, int], int]] = {"repartir": rp_fib, "ray": ray_fib,
@@ -383,3 +445,36 @@ def w_unbalanced(s: Adapter, cfg: Config) -> Any:
         "ideal_s": round(ideal, 4), "max_task_s": round(max(durations), 4),
         "alpha": UNBALANCED_ALPHA, "scale_s": UNBALANCED_SCALE_S, "cap_s": UNBALANCED_CAP_S,
         "seed": UNBALANCED_SEED}
+
+
+@workload("ctrl_c", ("repartir",))
+def w_ctrl_c(s: RepartirAdapter, cfg: Config) -> Any:
+    """Median latency from a SIGINT to this process (a terminal's Ctrl-C) while the main
+    thread waits in ``get`` for a sleeping task, to the ``KeyboardInterrupt`` raised there."""
+    import signal
+    import threading
+
+    latencies = []
+    for _ in range(cfg.ctrl_c_reps):
+        ref = s.submit(sleep_s, 0.5)
+        sent: list[float] = []
+
+        def interrupt() -> None:
+            sent.append(time.perf_counter())
+            os.kill(os.getpid(), signal.SIGINT)
+
+        timer = threading.Timer(0.1, interrupt)
+        timer.start()
+        try:
+            s.get(ref)
+            raise AssertionError("get() returned: the SIGINT did not interrupt it")
+        except KeyboardInterrupt:
+            latencies.append(time.perf_counter() - sent[0])
+        finally:
+            timer.join()
+        try:
+            s.get(ref)                          # the running task ends normally
+        except Exception:  # noqa: BLE001 - or was cancelled: either way it is over
+            pass
+    med = statistics.median(latencies)
+    return med * 1e3, {"reps": len(latencies), "max_ms": round(max(latencies) * 1e3, 3)}

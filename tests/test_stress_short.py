@@ -1,6 +1,7 @@
-"""The short stress runs, as CI runs them: ``stress/soak.py --short`` (50,000 tiny tasks, flat
-driver RSS and arena) and ``stress/chaos.py --short`` (~15 s of random SIGKILLs of workers,
-every result correct, nothing lost).
+"""The short stress runs, as CI runs them: ``stress/soak.py --short`` (100,000 tiny tasks, the
+driver's private memory growing by at most 25 bytes per task, the arena back to its level;
+with ``--leak-per-task 100`` it must fail) and ``stress/chaos.py --short`` (~15 s of random
+SIGKILLs of workers, at least 7 of them, every result correct, nothing lost).
 
 Each runs as a subprocess with its own session (``sys.executable stress/X.py --short``) and
 must exit with status 0; on failure the assertion shows the run's summary.  Afterwards no
@@ -89,6 +90,16 @@ def test_soak_short():
     print(f"soak --short: {elapsed:.1f} s")
     assert code == 0, f"stress/soak.py --short exited with {code}:\n{output[-6000:]}"
     assert "[soak] PASSED" in output
+
+
+@pytest.mark.timeout(180)
+def test_soak_short_fails_on_a_leak_of_100_bytes_per_task():
+    """The soak's memory bound can fail: with the driver keeping 100 bytes per task (its
+    self-test option), the same short run must fail on the growth."""
+    code, output, _ = run_stress("soak.py", "--short", "--quiet", "--leak-per-task", "100",
+                                 timeout=150)
+    assert code == 1, f"a 100 B/task leak passed the soak:\n{output[-3000:]}"
+    assert "driver private memory grew" in output, output[-3000:]
 
 
 @pytest.mark.timeout(180)

@@ -117,6 +117,12 @@ class _ActorRecord:
 
 
 _retired: list = []  # (when, mmap) of scheduler segments of stopped nodes
+#: An extra worker starts only once the wish for one has held on every supervisor tick for
+#: this long. A worker that parks gives its CPU back and takes it again when woken, so for a
+#: few microseconds a queued task "fits" while every worker is busy; starting a process on
+#: that alone oversubscribes the node (seen: a third worker for 2 CPUs running flat tiny
+#: tasks). A worker blocked in ``get`` lends its CPU far longer than this.
+EXTRA_WORKER_AFTER_S = 0.02
 _RETIRE_AFTER = 1.0  # seconds: a thread parked in a segment wakes within 50 ms and leaves
 
 
@@ -652,13 +658,14 @@ class Node:
     def _supervise(self) -> None:
         """Every few milliseconds: stop tasks past their timeout, and start an extra worker
         when a queued task fits in the CPU left but every worker is busy -- because workers
-        blocked in ``get`` lent their CPUs, or tasks ask for fractions of a CPU -- up to
-        ``max_workers`` processes."""
+        blocked in ``get`` lent their CPUs, or tasks ask for fractions of a CPU -- for
+        ``EXTRA_WORKER_AFTER_S`` in a row, up to ``max_workers`` processes."""
         seg, cfg = self.segment, self.config
         overdue: dict[bytes, float] = {}
         stuck_since, warned = None, False  # tasks queued while no worker runs anything
         # at the cap: the task on top of each worker's stack, and since when none changed
         stack_tops, all_blocked_since, cap_warned = None, 0.0, False
+        want_since = None  # since when an extra worker has been wanted, on every tick
         while not self.stopping:
             time.sleep(0.005)
             if self.stopping:
@@ -685,7 +692,7 @@ class Node:
                         and seg.inboxes[slot].pending()):
                     self._fail_actor_inbox(slot)
             if not seg.queued():
-                stuck_since, warned = None, False
+                stuck_since, warned, want_since = None, False, None
                 continue
             if any(seg.running(s) for s in slots):
                 stuck_since = None
@@ -695,12 +702,13 @@ class Node:
                 warned = True
                 self._warn_stuck(now - stuck_since)
             cpus = seg.available()[0]
-            if cpus <= 0 or (cpus < 1000 and (seg.smallest_queued_cpu() or 1000) > cpus):
-                continue  # no queued task fits in the CPU left
-            if self.fatal:
-                continue
             busy = sum(1 for s in slots if seg.running(s))
-            if busy < len(slots):
+            if (cpus <= 0 or (cpus < 1000 and (seg.smallest_queued_cpu() or 1000) > cpus)
+                    or self.fatal or busy < len(slots)):
+                want_since = None  # no queued task fits in the CPU left, or a worker is free
+                continue
+            if want_since is None or now - want_since < EXTRA_WORKER_AFTER_S:
+                want_since = want_since or now  # not yet: it may be a worker's wake-up
                 continue
             if len(slots) >= cfg.max_workers:
                 # At the cap.  Workers blocked in get help only with tasks that cannot wait
@@ -728,6 +736,7 @@ class Node:
                     continue
                 cap_warned = False
                 stack_tops = None
+            want_since = None
             free = next((i for i in range(cfg.num_cpus + 1, self.first_actor_slot)
                          if i not in slots and seg.slot_state(i)[0] not in
                          (SlotState.WORKER, SlotState.STARTING)), None)

@@ -136,6 +136,12 @@ def boom(msg):
 
 
 @repartir.remote
+def gate_opened(gate: str, timeout: float) -> bool:
+    """Whether ``gate`` appears within ``timeout`` seconds."""
+    return wait_file(gate, timeout)
+
+
+@repartir.remote
 def gated_value(gate: str, value):
     """Return ``value`` once ``gate`` exists."""
     assert wait_file(gate), "gate never opened"
@@ -383,6 +389,32 @@ def test_an_actor_waits_for_its_resources(rt):
     assert wait_until(lambda: _available() == (2.0, 1.0, 1.0), timeout=LONG), _available()
 
 
+def test_actors_waiting_for_resources_start_oldest_first(rt, tmp_path):
+    """Several actors wait for the one licence: each time it comes back, the one created
+    first among those still waiting starts (docs/architecture.md, as in Ray)."""
+    log = str(tmp_path / "starts")
+    holder = Counter.options(resources={"licence": 1}).remote(0, log)
+    assert repartir.get(holder.inc.remote(), timeout=LONG) == 1
+    waiting = [Counter.options(resources={"licence": 1}).remote(10 * (k + 1), log)
+               for k in range(4)]
+    calls = [w.inc.remote() for w in waiting]
+    ready, _ = repartir.wait(calls, num_returns=1, timeout=0.5)
+    assert not ready and len(lines(log)) == 1  # all four wait
+    order = []
+    previous = holder
+    for _ in waiting:
+        repartir.kill(previous)  # gives the licence back: exactly one waiting actor starts
+        ready, _ = repartir.wait(calls, num_returns=len(order) + 1, timeout=LONG)
+        assert len(ready) == len(order) + 1, "no waiting actor started"
+        k = next(i for i, c in enumerate(calls) if c in ready and i not in order)
+        order.append(k)
+        assert repartir.get(calls[k], timeout=LONG) == 10 * (k + 1) + 1
+        previous = waiting[k]
+    repartir.kill(previous)
+    assert order == [0, 1, 2, 3], f"start order of the waiting actors: {order}"
+    assert wait_until(lambda: _available() == (2.0, 1.0, 1.0), timeout=LONG), _available()
+
+
 @repartir.remote
 class Stateful:
     def state(self):
@@ -600,6 +632,13 @@ class Meter:
         with self.lock:
             self.active -= 1
 
+    def gated(self, started, gate, done):
+        """Announce the call, wait for ``gate``, record that the last line ran."""
+        append_line(started, "started")
+        assert wait_file(gate), "gate never opened"
+        append_line(done, "ended")
+        return "ended"
+
     def hold(self, k, timeout):
         """Threaded/sync: wait (up to ``timeout``) until ``k`` calls run at once."""
         self._enter()
@@ -635,6 +674,14 @@ class AsyncMeter:
             return self.peak
         finally:
             self.active -= 1
+
+    async def gated(self, started, gate, done):
+        append_line(started, "started")
+        end = time.monotonic() + GATE_S
+        while not os.path.exists(gate) and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        append_line(done, "ended")
+        return "ended"
 
     async def meet(self, n, timeout):
         """True once ``n`` calls have arrived (they must be running concurrently)."""
@@ -682,7 +729,7 @@ def test_async_actor_respects_max_concurrency(rt):
 # --------------------------------------------------------------------------- await, future
 
 
-def test_await_refs_in_asyncio_code(rt):
+def test_await_refs_in_asyncio_code(rt, tmp_path):
     a = Counter.remote(0)
 
     async def main():
@@ -691,21 +738,24 @@ def test_await_refs_in_asyncio_code(rt):
         second = await a.inc.remote(3)
         with pytest.raises(ValueError, match="awaited failure"):
             await boom.remote("awaited failure")
-        # the loop stays free while a ref is pending: other coroutines run meanwhile
-        pending = asyncio.ensure_future(_await(a.value.remote()))
-        ticks = 0
-        while not pending.done():
-            ticks += 1
-            await asyncio.sleep(0.001)
-        return values, first, second, await pending, ticks
+        # the loop stays free while a ref is pending: the awaited task waits for a gate that
+        # only another coroutine of this loop opens, after the await has begun (a blocking
+        # await would hold the loop until the task gave up and returned False)
+        pending = asyncio.ensure_future(_await(gate_opened.remote(gate, 20.0)))
+        await asyncio.sleep(0.05)
+        awaiting = not pending.done()
+        Path(gate).touch()
+        return values, first, second, awaiting, await pending
 
     async def _await(ref):
         return await ref
 
-    values, first, second, last, ticks = asyncio.run(asyncio.wait_for(main(), LONG))
+    gate = str(tmp_path / "loop-gate")
+    values, first, second, awaiting, opened = asyncio.run(asyncio.wait_for(main(), LONG))
     assert values == [i * i for i in range(10)]
-    assert (first, second, last) == (2, 5, 5)
-    assert ticks >= 1
+    assert (first, second) == (2, 5)
+    assert awaiting, "the awaited ref was ready before its gate opened"
+    assert opened is True, "await blocked the event loop until the task gave up on its gate"
 
 
 def test_ref_future(rt):
@@ -875,15 +925,21 @@ def test_cancel_of_a_running_actor_call(rt, tmp_path):
     with pytest.raises(repartir.TaskCancelledError):
         repartir.get(call, timeout=LONG)
     assert repartir.get(a.inc.remote(), timeout=LONG) == 8
-    # a threaded actor's running call cannot be interrupted: it ends, the actor lives on
-    m = Meter.options(max_concurrency=2).remote()
-    held = m.hold.remote(2, 1.0)
-    repartir.cancel(held)
-    try:
-        repartir.get(held, timeout=LONG)
-    except repartir.TaskCancelledError:
-        pass  # cancelled before it started
-    assert m.state == "ALIVE" and repartir.get(m.peak_.remote(), timeout=LONG) in (0, 1)
+
+
+@pytest.mark.parametrize("cls", ["threaded", "async"])
+def test_cancel_of_a_running_call_of_a_threaded_or_async_actor_lets_it_end(rt, tmp_path, cls):
+    """Documented (``repartir.cancel``): such a call cannot be interrupted and ends normally --
+    it runs to its last line and ``get`` returns its value; the actor lives on."""
+    started, gate, done = (str(tmp_path / n) for n in ("started", "gate", "done"))
+    m = (Meter.options(max_concurrency=2) if cls == "threaded" else AsyncMeter).remote()
+    call = m.gated.remote(started, gate, done)
+    assert wait_until(lambda: lines(started), timeout=LONG)  # running, not queued
+    repartir.cancel(call)
+    Path(gate).touch()
+    assert repartir.get(call, timeout=LONG) == "ended"
+    assert lines(done) == ["ended"]
+    assert m.state == "ALIVE" and repartir.get(m.peak_.remote(), timeout=LONG) == 0
 
 
 def test_generator_without_streaming_option_says_to_use_it(rt):

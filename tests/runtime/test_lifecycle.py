@@ -248,6 +248,60 @@ def test_session_directory(no_session):
         repartir.shutdown()
 
 
+def test_shutdown_removes_the_session_directory_and_its_logs(no_session, monkeypatch, tmp_path):
+    """docs: the session directory (``session.json``, the workers' log files when their output
+    is not forwarded) is removed by ``shutdown()``."""
+    monkeypatch.setenv("REPARTIR_TEMP_DIR", str(tmp_path / "sessions"))
+    monkeypatch.setenv("REPARTIR_LOG_TO_DRIVER", "0")
+    info = repartir.init(num_cpus=1)
+    session_dir = Path(info["session_dir"])
+    try:
+        assert session_dir.parent == tmp_path / "sessions"
+        assert repartir.get(add.remote(1, 1), timeout=30) == 2
+        assert (session_dir / "session.json").is_file()
+        assert list(session_dir.glob("worker-*.log")), list(session_dir.iterdir())
+    finally:
+        repartir.shutdown()
+    assert not session_dir.exists(), list(session_dir.rglob("*"))
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_start_up_sweeps_what_dead_sessions_left(no_session, monkeypatch, tmp_path):
+    """docs: start-up removes the directories and the /dev/shm files of sessions whose driver
+    is gone, and leaves those of live drivers alone."""
+    import json
+
+    temp = tmp_path / "sessions"
+    monkeypatch.setenv("REPARTIR_TEMP_DIR", str(temp))
+    dead, live = _dead_pid(), os.getppid()
+    made = {}
+    for kind, pid in (("dead", dead), ("live", live)):
+        session = f"20000101-000000.{kind}{os.getpid()}_{pid}"
+        d = temp / f"session_{session}"
+        d.mkdir(parents=True)
+        (d / "session.json").write_text(json.dumps({"pid": pid}))
+        (d / "worker-1.log").write_text("old\n")
+        shm = Path("/dev/shm") / f"repartir-{session}-arena"
+        shm.write_bytes(b"\0" * 4096)
+        made[kind] = (d, shm)
+    try:
+        info = repartir.init(num_cpus=1)
+        repartir.shutdown()
+        assert Path(info["session_dir"]).parent == temp
+        d, shm = made["dead"]
+        assert not d.exists() and not shm.exists(), "a dead session's leftovers were kept"
+        d, shm = made["live"]
+        assert d.exists() and shm.exists(), "a live session's files were swept"
+    finally:
+        for d, shm in made.values():
+            shm.unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------- subprocess drivers
 
 DRIVER = textwrap.dedent(
@@ -531,7 +585,7 @@ def test_driver_killed_during_start_leaves_nothing(driver_factory, delay):
     d.proc.wait(10)
     d.workers = [*seen.values(), *_session_workers(d.proc.pid)]
     d.assert_cleaned_up()
-    assert wait_until(lambda: not _session_workers(d.proc.pid), 1.0)
+    assert wait_until(lambda: not _session_workers(d.proc.pid), 10.0)
     left = [n for n in shm_entries() if f"_{d.proc.pid}-" in n]
     assert not left, f"/dev/shm entries of the killed session: {left}"
 

@@ -56,7 +56,7 @@ def fib_local(n: int) -> int:
 
 @repartir.remote
 def fib_bench(n: int, cutoff: int = 14) -> int:
-    """BENCHMARKS.md ``fib``: above ``cutoff``, submit two children and get them."""
+    """docs/benchmarks.md ``fib``: above ``cutoff``, submit two children and get them."""
     if n <= cutoff:
         return fib_local(n)
     return sum(repartir.get([fib_bench.remote(n - 1, cutoff), fib_bench.remote(n - 2, cutoff)]))
