@@ -18,8 +18,8 @@ import time
 from typing import Any, Sequence
 
 from . import errors
-from .errors import (ActorDiedError, GetTimeoutError, InfeasibleTaskError, ObjectLostError,
-                     ObjectStoreFullError, RepartirError, SerializationError,
+from .errors import (ActorDiedError, DeviceError, GetTimeoutError, InfeasibleTaskError,
+                     ObjectLostError, ObjectStoreFullError, RepartirError, SerializationError,
                      TaskCancelledError, TaskError, TaskTimeoutError, WorkerCrashedError)
 from .runtime import context as _context
 from .runtime import driver as _driver
@@ -63,6 +63,7 @@ __all__ = [
     "TaskTimeoutError",
     "InfeasibleTaskError",
     "ActorDiedError",
+    "DeviceError",
 ]
 
 
