@@ -8,10 +8,10 @@ Every setting, its variable, unit and default:
 setting                        environment variable            default
 ============================== =============================== =====================================
 ``num_cpus``                   ``REPARTIR_NUM_CPUS``           ``os.cpu_count()`` worker processes
-``num_gpus``                   ``REPARTIR_NUM_GPUS``           the OpenCL GPUs device discovery finds
-                                                               (a subprocess, result kept per boot
-                                                               in ``device_cache``); 0 without
-                                                               pyopencl (GPUs this node offers)
+``num_gpus``                   ``REPARTIR_NUM_GPUS``           the OpenCL GPUs that device discovery
+                                                               finds (a subprocess; the count is
+                                                               kept per boot in ``device_cache``);
+                                                               0 without pyopencl
 ``device_cache``               ``REPARTIR_DEVICE_CACHE``       ``~/.cache/repartir``: the GPU count
                                                                per boot, and the cost model's
                                                                measured rates per host and device

@@ -349,8 +349,8 @@ class TensorExecutor:
 
 def _operation(op_name: str):
     op = NAMES[op_name]
-    args = ", ".join("abc"[: op.arity]) + "".join(f", *, {p}" if i == 0 else f", {p}"
-                                                   for i, p in enumerate(op.params))
+    args = ", ".join("abc"[: op.arity]) + "".join(
+        f", *, {p}" if i == 0 else f", {p}" for i, p in enumerate(op.params))
 
     def method(self: TensorExecutor, *arrays: Any, **params: Any) -> TensorFuture:
         return self._run(op_name, arrays, params)

@@ -72,6 +72,7 @@ from stress.adapters import (ADAPTERS, MIB, SYSTEM_MODULE, SYSTEM_ORDER,  # noqa
                              SYSTEM_TITLE, Config)
 from stress.tasks import noop  # noqa: E402
 from stress.workloads import CELL_SUFFIX, FOOTNOTES, GOALS, REGISTRY, WORKLOADS  # noqa: E402
+import stress.devices_bench  # noqa: E402,F401  (registers gpu_vec, gpu_sgemm, tensor_cpu)
 
 
 # ---------------------------------------------------------------------------------------------

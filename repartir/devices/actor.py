@@ -40,7 +40,7 @@ import numpy as np
 
 from ..errors import DeviceError
 from ..runtime.actor import ActorClass
-from .ops import NAMES, check_args
+from .ops import check_args
 from .select import Rates, calibrate_cpu
 from .simd import SimdBackend
 
@@ -242,6 +242,18 @@ class OpenCLDeviceActor:
             return out
         return self._handle(out) if keep else self._backend.to_host(out)
 
+    def clblast_matmul(self, a: Any, b: Any, keep: bool = False) -> Any:
+        """``op("matmul", a, b)`` through CLBlast instead of repartir's kernel (for
+        comparison; raises DeviceError where pyclblast is not installed)."""
+        for i, x in enumerate((a, b)):
+            if not isinstance(x, (DeviceArray, np.ndarray)):
+                raise TypeError(f"matmul: argument {i} is a {type(x).__qualname__}")
+        check_args("matmul", [a.shape, b.shape], [a.dtype, b.dtype])
+        before = self._backend.device_seconds
+        out = self._backend.matmul_clblast(self._buffer(a, "a"), self._buffer(b, "b"))
+        self._last_seconds = self._backend.device_seconds - before
+        return self._handle(out) if keep else self._backend.to_host(out)
+
     def calibrate(self) -> Rates:
         """Measure this device's rates for the cost model (a few seconds; see
         :class:`~repartir.devices.select.Rates`), with the host's SIMD rates measured in
@@ -290,8 +302,11 @@ class SimdDeviceActor:
 
     def op(self, name: str, *args: Any, **params: Any) -> Any:
         """Run tensor operation ``name`` on numpy float32 arrays (see ``OpenCLDevice.op``)."""
-        if name not in NAMES:
-            check_args(name, [], [])                 # raises the "unknown operation" error
+        for i, a in enumerate(args):
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"{name}: argument {i} is a {type(a).__qualname__}, not a numpy "
+                                "array")
+        check_args(name, [a.shape for a in args], [a.dtype for a in args], params)
         return getattr(self._backend, name)(*args, **params)
 
 

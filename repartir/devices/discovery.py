@@ -81,10 +81,15 @@ def _probe() -> list[dict]:
     from . import nvml, opencl   # the subprocess is the one place that loads both drivers
 
     devices = opencl.list_devices()
-    by_bus = {g["pci_bus"]: g for g in nvml.snapshot()}
-    for d in devices:
+    nv = nvml.snapshot()
+    by_bus = {g["pci_bus"].rsplit(".", 1)[0]: g for g in nv}    # "bb:dd" (function left out)
+    nvidia = [d for d in devices if "NVIDIA" in d["vendor"].upper() and d["type"] == "gpu"]
+    for d in nvidia:
         g = by_bus.get(d.get("pci_bus") or "")
+        if g is None and len(nvidia) == len(nv) == 1:
+            g = nv[0]                        # one GPU each side: no bus ids needed to pair them
         if g is not None:
+            d["pci_bus"] = g["pci_bus"]
             d["memory_used_bytes"] = g["memory_used_bytes"]
             d["utilization_gpu_percent"] = g["utilization_gpu_percent"]
     return devices

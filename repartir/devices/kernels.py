@@ -15,8 +15,9 @@ programs.  The kernels, and where their shape comes from:
 * ``sgemm_128x128``: C = A·B for row-major float32, M and N multiples of 128 and K of 16.  A
   work-group of 256 items computes a 128×128 tile of C, each item an 8×8 block held in
   registers; tiles of A (transposed, padded against bank conflicts) and B go through local
-  memory 16 columns at a time.  This is the register-blocked scheme of Volkov & Demmel ("Benchmarking
-  GPUs to tune dense linear algebra", SC 2008) and of CLBlast's ``Xgemm`` (Nugteren, IWOCL 2018).
+  memory 16 columns at a time.  This is the register-blocked scheme of Volkov & Demmel
+  ("Benchmarking GPUs to tune dense linear algebra", SC 2008) and of CLBlast's ``Xgemm``
+  (Nugteren, IWOCL 2018).
   ``sgemm_tiled`` (16×16 tiles, bounds-checked) serves the other shapes.
 * ``matvec_rows`` (one work-group per row), ``transpose_tiled`` (16×16 tiles through local memory,
   padded).
@@ -98,7 +99,10 @@ __kernel void reduce_{name}(const ulong n, __global const float* restrict a,
     scratch[lid] = acc;
     barrier(CLK_LOCAL_MEM_FENCE);
     for (uint s = ls / 2; s > 0; s >>= 1) {{
-        if (lid < s) {{ const float a = scratch[lid], b = scratch[lid + s]; scratch[lid] = {fold}; }}
+        if (lid < s) {{
+            const float a = scratch[lid], b = scratch[lid + s];
+            scratch[lid] = {fold};
+        }}
         barrier(CLK_LOCAL_MEM_FENCE);
     }}
     if (lid == 0) partial[get_group_id(0)] = scratch[0];

@@ -27,6 +27,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyopencl as cl
+import pyopencl.array as cl_array
+
+try:  # CLBlast, the tuned OpenCL BLAS (Nugteren, IWOCL 2018): optional, for comparison
+    import pyclblast
+except ImportError:
+    pyclblast = None
 
 from ..errors import DeviceError, DeviceNotFoundError
 from . import kernels
@@ -55,8 +61,8 @@ def _describe(p_index: int, d_index: int, platform: "cl.Platform", dev: "cl.Devi
     try:  # cl_khr_pci_bus_info / NVIDIA's own attributes, for NVML
         if "NVIDIA" in dev.vendor.upper():
             bus = dev.get_info(0x4008)   # CL_DEVICE_PCI_BUS_ID_NV
-            slot = dev.get_info(0x4009)  # CL_DEVICE_PCI_SLOT_ID_NV
-            pci = f"{bus:02x}:{slot >> 3:02x}.{slot & 7}"
+            slot = dev.get_info(0x4009)  # CL_DEVICE_PCI_SLOT_ID_NV: the device number
+            pci = f"{bus:02x}:{slot:02x}"
     except Exception:  # not every driver has them
         pci = ""
     return {
@@ -516,6 +522,28 @@ class OpenCLBackend:
         else:
             self.run(self._builtin, "sgemm_tiled", (-(-n // 16) * 16, -(-m // 16) * 16),
                      (16, 16), sizes)
+        return out
+
+    def matmul_clblast(self, a: DeviceBuffer, b: DeviceBuffer) -> DeviceBuffer:
+        """C = A·B through CLBlast's SGEMM (``pyclblast``), to weigh it against :meth:`matmul`.
+
+        Raises:
+            DeviceError: pyclblast is not installed, or CLBlast failed.
+        """
+        shape, _ = self._check("matmul", (a, b))
+        if pyclblast is None:
+            raise DeviceError("CLBlast is not installed here (pip install pyclblast, which needs "
+                              "the CLBlast library)", device=self.name)
+        (m, k), n = a.shape, b.shape[1]
+        out = self.empty(shape)
+        views = [cl_array.Array(self.queue, x.shape, np.float32, data=x.buf) for x in (a, b, out)]
+        try:
+            ev = pyclblast.gemm(self.queue, m, n, k, *views, a_ld=k, b_ld=n, c_ld=n)
+            ev.wait()
+        except (RuntimeError, cl.Error) as exc:
+            raise DeviceError(f"CLBlast SGEMM failed on {self.name}: {exc}",
+                              device=self.name) from None
+        self.device_seconds += _event_seconds(ev)
         return out
 
     def matvec(self, a: DeviceBuffer, x: DeviceBuffer) -> DeviceBuffer:

@@ -83,14 +83,14 @@ OPERATIONS: tuple[Op, ...] = (
     Op("exp", _E, 1, flops_per_element=10, rtol=2e-6),             # OpenCL: 3 ulp
     Op("log", _E, 1, flops_per_element=10, rtol=2e-6, atol=1e-7),
     Op("sqrt", _E, 1, flops_per_element=4, rtol=2e-6),
-    Op("sum", _R, 1, rtol=1e-5, atol=1e-6), Op("dot", _R, 2, flops_per_element=2, rtol=1e-5,
-                                                atol=1e-6),
+    Op("sum", _R, 1, rtol=1e-5, atol=1e-6),
+    Op("dot", _R, 2, flops_per_element=2, rtol=1e-5, atol=1e-6),
     Op("min", _R, 1, rtol=0.0), Op("max", _R, 1, rtol=0.0),
     Op("argmin", _R, 1, rtol=0.0), Op("argmax", _R, 1, rtol=0.0),
-    Op("mean", _R, 1, rtol=1e-5, atol=1e-6), Op("variance", _R, 1, flops_per_element=3,
-                                                 rtol=1e-4, atol=1e-6),
-    Op("norm_l1", _R, 1, rtol=1e-5, atol=1e-6), Op("norm_l2", _R, 1, flops_per_element=2,
-                                                   rtol=1e-5, atol=1e-6),
+    Op("mean", _R, 1, rtol=1e-5, atol=1e-6),
+    Op("variance", _R, 1, flops_per_element=3, rtol=1e-4, atol=1e-6),
+    Op("norm_l1", _R, 1, rtol=1e-5, atol=1e-6),
+    Op("norm_l2", _R, 1, flops_per_element=2, rtol=1e-5, atol=1e-6),
     Op("relu", _A, 1), Op("sigmoid", _A, 1, flops_per_element=12, rtol=1e-5, atol=1e-7),
     Op("tanh", _A, 1, flops_per_element=12, rtol=1e-5, atol=1e-6),
     Op("gelu", _A, 1, flops_per_element=20, rtol=1e-5, atol=1e-6),
@@ -205,7 +205,7 @@ def check_args(name: str, shapes: Sequence[tuple[int, ...]], dtypes: Sequence[An
 
 
 def result_shape(name: str, shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
-    """The shape of ``name``'s result for float32 arguments of ``shapes`` (see :func:`check_args`)."""
+    """The shape of ``name``'s result for float32 arguments of ``shapes`` (:func:`check_args`)."""
     op = NAMES[name]
     params = {p: 0.0 for p in op.params}
     return check_args(name, shapes, [DTYPE] * len(shapes), params)[0]
