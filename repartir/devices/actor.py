@@ -271,7 +271,7 @@ class OpenCLDeviceActor:
         before = b.device_seconds
         b.add(d, d)
         stream = 12.0 * n / max(b.device_seconds - before, 1e-9)
-        m = 1024
+        m = 2048 if b.info["type"] == "gpu" else 512
         x = b.to_device(np.ones((m, m), np.float32))
         b.matmul(x, x)
         before = b.device_seconds

@@ -12,10 +12,11 @@ programs.  The kernels, and where their shape comes from:
   memory, a second launch of one work-group folds the groups' partials.  ``argreduce`` carries
   the index along (ties go to the smaller index: numpy's first occurrence).
 * ``softmax_rows``: one work-group per row (max, sum of exponentials, write).
-* ``sgemm_128x128``: C = A·B for row-major float32, M and N multiples of 128 and K of 16.  A
+* ``sgemm_128x128``: C = A·B for row-major float32, M and N multiples of 128 and K of 32.  A
   work-group of 256 items computes a 128×128 tile of C, each item an 8×8 block held in
   registers; tiles of A (transposed, padded against bank conflicts) and B go through local
-  memory 16 columns at a time.  This is the register-blocked scheme of Volkov & Demmel
+  memory 32 columns at a time (``-DSGEMM_BK=8|16|32``; on an H200, 4096²: 23.9, 25.5 and 29.3
+  TFLOP/s).  This is the register-blocked scheme of Volkov & Demmel
   ("Benchmarking GPUs to tune dense linear algebra", SC 2008) and of CLBlast's ``Xgemm``
   (Nugteren, IWOCL 2018).
   ``sgemm_tiled`` (16×16 tiles, bounds-checked) serves the other shapes.
@@ -60,7 +61,7 @@ REDUCTIONS: dict[str, tuple[str, str, str]] = {
 
 #: The tile of C one work-group of ``sgemm_128x128`` computes, and the step along K.
 SGEMM_TILE = 128
-SGEMM_K_STEP = 16
+SGEMM_K_STEP = 32
 
 _EW_TEMPLATE = """
 inline float ew1_{name}(float x, float y, float z, float p0, float p1) {{ return {expr}; }}
@@ -221,11 +222,14 @@ __kernel void sgemm_tiled(const uint M, const uint N, const uint K,
     if (row < M && col < N) C[(ulong)row * N + col] = acc;
 }
 
-/* C (M, N) = A (M, K) B (K, N); M, N multiples of 128, K of 16; local size 256, global
+/* C (M, N) = A (M, K) B (K, N); M, N multiples of 128, K of SGEMM_BK; local size 256, global
    (N / 128 * 256, M / 128).  Each item: an 8x8 block of C in registers. */
 #define BM 128
 #define BN 128
-#define BK 16
+#ifndef SGEMM_BK
+#define SGEMM_BK 32
+#endif
+#define BK SGEMM_BK
 #define PAD 4
 __kernel __attribute__((reqd_work_group_size(256, 1, 1)))
 void sgemm_128x128(const uint M, const uint N, const uint K,
@@ -241,13 +245,13 @@ void sgemm_128x128(const uint M, const uint N, const uint K,
     for (int i = 0; i < 8; ++i)
         for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
     for (uint k0 = 0; k0 < K; k0 += BK) {
-        for (int l = 0; l < 2; ++l) {
+        for (int l = 0; l < BK / 8; ++l) {
             const uint idx = tid + l * 256;
             const uint r = idx / (BK / 4), c = (idx % (BK / 4)) * 4;
             const float4 v = vload4(0, A + (ulong)(bm + r) * K + k0 + c);
             As[c + 0][r] = v.x; As[c + 1][r] = v.y; As[c + 2][r] = v.z; As[c + 3][r] = v.w;
         }
-        for (int l = 0; l < 2; ++l) {
+        for (int l = 0; l < BK / 8; ++l) {
             const uint idx = tid + l * 256;
             const uint r = idx / (BN / 4), c = (idx % (BN / 4)) * 4;
             vstore4(vload4(0, B + (ulong)(k0 + r) * N + bn + c), 0, &Bs[r][c]);
