@@ -18,8 +18,8 @@ import time
 from typing import Any, Sequence
 
 from . import errors
-from .errors import (ActorDiedError, GetTimeoutError, InfeasibleTaskError, ObjectLostError,
-                     ObjectStoreFullError, RepartirError, SerializationError,
+from .errors import (ActorDiedError, DeviceError, GetTimeoutError, InfeasibleTaskError,
+                     ObjectLostError, ObjectStoreFullError, RepartirError, SerializationError,
                      TaskCancelledError, TaskError, TaskInterrupted, TaskTimeoutError,
                      WorkerCrashedError)
 from .runtime import context as _context
@@ -65,6 +65,7 @@ __all__ = [
     "TaskTimeoutError",
     "InfeasibleTaskError",
     "ActorDiedError",
+    "DeviceError",
 ]
 
 

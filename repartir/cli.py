@@ -3,6 +3,8 @@
     repartir version          print the version
     repartir sessions         list this machine's sessions (live or left by dead drivers)
     repartir clean            remove what dead sessions left in the temp dir and /dev/shm
+    repartir devices          list this machine's OpenCL devices (NVML figures for NVIDIA GPUs)
+    repartir status           this machine's sessions, then its devices
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 
 from . import __version__
 from .config import resolve
+from .devices.discovery import discover, format_table
 from .runtime.node import _pid_alive, sweep_dead_sessions
 
 
@@ -42,11 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("version", help="print the version")
     sub.add_parser("sessions", help="list sessions on this machine")
     sub.add_parser("clean", help="remove what dead sessions left behind")
+    sub.add_parser("devices", help="list the OpenCL devices of this machine")
+    sub.add_parser("status", help="sessions and devices of this machine")
     args = parser.parse_args(argv)
-    cfg = resolve(num_cpus=1, object_store_memory=64 << 20)
+    cfg = resolve(num_cpus=1, object_store_memory=64 << 20, num_gpus=0)
     if args.command == "version":
         print(f"repartir {__version__} (Python {sys.version.split()[0]})")
-    elif args.command == "sessions":
+    elif args.command == "devices":
+        print(format_table(discover()))
+    elif args.command in ("sessions", "status"):
         rows = _sessions(cfg.temp_dir)
         if not rows:
             print("no sessions")
@@ -54,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             state = "alive" if r["alive"] else "dead"
             print(f"{r['session']}  pid {r.get('pid')}  {state}  "
                   f"num_cpus={r.get('num_cpus', '?')}")
+        if args.command == "status":
+            print("devices:")
+            print("\n".join("  " + line for line in format_table(discover()).splitlines()))
     elif args.command == "clean":
         before = [r for r in _sessions(cfg.temp_dir) if not r["alive"]]
         sweep_dead_sessions(cfg.temp_dir, cfg.shm_dir)

@@ -8,7 +8,13 @@ Every setting, its variable, unit and default:
 setting                        environment variable            default
 ============================== =============================== =====================================
 ``num_cpus``                   ``REPARTIR_NUM_CPUS``           ``os.cpu_count()`` worker processes
-``num_gpus``                   ``REPARTIR_NUM_GPUS``           0 (GPUs this node offers to tasks)
+``num_gpus``                   ``REPARTIR_NUM_GPUS``           the OpenCL GPUs that device discovery
+                                                               finds (a subprocess; the count is
+                                                               kept per boot in ``device_cache``);
+                                                               0 without pyopencl
+``device_cache``               ``REPARTIR_DEVICE_CACHE``       ``~/.cache/repartir``: the GPU count
+                                                               per boot, and the cost model's
+                                                               measured rates per host and device
 ``resources``                  --                              ``{}``: custom resources, name to
                                                                amount (at most 6)
 ``object_store_memory``        ``REPARTIR_OBJECT_STORE_MEMORY`` bytes of the shared-memory arena:
@@ -46,9 +52,13 @@ setting                        environment variable            default
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
 import os
+import subprocess
+import sys
 
-__all__ = ["Config", "resolve", "STUCK_SPAWN_S"]
+__all__ = ["Config", "resolve", "device_cache_dir", "detected_gpus", "STUCK_SPAWN_S"]
 
 #: Seconds every worker must have been blocked in ``get``, with tasks queued that none of them
 #: may run on its stack, before the node starts a worker beyond ``max_workers``.  Shorter
@@ -113,6 +123,55 @@ def shm_free_bytes(shm_dir: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
+def device_cache_dir() -> str:
+    """Where device discovery and the cost model keep what they measured
+    (``REPARTIR_DEVICE_CACHE``, default ``~/.cache/repartir``)."""
+    return (os.environ.get("REPARTIR_DEVICE_CACHE")
+            or os.path.join(os.path.expanduser("~"), ".cache", "repartir"))
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown-boot"
+
+
+def detected_gpus(timeout: float = 60.0) -> int:
+    """The number of OpenCL GPUs of this machine: 0 at once without pyopencl, else what
+    ``python -m repartir.devices.discovery --count`` prints (a subprocess: the driver never
+    loads an OpenCL driver itself), remembered per boot in :func:`device_cache_dir`.  A
+    discovery that fails or hangs counts as 0 GPUs."""
+    if importlib.util.find_spec("pyopencl") is None:
+        return 0
+    path = os.path.join(device_cache_dir(), "gpus.json")
+    boot = _boot_id()
+    try:
+        with open(path) as f:
+            cached = json.load(f)
+        if cached.get("boot_id") == boot and cached.get("python") == sys.executable:
+            return int(cached["gpus"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        proc = subprocess.run([sys.executable, "-m", "repartir.devices.discovery", "--count"],
+                              capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        gpus = int(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else 0
+    except (subprocess.TimeoutExpired, OSError, ValueError, IndexError):
+        return 0
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({"boot_id": boot, "python": sys.executable, "gpus": gpus}, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return gpus
+
+
 def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
             num_gpus: float | None = None, resources: dict | None = None) -> Config:
     """Build the configuration from keyword arguments, then the environment, then defaults.
@@ -143,8 +202,10 @@ def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
     if object_store_memory < 4 * MiB:
         raise ValueError(f"object_store_memory must be at least 4 MiB, got {object_store_memory}")
     max_workers = _env_int("REPARTIR_MAX_WORKERS") or 2 * num_cpus
+    if num_gpus is None and os.environ.get("REPARTIR_NUM_GPUS"):
+        num_gpus = float(os.environ["REPARTIR_NUM_GPUS"])
     if num_gpus is None:
-        num_gpus = float(os.environ.get("REPARTIR_NUM_GPUS") or 0)
+        num_gpus = float(detected_gpus())
     if num_gpus < 0:
         raise ValueError(f"num_gpus must be >= 0, got {num_gpus}")
     resources = dict(resources or {})

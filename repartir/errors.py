@@ -24,6 +24,8 @@ __all__ = [
     "InfeasibleTaskError",
     "ActorDiedError",
     "AlreadyInitializedError",
+    "DeviceError",
+    "DeviceNotFoundError",
     "RemoteTraceback",
 ]
 
@@ -193,3 +195,51 @@ class ActorDiedError(RepartirError):
 
 class AlreadyInitializedError(RepartirError, RuntimeError):
     """``init()`` was called twice without ``shutdown()`` (a ``RuntimeError``, as in Ray)."""
+
+
+class DeviceError(RepartirError):
+    """A device (an OpenCL GPU or CPU, see ``repartir.devices``) could not do what was asked:
+    most often a kernel that does not compile.
+
+    Attributes:
+        device: the device's name as its driver reports it (e.g. ``"NVIDIA H200"``).
+        options: the build options passed to the OpenCL compiler (``""`` when none).
+        log: the compiler's full build log (``""`` when the error is not a build failure).
+
+    Picklable: it crosses process boundaries whole (a device actor raises it and ``get``
+    raises it again in the caller with every attribute intact).
+    """
+
+    def __init__(self, message: str, *, device: str = "", options: str = "",
+                 log: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.device = device
+        self.options = options
+        self.log = log
+
+    def __reduce__(self):
+        return (_rebuild_device_error, (type(self), self.message, self.device, self.options,
+                                        self.log))
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.device:
+            text += f"\n  device: {self.device}"
+        if self.options or self.log:
+            text += f"\n  build options: {self.options or '(none)'}"
+        if self.log:
+            text += "\n  build log:\n" + "\n".join("    " + line for line in
+                                                   self.log.rstrip().splitlines())
+        return text
+
+
+def _rebuild_device_error(cls: type, message: str, device: str, options: str,
+                          log: str) -> DeviceError:
+    return cls(message, device=device, options=options, log=log)
+
+
+class DeviceNotFoundError(DeviceError, LookupError):
+    """No device of the kind asked for is present (no OpenCL platform, no GPU, an index out
+    of range).  The message lists the devices that are present and says how to get one
+    (``pip install "repartir[gpu]"`` brings PoCL, an OpenCL implementation for the CPU)."""

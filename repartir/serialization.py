@@ -327,6 +327,13 @@ def serialize(value: Any, what: str = "value") -> Serialized:
     except (TaskCancelledError, TaskTimeoutError):
         raise  # the task was stopped (a signal) while its result was being pickled
     except Exception as exc:
+        culprit = _device_object(value)
+        if culprit is not None:
+            err = SerializationError(
+                f"{what} holds an OpenCL object ({culprit}), which lives in the process that "
+                f"made it and cannot travel to another. {_OPENCL_HINT}")
+            err.hint = f"It holds a {culprit}, an OpenCL object. {_OPENCL_HINT}"
+            raise err from exc
         raise SerializationError(
             f"{what} of type {type(value).__module__}.{type(value).__qualname__} cannot be "
             f"serialized: {exc}. Pass something picklable (or create it inside the task)."
@@ -338,6 +345,31 @@ def serialize(value: Any, what: str = "value") -> Serialized:
         except BufferError:  # non-contiguous exporter: copy it
             raws.append(memoryview(bytes(b)))
     return Serialized(meta, raws)
+
+
+_OPENCL_HINT = ("Keep OpenCL state inside a device actor (repartir.devices.OpenCLDevice) and "
+                "pass numpy arrays or DeviceArray handles.")
+
+
+def _device_object(value: Any, depth: int = 0) -> str | None:
+    """The type name of a pyopencl object in ``value`` (searched a few levels deep: containers
+    and instance attributes), or ``None``.  Called only after pickling failed."""
+    mod = type(value).__module__ or ""
+    if mod == "pyopencl" or mod.startswith("pyopencl."):
+        return f"pyopencl.{type(value).__qualname__}"
+    if depth >= 3:
+        return None
+    if isinstance(value, dict):
+        items = list(value.values())
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = list(value)
+    else:
+        items = list(getattr(value, "__dict__", {}).values())
+    for v in items[:256]:
+        found = _device_object(v, depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 _RAW_ARRAY = 0x8000_0000  # flag in the blob's buffer count: one bare array, no pickle

@@ -76,6 +76,7 @@ from stress.adapters import (ADAPTERS, MIB, SYSTEM_MODULE, SYSTEM_ORDER,  # noqa
 from stress.tasks import rendezvous  # noqa: E402
 from stress.workloads import (CELL_SUFFIX, FOOTNOTES, GOALS, REGISTRY, WORKLOADS,  # noqa: E402
                               does)
+import stress.devices_bench  # noqa: E402,F401  (registers gpu_vec, gpu_sgemm, tensor_cpu)
 
 
 # ---------------------------------------------------------------------------------------------

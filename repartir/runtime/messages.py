@@ -102,8 +102,8 @@ def name_bad_argument(fn_name: str, args: Sequence, kwargs: dict) -> Serializati
         except SerializationError as exc:
             return SerializationError(
                 f"argument {i} of {fn_name}() ({type(a).__qualname__}) cannot be serialized: "
-                f"{exc.__cause__}. Pass something picklable, or create it inside the task."
-            )
+                f"{exc.__cause__}. "
+                + getattr(exc, "hint", "Pass something picklable, or create it inside the task."))
     for k, a in kwargs.items():
         try:
             serialize(a)
