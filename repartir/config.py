@@ -10,11 +10,8 @@ setting                        environment variable            default
 ``num_cpus``                   ``REPARTIR_NUM_CPUS``           ``os.cpu_count()`` worker processes
 ``num_gpus``                   ``REPARTIR_NUM_GPUS``           the OpenCL GPUs that device discovery
                                                                finds (a subprocess; the count is
-                                                               kept per boot in ``device_cache``);
+                                                               kept per boot, see below);
                                                                0 without pyopencl
-``device_cache``               ``REPARTIR_DEVICE_CACHE``       ``~/.cache/repartir``: the GPU count
-                                                               per boot, and the cost model's
-                                                               measured rates per host and device
 ``resources``                  --                              ``{}``: custom resources, name to
                                                                amount (at most 6)
 ``object_store_memory``        ``REPARTIR_OBJECT_STORE_MEMORY`` bytes of the shared-memory arena:
@@ -47,6 +44,10 @@ setting                        environment variable            default
                                                                ``worker-<slot>.log`` files in the
                                                                session dir (removed at shutdown)
 ============================== =============================== =====================================
+
+One variable is read outside :class:`Config`, by whatever process needs it:
+``REPARTIR_DEVICE_CACHE`` (default ``~/.cache/repartir``), where device discovery keeps the
+GPU count per boot and the cost model its measured rates per host and device.
 """
 
 from __future__ import annotations

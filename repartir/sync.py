@@ -4,7 +4,11 @@
   ``PTHREAD_MUTEX_ROBUST`` living inside a shared mapping.  Uncontended lock + unlock costs
   about 0.6 us from Python (measured on the development VM).  When a process dies while
   holding it, the next locker gets ``EOWNERDEAD`` and marks it consistent, so a killed worker
-  never leaves the node hung.
+  never leaves the node hung.  A Python signal handler that raises (a worker's stop of its
+  task, ``SIGUSR1``) must not run while the main thread holds one: the exception would leave
+  the shared data half-updated or the mutex held for ever.  So such a handler asks
+  :func:`main_thread_in_lock` first and, when it is true, hands itself to
+  :func:`run_when_unlocked`, called as the main thread leaves its last mutex.
 * :func:`futex_wait` / :func:`futex_wake` -- park and wake on a 32-bit word of the shared
   mapping (``futex(2)``, shared, not ``FUTEX_PRIVATE``), the primitive behind the
   spin-then-park waiting of the scheduler.  Nothing is named and nothing outlives the mapping.
@@ -17,8 +21,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import threading
 
-__all__ = ["RobustMutex", "MUTEX_SIZE", "futex_wait", "futex_wake", "address_of", "set_pdeathsig"]
+__all__ = ["RobustMutex", "MUTEX_SIZE", "futex_wait", "futex_wake", "address_of", "set_pdeathsig",
+           "main_thread_in_lock", "run_when_unlocked"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _lock = _libc.pthread_mutex_lock
@@ -34,6 +40,50 @@ _FUTEX_WAIT = 0
 _FUTEX_WAKE = 1
 _EOWNERDEAD = errno.EOWNERDEAD
 _EBUSY = errno.EBUSY
+
+
+_get_ident = threading.get_ident
+_main = threading.main_thread().ident
+_main_depth = 0  # mutexes the main thread holds (or is acquiring)
+_deferred = None  # called when _main_depth drops to 0
+
+
+def _after_fork() -> None:
+    global _main, _main_depth, _deferred
+    _main, _main_depth, _deferred = threading.main_thread().ident, 0, None
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def main_thread_in_lock() -> bool:
+    """Whether the main thread holds (or waits for) a :class:`RobustMutex` now; a signal
+    handler runs in the main thread, so this tells it whether it interrupted such a section."""
+    return _main_depth > 0
+
+
+def run_when_unlocked(fn) -> None:
+    """Call ``fn()`` (in the main thread) as soon as it leaves its last mutex; one at a time:
+    a later call replaces an earlier one not yet run."""
+    global _deferred
+    _deferred = fn
+
+
+def _enter() -> bool:
+    global _main_depth
+    if _get_ident() == _main:
+        _main_depth += 1
+        return True
+    return False
+
+
+def _leave() -> None:
+    global _main_depth, _deferred
+    if _get_ident() == _main:
+        _main_depth -= 1
+        if _main_depth == 0 and _deferred is not None:
+            fn, _deferred = _deferred, None
+            fn()
 
 
 class _Timespec(ctypes.Structure):
@@ -70,18 +120,30 @@ class RobustMutex:
             raise OSError(rc, f"pthread_mutex_init: {os.strerror(rc)}")
 
     def acquire(self) -> None:
+        main = _enter()  # counted before the lock is taken: no handler may raise in between
         rc = _lock(self._ptr)
         if rc:
-            self._recover(rc)
+            self._recover_or_leave(rc, main)
 
     def try_acquire(self) -> bool:
+        main = _enter()
         rc = _trylock(self._ptr)
         if rc == 0:
             return True
         if rc == _EBUSY:
+            if main:
+                _leave()
             return False
-        self._recover(rc)
+        self._recover_or_leave(rc, main)
         return True
+
+    def _recover_or_leave(self, rc: int, main: bool) -> None:
+        try:
+            self._recover(rc)
+        except BaseException:
+            if main and rc != _EOWNERDEAD:  # not held: forget it
+                _leave()
+            raise
 
     def _recover(self, rc: int) -> None:
         if rc == _EOWNERDEAD:  # the holder died: the data may be half-updated
@@ -93,15 +155,15 @@ class RobustMutex:
 
     def release(self) -> None:
         _unlock(self._ptr)
+        _leave()
 
     def __enter__(self) -> "RobustMutex":
-        rc = _lock(self._ptr)
-        if rc:
-            self._recover(rc)
+        self.acquire()
         return self
 
     def __exit__(self, *exc) -> None:
         _unlock(self._ptr)
+        _leave()
 
 
 def futex_wait(address: int, expected: int, timeout: float | None) -> None:

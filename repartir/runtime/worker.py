@@ -39,6 +39,7 @@ from ..scheduler import policy, record
 from ..scheduler.segment import MAX_NESTING, PinLedger, Segment, SlotState
 from ..serialization import SIMPLE_TYPES, serialize, simple_blob
 from ..store.arena import Arena
+from ..sync import main_thread_in_lock, run_when_unlocked
 from . import context
 from .core import RECORD_HEADER, CoreClient
 from .messages import (ARENA_SPEC, CANCEL, CANCEL_ONE, EXITED_ON_PURPOSE, MSG_DONE, MSG_ITEM, OK,
@@ -299,6 +300,9 @@ class Worker:
             self.client.post(owner, failed_message(decoded[1], err, "the task"))
 
     def on_stop_signal(self, signum, frame) -> None:
+        if main_thread_in_lock():  # raising now would leave a shared mutex held: wait
+            run_when_unlocked(lambda: self.on_stop_signal(signum, None))
+            return
         req = self.seg.take_stop_request(self.slot)
         if req is None or req[1] not in self.calls:
             return  # the task finished meanwhile

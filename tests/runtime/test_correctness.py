@@ -398,6 +398,30 @@ def test_force_kills_a_task_that_ignored_the_cancel(node, tmp_path):
     assert rt.get(slow.remote(0, 4), timeout=LONG) == 4
 
 
+@repartir.remote(num_returns="streaming")
+def endless_items():
+    i = 0
+    while True:
+        yield i
+        i += 1
+
+
+@pytest.mark.parametrize("num_cpus", [1, 2])
+def test_cancels_landing_inside_shared_memory_locks_never_hang_a_worker(node, num_cpus):
+    """A streaming task spends most of its time inside the inbox's mutex (one message per
+    item); a cancel raised there would leave the mutex held and the next locker hung.  The
+    stop waits until the worker leaves the lock; 150 cancels at varied moments, and the
+    pool serves after each."""
+    rt = node(num_cpus=num_cpus)
+    for i in range(150):
+        gen = endless_items.remote()
+        assert rt.get(next(gen), timeout=LONG) == 0
+        time.sleep(0.0005 * (i % 5))
+        rt.cancel(gen)
+        assert rt.get(link.remote(i), timeout=LONG) == i + 1
+        del gen
+
+
 @repartir.remote
 def link(x):
     return x + 1
