@@ -5,10 +5,11 @@
   about 0.6 us from Python (measured on the development VM).  When a process dies while
   holding it, the next locker gets ``EOWNERDEAD`` and marks it consistent, so a killed worker
   never leaves the node hung.  A Python signal handler that raises (a worker's stop of its
-  task, ``SIGUSR1``) must not run while the main thread holds one: the exception would leave
-  the shared data half-updated or the mutex held for ever.  So such a handler asks
-  :func:`main_thread_in_lock` first and, when it is true, hands itself to
-  :func:`run_when_unlocked`, called as the main thread leaves its last mutex.
+  task, ``SIGUSR1``) must not raise while the process holds one: the mutex would stay held
+  and the shared data half-updated.  A process whose handlers raise calls
+  :func:`count_held_mutexes` once; its handlers then ask :func:`mutexes_held` and, while it is
+  true, return after :func:`defer_signal`: the signal is sent again to the process as the last
+  mutex is released, and handled then.
 * :func:`futex_wait` / :func:`futex_wake` -- park and wake on a 32-bit word of the shared
   mapping (``futex(2)``, shared, not ``FUTEX_PRIVATE``), the primitive behind the
   spin-then-park waiting of the scheduler.  Nothing is named and nothing outlives the mapping.
@@ -21,10 +22,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import threading
 
 __all__ = ["RobustMutex", "MUTEX_SIZE", "futex_wait", "futex_wake", "address_of", "set_pdeathsig",
-           "main_thread_in_lock", "run_when_unlocked"]
+           "count_held_mutexes", "mutexes_held", "defer_signal"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _lock = _libc.pthread_mutex_lock
@@ -42,48 +42,80 @@ _EOWNERDEAD = errno.EOWNERDEAD
 _EBUSY = errno.EBUSY
 
 
-_get_ident = threading.get_ident
-_main = threading.main_thread().ident
-_main_depth = 0  # mutexes the main thread holds (or is acquiring)
-_deferred = None  # called when _main_depth drops to 0
+#: One entry per mutex held (or being acquired) by any thread of this process, once
+#: count_held_mutexes() is called; list.append and list.pop are atomic under the GIL.
+_held: list = []
 
 
-def _after_fork() -> None:
-    global _main, _main_depth, _deferred
-    _main, _main_depth, _deferred = threading.main_thread().ident, 0, None
+_deferred_signal = 0  # sent again when the last mutex is released
 
 
-os.register_at_fork(after_in_child=_after_fork)
+def defer_signal(signum: int) -> None:
+    """Send ``signum`` to this process again when no mutex is held any more."""
+    global _deferred_signal
+    _deferred_signal = signum
 
 
-def main_thread_in_lock() -> bool:
-    """Whether the main thread holds (or waits for) a :class:`RobustMutex` now; a signal
-    handler runs in the main thread, so this tells it whether it interrupted such a section."""
-    return _main_depth > 0
+def _resend() -> None:
+    global _deferred_signal
+    signum, _deferred_signal = _deferred_signal, 0
+    if signum:
+        os.kill(os.getpid(), signum)
 
 
-def run_when_unlocked(fn) -> None:
-    """Call ``fn()`` (in the main thread) as soon as it leaves its last mutex; one at a time:
-    a later call replaces an earlier one not yet run."""
-    global _deferred
-    _deferred = fn
+def mutexes_held() -> bool:
+    """Whether a thread of this process holds, or is acquiring, a :class:`RobustMutex` (always
+    false unless :func:`count_held_mutexes` was called)."""
+    return bool(_held)
 
 
-def _enter() -> bool:
-    global _main_depth
-    if _get_ident() == _main:
-        _main_depth += 1
+def count_held_mutexes() -> None:
+    """From now on, keep count of the mutexes this process holds, for :func:`mutexes_held`.
+    Costs about 0.1 us per lock and unlock, so only processes whose signal handlers raise
+    (workers) turn it on."""
+    hold, unhold = _held.append, _held.pop
+
+    def acquire(self) -> None:
+        hold(None)  # counted before it is taken: no handler may raise in between
+        rc = _lock(self._ptr)
+        if rc:
+            self._recover_or_unhold(rc)
+
+    def try_acquire(self) -> bool:
+        hold(None)
+        rc = _trylock(self._ptr)
+        if rc == 0:
+            return True
+        if rc == _EBUSY:
+            unhold()
+            if _deferred_signal and not _held:
+                _resend()
+            return False
+        self._recover_or_unhold(rc)
         return True
-    return False
 
+    def release(self) -> None:
+        _unlock(self._ptr)
+        unhold()
+        if _deferred_signal and not _held:
+            _resend()
 
-def _leave() -> None:
-    global _main_depth, _deferred
-    if _get_ident() == _main:
-        _main_depth -= 1
-        if _main_depth == 0 and _deferred is not None:
-            fn, _deferred = _deferred, None
-            fn()
+    def enter(self) -> "RobustMutex":
+        hold(None)
+        rc = _lock(self._ptr)
+        if rc:
+            self._recover_or_unhold(rc)
+        return self
+
+    def exit_(self, *exc) -> None:
+        _unlock(self._ptr)
+        unhold()
+        if _deferred_signal and not _held:
+            _resend()
+
+    RobustMutex.acquire, RobustMutex.try_acquire, RobustMutex.release = (
+        acquire, try_acquire, release)
+    RobustMutex.__enter__, RobustMutex.__exit__ = enter, exit_
 
 
 class _Timespec(ctypes.Structure):
@@ -120,29 +152,25 @@ class RobustMutex:
             raise OSError(rc, f"pthread_mutex_init: {os.strerror(rc)}")
 
     def acquire(self) -> None:
-        main = _enter()  # counted before the lock is taken: no handler may raise in between
         rc = _lock(self._ptr)
         if rc:
-            self._recover_or_leave(rc, main)
+            self._recover(rc)
 
     def try_acquire(self) -> bool:
-        main = _enter()
         rc = _trylock(self._ptr)
         if rc == 0:
             return True
         if rc == _EBUSY:
-            if main:
-                _leave()
             return False
-        self._recover_or_leave(rc, main)
+        self._recover(rc)
         return True
 
-    def _recover_or_leave(self, rc: int, main: bool) -> None:
+    def _recover_or_unhold(self, rc: int) -> None:
         try:
             self._recover(rc)
         except BaseException:
-            if main and rc != _EOWNERDEAD:  # not held: forget it
-                _leave()
+            if rc != _EOWNERDEAD:  # not held: not counted either
+                _held.pop()
             raise
 
     def _recover(self, rc: int) -> None:
@@ -155,15 +183,15 @@ class RobustMutex:
 
     def release(self) -> None:
         _unlock(self._ptr)
-        _leave()
 
     def __enter__(self) -> "RobustMutex":
-        self.acquire()
+        rc = _lock(self._ptr)
+        if rc:
+            self._recover(rc)
         return self
 
     def __exit__(self, *exc) -> None:
         _unlock(self._ptr)
-        _leave()
 
 
 def futex_wait(address: int, expected: int, timeout: float | None) -> None:

@@ -39,7 +39,7 @@ from ..scheduler import policy, record
 from ..scheduler.segment import MAX_NESTING, PinLedger, Segment, SlotState
 from ..serialization import SIMPLE_TYPES, serialize, simple_blob
 from ..store.arena import Arena
-from ..sync import main_thread_in_lock, run_when_unlocked
+from ..sync import count_held_mutexes, defer_signal, mutexes_held
 from . import context
 from .core import RECORD_HEADER, CoreClient
 from .messages import (ARENA_SPEC, CANCEL, CANCEL_ONE, EXITED_ON_PURPOSE, MSG_DONE, MSG_ITEM, OK,
@@ -300,8 +300,8 @@ class Worker:
             self.client.post(owner, failed_message(decoded[1], err, "the task"))
 
     def on_stop_signal(self, signum, frame) -> None:
-        if main_thread_in_lock():  # raising now would leave a shared mutex held: wait
-            run_when_unlocked(lambda: self.on_stop_signal(signum, None))
+        if mutexes_held():  # raising now could leave a shared mutex held: when released
+            defer_signal(signum)
             return
         req = self.seg.take_stop_request(self.slot)
         if req is None or req[1] not in self.calls:
@@ -567,6 +567,7 @@ def main() -> None:
     client = CoreClient(seg, arena, slot, config, spec["session"])
     context.set_client(client)
     worker = Worker(client, config.num_cpus)
+    count_held_mutexes()  # for on_stop_signal
     if spec.get("actor"):
         from .actor import run_actor
 
