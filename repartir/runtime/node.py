@@ -20,6 +20,7 @@ Start-up also sweeps away what dead sessions left (their directories and any
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import mmap
 import os
@@ -180,10 +181,12 @@ class Node:
         sweep_dead_sessions(cfg.temp_dir, cfg.shm_dir)
         self._check_shm(cfg)
         os.makedirs(self.session_dir)
-        # the driver, workers up to the cap, those started beyond it while every worker is
-        # blocked, one spare, then the actors
-        self.first_actor_slot = cfg.max_workers + cfg.max_stuck_workers + 2
-        self.nslots = self.first_actor_slot + cfg.max_actors
+        # the driver, workers up to the cap, one spare, the actors, then the workers started
+        # beyond the cap while every worker is blocked: scans of the segment stop at the
+        # highest slot ever used, so the rarely used slots come last
+        self.first_actor_slot = cfg.max_workers + 2
+        self.first_stuck_slot = self.first_actor_slot + cfg.max_actors
+        self.nslots = self.first_stuck_slot + cfg.max_stuck_workers
         sched_size = segment_bytes(self.nslots, cfg.deque_capacity, cfg.inbox_bytes)
         self.sched_fd = _create_shm(cfg.shm_dir, f"{_SHM_PREFIX}{self.session}-sched",
                                     sched_size)
@@ -306,7 +309,7 @@ class Node:
         deadline = time.monotonic() + 30
         while True:
             with self._lock:
-                slot = next((i for i in range(self.first_actor_slot, self.nslots)
+                slot = next((i for i in range(self.first_actor_slot, self.first_stuck_slot)
                              if (i not in self.actors or self.actors[i].dead)
                              and seg.slot_state(i)[0] in (SlotState.FREE, SlotState.DEAD,
                                                           SlotState.ACTOR_DEAD)), None)
@@ -737,7 +740,9 @@ class Node:
                 cap_warned = False
                 stack_tops = None
             want_since = None
-            free = next((i for i in range(cfg.num_cpus + 1, self.first_actor_slot)
+            spare = itertools.chain(range(cfg.num_cpus + 1, self.first_actor_slot),
+                                    range(self.first_stuck_slot, self.nslots))
+            free = next((i for i in spare
                          if i not in slots and seg.slot_state(i)[0] not in
                          (SlotState.WORKER, SlotState.STARTING)), None)
             if free is not None:

@@ -567,7 +567,6 @@ def main() -> None:
     client = CoreClient(seg, arena, slot, config, spec["session"])
     context.set_client(client)
     worker = Worker(client, config.num_cpus)
-    count_held_mutexes()  # for on_stop_signal
     if spec.get("actor"):
         from .actor import run_actor
 
@@ -578,9 +577,11 @@ def main() -> None:
             # a running call cannot be interrupted (as in Ray's threaded actors); it ends
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         else:  # calls run in this thread: a cancel or timeout is raised inside the call
+            count_held_mutexes()  # for on_stop_signal
             signal.signal(signal.SIGUSR1, worker.on_stop_signal)
         run_actor(client, worker, spec)
         os._exit(0)
+    count_held_mutexes()  # for on_stop_signal
     signal.signal(signal.SIGUSR1, worker.on_stop_signal)
     worker.run()
     os._exit(0)
