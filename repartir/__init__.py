@@ -26,7 +26,7 @@ from .runtime import context as _context
 from .runtime import driver as _driver
 from .runtime.driver import init, is_initialized, shutdown
 from .runtime.objectref import ObjectRef
-from .runtime.actor import ActorClass, ActorHandle, method
+from .runtime.actor import ActorClass, ActorHandle, method, named_handle
 from .runtime.remote_function import RemoteFunction
 from .runtime.streaming import ObjectRefGenerator
 
@@ -251,8 +251,6 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     node = _driver.client().node
     if node is None:
         raise RepartirError("get_actor() is available in the driver only in this version")
-    from .runtime.actor import named_handle
-
     handle = named_handle(node, namespace or "default", name)
     if handle is None:
         raise ValueError(f"no live actor named {name!r} in namespace {namespace or 'default'!r}")

@@ -23,6 +23,7 @@ tasks -- has one :class:`CoreClient` bound to its slot of the scheduler segment:
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import os
 import pickle
@@ -30,13 +31,14 @@ import threading
 import time
 from typing import Any, Sequence
 
-from ..errors import (GetTimeoutError, ObjectLostError, SerializationError, TaskCancelledError,
-                      TaskTimeoutError, WorkerCrashedError)
+from ..errors import (ActorDiedError, GetTimeoutError, ObjectLostError, SerializationError,
+                      TaskCancelledError, TaskTimeoutError, WorkerCrashedError)
 from ..ids import new_object_id, new_task_id, return_id
 from ..scheduler import record
 from ..scheduler.deque import Backlog
 from ..scheduler.record import HEADER as RECORD_HEADER
 from ..serialization import Serialized, deserialize, deserialize_at, error_from_payload, serialize
+from .actor_life import actor_dead_error, end_actor
 from .messages import (ACTOR_DIED, ARENA_SPEC, CANCEL, CANCEL_ONE, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED,
                        MSG_DONE, MSG_ITEM, MSG_LARGE, MSG_OBJECT, MSG_OWNER_DIED, MSG_RELEASE, MSG_REQUEST, OK, TIMEOUT, Dep, TaskOptions,
                        demand_vector, name_bad_argument, stop_task)
@@ -379,8 +381,6 @@ class CoreClient:
             self._send_call(t)
 
     def _send_call(self, t: _Task) -> None:
-        from .actor import actor_dead_error  # the actor module sits above this one
-
         err = actor_dead_error(self.segment, t.target, t.actor_id)
         if err is not None:
             self.tasks.pop(t.task_id, None)
@@ -478,8 +478,6 @@ class CoreClient:
                 if self.backlog:
                     self._flush_backlog()
             while self.dead_actors:
-                from .actor import end_actor  # the actor module sits above this one
-
                 end_actor(self, *self.dead_actors.popleft())
             return len(msgs)
         finally:
@@ -553,8 +551,6 @@ class CoreClient:
             if t.cancelled or reason == CANCEL:
                 err: Exception = TaskCancelledError(f"task {t.fn_name} was cancelled")
             elif reason == ACTOR_DIED:
-                from .actor import ActorDiedError
-
                 err = ActorDiedError(f"the actor of {t.fn_name} died: {detail}")
             elif reason == TIMEOUT:
                 err = TaskTimeoutError(
@@ -564,8 +560,6 @@ class CoreClient:
                 self._retry(t)
                 return
             elif t.target is not None:
-                from .actor import ActorDiedError
-
                 err = ActorDiedError(
                     f"the actor process running {t.fn_name} died ({detail}) and the call was "
                     f"tried {t.attempt + 1} time(s) (max_task_retries={t.opts.max_retries})")
@@ -627,8 +621,6 @@ class CoreClient:
                         running: list) -> None:
         """An actor's process died: fail or re-send, in submission order, this process's
         calls that were sent to the earlier process and have not completed."""
-        from .actor import ActorDiedError
-
         lost = [t for t in self.tasks.values()
                 if t.target == slot and t.actor_id == actor_id and t.record is not None
                 and t.epoch < epoch]
@@ -750,7 +742,6 @@ class CoreClient:
     def future(self, ref: ObjectRef):
         """A ``concurrent.futures.Future`` that gets ``ref``'s value (or error) once ready;
         resolved by whichever thread polls (the driver's pump thread at the latest)."""
-        import concurrent.futures
 
         f: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:

@@ -141,6 +141,9 @@ def client() -> CoreClient:
         return _client  # type: ignore[return-value]
 
 
+context.set_starter(client)
+
+
 def shutdown() -> None:
     """Stop the workers, free the object store and remove the session.  Refs and views made
     before stay valid Python objects, but ``get`` on the refs raises.  Safe to call twice."""

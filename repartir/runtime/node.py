@@ -41,7 +41,7 @@ from ..store.arena import BLOCK_HEADER, Arena
 from ..scheduler import record
 from ..scheduler.record import NRES
 from ..errors import RepartirError
-from .actor import CTOR_FAILED_EXIT
+from .actor_life import CTOR_FAILED_EXIT
 from .output import OutputForwarder
 from .messages import (ACTOR_DIED, CANCEL, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM, MSG_LARGE,
                        MSG_OWNER_DIED, MSG_RELEASE,

@@ -20,8 +20,11 @@ task does not wait.  When the lender dies first, ``get`` raises ``ObjectLostErro
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
+
+from . import context
 
 __all__ = ["ObjectRef", "capture_refs"]
 
@@ -62,15 +65,11 @@ class ObjectRef:
 
     def future(self):
         """A ``concurrent.futures.Future`` for the value (or the error)."""
-        from . import driver
-
-        client = self._client if self._client is not None else driver.client()
+        client = self._client if self._client is not None else context.client_or_start()
         return client.future(self)
 
     def __await__(self):
         """``await ref`` inside asyncio code waits for the value without blocking the loop."""
-        import asyncio
-
         return asyncio.wrap_future(self.future()).__await__()
 
     def __del__(self) -> None:
@@ -94,8 +93,6 @@ class ObjectRef:
 
 
 def _rebuild(object_id: bytes, owner_slot: int, loc) -> ObjectRef:
-    from . import context
-
     client = context.current_client()
     if client is not None and client.slot == owner_slot and client.owns(object_id):
         return client.make_ref(object_id)
