@@ -527,10 +527,16 @@ class Node:
         finally:
             self.arena.release(off)
 
-    def _fail_actor_inbox(self, slot: int) -> None:
-        """Answer the calls waiting in a dead actor's inbox with ActorDiedError."""
-        cause = self.segment.note(slot)
-        for raw in self.segment.inboxes[slot].drain():
+    def _fail_actor_inbox(self, slot: int, rec=None) -> None:
+        """Answer the calls waiting in a dead actor's inbox with ActorDiedError.  With
+        ``rec``, only while the slot is still that dead actor's: a new actor may have been
+        created in it since (its calls, sent once its creation returned, are its own)."""
+        with self._lock:
+            if rec is not None and self.actors.get(slot) is not rec:
+                return
+            cause = self.segment.note(slot)
+            raws = self.segment.inboxes[slot].drain()
+        for raw in raws:
             msg = self._open_large(slot, pickle.loads(raw))
             if msg is None:
                 continue
@@ -693,7 +699,7 @@ class Node:
             for slot, rec in list(self.actors.items()):  # late calls to dead actors
                 if (rec.dead and seg.slot_state(slot)[0] == SlotState.ACTOR_DEAD
                         and seg.inboxes[slot].pending()):
-                    self._fail_actor_inbox(slot)
+                    self._fail_actor_inbox(slot, rec)
             if not seg.queued():
                 stuck_since, warned, want_since = None, False, None
                 continue
