@@ -13,7 +13,7 @@ import itertools
 import os
 import threading
 
-__all__ = ["new_task_id", "return_id", "new_object_id", "mine", "reset_after_fork"]
+__all__ = ["new_task_id", "return_id", "task_of", "new_object_id", "mine", "reset_after_fork"]
 
 _prefix = os.urandom(8)
 _counter = itertools.count(1)
@@ -32,6 +32,11 @@ def new_task_id() -> bytes:
 def return_id(task_id: bytes, index: int) -> bytes:
     """The object id of return ``index`` (0-based, < 65535) of ``task_id``."""
     return task_id[:14] + (index + 1).to_bytes(2, "big")
+
+
+def task_of(object_id: bytes) -> bytes:
+    """The id of the task whose return ``object_id`` is (see :func:`return_id`)."""
+    return object_id[:14] + b"\0\0"
 
 
 def new_object_id() -> bytes:

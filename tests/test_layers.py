@@ -25,7 +25,8 @@ LAYERS: list[list[str]] = [
     ["repartir.runtime.core", "repartir.runtime.executor", "repartir.runtime.output"],
     ["repartir.runtime.actor_life", "repartir.runtime.streaming", "repartir.runtime.objectref",
      "repartir.runtime.signature"],
-    ["repartir.runtime.messages", "repartir.runtime.context", "repartir.runtime"],
+    ["repartir.runtime.messages", "repartir.runtime.protocol", "repartir.runtime.context",
+     "repartir.runtime"],
     ["repartir.store.*", "repartir.scheduler.*", "repartir.serialization"],
     ["repartir.sync", "repartir.ids", "repartir.config", "repartir.errors"],
 ]

@@ -20,7 +20,8 @@ from ..scheduler.segment import SlotState
 from .actor import ActorClass
 from .actor_life import CTOR_FAILED_EXIT, EXIT_METHOD
 from .executor import exit_process, finish_result, run_function, stream_item
-from .messages import MSG_DONE, OK, failed_message
+from .messages import failed_message
+from .protocol import MSG_DONE, Call, Status, encode
 from .objectref import ObjectRef
 from .streaming import STREAMING
 
@@ -46,7 +47,7 @@ def run_actor(client, worker, spec: dict) -> None:
     seg.claim_slot(SlotState.ACTOR, os.getpid(), slot)
     client.actor_epoch = seg.actor_epoch(slot)[0]
     for msg in list(client.calls):  # calls taken while the constructor waited in get
-        if msg[5] != client.actor_epoch:
+        if msg.epoch != client.actor_epoch:
             client.calls.remove(msg)
     runner = _Runner(client, worker, instance, config)
     # while a call waits (blocking) for refs it returns, no other call of this actor runs
@@ -119,12 +120,12 @@ class _Runner:
         self._running_lock = threading.Lock()
         self.active = 0  # calls running now
 
-    def _decode(self, msg):
-        _, task_id, owner, body, arena_spec, _epoch = msg
+    def _decode(self, msg: Call):
+        body = msg.body
         if body is None:
-            off, n = arena_spec
+            off, n = msg.arena_spec
             body = self.client.arena.read(off, n)
-        return task_id, owner, pickle.loads(body)
+        return msg.task_id, msg.owner, pickle.loads(body)
 
     def _prepare(self, msg):
         """(task_id, owner, bound method, fn_name, args_loc, dep_locs, nret) or a reply
@@ -252,7 +253,7 @@ class _Runner:
         async for item in agen:
             stream_item(self.worker, item, fn_name, count, task_id, owner)
             count += 1
-        return pickle.dumps((MSG_DONE, task_id, OK, count, None), 5)
+        return encode((MSG_DONE, task_id, int(Status.OK), count, None))
 
     async def _async_call(self, msg, sem) -> None:
         try:

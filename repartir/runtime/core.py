@@ -33,15 +33,16 @@ from typing import Any, Sequence
 
 from ..errors import (ActorDiedError, GetTimeoutError, ObjectLostError, SerializationError,
                       TaskCancelledError, TaskTimeoutError, WorkerCrashedError)
-from ..ids import new_object_id, new_task_id, return_id
+from ..ids import new_object_id, new_task_id, return_id, task_of
 from ..scheduler import record
 from ..scheduler.deque import Backlog
 from ..scheduler.record import HEADER as RECORD_HEADER
 from ..serialization import Serialized, deserialize, deserialize_at, error_from_payload, serialize
 from .actor_life import actor_dead_error, end_actor
-from .messages import (ACTOR_DIED, ARENA_SPEC, CANCEL, CANCEL_ONE, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED,
-                       MSG_DONE, MSG_ITEM, MSG_LARGE, MSG_OBJECT, MSG_OWNER_DIED, MSG_RELEASE, MSG_REQUEST, OK, TIMEOUT, Dep, TaskOptions,
-                       demand_vector, name_bad_argument, stop_task)
+from .messages import ARENA_SPEC, Dep, TaskOptions, demand_vector, name_bad_argument, stop_task
+from .protocol import (MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM, MSG_LARGE,
+                       MSG_OBJECT, MSG_OWNER_DIED, MSG_RELEASE, MSG_REQUEST, Crashed, Large,
+                       Message, Status, StopReason, StopRequest, decode, encode)
 from .objectref import ObjectRef, capture_refs
 from .streaming import StreamLink
 
@@ -134,7 +135,7 @@ class CoreClient:
                 self.arena.let_go(off)
             owner = self.lent_from.pop(oid, None)
             if owner is not None:  # the loan ends with the last ref here
-                self.post(owner, pickle.dumps((MSG_RELEASE, oid), 5))
+                self.post(owner, encode((MSG_RELEASE, oid)))
 
     def lend(self, object_id: bytes) -> bool:
         """A ref to ``object_id`` (owned here, pending) leaves in a result: hold one count
@@ -395,9 +396,9 @@ class CoreClient:
             off = self.arena.allocate(len(body), self.slot)
             self.arena.writable(off, len(body))[:] = body
             t.spec_block = off
-            msg = pickle.dumps((MSG_CALL, t.task_id, self.slot, None, (off, len(body)), epoch), 5)
+            msg = encode((MSG_CALL, t.task_id, self.slot, None, (off, len(body)), epoch))
         else:
-            msg = pickle.dumps((MSG_CALL, t.task_id, self.slot, body, None, epoch), 5)
+            msg = encode((MSG_CALL, t.task_id, self.slot, body, None, epoch))
         t.record = msg
         self.post(t.target, msg)
 
@@ -425,21 +426,21 @@ class CoreClient:
             arena = self.arena
             off = arena.allocate(len(msg), self.slot)
             arena.writable(off, len(msg))[:] = msg
-            msg = pickle.dumps((MSG_LARGE, off, len(msg), arena.generation(off)), 5)
+            msg = encode((MSG_LARGE, off, len(msg), arena.generation(off)))
         while not inbox.put(msg):  # the receiver is draining: wait a bit
             if self.segment.shutting_down:
                 return
             time.sleep(0.0005)
 
-    def open_large(self, msg: tuple) -> tuple | None:
-        """The message inside a ``MSG_LARGE`` one (its block is freed), or ``None`` when its
-        sender died before this process claimed it (the node freed the block)."""
-        _, off, nbytes, gen = msg
-        arena = self.arena
-        if not arena.claim(off, gen, self.slot):
+    def open_large(self, msg: Large) -> Message | None:
+        """The message inside a :class:`~.protocol.Large` one (its block is freed), or
+        ``None`` when its sender died before this process claimed it (the node freed the
+        block)."""
+        off, arena = msg.offset, self.arena
+        if not arena.claim(off, msg.generation, self.slot):
             return None
         try:
-            return pickle.loads(arena.view(off, nbytes))
+            return decode(arena.view(off, msg.nbytes))
         finally:
             arena.release(off)
 
@@ -458,8 +459,8 @@ class CoreClient:
             with self._lock:
                 for m in msgs:
                     try:
-                        msg = pickle.loads(m)
-                        if msg[0] == MSG_LARGE:
+                        msg = decode(m)
+                        if msg.kind == MSG_LARGE:
                             msg = self.open_large(msg)
                             if msg is None:
                                 continue
@@ -483,12 +484,12 @@ class CoreClient:
         finally:
             self._poll_lock.release()
 
-    def _handle(self, msg: tuple) -> None:
-        kind = msg[0]
+    def _handle(self, msg: Message) -> None:
+        kind = msg.kind
         if kind == MSG_DONE:
             _, task_id, status, payload, pins = msg
             t = self.tasks.pop(task_id, None)
-            results = status == OK and isinstance(payload, list)
+            results = status == Status.OK and isinstance(payload, list)
             if t is None:
                 # A duplicate (a task retried after a crash reported too late), or a task of
                 # an earlier process in this slot: nobody wants its results.
@@ -499,20 +500,21 @@ class CoreClient:
             if results and not self.claim_results(payload):
                 self._unpin_all(pins)
                 self.tasks[task_id] = t
-                self._handle((MSG_CRASHED, task_id, "its process died as it sent the result",
-                              CRASH))
+                self._handle(Crashed(MSG_CRASHED, task_id,
+                                     "its process died as it sent the result",
+                                     StopReason.CRASH))
                 return
             if t.stream is not None:  # a streaming task ended: payload is the item count
-                if status != OK and self._should_retry(t, payload):
+                if status != Status.OK and self._should_retry(t, payload):
                     # as in Ray: run the generator again; the items already delivered are
                     # dropped as they come again (by index), the caller sees one stream
                     self.tasks[task_id] = t
                     self._retry(t)
                     return
-                t.stream.end(None if status == OK else ("e", payload))
+                t.stream.end(None if status == Status.OK else ("e", payload))
                 self._finish(t, [])
                 return
-            if status == OK:
+            if status == Status.OK:
                 locs = payload
                 self._keep_pins(t.return_ids, pins)
             else:
@@ -538,21 +540,22 @@ class CoreClient:
             t.stream.delivered = index + 1
             t.stream.add(self.make_ref(oid))
         elif kind == MSG_CALL:
-            if self.actor_epoch is None or msg[5] == self.actor_epoch:
+            if self.actor_epoch is None or msg.epoch == self.actor_epoch:
                 self.calls.append(msg)
             # else: sent to an earlier process of this actor; its caller re-sends it
         elif kind == MSG_ACTOR_EPOCH:
-            self._on_actor_epoch(*msg[1:])
+            self._on_actor_epoch(msg.slot, msg.actor_id, msg.epoch, msg.dead, msg.cause,
+                                 msg.running)
         elif kind == MSG_CRASHED:
             _, task_id, detail, reason = msg
             t = self.tasks.get(task_id)
             if t is None:
                 return
-            if t.cancelled or reason == CANCEL:
+            if t.cancelled or reason == StopReason.CANCEL:
                 err: Exception = TaskCancelledError(f"task {t.fn_name} was cancelled")
-            elif reason == ACTOR_DIED:
+            elif reason == StopReason.ACTOR_DIED:
                 err = ActorDiedError(f"the actor of {t.fn_name} died: {detail}")
-            elif reason == TIMEOUT:
+            elif reason == StopReason.TIMEOUT:
                 err = TaskTimeoutError(
                     f"task {t.fn_name} ran longer than its timeout of {t.opts.timeout:g} s and "
                     f"was stopped ({detail})")
@@ -587,9 +590,9 @@ class CoreClient:
                     e[2] = []
                 e[2].append(reply_slot)
         elif kind == MSG_RELEASE:
-            self.dead_refs.append(msg[1])  # the loan's count goes (poll processes it next)
+            self.dead_refs.append(msg.object_id)  # the loan's count goes (poll does it next)
         elif kind == MSG_OWNER_DIED:
-            dead = msg[1]
+            dead = msg.slot
             for oid, owner in list(self.lent_from.items()):
                 if owner == dead and self.borrowed.get(oid) is None:
                     err = ObjectLostError(
@@ -678,7 +681,7 @@ class CoreClient:
             if type(pin) is int:
                 self.arena.unpin(pin)
             else:
-                self.post(pin[0], pickle.dumps((MSG_RELEASE, pin[1]), 5))
+                self.post(pin[0], encode((MSG_RELEASE, pin[1])))
 
     def _should_retry(self, t: _Task, payload: bytes) -> bool:
         retry = t.opts.retry_exceptions
@@ -754,7 +757,7 @@ class CoreClient:
         return f
 
     def _reply(self, slot: int, object_id: bytes, loc) -> None:
-        self.post(slot, pickle.dumps((MSG_OBJECT, object_id, loc), 5))
+        self.post(slot, encode((MSG_OBJECT, object_id, loc)))
 
     def _process_dead(self) -> None:
         table, arena = self.table, self.arena
@@ -791,7 +794,7 @@ class CoreClient:
         loc = self.borrowed.get(ref._id)
         if loc is None and ref._id not in self.requested and not ref._owned:
             self.requested.add(ref._id)
-            msg = pickle.dumps((MSG_REQUEST, ref._id, self.slot), 5)
+            msg = encode((MSG_REQUEST, ref._id, self.slot))
             while not self.segment.inboxes[ref._owner_slot].put(msg):
                 time.sleep(0.0005)
         return loc
@@ -919,7 +922,7 @@ class CoreClient:
 
     def cancel(self, ref: ObjectRef, force: bool = False, recursive: bool = True) -> None:
         """Cancel the task computing ``ref`` (see :func:`repartir.cancel`)."""
-        self.cancel_task(ref._id[:14] + b"\0\0", force, recursive)
+        self.cancel_task(task_of(ref._id), force, recursive)
 
     def cancel_task(self, task_id: bytes, force: bool = False, recursive: bool = True) -> None:
         with self._lock:
@@ -930,7 +933,7 @@ class CoreClient:
                 if force and t.target is None and t.record is not None:
                     # cancelled, but still running (the task ignored the interrupt): kill
                     # its worker now, whatever happened before
-                    self.stop_running(task_id, CANCEL, True)
+                    self.stop_running(task_id, StopRequest.CANCEL, True)
                 return
             if force and t.target is not None:
                 raise ValueError("force=True cannot cancel an actor call (it would kill the "
@@ -948,19 +951,20 @@ class CoreClient:
                 self._cancelled(t)
                 return
         # running now (or popped and about to be dropped by its worker)
-        self.stop_running(task_id, CANCEL if recursive or force else CANCEL_ONE, force)
+        self.stop_running(task_id, StopRequest.CANCEL if recursive or force
+                          else StopRequest.CANCEL_ONE, force)
 
     def _unqueue(self, task_ids: set) -> set:
         """Remove queued copies of ``task_ids`` from the backlog and every deque; returns
         the ids found."""
         def match(rec) -> bool:
-            return bytes(rec[6:22]) in task_ids
+            return record.task_id_of(rec) in task_ids
 
         found = self.backlog.remove_if(match)
         seg = self.segment
         for i in range(seg.active_slots):
             for r in seg.deques[i].remove_if(match):
-                found.add(bytes(r[6:22]))
+                found.add(record.task_id_of(r))
         return found
 
     def _cancelled(self, t: _Task) -> None:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import inspect
 import os
-import pickle
 import sys
 from typing import Any, Protocol
 
 from ..errors import TaskCancelledError, TaskInterrupted, TaskTimeoutError
 from ..serialization import SIMPLE_TYPES, serialize, simple_blob
-from .messages import EXITED_ON_PURPOSE, MSG_DONE, MSG_ITEM, OK, failed_message
+from .messages import EXITED_ON_PURPOSE, failed_message
+from .protocol import MSG_DONE, MSG_ITEM, Done, Item, Status, encode, result_blocks
 from .objectref import capture_refs
 from .streaming import STREAMING
 
@@ -22,6 +22,7 @@ __all__ = ["run_function", "stop_error", "exit_process", "finish_result", "strea
            "serialize_result", "drop_message_blocks", "export_pins"]
 
 _NONE_BLOB = simple_blob(None)
+_OK = int(Status.OK)
 
 
 class Worker(Protocol):
@@ -114,7 +115,7 @@ def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: byte
         for item in result:
             stream_item(worker, item, fn_name, count, task_id, owner)
             count += 1
-        return pickle.dumps((MSG_DONE, task_id, OK, count, None), 5)
+        return encode((MSG_DONE, task_id, _OK, count, None))
     if inspect.isgenerator(result):
         raise TypeError(f"{fn_name} returned a generator: call it with "
                         f".options(num_returns='streaming') to get its items as they come, "
@@ -122,7 +123,7 @@ def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: byte
     if nret == 1:
         if type(result) in SIMPLE_TYPES and _small(result):
             blob = _NONE_BLOB if result is None else simple_blob(result)  # the common case
-            return pickle.dumps((MSG_DONE, task_id, OK, [("i", blob)], None), 5)
+            return encode((MSG_DONE, task_id, _OK, [("i", blob)], None))
         results = (result,)
     else:
         if not isinstance(result, (tuple, list)) or len(result) != nret:
@@ -135,9 +136,9 @@ def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: byte
     try:
         locs = [store(s) for s in blobs]
     except BaseException:
-        drop_message_blocks(worker.client, (MSG_DONE, task_id, OK, [], pins))
+        drop_message_blocks(worker.client, Done(MSG_DONE, task_id, _OK, [], pins))
         raise
-    return pickle.dumps((MSG_DONE, task_id, OK, locs, pins), 5)
+    return encode((MSG_DONE, task_id, _OK, locs, pins))
 
 
 def _small(value) -> bool:
@@ -158,9 +159,9 @@ def stream_item(worker: Worker, item, fn_name: str, index: int, task_id: bytes,
     try:
         loc = worker.client.store(blobs[0])
     except BaseException:
-        drop_message_blocks(worker.client, (MSG_ITEM, task_id, index, ("i", b""), pins))
+        drop_message_blocks(worker.client, Item(MSG_ITEM, task_id, index, ("i", b""), pins))
         raise
-    worker.send(owner, pickle.dumps((MSG_ITEM, task_id, index, loc, pins), 5))
+    worker.send(owner, encode((MSG_ITEM, task_id, index, loc, pins)))
 
 
 def serialize_result(worker: Worker, values, what: str, receiver: int
@@ -176,13 +177,10 @@ def serialize_result(worker: Worker, values, what: str, receiver: int
     return blobs, pins
 
 
-def drop_message_blocks(client, msg: tuple) -> None:
+def drop_message_blocks(client, msg: Done | Item) -> None:
     """Free what an undelivered completion or item holds: its result blocks (owned by this
     process) and its export pins."""
-    if msg[0] == MSG_ITEM:
-        locs, pins = [msg[3]], msg[4]
-    else:
-        locs, pins = (msg[3] if msg[2] == OK and isinstance(msg[3], list) else []), msg[4]
+    locs, pins = result_blocks(msg)
     for loc in locs:
         if loc[0] == "a":
             client.arena.release(loc[1])

@@ -1,11 +1,10 @@
-"""What the processes of a node say to each other about tasks: inbox message kinds, task
-options, the marker of a dependency inside an argument blob, and the completion of a failed
-task; and how a running task is stopped (a signal to its worker, or killing it)."""
+"""Tasks between processes, apart from the messages themselves (``protocol.py``): task
+options, the marker of a dependency inside an argument blob, the completion of a failed
+task, and how a running task is stopped (a signal to its worker, or killing it)."""
 
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import struct
 from typing import Sequence
@@ -13,23 +12,13 @@ from typing import Sequence
 from ..errors import InfeasibleTaskError, SerializationError
 from ..scheduler import record
 from ..serialization import error_payload, serialize
+from .protocol import MSG_DONE, Status, StopRequest, encode
 
-__all__ = ["ARENA_SPEC", "MSG_DONE", "MSG_REQUEST", "MSG_OBJECT", "MSG_CRASHED", "MSG_CALL",
-           "MSG_ITEM", "MSG_ACTOR_EPOCH", "MSG_LARGE", "MSG_RELEASE", "MSG_OWNER_DIED", "OK", "FAILED", "CRASH", "TIMEOUT", "CANCEL",
-           "CANCEL_ONE", "ACTOR_DIED", "EXITED_ON_PURPOSE", "TaskOptions", "Dep", "failed_message", "stop_task",
-           "name_bad_argument", "demand_vector"]
+__all__ = ["ARENA_SPEC", "EXITED_ON_PURPOSE", "TaskOptions", "Dep", "failed_message",
+           "stop_task", "name_bad_argument", "demand_vector"]
 
 ARENA_SPEC = struct.Struct("<QQ")
-MSG_DONE, MSG_REQUEST, MSG_OBJECT, MSG_CRASHED, MSG_CALL, MSG_ITEM = 0, 1, 2, 3, 4, 5
-MSG_ACTOR_EPOCH = 6  # an actor's process was replaced, or the actor died
-MSG_RELEASE = 8  # (MSG_RELEASE, object id): a loan of a pending object ends (see lend)
-MSG_OWNER_DIED = 9  # (MSG_OWNER_DIED, slot): that process died; objects it lent are lost
-MSG_LARGE = 7  # (MSG_LARGE, offset, nbytes, generation): a message too large for an inbox,
-#                 in an arena block the receiver claims, reads and frees
-OK, FAILED = 0, 1
-CRASH, TIMEOUT, CANCEL, ACTOR_DIED = 0, 1, 2, 3  # why a task stopped (MSG_CRASHED)
 EXITED_ON_PURPOSE = 78  # exit code of an actor process whose method called sys.exit()
-CANCEL_ONE = 4  # a stop request: cancel(recursive=False), the task but not its children
 
 
 class TaskOptions:
@@ -71,14 +60,15 @@ class Dep:
 
 def failed_message(task_id: bytes, exc: BaseException, fn_name: str) -> bytes:
     """The completion message of a task that raised ``exc``."""
-    return pickle.dumps((MSG_DONE, task_id, FAILED, error_payload(exc, fn_name), None), 5)
+    return encode((MSG_DONE, task_id, int(Status.FAILED), error_payload(exc, fn_name), None))
 
 
-def stop_task(segment, task_id: bytes, reason: int, force: bool) -> bool:
+def stop_task(segment, task_id: bytes, reason: StopRequest, force: bool) -> bool:
     """Stop a running task: ``force`` kills its worker (the node then reports the task as
     cancelled or timed out, and retries the other tasks that worker ran); otherwise the
-    worker gets ``SIGUSR1`` and raises ``TaskCancelledError``/``TaskTimeoutError`` inside
-    the task.  Returns whether a worker running it was found."""
+    worker gets ``SIGUSR1`` and raises ``TaskInterrupted`` inside the task (its owner gets
+    ``TaskCancelledError``/``TaskTimeoutError``).  Returns whether a worker running it was
+    found."""
     found = segment.find_running(task_id)
     if found is None:
         return False

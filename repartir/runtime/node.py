@@ -24,7 +24,6 @@ import itertools
 import json
 import mmap
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -43,9 +42,10 @@ from ..scheduler.record import NRES
 from ..errors import RepartirError
 from .actor_life import CTOR_FAILED_EXIT
 from .output import OutputForwarder
-from .messages import (ACTOR_DIED, CANCEL, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM, MSG_LARGE,
-                       MSG_OWNER_DIED, MSG_RELEASE,
-                       EXITED_ON_PURPOSE, OK, TIMEOUT, stop_task)
+from .messages import EXITED_ON_PURPOSE, stop_task
+from .protocol import (MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM, MSG_LARGE,
+                       MSG_OWNER_DIED, MSG_RELEASE, Large, Message, StopReason, StopRequest,
+                       decode, encode, result_blocks)
 
 __all__ = ["Node"]
 
@@ -327,7 +327,7 @@ class Node:
                     f"actors you no longer need or raise REPARTIR_MAX_ACTORS")
             time.sleep(0.005)  # actors whose last handle died are finishing their calls
         for raw in seg.inboxes[slot].drain():  # nothing meant for an earlier actor remains
-            self._open_large(slot, pickle.loads(raw))  # frees a large message's block
+            self._open_large(slot, decode(raw))  # frees a large message's block
         seg.bump_actor_epoch(slot, actor_id)
         seg.set_note(slot, "")
         if any(demand) and not self._fits(demand):
@@ -430,8 +430,7 @@ class Node:
         rec.held = None
         seg.set_note(slot, cause)
         seg.set_slot_state(slot, SlotState.ACTOR_DEAD)
-        self._broadcast(pickle.dumps(
-            (MSG_ACTOR_EPOCH, slot, rec.actor_id, epoch, True, cause, []), 5))
+        self._broadcast(encode((MSG_ACTOR_EPOCH, slot, rec.actor_id, epoch, True, cause, [])))
         self._fail_actor_inbox(slot)
 
     def _watch_actor(self, slot: int, proc: subprocess.Popen) -> None:
@@ -475,9 +474,9 @@ class Node:
             seg.set_slot_state(slot, SlotState.ACTOR_DEAD)
             if any(rec.demand):
                 seg.release(rec.demand, 0)
-        self._broadcast(pickle.dumps(
-            (MSG_ACTOR_EPOCH, slot, rec.actor_id, epoch, not restart, cause, running), 5))
-        self._broadcast(pickle.dumps((MSG_OWNER_DIED, slot), 5))
+        self._broadcast(encode(
+            (MSG_ACTOR_EPOCH, slot, rec.actor_id, epoch, not restart, cause, running)))
+        self._broadcast(encode((MSG_OWNER_DIED, slot)))
         if restart:
             try:
                 self._spawn(slot, actor=rec.config, state=SlotState.ACTOR_RESTARTING)
@@ -507,25 +506,25 @@ class Node:
                 while not inbox.put(msg) and not self.stopping and time.monotonic() < deadline:
                     time.sleep(0.001)
 
-    def _tell_owners(self, running, detail: str, reason: int) -> None:
+    def _tell_owners(self, running, detail: str, reason: StopReason) -> None:
         for owner, task_id, _, _ in running:
-            msg = pickle.dumps((MSG_CRASHED, task_id, detail, reason), 5)
+            msg = encode((MSG_CRASHED, task_id, detail, int(reason)))
             inbox = self.segment.inboxes[owner]
             while not inbox.put(msg) and not self.stopping:
                 time.sleep(0.001)
 
-    def _open_large(self, slot: int, msg: tuple) -> tuple | None:
-        """``msg``, or for a ``MSG_LARGE`` one the message in its arena block, which is
-        freed (``None`` when the block is gone with its sender)."""
-        if msg[0] != MSG_LARGE:
+    def _open_large(self, slot: int, msg: Message) -> Message | None:
+        """``msg``, or for a :class:`~.protocol.Large` one the message in its arena block,
+        which is freed (``None`` when the block is gone with its sender)."""
+        if msg.kind != MSG_LARGE:
             return msg
-        _, off, nbytes, gen = msg
-        if not self.arena.claim(off, gen, slot):
+        assert isinstance(msg, Large)
+        if not self.arena.claim(msg.offset, msg.generation, slot):
             return None
         try:
-            return pickle.loads(self.arena.view(off, nbytes))
+            return decode(self.arena.view(msg.offset, msg.nbytes))
         finally:
-            self.arena.release(off)
+            self.arena.release(msg.offset)
 
     def _fail_actor_inbox(self, slot: int, rec=None) -> None:
         """Answer the calls waiting in a dead actor's inbox with ActorDiedError.  With
@@ -537,17 +536,14 @@ class Node:
             cause = self.segment.note(slot)
             raws = self.segment.inboxes[slot].drain()
         for raw in raws:
-            msg = self._open_large(slot, pickle.loads(raw))
+            msg = self._open_large(slot, decode(raw))
             if msg is None:
                 continue
-            if msg[0] == MSG_CALL:
-                self._tell_owners([(msg[2], msg[1], 0.0, 0.0)], cause, ACTOR_DIED)
-            elif msg[0] in (MSG_DONE, MSG_ITEM):  # results of tasks the actor submitted
-                if msg[0] == MSG_ITEM:
-                    locs, pins = [msg[3]], msg[4]
-                else:
-                    ok = msg[2] == OK and isinstance(msg[3], list)
-                    locs, pins = (msg[3] if ok else []), msg[4]
+            if msg.kind == MSG_CALL:
+                self._tell_owners([(msg.owner, msg.task_id, 0.0, 0.0)], cause,
+                                  StopReason.ACTOR_DIED)
+            elif msg.kind in (MSG_DONE, MSG_ITEM):  # results of tasks the actor submitted
+                locs, pins = result_blocks(msg)
                 for loc in locs:
                     if loc[0] == "a" and self.arena.claim(loc[1], loc[3], slot):
                         self.arena.release(loc[1])
@@ -555,7 +551,7 @@ class Node:
                     if type(pin) is int:
                         self.arena.unpin(pin)
                     else:  # a loan: its owner may free the object now
-                        self._post(pin[0], pickle.dumps((MSG_RELEASE, pin[1]), 5))
+                        self._post(pin[0], encode((MSG_RELEASE, pin[1])))
 
     def _post(self, slot: int, msg: bytes) -> None:
         inbox = self.segment.inboxes[slot]
@@ -604,12 +600,13 @@ class Node:
             self.segment.set_note(slot, "")
         stop = self.segment.take_stop_request(slot)  # killed on purpose: cancel or timeout
         for owner, task_id, _, _ in running:
-            reason = stop[0] if stop is not None and stop[1] == task_id else CRASH
-            msg = pickle.dumps((MSG_CRASHED, task_id, detail, reason), 5)
+            reason = (StopReason.of_request(stop[0]) if stop is not None and stop[1] == task_id
+                      else StopReason.CRASH)
+            msg = encode((MSG_CRASHED, task_id, detail, int(reason)))
             inbox = self.segment.inboxes[owner]
             while not inbox.put(msg) and not self.stopping:
                 time.sleep(0.001)
-        self._broadcast(pickle.dumps((MSG_OWNER_DIED, slot), 5))  # what it lent is lost
+        self._broadcast(encode((MSG_OWNER_DIED, slot)))  # what it lent is lost
         # its children running elsewhere are stopped too (recursively): nobody will read
         # their results, and a cancelled or timed-out tree must stop to its leaves
         seg = self.segment
@@ -617,7 +614,7 @@ class Node:
             if i != slot:
                 for owner, task_id, _, _ in seg.running(i):
                     if owner == slot:
-                        stop_task(seg, task_id, CANCEL, force=False)
+                        stop_task(seg, task_id, StopRequest.CANCEL, force=False)
         if not self.stopping and slot <= self.config.num_cpus:
             self._spawn(slot)
 
@@ -630,14 +627,14 @@ class Node:
         orphans = seg.deques[slot].remove_if(lambda r: True)
         for i in range(seg.active_slots):
             if i != slot:
-                seg.deques[i].remove_if(lambda r: record.HEADER.unpack_from(r, 0)[4] == slot)
+                seg.deques[i].remove_if(lambda r: record.owner_of(r) == slot)
         # back at the top of the driver's deque, in the order the dead worker would have
         # popped them (bottom first: a stolen batch lies reversed), so that they start
         # before the tasks queued after them
         put_back = 0
         for prio, level in enumerate(seg.deques[0].levels):
             recs = [r for r in orphans if r[1] == prio
-                    and record.HEADER.unpack_from(r, 0)[4] != slot]
+                    and record.owner_of(r) != slot]
             if recs:
                 recs.reverse()
                 n = level.push_front_many(recs)
@@ -689,9 +686,9 @@ class Node:
                         first = overdue.get(task_id)
                         if first is None:
                             overdue[task_id] = now
-                            stop_task(seg, task_id, TIMEOUT, force=False)
+                            stop_task(seg, task_id, StopRequest.TIMEOUT, force=False)
                         elif now - first > 1.0:
-                            stop_task(seg, task_id, TIMEOUT, force=True)
+                            stop_task(seg, task_id, StopRequest.TIMEOUT, force=True)
             if len(overdue) > 1000:
                 overdue.clear()
             if self.pending_actors:

@@ -43,8 +43,8 @@ from . import context
 from .actor_process import run_actor
 from .core import RECORD_HEADER, CoreClient
 from .executor import drop_message_blocks, exit_process, run_function, stop_error
-from .messages import (ARENA_SPEC, CANCEL, CANCEL_ONE, MSG_DONE, MSG_ITEM, TIMEOUT, Dep,
-                       failed_message)
+from .messages import ARENA_SPEC, Dep, failed_message
+from .protocol import MSG_DONE, MSG_ITEM, StopRequest, decode
 
 __all__ = ["Worker", "main"]
 
@@ -104,8 +104,8 @@ class Worker:
             self._charge = (False, demand)
         else:
             return False
-        h = RECORD_HEADER.unpack_from(rec, 0)
-        seg.push_running(self.slot, h[4], h[5], time.monotonic(), h[8])
+        h = record.header_of(rec)
+        seg.push_running(self.slot, h.owner, h.task_id, time.monotonic(), h.timeout)
         return True
 
     def take_token(self) -> None:
@@ -224,8 +224,8 @@ class Worker:
 
     def execute(self, rec: bytes) -> None:
         """Run one admitted record (its resources are already reserved) and report it."""
-        h = RECORD_HEADER.unpack_from(rec, 0)
-        kind, owner, task_id = h[0], h[4], h[5]
+        h = record.header_of(rec)
+        kind, owner, task_id = h.kind, h.owner, h.task_id
         seg = self.seg
         uses_token, charge = self._charge  # reserved, and recorded running, by admit()
         self.charges.append((uses_token, charge))
@@ -286,16 +286,16 @@ class Worker:
         try:
             self.client.post(owner, msg)
         except ObjectStoreFullError as exc:
-            decoded = pickle.loads(msg)
-            if decoded[0] not in (MSG_DONE, MSG_ITEM):
+            decoded = decode(msg)
+            if decoded.kind not in (MSG_DONE, MSG_ITEM):
                 raise
             drop_message_blocks(self.client, decoded)
             err = ObjectStoreFullError(
                 f"a result of {len(msg):,} bytes (once serialized) could not be sent to the "
                 f"task's owner: {exc}")
-            if decoded[0] == MSG_ITEM:
+            if decoded.kind == MSG_ITEM:
                 raise err from None
-            self.client.post(owner, failed_message(decoded[1], err, "the task"))
+            self.client.post(owner, failed_message(decoded.task_id, err, "the task"))
 
     def on_stop_signal(self, signum, frame) -> None:
         if mutexes_held():  # raising now could leave a shared mutex held: when released
@@ -304,21 +304,23 @@ class Worker:
         req = self.seg.take_stop_request(self.slot)
         if req is None or req[1] not in self.calls:
             return  # the task finished meanwhile
-        if self.calls[-1] != req[1]:
+        reason, task_id = StopRequest(req[0]), req[1]
+        if self.calls[-1] != task_id:
             # it waits in get while this worker runs another task on its stack: raise it
             # there when that task is done (the node kills the worker if that is too late);
             # a cancel also stops that task now if it is a descendant (cancel is recursive)
-            self.pending_stops[req[1]] = req[0]
-            if req[0] in (CANCEL, TIMEOUT):
-                family = self._family(req[1])
+            self.pending_stops[task_id] = reason
+            if reason in (StopRequest.CANCEL, StopRequest.TIMEOUT):
+                family = self._family(task_id)
                 if self.calls[-1] in family:  # stopped with its ancestor, as are the calls
                     self.recursive_cancels.update(family)  # in between, children and all
                     for call in family:
-                        if call != req[1] and call != self.calls[-1]:
-                            self.pending_stops[call] = CANCEL  # raised as the stack unwinds
-                    self._raise_stop(CANCEL, self.calls[-1])
+                        if call != task_id and call != self.calls[-1]:
+                            # raised as the stack unwinds
+                            self.pending_stops[call] = StopRequest.CANCEL
+                    self._raise_stop(StopRequest.CANCEL, self.calls[-1])
             return
-        self._raise_stop(req[0], req[1])
+        self._raise_stop(reason, task_id)
 
     def _family(self, ancestor: bytes) -> set:
         """``ancestor`` and the calls above it on this worker's stack that it submitted,
@@ -338,13 +340,13 @@ class Worker:
             except Exception:  # noqa: BLE001 -- best effort, as Ray's recursive cancel
                 pass
 
-    def _raise_stop(self, reason: int, task_id: bytes) -> None:
+    def _raise_stop(self, reason: StopRequest, task_id: bytes) -> None:
         """Raise the stop inside the running task: a ``KeyboardInterrupt`` (as Ray does), so
         that ``except Exception`` in user code does not swallow it; :func:`run_function`
         reports it to the owner as ``TaskCancelledError`` or ``TaskTimeoutError``."""
-        if reason in (CANCEL, TIMEOUT):
+        if reason in (StopRequest.CANCEL, StopRequest.TIMEOUT):
             self.recursive_cancels.add(task_id)  # its children go too (run_function)
-        if reason in (CANCEL, CANCEL_ONE):
+        if reason in (StopRequest.CANCEL, StopRequest.CANCEL_ONE):
             raise TaskInterrupted("task was cancelled while running")
         raise TaskInterrupted("task ran longer than its timeout", timed_out=True)
 

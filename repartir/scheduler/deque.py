@@ -25,6 +25,7 @@ import itertools
 import struct
 
 from ..sync import RobustMutex, address_of
+from . import record
 
 __all__ = ["TaskDeque", "PriorityDeques", "Backlog", "deque_bytes"]
 
@@ -349,7 +350,7 @@ class Backlog:
                 kept = collections.deque()
                 for r in q:
                     if match(r):
-                        found.add(bytes(r[6:22]))
+                        found.add(record.task_id_of(r))
                     else:
                         kept.append(r)
                 self.levels[i] = kept

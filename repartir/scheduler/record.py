@@ -16,10 +16,11 @@ such a task may wait on any task, so a worker never runs it on top of a task blo
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 __all__ = ["HEADER", "SPEC_INLINE", "SPEC_IN_ARENA", "DEFAULT_DEMAND", "HOLDS_REFS", "NRES",
            "HIGH", "NORMAL", "LOW", "PRIORITIES", "pack_header", "header_parts", "demand_of",
-           "holds_refs",
+           "holds_refs", "Header", "header_of", "task_id_of", "owner_of",
            "DEFAULT_VECTOR", "MAX_CUSTOM"]
 
 HEADER = struct.Struct("<BBBBH16sIIf4B4I")
@@ -27,6 +28,9 @@ SPEC_INLINE, SPEC_IN_ARENA = 0, 1
 DEFAULT_DEMAND = 1
 HOLDS_REFS = 2
 FLAGS_OFFSET = 2  # byte offset of the flags in a record
+OWNER_OFFSET = 4  # of the owner's slot (u16)
+TASK_ID_OFFSET = 6  # of the task id (16 bytes)
+_OWNER = struct.Struct("<H")
 NRES = 8  # CPU, GPU, and up to 6 custom resources per node
 MAX_CUSTOM = 4  # custom resources one task may ask for
 HIGH, NORMAL, LOW = 0, 1, 2
@@ -54,7 +58,47 @@ def header_parts(kind: int, priority: int, owner: int, demand: tuple[int, ...],
     """The bytes before and after the task id in a header: ``pre + task_id + post`` equals
     :func:`pack_header` with the same arguments (cheap to build per task)."""
     full = pack_header(kind, priority, owner, bytes(16), demand, timeout, holds_refs)
-    return full[:6], full[22:]
+    return full[:TASK_ID_OFFSET], full[TASK_ID_OFFSET + 16:]
+
+
+class Header(NamedTuple):
+    """The fields of :data:`HEADER`, in order."""
+
+    kind: int  # SPEC_INLINE or SPEC_IN_ARENA
+    priority: int
+    flags: int  # DEFAULT_DEMAND, HOLDS_REFS
+    ncustom: int  # custom resources asked for (<= MAX_CUSTOM)
+    owner: int  # slot of the submitting process
+    task_id: bytes
+    cpu: int  # milli-CPUs
+    gpu: int  # milli-GPUs
+    timeout: float  # seconds, 0: none
+    custom_index_0: int
+    custom_index_1: int
+    custom_index_2: int
+    custom_index_3: int
+    custom_amount_0: int
+    custom_amount_1: int
+    custom_amount_2: int
+    custom_amount_3: int
+
+
+_new = tuple.__new__
+
+
+def header_of(rec) -> Header:
+    """The header of a record (a buffer of at least ``HEADER.size`` bytes), by name."""
+    return _new(Header, HEADER.unpack_from(rec, 0))
+
+
+def task_id_of(rec) -> bytes:
+    """The task id of a record."""
+    return bytes(rec[TASK_ID_OFFSET:TASK_ID_OFFSET + 16])
+
+
+def owner_of(rec) -> int:
+    """The slot of the process that submitted a record's task."""
+    return _OWNER.unpack_from(rec, OWNER_OFFSET)[0]
 
 
 def holds_refs(rec) -> bool:
@@ -65,10 +109,10 @@ def holds_refs(rec) -> bool:
 def demand_of(rec) -> tuple[int, ...]:
     """The resource vector a record asks for."""
     h = HEADER.unpack_from(rec, 0)
-    if h[2] & DEFAULT_DEMAND:
+    if h[2] & DEFAULT_DEMAND:  # (by index: this runs for every task a worker takes)
         return DEFAULT_VECTOR
     v = [0] * NRES
-    v[0], v[1] = h[6], h[7]
-    for k in range(h[3]):
+    v[0], v[1] = h[6], h[7]  # cpu, gpu
+    for k in range(h[3]):  # custom_index_k, custom_amount_k
         v[h[9 + k]] += h[13 + k]
     return tuple(v)

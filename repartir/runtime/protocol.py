@@ -1,0 +1,184 @@
+"""Every message the processes of a node send each other through their inboxes, as a named
+type, encoded and decoded here only; the enums carried in them and in stop requests.
+
+On the wire a message is the pickled plain tuple of its fields, the first being its kind
+(an ``int``): named tuples or enum members would pickle as references to their classes,
+larger and slower on the task path.  :func:`decode` gives the named type back, so readers
+use field names, never indexes.  (The cluster's signed frames wrap these bytes.)
+
+======================  =======================================================================
+message                 meaning
+======================  =======================================================================
+:class:`Done`           a task or call ended: its results (locations), an item count for a
+                        stream, or the error payload
+:class:`Item`           one item of a streaming call
+:class:`Request`        a borrower asks the owner for an object's location
+:class:`Object`         the owner's answer: where the object is
+:class:`Crashed`        a task ended without a result (its process died, it was stopped)
+:class:`Call`           a call to an actor, sent into the actor's inbox
+:class:`ActorEpoch`     an actor's process was replaced, or the actor died
+:class:`Large`          a message too large for an inbox, in an arena block
+:class:`Release`        a loan of a pending object ends (the borrower dropped its last ref)
+:class:`OwnerDied`      a process died: the objects it owned or lent are lost
+======================  =======================================================================
+"""
+
+from __future__ import annotations
+
+import enum
+import pickle
+from typing import Any, NamedTuple
+
+from ..errors import RepartirError
+
+__all__ = ["MSG_DONE", "MSG_REQUEST", "MSG_OBJECT", "MSG_CRASHED", "MSG_CALL", "MSG_ITEM",
+           "MSG_ACTOR_EPOCH", "MSG_LARGE", "MSG_RELEASE", "MSG_OWNER_DIED", "Status",
+           "StopReason", "StopRequest", "Done", "Item", "Request", "Object", "Crashed", "Call",
+           "ActorEpoch", "Large", "Release", "OwnerDied", "Message", "encode", "decode",
+           "result_blocks"]
+
+# the kind of a message: the first field on the wire
+MSG_DONE, MSG_REQUEST, MSG_OBJECT, MSG_CRASHED, MSG_CALL, MSG_ITEM = 0, 1, 2, 3, 4, 5
+MSG_ACTOR_EPOCH, MSG_LARGE, MSG_RELEASE, MSG_OWNER_DIED = 6, 7, 8, 9
+
+
+class Status(enum.IntEnum):
+    """How a task ended, in :class:`Done` (sent as a plain ``int``)."""
+
+    OK = 0  #: payload: the result locations (a list), or a stream's item count
+    FAILED = 1  #: payload: the error (see ``serialization.error_payload``)
+
+
+class StopReason(enum.IntEnum):
+    """Why a task ended without a result, in :class:`Crashed`."""
+
+    CRASH = 0  #: its process died (retried under ``max_retries``)
+    TIMEOUT = 1  #: it ran past its ``timeout=``
+    CANCEL = 2  #: it was cancelled
+    ACTOR_DIED = 3  #: the actor it was sent to is dead
+
+    @classmethod
+    def of_request(cls, request: int) -> "StopReason":
+        """The reason a task killed on ``request`` (a :class:`StopRequest`) ended."""
+        return cls.TIMEOUT if request == StopRequest.TIMEOUT else cls.CANCEL
+
+
+class StopRequest(enum.IntEnum):
+    """What a stop request in the scheduler segment asks of a running task's worker."""
+
+    TIMEOUT = 1  #: stop it: it ran past its ``timeout=`` (its children too)
+    CANCEL = 2  #: stop it and its children (``cancel()``, recursive by default)
+    CANCEL_ONE = 4  #: stop it alone (``cancel(recursive=False)``)
+
+
+class Done(NamedTuple):
+    kind: int  # MSG_DONE
+    task_id: bytes
+    status: int  # Status
+    payload: Any  # list of locations, an item count (streams), or an error payload
+    pins: list | None  # export pins and loans of the refs inside the results
+
+
+class Item(NamedTuple):
+    kind: int  # MSG_ITEM
+    task_id: bytes
+    index: int  # 0-based position in the stream
+    loc: tuple  # where the item is
+    pins: list | None
+
+
+class Request(NamedTuple):
+    kind: int  # MSG_REQUEST
+    object_id: bytes
+    requester: int  # slot to answer
+
+
+class Object(NamedTuple):
+    kind: int  # MSG_OBJECT
+    object_id: bytes
+    loc: tuple
+
+
+class Crashed(NamedTuple):
+    kind: int  # MSG_CRASHED
+    task_id: bytes
+    detail: str  # for the error message
+    reason: int  # StopReason
+
+
+class Call(NamedTuple):
+    kind: int  # MSG_CALL
+    task_id: bytes
+    owner: int  # the caller's slot
+    body: bytes | None  # the call's spec; None when it is in the arena
+    arena_spec: tuple | None  # (offset, nbytes) of the spec in the arena
+    epoch: int  # the actor process the call was sent to
+
+
+class ActorEpoch(NamedTuple):
+    kind: int  # MSG_ACTOR_EPOCH
+    slot: int
+    actor_id: bytes
+    epoch: int  # the new process's epoch
+    dead: bool  # the actor will not be restarted
+    cause: str
+    running: list  # (owner, task id, start, timeout) of the calls it was running
+
+
+class Large(NamedTuple):
+    kind: int  # MSG_LARGE
+    offset: int  # of the arena block holding the encoded message
+    nbytes: int
+    generation: int  # of the block, to claim it
+
+
+class Release(NamedTuple):
+    kind: int  # MSG_RELEASE
+    object_id: bytes
+
+
+class OwnerDied(NamedTuple):
+    kind: int  # MSG_OWNER_DIED
+    slot: int
+
+
+Message = Done | Item | Request | Object | Crashed | Call | ActorEpoch | Large | Release | OwnerDied
+
+_TYPES: tuple = (Done, Request, Object, Crashed, Call, Item, ActorEpoch, Large, Release,
+                 OwnerDied)  # by kind
+
+
+_new = tuple.__new__  # what NamedTuple._make does, without its checks and call
+
+
+def encode(msg: tuple) -> bytes:
+    """The bytes of ``msg`` (one of the types above, or its plain tuple) for an inbox.  Enum
+    fields must be plain ``int`` by then (they are, when built from :class:`Status`,
+    :class:`StopReason` values passed through ``int()``)."""
+    return pickle.dumps(tuple(msg), 5)
+
+
+def decode(raw) -> Message:
+    """The message in ``raw`` (bytes from an inbox), as its named type.
+
+    Raises:
+        RepartirError: not a message of a known kind (a corrupted inbox).
+    """
+    fields = pickle.loads(raw)
+    try:
+        kind = fields[0]
+        cls = _TYPES[kind] if kind >= 0 else None
+    except (IndexError, TypeError, KeyError):
+        cls = None
+    if cls is None or type(fields) is not tuple or len(fields) != len(cls._fields):
+        raise RepartirError(f"an inbox message of no known kind: {fields!r:.200}")
+    return _new(cls, fields)
+
+
+def result_blocks(msg: Done | Item) -> tuple[list, list | None]:
+    """The result locations and the pins a :class:`Done` or :class:`Item` carries (what must
+    be freed when nobody takes it)."""
+    if msg.kind == MSG_ITEM:
+        return [msg.loc], msg.pins
+    ok = msg.status == Status.OK and isinstance(msg.payload, list)
+    return (msg.payload if ok else []), msg.pins
