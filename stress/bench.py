@@ -355,7 +355,8 @@ def _note(system: str, msg: str) -> None:
 
 
 def _check_shm_leaks(driver_pid: int, wait: float = 5.0) -> None:
-    """Note what the repartir session of ``driver_pid`` left in /dev/shm (DESIGN §2: nothing)."""
+    """Note what the repartir session of ``driver_pid`` left in /dev/shm (``docs/architecture.md``,
+    "Processes": nothing)."""
     def left() -> list[str]:
         try:
             names = os.listdir("/dev/shm")

@@ -1,4 +1,4 @@
-"""Actors (issue 4): stateful workers, async and threaded actors, streaming generators,
+"""Actors (``docs/architecture.md``, "Actors"): stateful workers, async and threaded actors, streaming generators,
 ``await ref`` / ``ref.future()``, and actor fault tolerance.
 
 - ``@remote`` on a class, ``Cls.remote(...)`` -> ``ActorHandle``, ``h.m.remote()`` -> refs;

@@ -1,4 +1,5 @@
-"""Resources and priorities (DESIGN.md §4, issue 3 item 3), end to end through a node.
+"""Resources and priorities (``docs/architecture.md``, "Scheduler":
+"Resources and priorities"), end to end through a node.
 
 - ``num_cpus`` (fractions allowed), ``num_gpus`` and custom ``resources`` are reserved while
   a task runs: whole-CPU tasks never run more than ``num_cpus`` at once, fractional ones run
