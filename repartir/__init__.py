@@ -203,7 +203,8 @@ def cancel(object_ref: ObjectRef | ObjectRefGenerator, *, force: bool = False,
     A queued task never runs (copies stolen by other workers included).  A running task
     gets :class:`TaskInterrupted` (a ``KeyboardInterrupt``, as in Ray, so ``except
     Exception`` does not swallow it) raised inside it; with ``force=True`` its worker
-    process is killed instead (and replaced), also after a plain cancel it ignored.  A finished task is left alone.  With ``recursive``
+    process is killed instead (and replaced), also after a plain cancel it ignored.  A
+    finished task is left alone.  With ``recursive``
     (the default, as in Ray) the tasks a running task submitted and that have not finished
     are cancelled too -- also one its worker runs on the waiting task's stack; with
     ``recursive=False`` only the task itself.  A running call of a threaded or async actor

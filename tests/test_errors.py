@@ -176,7 +176,8 @@ def test_unpicklable_positional_argument_fails_at_remote(rt):
         add.remote(threading.Lock(), 1)
     message = str(info.value)
     assert "lock" in message.lower(), f"message must name the argument's type: {message}"
-    assert "0" in message or "first" in message.lower(), f"message must name the position: {message}"
+    assert "0" in message or "first" in message.lower(), (
+        f"message must name the position: {message}")
 
 
 def test_unpicklable_keyword_argument_fails_at_remote(rt):
@@ -211,7 +212,8 @@ def test_unpicklable_exception_arrives_promptly(rt):
     assert "x-y" in text
     assert "raise_two_arg_error" in text, "the remote traceback is kept"
     # The session keeps working, on every worker.
-    assert repartir.get([add.remote(i, i) for i in range(20)], timeout=30) == [2 * i for i in range(20)]
+    assert (repartir.get([add.remote(i, i) for i in range(20)], timeout=30)
+            == [2 * i for i in range(20)])
     with pytest.raises(repartir.TaskError):
         repartir.get(raise_two_arg_error.remote(), timeout=30)
     assert repartir.get(add.remote(2, 2), timeout=30) == 4
@@ -253,7 +255,8 @@ def test_unpicklable_actor_argument_is_named_at_remote(rt):
         def __init__(self, thing):
             self.thing = thing
 
-    with pytest.raises(repartir.errors.SerializationError, match=r"argument 0 of .*Keeper.__init__"):
+    with pytest.raises(repartir.errors.SerializationError,
+                       match=r"argument 0 of .*Keeper.__init__"):
         Keeper.remote(threading.Lock())
 
 

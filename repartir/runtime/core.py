@@ -9,9 +9,9 @@ tasks -- has one :class:`CoreClient` bound to its slot of the scheduler segment:
 
 * **Object table** (owner side): ``object id -> [refcount, location, remote waiters]``.  A
   location is ``("i", blob)`` for an inline object, ``("a", offset, nbytes, generation)``
-  for one in the arena, ``("e", payload)`` for a task error, and ``None`` while pending.  ``ObjectRef``
-  instances hold the counts; their ``__del__`` only appends to :attr:`dead_refs`, which
-  :meth:`poll` processes (no lock is ever taken inside ``__del__``).
+  for one in the arena, ``("e", payload)`` for a task error, and ``None`` while pending.
+  ``ObjectRef`` instances hold the counts; their ``__del__`` only appends to
+  :attr:`dead_refs`, which :meth:`poll` processes (no lock is ever taken inside ``__del__``).
 * **Dependencies**: top-level ``ObjectRef`` arguments are replaced by markers; the task is
   pushed once every one of them is ready, with their locations in the record, so a worker
   never waits for an argument.
@@ -39,8 +39,9 @@ from ..scheduler.deque import Backlog
 from ..scheduler.record import HEADER as RECORD_HEADER
 from ..serialization import Serialized, deserialize, deserialize_at, error_from_payload, serialize
 from .actor_life import actor_dead_error, end_actor
-from .messages import (ACTOR_DIED, ARENA_SPEC, CANCEL, CANCEL_ONE, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED,
-                       MSG_DONE, MSG_ITEM, MSG_LARGE, MSG_OBJECT, MSG_OWNER_DIED, MSG_RELEASE, MSG_REQUEST, OK, TIMEOUT, Dep, TaskOptions,
+from .messages import (ACTOR_DIED, ARENA_SPEC, CANCEL, CANCEL_ONE, CRASH, MSG_ACTOR_EPOCH,
+                       MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM, MSG_LARGE, MSG_OBJECT,
+                       MSG_OWNER_DIED, MSG_RELEASE, MSG_REQUEST, OK, TIMEOUT, Dep, TaskOptions,
                        demand_vector, name_bad_argument, stop_task)
 from .objectref import ObjectRef, capture_refs
 from .streaming import StreamLink

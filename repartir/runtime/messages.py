@@ -15,8 +15,9 @@ from ..scheduler import record
 from ..serialization import error_payload, serialize
 
 __all__ = ["ARENA_SPEC", "MSG_DONE", "MSG_REQUEST", "MSG_OBJECT", "MSG_CRASHED", "MSG_CALL",
-           "MSG_ITEM", "MSG_ACTOR_EPOCH", "MSG_LARGE", "MSG_RELEASE", "MSG_OWNER_DIED", "OK", "FAILED", "CRASH", "TIMEOUT", "CANCEL",
-           "CANCEL_ONE", "ACTOR_DIED", "EXITED_ON_PURPOSE", "TaskOptions", "Dep", "failed_message", "stop_task",
+           "MSG_ITEM", "MSG_ACTOR_EPOCH", "MSG_LARGE", "MSG_RELEASE", "MSG_OWNER_DIED", "OK",
+           "FAILED", "CRASH", "TIMEOUT", "CANCEL", "CANCEL_ONE", "ACTOR_DIED", "EXITED_ON_PURPOSE",
+           "TaskOptions", "Dep", "failed_message", "stop_task",
            "name_bad_argument", "demand_vector"]
 
 ARENA_SPEC = struct.Struct("<QQ")

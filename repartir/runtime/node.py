@@ -43,8 +43,8 @@ from ..scheduler.record import NRES
 from ..errors import RepartirError
 from .actor_life import CTOR_FAILED_EXIT
 from .output import OutputForwarder
-from .messages import (ACTOR_DIED, CANCEL, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM, MSG_LARGE,
-                       MSG_OWNER_DIED, MSG_RELEASE,
+from .messages import (ACTOR_DIED, CANCEL, CRASH, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED,
+                       MSG_DONE, MSG_ITEM, MSG_LARGE, MSG_OWNER_DIED, MSG_RELEASE,
                        EXITED_ON_PURPOSE, OK, TIMEOUT, stop_task)
 
 __all__ = ["Node"]
