@@ -19,9 +19,9 @@ from typing import Any, Sequence
 
 from . import errors
 from .errors import (ActorDiedError, DeviceError, GetTimeoutError, InfeasibleTaskError,
-                     ObjectLostError, ObjectStoreFullError, RepartirError, SerializationError,
-                     TaskCancelledError, TaskError, TaskInterrupted, TaskTimeoutError,
-                     WorkerCrashedError)
+                     ObjectLostError, ObjectStoreFullError, RepartirError, RepartirSystemError,
+                     SerializationError, TaskCancelledError, TaskError, TaskInterrupted,
+                     TaskTimeoutError, WorkerCrashedError)
 from .runtime import context as _context
 from .runtime import driver as _driver
 from .runtime.driver import init, is_initialized, shutdown
@@ -65,6 +65,7 @@ __all__ = [
     "TaskTimeoutError",
     "InfeasibleTaskError",
     "ActorDiedError",
+    "RepartirSystemError",
     "DeviceError",
 ]
 

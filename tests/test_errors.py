@@ -13,6 +13,8 @@ import pytest
 
 import repartir
 from repartir import errors
+from repartir.runtime.core import CoreClient
+from repartir.runtime.worker import Worker
 
 
 class TwoArgError(Exception):
@@ -96,12 +98,30 @@ def test_error_hierarchy_and_exports():
         "GetTimeoutError",
         "WorkerCrashedError",
         "ObjectStoreFullError",
+        "RepartirSystemError",
     ]:
         cls = getattr(errors, name)
         assert getattr(repartir, name) is cls, f"repartir.{name} must be repartir.errors.{name}"
         assert issubclass(cls, errors.RepartirError)
     assert issubclass(errors.RepartirError, Exception)
     assert issubclass(errors.GetTimeoutError, TimeoutError)
+
+
+def test_message_of_unknown_kind_is_a_system_error():
+    """The client's message handler refuses a message kind it does not know (it used to
+    drop it silently); no process is needed to see it."""
+    client = object.__new__(CoreClient)
+    client.slot = 3
+    with pytest.raises(errors.RepartirSystemError, match="unknown kind 99"):
+        client._handle((99, b"x"))
+
+
+def test_task_record_of_unknown_kind_is_a_system_error():
+    """A worker refuses a task record of a kind it does not know; ``execute`` reports the
+    error to the task's owner and the worker goes on."""
+    worker = object.__new__(Worker)
+    with pytest.raises(errors.RepartirSystemError, match="unknown kind 7"):
+        worker._run(7, b"", bytes(16), 0)
 
 
 # --------------------------------------------------------------------------- task exceptions

@@ -31,8 +31,9 @@ import threading
 import time
 from typing import Any, Sequence
 
-from ..errors import (ActorDiedError, GetTimeoutError, ObjectLostError, SerializationError,
-                      TaskCancelledError, TaskTimeoutError, WorkerCrashedError)
+from ..errors import (ActorDiedError, GetTimeoutError, ObjectLostError, RepartirSystemError,
+                      SerializationError, TaskCancelledError, TaskTimeoutError,
+                      WorkerCrashedError)
 from ..ids import new_object_id, new_task_id, return_id
 from ..scheduler import record
 from ..scheduler.deque import Backlog
@@ -617,6 +618,9 @@ class CoreClient:
             futures = self.futures.pop(object_id, None)
             if futures:
                 self._resolve(futures, loc)
+        else:
+            raise RepartirSystemError(
+                f"slot {self.slot} received a message of unknown kind {kind!r}")
 
     def _on_actor_epoch(self, slot: int, actor_id: bytes, epoch: int, dead: bool, cause: str,
                         running: list) -> None:
