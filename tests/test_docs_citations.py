@@ -4,6 +4,7 @@
   kept outside the repository (``DESIGN.md``, ``BENCHMARKS.md``, ``STYLE.md``, or ``DESIGN``
   followed by a section) or an issue number (``issue 3``): readers of the code have neither.
 - Every ``docs/<name>.md`` such a file cites exists.
+- Every test that ``docs/*.md`` names (``tests/<path>.py::test_name``) exists.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ FOREIGN = re.compile(
     r"|(?i:issues?)\s+#?\d+)")
 SELF = Path(__file__).resolve()
 DOC_PATH = re.compile(r"\bdocs/([\w.-]+\.md)\b")
+TEST_NAME = re.compile(r"\b(tests/[\w/]+\.py)::(test_\w+)")
 
 
 def _files():
@@ -51,6 +53,19 @@ def test_cited_docs_pages_exist():
             if not (ROOT / "docs" / name).is_file():
                 missing.append(f"{path.relative_to(ROOT)}: docs/{name}")
     assert not missing, "cited but missing:\n" + "\n".join(missing)
+
+
+def test_tests_named_by_the_docs_exist():
+    named, missing = 0, []
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for path, name in TEST_NAME.findall(page.read_text()):
+            named += 1
+            source = ROOT / path
+            if not source.is_file() or not re.search(
+                    rf"^(?:async )?def {name}\(", source.read_text(), re.M):
+                missing.append(f"docs/{page.name}: {path}::{name}")
+    assert named, "docs/architecture.md names the tests of its invariants"
+    assert not missing, "named but missing:\n" + "\n".join(missing)
 
 
 def test_the_checks_catch_what_they_look_for():
