@@ -19,9 +19,9 @@ from typing import Any, Sequence
 
 from . import errors
 from .errors import (ActorDiedError, DeviceError, GetTimeoutError, InfeasibleTaskError,
-                     ObjectLostError, ObjectStoreFullError, RepartirError, SerializationError,
-                     TaskCancelledError, TaskError, TaskInterrupted, TaskTimeoutError,
-                     WorkerCrashedError)
+                     ObjectLostError, ObjectStoreFullError, RepartirError, RepartirSystemError,
+                     SerializationError, TaskCancelledError, TaskError, TaskInterrupted,
+                     TaskTimeoutError, WorkerCrashedError)
 from .runtime import context as _context
 from .runtime import driver as _driver
 from .runtime.driver import init, is_initialized, shutdown
@@ -65,6 +65,7 @@ __all__ = [
     "TaskTimeoutError",
     "InfeasibleTaskError",
     "ActorDiedError",
+    "RepartirSystemError",
     "DeviceError",
 ]
 
@@ -203,7 +204,8 @@ def cancel(object_ref: ObjectRef | ObjectRefGenerator, *, force: bool = False,
     A queued task never runs (copies stolen by other workers included).  A running task
     gets :class:`TaskInterrupted` (a ``KeyboardInterrupt``, as in Ray, so ``except
     Exception`` does not swallow it) raised inside it; with ``force=True`` its worker
-    process is killed instead (and replaced), also after a plain cancel it ignored.  A finished task is left alone.  With ``recursive``
+    process is killed instead (and replaced), also after a plain cancel it ignored.  A
+    finished task is left alone.  With ``recursive``
     (the default, as in Ray) the tasks a running task submitted and that have not finished
     are cancelled too -- also one its worker runs on the waiting task's stack; with
     ``recursive=False`` only the task itself.  A running call of a threaded or async actor

@@ -24,6 +24,7 @@ __all__ = [
     "InfeasibleTaskError",
     "ActorDiedError",
     "AlreadyInitializedError",
+    "RepartirSystemError",
     "DeviceError",
     "DeviceNotFoundError",
     "RemoteTraceback",
@@ -195,6 +196,12 @@ class ActorDiedError(RepartirError):
 
 class AlreadyInitializedError(RepartirError, RuntimeError):
     """``init()`` was called twice without ``shutdown()`` (a ``RuntimeError``, as in Ray)."""
+
+
+class RepartirSystemError(RepartirError):
+    """An internal fault of the runtime, not of the user's code: a broken invariant, a
+    message of an unknown kind, a corrupted task record.  Please report it with its message
+    (it names what was found)."""
 
 
 class DeviceError(RepartirError):

@@ -8,7 +8,8 @@ zero-copy, read-only view (as in Ray).
 
 A serialized object is one contiguous *blob*::
 
-    u32 nbuf | u32 meta_len | nbuf x (u64 offset, u64 length) | meta (pickle) | pad | buf0 | pad | buf1 ...
+    u32 nbuf | u32 meta_len | nbuf x (u64 offset, u64 length) | meta (pickle)
+    | pad | buf0 | pad | buf1 ...
 
 A plain contiguous numpy array skips pickle's reduction: its ``nbuf`` has the high bit set
 and ``meta`` is just ``(dtype.str, shape, order)``.

@@ -235,7 +235,8 @@ def _read_events(path: str, pos: int) -> tuple[list[dict[str, Any]], int]:
 
 def run_system(system: str, workloads: list[str], cfg: Config, workload_timeout: float,
                system_timeout: float, logdir: str, verbose: bool) -> dict[str, Cell]:
-    """Run ``workloads`` on ``system`` in child processes; returns one :class:`Cell` per workload."""
+    """Run ``workloads`` on ``system`` in child processes; returns one :class:`Cell` per
+    workload."""
     cells: dict[str, Cell] = {}
     runnable = [w for w in workloads if w in REGISTRY[system]]
     for w in workloads:
@@ -260,7 +261,8 @@ def run_system(system: str, workloads: list[str], cfg: Config, workload_timeout:
         cmd = [sys.executable, THIS_FILE, "--_child", system, "--workloads", ",".join(remaining),
                "--_cfg", json.dumps(cfg.__dict__), "--_out", out_path]
         log = open(log_path, "w")
-        proc = subprocess.Popen(cmd, stdout=None if verbose else log, stderr=None if verbose else log,
+        out = None if verbose else log
+        proc = subprocess.Popen(cmd, stdout=out, stderr=out,
                                 stdin=subprocess.DEVNULL, env=env, cwd=ROOT, start_new_session=True)
         pos = 0
         current, current_t0 = "__start__", time.monotonic()
@@ -291,7 +293,8 @@ def run_system(system: str, workloads: list[str], cfg: Config, workload_timeout:
                         current = "__between__"
                     else:
                         for r in remaining:
-                            cells.setdefault(r, Cell("error", reason="start failed: " + ev["error"]))
+                            cells.setdefault(
+                                r, Cell("error", reason="start failed: " + ev["error"]))
                         remaining = []
                 elif kind == "stopped":
                     current = "__stopped__"
@@ -355,7 +358,8 @@ def _note(system: str, msg: str) -> None:
 
 
 def _check_shm_leaks(driver_pid: int, wait: float = 5.0) -> None:
-    """Note what the repartir session of ``driver_pid`` left in /dev/shm (DESIGN §2: nothing)."""
+    """Note what the repartir session of ``driver_pid`` left in /dev/shm (``docs/architecture.md``,
+    "Processes": nothing)."""
     def left() -> list[str]:
         try:
             names = os.listdir("/dev/shm")
@@ -420,7 +424,8 @@ def _cell_text(w: str, c: Cell | None) -> str:
 
 
 def render_table(results: dict[str, dict[str, Cell]], workloads: list[str], cfg: Config) -> str:
-    systems = [s for s in SYSTEM_ORDER if s in results] + [s for s in results if s not in SYSTEM_ORDER]
+    systems = ([s for s in SYSTEM_ORDER if s in results]
+               + [s for s in results if s not in SYSTEM_ORDER])
     header = ["workload (unit)"] + [SYSTEM_TITLE.get(s, s) for s in systems] + ["goal"]
     rows = []
     for w in workloads:
@@ -560,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         systems = [s for s in SYSTEM_ORDER if s != "memcpy" and (s == "repartir" or _available(s))]
     if "put" in workloads and "memcpy" not in systems and not a.no_memcpy:
         systems.insert(1 if systems and systems[0] == "repartir" else 0, "memcpy")
-    systems = [s for s in SYSTEM_ORDER if s in systems] + [s for s in systems if s not in SYSTEM_ORDER]
+    systems = ([s for s in SYSTEM_ORDER if s in systems]
+               + [s for s in systems if s not in SYSTEM_ORDER])
 
     system_timeout = a.timeout or (120.0 if a.quick else 1200.0)
     workload_timeout = a.workload_timeout or (45.0 if a.quick else 300.0)

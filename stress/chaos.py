@@ -36,9 +36,9 @@ the run (exit status 1):
   everything a killed worker held); a probe batch failing;
   objects left in the driver's table; the arena bytes of the driver and of dead processes not
   back to their level before the chaos once every ref is dropped (``--arena-slack``
-  tolerates some), or live workers holding more than the function blobs they exported.  A task's result
-  is owned by the worker that wrote it until the owner claims it on arrival, so a worker
-  killed before, or while, it sends a result leaks nothing.
+  tolerates some), or live workers holding more than the function blobs they exported.  A
+  task's result is owned by the worker that wrote it until the owner claims it on arrival,
+  so a worker killed before, or while, it sends a result leaks nothing.
 
 ``repartir.shutdown()`` runs in every case.
 """
@@ -317,7 +317,8 @@ def main(argv=None) -> int:
                 elif kind == "large":
                     ref = large_task.options(max_retries=retries).remote(i)
                 elif kind == "read":
-                    ref = read_task.options(max_retries=retries).remote(i, shared_ref)
+                    # (deleted from the enclosing scope only after the last submit)
+                    ref = read_task.options(max_retries=retries).remote(i, shared_ref)  # noqa: F821
                 elif kind == "nested":
                     ref = nested_task.options(max_retries=retries).remote(i, retries)
                 else:  # reserved resources: half a CPU and a unit of a custom resource

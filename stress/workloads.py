@@ -363,8 +363,9 @@ def w_get_dask(s: DaskAdapter, cfg: Config) -> Any:
         s.client.cancel(fut)
         return out
     value, extra = _get_workload(run_one, cfg)
+    same = "" if holder != reader else " (1 worker: same)"
     extra["measured"] = ("scatter to worker A; task on worker B times Future(key).result() "
-                         "via its worker client" + ("" if holder != reader else " (1 worker: same)"))
+                         "via its worker client" + same)
     return value, extra
 
 

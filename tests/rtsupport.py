@@ -156,7 +156,8 @@ class Tracker:
     def leftovers(self) -> tuple[list[str], set[str]]:
         procs = [
             f"pid {p.pid}: {' '.join(_safe_cmdline(p))}"
-            for p in {*worker_processes(), *(p for p in self.worker_pids.values() if not is_gone(p))}
+            for p in {*worker_processes(),
+                      *(p for p in self.worker_pids.values() if not is_gone(p))}
         ]
         present = shm_entries()
         prefixes = {session_prefix(n) for n in self.shm_names}

@@ -193,7 +193,8 @@ def test_get_of_non_ref_is_rejected(rt):
 
 
 def _assert_partition(refs, ready, not_ready):
-    assert sorted(map(refs.index, ready)) == list(map(refs.index, ready)), "ready not in input order"
+    assert sorted(map(refs.index, ready)) == list(map(refs.index, ready)), (
+        "ready not in input order")
     assert sorted(map(refs.index, not_ready)) == list(map(refs.index, not_ready)), (
         "not_ready not in input order"
     )
@@ -314,7 +315,8 @@ def test_large_multiple_returns(rt):
 def test_top_level_ref_arguments_are_resolved(rt):
     x = repartir.put(40)
     assert repartir.get(add.remote(x, 2)) == 42
-    assert repartir.get(add.remote(2, b=x)) == 42, "top-level keyword ref arguments are resolved too"
+    assert repartir.get(add.remote(2, b=x)) == 42, (
+        "top-level keyword ref arguments are resolved too")
     assert repartir.get(inspect_arg.remote(x)) == "int"
     big = repartir.put(np.arange(200_000))
     assert repartir.get(inspect_arg.remote(big)) == "ndarray"

@@ -55,7 +55,8 @@ def test_every_workload_is_defined_in_the_docs():
 def test_goal_column_says_what_the_docs_say(workload):
     goals = _table("Goals")
     assert workload in goals, f"{workload} has no goal in docs/benchmarks.md"
-    assert _numbers(GOALS[workload]) == _numbers(goals[workload]), (GOALS[workload], goals[workload])
+    assert _numbers(GOALS[workload]) == _numbers(goals[workload]), (
+        GOALS[workload], goals[workload])
 
 
 def test_every_system_that_runs_a_workload_says_what_it_does():

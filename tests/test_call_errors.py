@@ -1,4 +1,5 @@
-"""Errors where the user made them (issue 8, items 8, 9 and 12).
+"""Errors where the user made them (``docs/architecture.md``: "Actors" for the argument check
+at ``.remote()``, "Object store" for remote tracebacks).
 
 - Wrong call arguments (missing, extra, given twice, unknown keyword) raise ``TypeError`` at
   ``.remote()`` -- for functions, actor constructors and actor methods of plain, threaded

@@ -13,6 +13,8 @@ import pytest
 
 import repartir
 from repartir import errors
+from repartir.runtime.core import CoreClient
+from repartir.runtime.worker import Worker
 
 
 class TwoArgError(Exception):
@@ -96,12 +98,37 @@ def test_error_hierarchy_and_exports():
         "GetTimeoutError",
         "WorkerCrashedError",
         "ObjectStoreFullError",
+        "RepartirSystemError",
     ]:
         cls = getattr(errors, name)
         assert getattr(repartir, name) is cls, f"repartir.{name} must be repartir.errors.{name}"
         assert issubclass(cls, errors.RepartirError)
     assert issubclass(errors.RepartirError, Exception)
     assert issubclass(errors.GetTimeoutError, TimeoutError)
+
+
+def test_message_of_unknown_kind_is_a_system_error():
+    """The client's message handler refuses a message kind it does not know (it used to
+    drop it silently); no process is needed to see it."""
+    import pickle
+    import types
+
+    from repartir.runtime import protocol
+
+    with pytest.raises(errors.RepartirSystemError, match="no known kind"):
+        protocol.decode(pickle.dumps((99, b"x")))  # what poll() does with inbox bytes
+    client = object.__new__(CoreClient)
+    client.slot = 3
+    with pytest.raises(errors.RepartirSystemError, match="unknown kind 99"):
+        client._handle(types.SimpleNamespace(kind=99))  # a decoded kind it does not handle
+
+
+def test_task_record_of_unknown_kind_is_a_system_error():
+    """A worker refuses a task record of a kind it does not know; ``execute`` reports the
+    error to the task's owner and the worker goes on."""
+    worker = object.__new__(Worker)
+    with pytest.raises(errors.RepartirSystemError, match="unknown kind 7"):
+        worker._run(7, b"", bytes(16), 0)
 
 
 # --------------------------------------------------------------------------- task exceptions
@@ -176,7 +203,8 @@ def test_unpicklable_positional_argument_fails_at_remote(rt):
         add.remote(threading.Lock(), 1)
     message = str(info.value)
     assert "lock" in message.lower(), f"message must name the argument's type: {message}"
-    assert "0" in message or "first" in message.lower(), f"message must name the position: {message}"
+    assert "0" in message or "first" in message.lower(), (
+        f"message must name the position: {message}")
 
 
 def test_unpicklable_keyword_argument_fails_at_remote(rt):
@@ -211,7 +239,8 @@ def test_unpicklable_exception_arrives_promptly(rt):
     assert "x-y" in text
     assert "raise_two_arg_error" in text, "the remote traceback is kept"
     # The session keeps working, on every worker.
-    assert repartir.get([add.remote(i, i) for i in range(20)], timeout=30) == [2 * i for i in range(20)]
+    assert (repartir.get([add.remote(i, i) for i in range(20)], timeout=30)
+            == [2 * i for i in range(20)])
     with pytest.raises(repartir.TaskError):
         repartir.get(raise_two_arg_error.remote(), timeout=30)
     assert repartir.get(add.remote(2, 2), timeout=30) == 4
@@ -253,7 +282,8 @@ def test_unpicklable_actor_argument_is_named_at_remote(rt):
         def __init__(self, thing):
             self.thing = thing
 
-    with pytest.raises(repartir.errors.SerializationError, match=r"argument 0 of .*Keeper.__init__"):
+    with pytest.raises(repartir.errors.SerializationError,
+                       match=r"argument 0 of .*Keeper.__init__"):
         Keeper.remote(threading.Lock())
 
 

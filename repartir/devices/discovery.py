@@ -10,9 +10,10 @@
                                                └───────────────────────────────────────┘
 
 Why a subprocess: an OpenCL implementation starts threads and maps device memory when it
-enumerates its platforms, and a process that holds them must not fork workers afterwards
-(DESIGN: workers start with ``spawn``/``forkserver``, never ``fork`` after threads exist).  The
-driver itself never loads an OpenCL driver; only device actors and this subprocess do.
+enumerates its platforms, and the driver must not hold them before it starts its workers
+(``docs/devices.md``, "Discovery"; workers are fresh interpreters, never a ``fork`` of the
+driver: ``docs/architecture.md``, "Processes").  The driver itself never loads an OpenCL
+driver; only device actors and this subprocess do.
 
 ``discover()`` answers ``[]`` at once when ``pyopencl`` is not installed (``pip install
 "repartir[gpu]"`` installs it with PoCL).  ``repartir devices`` prints the table.

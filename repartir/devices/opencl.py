@@ -2,8 +2,8 @@
 
 The only module of repartir that imports ``pyopencl``.  It runs inside a device actor
 (:mod:`~repartir.devices.actor`) or the discovery subprocess (:mod:`~repartir.devices.discovery`),
-never in a driver that has yet to start its workers (DESIGN: an OpenCL context must not exist
-in a process that later forks).
+never in a driver that has yet to start its workers (``docs/devices.md``, "Discovery": the
+driver must not hold an OpenCL driver's threads and mappings before it starts its workers).
 
 ::
 

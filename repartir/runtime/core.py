@@ -9,9 +9,9 @@ tasks -- has one :class:`CoreClient` bound to its slot of the scheduler segment:
 
 * **Object table** (owner side): ``object id -> [refcount, location, remote waiters]``.  A
   location is ``("i", blob)`` for an inline object, ``("a", offset, nbytes, generation)``
-  for one in the arena, ``("e", payload)`` for a task error, and ``None`` while pending.  ``ObjectRef``
-  instances hold the counts; their ``__del__`` only appends to :attr:`dead_refs`, which
-  :meth:`poll` processes (no lock is ever taken inside ``__del__``).
+  for one in the arena, ``("e", payload)`` for a task error, and ``None`` while pending.
+  ``ObjectRef`` instances hold the counts; their ``__del__`` only appends to
+  :attr:`dead_refs`, which :meth:`poll` processes (no lock is ever taken inside ``__del__``).
 * **Dependencies**: top-level ``ObjectRef`` arguments are replaced by markers; the task is
   pushed once every one of them is ready, with their locations in the record, so a worker
   never waits for an argument.
@@ -31,8 +31,9 @@ import threading
 import time
 from typing import Any, Sequence
 
-from ..errors import (ActorDiedError, GetTimeoutError, ObjectLostError, SerializationError,
-                      TaskCancelledError, TaskTimeoutError, WorkerCrashedError)
+from ..errors import (ActorDiedError, GetTimeoutError, ObjectLostError, RepartirSystemError,
+                      SerializationError, TaskCancelledError, TaskTimeoutError,
+                      WorkerCrashedError)
 from ..ids import new_object_id, new_task_id, return_id, task_of
 from ..scheduler import record
 from ..scheduler.deque import Backlog
@@ -619,6 +620,9 @@ class CoreClient:
             futures = self.futures.pop(object_id, None)
             if futures:
                 self._resolve(futures, loc)
+        else:
+            raise RepartirSystemError(
+                f"slot {self.slot} received a message of unknown kind {kind!r}")
 
     def _on_actor_epoch(self, slot: int, actor_id: bytes, epoch: int, dead: bool, cause: str,
                         running: list) -> None:

@@ -29,7 +29,7 @@ import enum
 import pickle
 from typing import Any, NamedTuple
 
-from ..errors import RepartirError
+from ..errors import RepartirSystemError
 
 __all__ = ["MSG_DONE", "MSG_REQUEST", "MSG_OBJECT", "MSG_CRASHED", "MSG_CALL", "MSG_ITEM",
            "MSG_ACTOR_EPOCH", "MSG_LARGE", "MSG_RELEASE", "MSG_OWNER_DIED", "Status",
@@ -162,7 +162,7 @@ def decode(raw) -> Message:
     """The message in ``raw`` (bytes from an inbox), as its named type.
 
     Raises:
-        RepartirError: not a message of a known kind (a corrupted inbox).
+        RepartirSystemError: not a message of a known kind (a corrupted inbox).
     """
     fields = pickle.loads(raw)
     try:
@@ -171,7 +171,7 @@ def decode(raw) -> Message:
     except (IndexError, TypeError, KeyError):
         cls = None
     if cls is None or type(fields) is not tuple or len(fields) != len(cls._fields):
-        raise RepartirError(f"an inbox message of no known kind: {fields!r:.200}")
+        raise RepartirSystemError(f"an inbox message of no known kind: {fields!r:.200}")
     return _new(cls, fields)
 
 

@@ -34,7 +34,8 @@ import threading
 import time
 
 from ..config import Config
-from ..errors import ObjectStoreFullError, TaskCancelledError, TaskInterrupted
+from ..errors import (ObjectStoreFullError, RepartirSystemError, TaskCancelledError,
+                      TaskInterrupted)
 from ..scheduler import policy, record
 from ..scheduler.segment import MAX_NESTING, PinLedger, Segment, SlotState
 from ..store.arena import Arena
@@ -254,9 +255,13 @@ class Worker:
     def _run(self, kind: int, rec: bytes, task_id: bytes, owner: int) -> bytes:
         if kind == record.SPEC_INLINE:
             body = rec[RECORD_HEADER.size:]
-        else:
+        elif kind == record.SPEC_IN_ARENA:
             off, n = ARENA_SPEC.unpack_from(rec, RECORD_HEADER.size)
             body = self.arena.read(off, n)
+        else:  # (execute() reports it to the task's owner; the worker goes on)
+            raise RepartirSystemError(
+                f"task record of unknown kind {kind} (owner slot {owner}, task "
+                f"{task_id.hex()}): the record is corrupted")
         fn_key, fn_off, fn_len, fn_name, args_loc, dep_locs, nret = pickle.loads(body)
         try:
             fn = self.functions.get(fn_key)

@@ -12,11 +12,11 @@ Layout::
 Each block starts with a 64-byte header (boundary tags: its size and the previous block's
 size, so a freed block coalesces with both neighbours in O(1)), followed by the payload, which
 is therefore 64-byte aligned.  Allocation is first fit over a LIFO free list, then from the
-wilderness.  Freed blocks are reused first: on virtual machines the first write to a fresh
-shared-memory page costs ~15x a warm write (DESIGN.md section 7), so reusing warm blocks is
-what makes ``put`` run at memcpy speed.  Growing into the wilderness ``fallocate``s the pages
-first, so a full ``/dev/shm`` is an :class:`~repartir.errors.ObjectStoreFullError`, not a
-``SIGBUS``.
+wilderness.  Freed blocks are reused first: the first write to a fresh shared-memory page
+costs several times a warm write (``docs/architecture.md``, "Object store", gives a figure and
+how it was measured), so reusing warm blocks is what makes ``put`` run at memcpy speed.
+Growing into the wilderness ``fallocate``s the pages first, so a full ``/dev/shm`` is an
+:class:`~repartir.errors.ObjectStoreFullError`, not a ``SIGBUS``.
 
 A block is freed when its owner has released it (no ``ObjectRef`` left) **and** no view pins
 it: every process that hands out zero-copy views of a block increments the block's pin count,

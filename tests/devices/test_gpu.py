@@ -1,7 +1,8 @@
 """Device actors on a real GPU (marked ``gpu``: ``python -m pytest -m gpu`` on a machine with an
-OpenCL GPU runs just these; on one without, they skip).  The shared test body of ``test_backends.py`` covers
-every operation on PoCL; here the same checks run on the GPU, with the sizes that take the
-register-blocked sgemm path, and the GPU is seen by discovery, NVML and ``init()``."""
+OpenCL GPU runs just these; on one without, they skip).  The shared test body of
+``test_backends.py`` covers every operation on PoCL; here the same checks run on the GPU,
+with the sizes that take the register-blocked sgemm path, and the GPU is seen by discovery,
+NVML and ``init()``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Actor classes that behave like classes, and named actors created concurrently (issue 8,
-items 13 and 14).
+"""Actor classes that behave like classes, and named actors created concurrently
+(``docs/architecture.md``, "Actors").
 
 - Inside an actor class decorated with ``@repartir.remote``, its name is the plain class:
   ``super(Cls, self).__init__()``, ``Cls.CONSTANT``, ``Cls.static()``, ``Cls.klass()`` and

@@ -1,5 +1,5 @@
-"""Actors (issue 4): stateful workers, async and threaded actors, streaming generators,
-``await ref`` / ``ref.future()``, and actor fault tolerance.
+"""Actors (``docs/architecture.md``, "Actors"): stateful workers, async and threaded actors,
+streaming generators, ``await ref`` / ``ref.future()``, and actor fault tolerance.
 
 - ``@remote`` on a class, ``Cls.remote(...)`` -> ``ActorHandle``, ``h.m.remote()`` -> refs;
   one caller's calls run in submission order (also when an earlier call waits for an

@@ -1,5 +1,5 @@
-"""Faults, retries, timeouts, cancellation, Ctrl-C and driver threads (DESIGN.md §4, issue 3
-items 4-7).
+"""Faults, retries, timeouts, cancellation, Ctrl-C and driver threads
+(``docs/architecture.md``, "Scheduler": "Faults" and "Cancellation and time-outs").
 
 - A worker that dies mid-task -- SIGKILL sent by the test to a pid from ``worker_pids()``,
   ``os._exit``, a segfault (``ctypes.string_at(0)``), ``abort()``, SIGKILL of itself (what

@@ -242,7 +242,8 @@ def test_session_directory(no_session):
     try:
         session_dir = Path(info["session_dir"])
         assert session_dir.is_dir()
-        assert session_dir.name.startswith("session_") and session_dir.name.endswith(f"_{os.getpid()}")
+        assert session_dir.name.startswith("session_")
+        assert session_dir.name.endswith(f"_{os.getpid()}")
         assert "repartir" in str(session_dir.parent)
     finally:
         repartir.shutdown()
@@ -409,7 +410,8 @@ class Driver:
                 chunk = os.read(self.proc.stdout.fileno(), 4096)
                 if not chunk:
                     self.kill()
-                    pytest.fail(f"driver exited before ready (rc={self.proc.returncode}):\n{self.stderr()}")
+                    pytest.fail(f"driver exited before ready (rc={self.proc.returncode}):"
+                                f"\n{self.stderr()}")
                 buffer += chunk
 
     def go(self) -> None:
@@ -450,7 +452,8 @@ class Driver:
         left_workers = [w.pid for w in self.workers if not is_gone(w)]
         left_shm = sorted(self.shm & shm_entries())
         took = time.monotonic() - start
-        assert not left_workers, f"workers still alive {took:.1f}s later: {left_workers}\n{self.stderr()}"
+        assert not left_workers, (
+            f"workers still alive {took:.1f}s later: {left_workers}\n{self.stderr()}")
         assert not left_shm, f"/dev/shm entries left {took:.1f}s later: {left_shm}\n{self.stderr()}"
 
 
@@ -634,7 +637,8 @@ def test_ctrl_c_in_get_leaves_the_session_usable(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = proc.stdout.splitlines()
-    assert lines[:2] == ["INTERRUPTED", "AFTER [0.05, 0.05, 0.05, 0.05]"], proc.stdout + proc.stderr[-4000:]
+    assert lines[:2] == ["INTERRUPTED", "AFTER [0.05, 0.05, 0.05, 0.05]"], (
+        proc.stdout + proc.stderr[-4000:])
     old = lines[2].split()
     assert old[0] == "OLD" and len(old) == 3, lines
     assert set(old[1:]) <= {"2.0", "TaskCancelledError"}, lines
@@ -687,7 +691,7 @@ def _run_driver(script: str, tmp_path: Path, **env_extra: str) -> subprocess.Com
 
 
 def _value_after(stdout: str, word: str) -> str:
-    line = next((l for l in stdout.splitlines() if l.startswith(word + " ")), None)
+    line = next((ln for ln in stdout.splitlines() if ln.startswith(word + " ")), None)
     assert line is not None, f"no {word} line in:\n{stdout}"
     return line.split(" ", 1)[1]
 
@@ -706,9 +710,9 @@ def test_task_and_actor_output_reaches_the_driver(tmp_path):
     assert f"(Greeter pid={actor}) ACTOR-OUT" in lines, out
     assert f"(worker pid={worker}) NO-NEWLINE" in lines, out  # a last line without newline
     assert lines.index(f"(worker pid={worker}) NO-NEWLINE") < lines.index(
-        next(l for l in lines if l.startswith("SHUTDOWN-DONE"))), out
-    assert any(l.startswith(f"(worker pid={worker}) ") and "TASK-WARN" in l
-               for l in err.splitlines()), err
+        next(ln for ln in lines if ln.startswith("SHUTDOWN-DONE"))), out
+    assert any(ln.startswith(f"(worker pid={worker}) ") and "TASK-WARN" in ln
+               for ln in err.splitlines()), err
     assert "TASK-OUT" not in err and "TASK-WARN" not in out
     assert _value_after(out, "SHUTDOWN-DONE") == "[]", "the forwarding thread outlives shutdown()"
 
@@ -760,8 +764,8 @@ def test_workers_that_fail_to_start_report_their_output(tmp_path, forward):
     proc = _run_driver(BROKEN_WORKERS, tmp_path, REPARTIR_LOG_TO_DRIVER=forward)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert _value_after(proc.stdout, "ERROR") == "True True", proc.stdout + proc.stderr[-4000:]
-    forwarded = any(l.startswith("(worker pid=") and l.endswith(") BROKEN-WORKER-MARK")
-                    for l in proc.stderr.splitlines())
+    forwarded = any(ln.startswith("(worker pid=") and ln.endswith(") BROKEN-WORKER-MARK")
+                    for ln in proc.stderr.splitlines())
     assert forwarded == (forward == "1"), proc.stderr[-4000:]
 
 
@@ -772,7 +776,7 @@ def _pipes(pid: int | str = "self") -> dict[int, tuple[str, int]]:
         try:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
             with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                flags = next(int(l.split()[1], 8) for l in f if l.startswith("flags:"))
+                flags = next(int(ln.split()[1], 8) for ln in f if ln.startswith("flags:"))
         except (OSError, StopIteration):
             continue
         if target.startswith("pipe:"):

@@ -535,7 +535,7 @@ def test_returned_refs_leave_no_arena_bytes(node):
     def round_trip():
         got = [rt.get(return_ref.remote("big"), timeout=60),
                rt.get(return_ref.remote("list"), timeout=60),
-               rt.get(a.big.remote(), timeout=60),
+               rt.get(a.big.remote(), timeout=60),  # noqa: F821 (deleted after the rounds)
                rt.get(return_ref.remote("fails", "x"), timeout=60)]
         values = [rt.get(got[0], timeout=60), rt.get(got[1], timeout=60),
                   rt.get(got[2], timeout=60)]

@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 
-from repartir.errors import RepartirError
+from repartir.errors import RepartirSystemError
 from repartir.runtime import protocol as p
 
 EXAMPLES = [
@@ -20,7 +20,8 @@ EXAMPLES = [
     p.Crashed(p.MSG_CRASHED, b"t" * 16, "killed by signal SIGKILL", int(p.StopReason.CRASH)),
     p.Call(p.MSG_CALL, b"t" * 16, 1, b"spec", None, 2),
     p.Call(p.MSG_CALL, b"t" * 16, 1, None, (8192, 100), 2),
-    p.ActorEpoch(p.MSG_ACTOR_EPOCH, 9, b"a" * 16, 3, False, "restarted", [(1, b"t" * 16, 0.0, 0.0)]),
+    p.ActorEpoch(p.MSG_ACTOR_EPOCH, 9, b"a" * 16, 3, False, "restarted",
+                 [(1, b"t" * 16, 0.0, 0.0)]),
     p.Large(p.MSG_LARGE, 4096, 5_000_000, 12),
     p.Release(p.MSG_RELEASE, b"o" * 16),
     p.OwnerDied(p.MSG_OWNER_DIED, 4),
@@ -46,7 +47,7 @@ def test_kinds_are_distinct_and_cover_every_type():
 @pytest.mark.parametrize("fields", [(99, 1), (-1, 1, 2), ("x",), (), (p.MSG_DONE, b"t"),
                                     (p.MSG_RELEASE, b"o", b"extra"), 17, [p.MSG_OWNER_DIED, 1]])
 def test_what_is_no_message_raises(fields):
-    with pytest.raises(RepartirError, match="no known kind"):
+    with pytest.raises(RepartirSystemError, match="no known kind"):
         p.decode(pickle.dumps(fields))
 
 

@@ -1,4 +1,5 @@
-"""The argument check of ``.remote()`` (issue 8, item 8), without processes: an
+"""The argument check of ``.remote()`` (``docs/architecture.md``, "Actors": arguments are
+checked at ``.remote()``), without processes: an
 :class:`ArgCheck` refuses exactly the calls that ``inspect.Signature.bind`` -- and so a local
 call -- refuses, over random signatures and calls (hypothesis), and survives pickling (it
 travels with actor handles)."""

@@ -1,4 +1,5 @@
-"""Resources and priorities (DESIGN.md §4, issue 3 item 3), end to end through a node.
+"""Resources and priorities (``docs/architecture.md``, "Scheduler":
+"Resources and priorities"), end to end through a node.
 
 - ``num_cpus`` (fractions allowed), ``num_gpus`` and custom ``resources`` are reserved while
   a task runs: whole-CPU tasks never run more than ``num_cpus`` at once, fractional ones run
@@ -73,13 +74,13 @@ def test_cluster_and_available_resources(node):
 
 
 def test_whole_cpu_tasks_never_exceed_num_cpus(node, tmp_path):
-    rt = node(**MAIN)
+    node(**MAIN)
     intervals = run_together(meet, 4, tmp_path, wait_s=1.0)
     assert max_overlap(intervals) <= 2, intervals
 
 
 def test_task_needing_more_than_half_the_cpus_runs_alone(node, tmp_path):
-    rt = node(**MAIN)
+    node(**MAIN)
     intervals = run_together(meet.options(num_cpus=1.5), 2, tmp_path, wait_s=1.0)
     assert max_overlap(intervals) == 1, intervals
 
@@ -111,14 +112,14 @@ def test_zero_cpu_tasks_run(node):
 
 
 def test_custom_resource_of_one_serialises_tasks(node, tmp_path):
-    rt = node(**MAIN)
+    node(**MAIN)
     lic = meet.options(resources={"licence": 1})
     intervals = run_together(lic, 4, tmp_path, wait_s=0.5, k=2)
     assert max_overlap(intervals) == 1, intervals
 
 
 def test_fractional_custom_resource_shares(node, tmp_path):
-    rt = node(**MAIN)
+    node(**MAIN)
     half = meet.options(resources={"licence": 0.5})
     intervals = run_together(half, 2, tmp_path, wait_s=4.0)
     assert max_overlap(intervals) == 2, intervals
@@ -134,13 +135,13 @@ def test_custom_resource_does_not_block_other_tasks(node, tmp_path):
 
 
 def test_gpu_tasks_serialise_on_one_gpu(node, tmp_path):
-    rt = node(**MAIN)
+    node(**MAIN)
     intervals = run_together(meet.options(num_gpus=1), 3, tmp_path, wait_s=0.5, k=2)
     assert max_overlap(intervals) == 1, intervals
 
 
 def test_half_gpu_tasks_share_one_gpu(node, tmp_path):
-    rt = node(**MAIN)
+    node(**MAIN)
     intervals = run_together(meet.options(num_gpus=0.5), 2, tmp_path, wait_s=4.0)
     assert max_overlap(intervals) == 2, intervals
 

@@ -10,7 +10,8 @@ import textwrap
 
 PROGRAM = textwrap.dedent("""
     import mmap, os, signal, threading
-    from repartir.sync import RobustMutex, address_of, count_held_mutexes, defer_signal, mutexes_held
+    from repartir.sync import (RobustMutex, address_of, count_held_mutexes, defer_signal,
+                               mutexes_held)
 
     count_held_mutexes()
     m = mmap.mmap(-1, 4096)

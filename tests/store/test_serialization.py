@@ -74,7 +74,9 @@ def random_array(dtype: np.dtype, n: int, seed: int) -> np.ndarray:
     if dtype.kind == "U":
         alphabet = np.array(list("aé€𝄞xyz "), dtype="U1")
         chars = rng.choice(alphabet, size=(n, dtype.itemsize // 4))
-        return np.array(["".join(row).rstrip() for row in chars], dtype=dtype) if n else np.empty(0, dtype)
+        if not n:
+            return np.empty(0, dtype)
+        return np.array(["".join(row).rstrip() for row in chars], dtype=dtype)
     # Every bit pattern is a valid value of the remaining kinds (NaNs and NaT included).
     raw = rng.integers(0, 256, n * dtype.itemsize, dtype=np.uint8)
     return raw.view(dtype) if n else np.empty(0, dtype)
@@ -376,7 +378,8 @@ ARROW_TYPES = {
     "float64": (pa.float64(), lambda rng, n: rng.random(n).tolist()),
     "bool": (pa.bool_(), lambda rng, n: (rng.random(n) > 0.5).tolist()),
     "string": (pa.string(), lambda rng, n: [f"s{i}é" * (i % 4) for i in rng.integers(0, 50, n)]),
-    "binary": (pa.binary(), lambda rng, n: [bytes([i % 256]) * (i % 5) for i in rng.integers(0, 999, n)]),
+    "binary": (pa.binary(),
+               lambda rng, n: [bytes([i % 256]) * (i % 5) for i in rng.integers(0, 999, n)]),
     "list<int32>": (pa.list_(pa.int32()), lambda rng, n: [list(range(i % 4)) for i in range(n)]),
     "timestamp": (pa.timestamp("us"), lambda rng, n: rng.integers(0, 2**50, n).tolist()),
 }

@@ -188,7 +188,8 @@ def test_task_argument_is_read_only_view(rt):
     ref = repartir.put(a)
     for arg in (a, ref):
         seen = repartir.get(describe.remote(arg))
-        assert seen == {"type": "ndarray", "writeable": False, "sum": float(a.sum()), "shape": a.shape}
+        assert seen == {"type": "ndarray", "writeable": False, "sum": float(a.sum()),
+                        "shape": a.shape}
     with pytest.raises(ValueError):
         repartir.get(try_write.remote(ref))
     with pytest.raises(ValueError):
@@ -212,7 +213,8 @@ def test_memory_freed_when_refs_and_views_die(rt):
     assert [float(v[0]) for v in views] == [0.0, 1.0, 2.0, 3.0, 4.0]
     del views
     assert used_bytes_returns_to(base) == base
-    assert wait_until(lambda: store_statistics().num_objects == base_objects, 2.0), store_statistics()
+    assert wait_until(lambda: store_statistics().num_objects == base_objects, 2.0), (
+        store_statistics())
 
 
 def test_memory_freed_after_task_used_argument(rt):
@@ -384,7 +386,8 @@ REUSE_SCRIPT = textwrap.dedent(
 def test_freed_blocks_are_reused():
     """Put/free cycles moving ten times the store's size neither fill nor leak it."""
     proc = subprocess.run(
-        [sys.executable, "-c", REUSE_SCRIPT], capture_output=True, text=True, timeout=80, cwd=REPO_ROOT
+        [sys.executable, "-c", REUSE_SCRIPT], capture_output=True, text=True, timeout=80,
+        cwd=REPO_ROOT
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
     assert proc.returncode == 0 and lines, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
