@@ -24,7 +24,7 @@ LAYERS: list[list[str]] = [
     ["repartir.runtime.node"],
     ["repartir.runtime.core", "repartir.runtime.executor", "repartir.runtime.output"],
     ["repartir.runtime.actor_life", "repartir.runtime.streaming", "repartir.runtime.objectref",
-     "repartir.runtime.signature"],
+     "repartir.runtime.task_state", "repartir.runtime.signature"],
     ["repartir.runtime.messages", "repartir.runtime.protocol", "repartir.runtime.context",
      "repartir.runtime"],
     ["repartir.store.*", "repartir.scheduler.*", "repartir.serialization"],

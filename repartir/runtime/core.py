@@ -32,8 +32,7 @@ import time
 from typing import Any, Sequence
 
 from ..errors import (ActorDiedError, GetTimeoutError, ObjectLostError, RepartirSystemError,
-                      SerializationError, TaskCancelledError, TaskTimeoutError,
-                      WorkerCrashedError)
+                      SerializationError, TaskCancelledError, WorkerCrashedError)
 from ..ids import new_object_id, new_task_id, return_id, task_of
 from ..scheduler import record
 from ..scheduler.deque import Backlog
@@ -46,6 +45,7 @@ from .protocol import (MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITE
                        Message, Status, StopReason, StopRequest, decode, encode)
 from .objectref import ObjectRef, capture_refs
 from .streaming import StreamLink
+from .task_state import after_crash, retries_error
 
 _log = logging.getLogger("repartir")
 
@@ -552,26 +552,13 @@ class CoreClient:
             t = self.tasks.get(task_id)
             if t is None:
                 return
-            if t.cancelled or reason == StopReason.CANCEL:
-                err: Exception = TaskCancelledError(f"task {t.fn_name} was cancelled")
-            elif reason == StopReason.ACTOR_DIED:
-                err = ActorDiedError(f"the actor of {t.fn_name} died: {detail}")
-            elif reason == StopReason.TIMEOUT:
-                err = TaskTimeoutError(
-                    f"task {t.fn_name} ran longer than its timeout of {t.opts.timeout:g} s and "
-                    f"was stopped ({detail})")
-            elif t.attempt < t.opts.max_retries:  # (a stream's retry skips what it had sent)
+            err = after_crash(fn_name=t.fn_name, reason=reason, detail=detail,
+                              cancelled=t.cancelled, attempt=t.attempt,
+                              max_retries=t.opts.max_retries, actor_call=t.target is not None,
+                              timeout=t.opts.timeout)
+            if err is None:
                 self._retry(t)
                 return
-            elif t.target is not None:
-                err = ActorDiedError(
-                    f"the actor process running {t.fn_name} died ({detail}) and the call was "
-                    f"tried {t.attempt + 1} time(s) (max_task_retries={t.opts.max_retries})")
-            else:
-                err = WorkerCrashedError(
-                    f"the worker running {t.fn_name} died ({detail}); the task was tried "
-                    f"{t.attempt + 1} time(s) (max_retries={t.opts.max_retries}). If the task "
-                    f"uses too much memory or crashes natively, fix it or raise max_retries.")
             del self.tasks[task_id]
             if t.stream is not None:
                 t.stream.end(("x", pickle.dumps(err, 5)))
@@ -690,11 +677,10 @@ class CoreClient:
     def _should_retry(self, t: _Task, payload: bytes) -> bool:
         retry = t.opts.retry_exceptions
         if not retry or t.cancelled or t.attempt >= t.opts.max_retries:
-            return False
-        if retry is True:
-            return True
-        cause = error_from_payload(payload).cause
-        return cause is not None and isinstance(cause, retry)
+            return False  # (decided before the payload is unpickled: the common case)
+        return retries_error(retry_exceptions=retry, cancelled=t.cancelled, attempt=t.attempt,
+                             max_retries=t.opts.max_retries,
+                             cause=error_from_payload(payload).cause)
 
     def _retry(self, t: _Task) -> None:
         t.attempt += 1
