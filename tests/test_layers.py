@@ -23,6 +23,8 @@ LAYERS: list[list[str]] = [
     ["repartir.runtime.driver"],
     ["repartir.runtime.node"],
     ["repartir.runtime.core", "repartir.runtime.executor", "repartir.runtime.output"],
+    ["repartir.runtime.ownership", "repartir.runtime.submitting", "repartir.runtime.completions",
+     "repartir.runtime.waiting", "repartir.runtime.cancelling"],  # the jobs of CoreClient
     ["repartir.runtime.actor_life", "repartir.runtime.streaming", "repartir.runtime.objectref",
      "repartir.runtime.task_state", "repartir.runtime.signature"],
     ["repartir.runtime.messages", "repartir.runtime.protocol", "repartir.runtime.context",

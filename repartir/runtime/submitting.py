@@ -1,0 +1,227 @@
+"""Submitting tasks and actor calls (a part of :class:`~.core.CoreClient`, whose state it
+shares; ``docs/architecture.md``, "Data path of a task", hops 1-3): exported functions,
+dependencies, the task record and its ``HOLDS_REFS`` flag, the backlog, actor call queues,
+retries."""
+
+from __future__ import annotations
+
+import collections
+import pickle
+from typing import Sequence
+
+from ..errors import SerializationError
+from ..ids import new_task_id, return_id
+from ..scheduler import record
+from ..scheduler.record import HEADER as RECORD_HEADER
+from ..serialization import serialize
+from .actor_life import actor_dead_error
+from .messages import ARENA_SPEC, Dep, TaskOptions, demand_vector, name_bad_argument
+from .protocol import MSG_CALL, encode
+from .objectref import ObjectRef, capture_refs
+from .streaming import StreamLink
+
+from .ownership import _EMPTY_ARGS, _Task
+
+__all__ = ["Submitting"]
+
+
+class Submitting:
+    def export_function(self, key: bytes, blob_factory) -> tuple[int, int]:
+        """Store a function's cloudpickle blob in the arena once; returns (offset, nbytes)."""
+        loc = self.functions.get(key)
+        if loc is None:
+            blob = blob_factory()
+            off = self.arena.allocate(len(blob), self.slot)
+            self.arena.writable(off, len(blob))[:] = blob
+            loc = self.functions[key] = (off, len(blob))
+        return loc
+
+    def demand_vector(self, num_cpus: float, num_gpus: float, resources: dict) -> tuple:
+        """The resource vector of a task on this node (see :func:`messages.demand_vector`)."""
+        names = ["CPU", "GPU"] + [n for n, _ in self.config.resources]
+        return demand_vector(names, self.segment.totals(), num_cpus, num_gpus, resources)
+
+    def submit(self, fn_key, fn_loc: tuple[int, int], fn_name: str, args: Sequence,
+               kwargs: dict, opts: TaskOptions, target: int | None = None,
+               stream=None, actor_id: bytes | None = None) -> list[ObjectRef]:
+        """Submit a task; returns its ``opts.num_returns`` refs at once (none for a
+        streaming task: see :meth:`stream`).
+
+        ``target`` is ``None`` for a task (pushed to this process's deque, stolen by any
+        worker) or the slot of an actor (``fn_key`` is then the method name; the call goes
+        to the actor's inbox, after the earlier calls of this process to that actor).
+
+        Raises:
+            SerializationError: an argument cannot be pickled (the message names it).
+        """
+        num_returns = opts.num_returns
+        deps: list[ObjectRef] = []
+        if args:
+            args = list(args)
+            for i, a in enumerate(args):
+                if type(a) is ObjectRef:
+                    deps.append(a)
+                    args[i] = Dep(len(deps) - 1)
+        if kwargs:
+            kwargs = dict(kwargs)
+            for k, a in kwargs.items():
+                if type(a) is ObjectRef:
+                    deps.append(a)
+                    kwargs[k] = Dep(len(deps) - 1)
+        if deps:
+            self._check_session(deps)
+        args_block = None
+        if args or kwargs:
+            with capture_refs() as nested:
+                try:
+                    s = serialize((tuple(args), kwargs))
+                except SerializationError:
+                    raise name_bad_argument(fn_name, args, kwargs) from None
+            args_loc = self.store(s)  # large arguments go to the arena once, as Ray does
+            if args_loc[0] == "a":
+                args_block = args_loc[1]
+        else:
+            args_loc, nested = _EMPTY_ARGS, []
+        task_id = new_task_id()
+        helper = self.helper
+        if helper is not None and helper.calls:  # a task's child: cancelled with it
+            helper.children.setdefault(helper.calls[-1], set()).add(task_id)
+        t = _Task()
+        t.task_id = task_id
+        t.return_ids = [return_id(task_id, i) for i in range(max(num_returns, 0))]
+        t.fn_name = fn_name
+        t.spec = (fn_key, fn_loc[0], fn_loc[1], fn_name, args_loc, num_returns)
+        t.deps = deps
+        t.held = nested
+        t.spec_block = None
+        t.args_block = args_block
+        t.record = None
+        t.attempt = 0
+        t.opts = opts
+        t.cancelled = False
+        t.target = target
+        t.actor_id = actor_id
+        t.epoch = 0
+        t.stream = None if stream is None else StreamLink(stream)
+        if stream is not None:
+            stream._task_id = task_id
+        with self._lock:
+            refs = []
+            for rid in t.return_ids:
+                self.table[rid] = [1, None, None, None]
+                refs.append(ObjectRef(rid, self.slot, self, True))
+            self.tasks[task_id] = t
+            pending = 0
+            for d in deps:
+                if self._loc_of(d) is None:
+                    pending += 1
+                    self.waiting.setdefault(d._id, []).append(t)
+            t.pending = pending
+            if target is not None:
+                self.actor_queues.setdefault(target, collections.deque()).append(t)
+                self._send_calls(target)
+            elif not pending:
+                self._push(t)
+        return refs
+
+    def _body(self, t: _Task) -> bytes:
+        fn_key, fn_off, fn_len, fn_name, args_loc, nret = t.spec
+        dep_locs = [self._loc_of(d) for d in t.deps]
+        return pickle.dumps((fn_key, fn_off, fn_len, fn_name, args_loc, dep_locs, nret), 5)
+
+    def _push(self, t: _Task) -> None:
+        """Build the task's record (dependencies are ready now) and push it."""
+        body = self._body(t)
+        o = t.opts
+        holds = self._holds_refs(t) if (t.held or t.deps) else False
+        if len(body) + RECORD_HEADER.size > self.deque.max_payload:
+            off = self.arena.allocate(len(body), self.slot)
+            self.arena.writable(off, len(body))[:] = body
+            t.spec_block = off
+            rec = record.pack_header(record.SPEC_IN_ARENA, o.priority, self.slot, t.task_id,
+                                     o.demand, o.timeout, holds) + ARENA_SPEC.pack(off, len(body))
+        else:
+            parts = self._headers.get((o, holds))
+            if parts is None:
+                parts = self._headers[(o, holds)] = record.header_parts(
+                    record.SPEC_INLINE, o.priority, self.slot, o.demand, o.timeout, holds)
+            rec = parts[0] + t.task_id + parts[1] + body
+        t.record = rec
+        if self.batch_submits:
+            # The driver batches: while every worker is busy nobody could take the task
+            # now, so records gather in the backlog and go in with one lock per batch --
+            # at once when a worker idles, at 64 records, at the next get/wait, or by the
+            # pump thread within a few milliseconds.
+            self.backlog.append(rec)
+            if len(self.backlog) >= 64 or self.segment.idle_workers():
+                self._flush_backlog()
+            return
+        if self.backlog or not self.deque.push(rec):
+            self.backlog.append(rec)
+            self._flush_backlog()
+        self.segment.notify_work(1)
+
+    def _send_calls(self, slot: int) -> None:
+        """Send this process's queued calls to the actor at ``slot``, in submission order,
+        up to the first one still waiting for an argument."""
+        q = self.actor_queues.get(slot)
+        while q and q[0].pending == 0:
+            t = q.popleft()
+            if t.cancelled:
+                continue
+            self._send_call(t)
+
+    def _send_call(self, t: _Task) -> None:
+        err = actor_dead_error(self.segment, t.target, t.actor_id)
+        if err is not None:
+            self.tasks.pop(t.task_id, None)
+            self._finish(t, [("x", pickle.dumps(err, 5))] * len(t.return_ids))
+            return
+        t.epoch = epoch = self.segment.actor_epoch(t.target)[0]
+        if t.spec_block is not None:  # re-sent after a restart
+            self.arena.release(t.spec_block)
+            t.spec_block = None
+        body = self._body(t)
+        if len(body) > self.inbox.max_message // 2:
+            off = self.arena.allocate(len(body), self.slot)
+            self.arena.writable(off, len(body))[:] = body
+            t.spec_block = off
+            msg = encode((MSG_CALL, t.task_id, self.slot, None, (off, len(body)), epoch))
+        else:
+            msg = encode((MSG_CALL, t.task_id, self.slot, body, None, epoch))
+        t.record = msg
+        self.post(t.target, msg)
+
+    def _flush_backlog(self) -> None:
+        """Move the backlog into this process's deque as far as it fits (records stay in
+        the backlog, in order per priority, while workers are busy and the deque is
+        full), and wake workers for what went in."""
+        pushed = self.backlog.flush_into(self.deque)
+        if pushed:
+            self.segment.notify_work(pushed)
+
+    def _may_wait(self, ref: ObjectRef, dep: bool) -> bool:
+        """Whether a task holding ``ref`` (a top-level dependency when ``dep``, ready then;
+        else a ref nested in its arguments) may, through it, wait on another task: its
+        object is pending, or holds refs, or is borrowed (its value is not known here)."""
+        e = self.table.get(ref._id)
+        if e is None:
+            return True
+        return bool(e[3]) or (not dep and e[1] is None)
+
+    def _holds_refs(self, t: _Task) -> bool:
+        """Whether the task must never run on top of a task blocked in ``get`` (the record
+        flag ``HOLDS_REFS``): it might wait on that task, which cannot go on until it
+        returns.  A task holding no such refs can only wait on tasks it submits itself."""
+        may_wait = self._may_wait
+        if t.held and any(may_wait(r, False) for r in t.held if type(r) is ObjectRef):
+            return True
+        return bool(t.deps) and any(may_wait(d, True) for d in t.deps)
+
+    def _retry(self, t: _Task) -> None:
+        t.attempt += 1
+        if t.target is not None:
+            self._send_call(t)
+            return
+        self.backlog.append(t.record)
+        self._flush_backlog()
