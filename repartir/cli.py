@@ -17,7 +17,7 @@ import sys
 from . import __version__
 from .config import resolve
 from .devices.discovery import discover, format_table
-from .runtime.node import _pid_alive, sweep_dead_sessions
+from .runtime.session import pid_alive, sweep_dead_sessions
 
 
 def _sessions(temp_dir: str) -> list[dict]:
@@ -34,7 +34,7 @@ def _sessions(temp_dir: str) -> list[dict]:
                 info = json.load(f)
         except (OSError, ValueError):
             info = {"session": name[len("session_"):], "pid": 0}
-        info["alive"] = bool(info.get("pid")) and _pid_alive(info["pid"])
+        info["alive"] = bool(info.get("pid")) and pid_alive(info["pid"])
         out.append(info)
     return out
 

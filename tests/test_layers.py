@@ -22,13 +22,14 @@ LAYERS: list[list[str]] = [
     ["repartir.runtime.actor", "repartir.runtime.remote_function"],  # handles
     ["repartir.runtime.driver"],
     ["repartir.runtime.node"],
+    ["repartir.runtime.node_actors", "repartir.runtime.supervisor"],  # the jobs of Node
     ["repartir.runtime.core", "repartir.runtime.executor", "repartir.runtime.output"],
     ["repartir.runtime.ownership", "repartir.runtime.submitting", "repartir.runtime.completions",
      "repartir.runtime.waiting", "repartir.runtime.cancelling"],  # the jobs of CoreClient
     ["repartir.runtime.actor_life", "repartir.runtime.streaming", "repartir.runtime.objectref",
      "repartir.runtime.task_state", "repartir.runtime.signature"],
     ["repartir.runtime.messages", "repartir.runtime.protocol", "repartir.runtime.context",
-     "repartir.runtime"],
+     "repartir.runtime.session", "repartir.runtime"],
     ["repartir.store.*", "repartir.scheduler.*", "repartir.serialization"],
     ["repartir.sync", "repartir.ids", "repartir.config", "repartir.errors"],
 ]
