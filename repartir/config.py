@@ -59,13 +59,28 @@ import os
 import subprocess
 import sys
 
-__all__ = ["Config", "resolve", "device_cache_dir", "detected_gpus", "STUCK_SPAWN_S"]
+__all__ = ["Config", "resolve", "device_cache_dir", "detected_gpus", "STUCK_SPAWN_S",
+           "EXTRA_IDLE_S", "EXTRA_WORKER_AFTER_S", "STUCK_WARNING_S"]
 
 #: Seconds every worker must have been blocked in ``get``, with tasks queued that none of them
 #: may run on its stack, before the node starts a worker beyond ``max_workers``.  Shorter
 #: starts processes for waits that would have ended by themselves; longer makes such a
 #: program (a task waiting on a ref passed to it inside a list) wait that long per level.
 STUCK_SPAWN_S = 0.05
+
+#: An extra worker (started because a queued task fits in CPU lent by blocked workers, or
+#: beyond the cap) that has been idle this long exits.
+EXTRA_IDLE_S = 2.0
+
+#: An extra worker starts only once the wish for one has held on every supervisor tick for
+#: this long. A worker that parks gives its CPU back and takes it again when woken, so for a
+#: few microseconds a queued task "fits" while every worker is busy; starting a process on
+#: that alone oversubscribes the node (seen: a third worker for 2 CPUs running flat tiny
+#: tasks). A worker blocked in ``get`` lends its CPU far longer than this.
+EXTRA_WORKER_AFTER_S = 0.02
+
+#: Queued tasks that none can start, or an actor waiting for resources, for this long: warn.
+STUCK_WARNING_S = 10.0
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -79,8 +94,8 @@ class Config:
     num_gpus: float = 0.0
     resources: tuple = ()  # ((name, amount), ...) sorted by name
     inline_threshold: int = 100 * KiB
-    max_workers: int = 0
-    max_stuck_workers: int = 0
+    max_workers: int = 0  # 0: 2 x num_cpus
+    max_stuck_workers: int = 64  # (or max_workers, if more)
     spin_us: int = 200
     temp_dir: str = "/tmp/repartir-sessions"
     shm_dir: str = "/dev/shm"
@@ -88,6 +103,11 @@ class Config:
     inbox_bytes: int = 8 * MiB
     max_actors: int = 64
     log_to_driver: bool = True
+
+
+def _default(name: str):
+    """The default of a :class:`Config` field: written once, in the class."""
+    return Config.__dataclass_fields__[name].default
 
 
 def _env_int(name: str) -> int | None:
@@ -180,8 +200,8 @@ def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
     Raises:
         ValueError: a setting is out of range (e.g. ``num_cpus < 1``).
     """
-    shm_dir = os.environ.get("REPARTIR_SHM_DIR") or "/dev/shm"
-    temp_dir = os.environ.get("REPARTIR_TEMP_DIR") or "/tmp/repartir-sessions"
+    shm_dir = os.environ.get("REPARTIR_SHM_DIR") or _default("shm_dir")
+    temp_dir = os.environ.get("REPARTIR_TEMP_DIR") or _default("temp_dir")
     if num_cpus is None:
         num_cpus = _env_int("REPARTIR_NUM_CPUS") or os.cpu_count() or 1
     if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or (
@@ -223,16 +243,17 @@ def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
         object_store_memory=int(object_store_memory),
         num_gpus=float(num_gpus),
         resources=tuple(sorted((k, float(v)) for k, v in resources.items())),
-        inline_threshold=_env_int("REPARTIR_INLINE_THRESHOLD") or 100 * KiB,
+        inline_threshold=_env_int("REPARTIR_INLINE_THRESHOLD") or _default("inline_threshold"),
         max_workers=max(max_workers, num_cpus),
         max_stuck_workers=(_env_int("REPARTIR_MAX_STUCK_WORKERS")
                            if _env_int("REPARTIR_MAX_STUCK_WORKERS") is not None
-                           else max(64, max_workers, num_cpus)),
-        spin_us=_env_int("REPARTIR_SPIN_US") if _env_int("REPARTIR_SPIN_US") is not None else 200,
+                           else max(_default("max_stuck_workers"), max_workers, num_cpus)),
+        spin_us=(_env_int("REPARTIR_SPIN_US") if _env_int("REPARTIR_SPIN_US") is not None
+                 else _default("spin_us")),
         temp_dir=temp_dir,
         shm_dir=shm_dir,
-        deque_capacity=_env_int("REPARTIR_DEQUE_CAPACITY") or 8192,
-        inbox_bytes=_env_int("REPARTIR_INBOX_BYTES") or 8 * MiB,
-        max_actors=_env_int("REPARTIR_MAX_ACTORS") or 64,
-        log_to_driver=_env_bool("REPARTIR_LOG_TO_DRIVER", True),
+        deque_capacity=_env_int("REPARTIR_DEQUE_CAPACITY") or _default("deque_capacity"),
+        inbox_bytes=_env_int("REPARTIR_INBOX_BYTES") or _default("inbox_bytes"),
+        max_actors=_env_int("REPARTIR_MAX_ACTORS") or _default("max_actors"),
+        log_to_driver=_env_bool("REPARTIR_LOG_TO_DRIVER", _default("log_to_driver")),
     )

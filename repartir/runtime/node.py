@@ -30,7 +30,7 @@ import threading
 import time
 import weakref
 
-from ..config import Config, shm_free_bytes
+from ..config import Config, STUCK_WARNING_S, shm_free_bytes
 from ..errors import ObjectStoreFullError
 from ..scheduler.segment import Segment, SlotState, segment_bytes
 from ..store.arena import Arena
@@ -90,7 +90,7 @@ class Node(NodeActors, Supervisor):
         self.pending_actors: list[int] = []  # slots of actors waiting for resources, in order
         self._lock = threading.Lock()
         self.output: OutputForwarder | None = None  # None: output goes to log files
-        self.stuck_warning_s = 10.0  # warn when queued tasks cannot start for this long
+        self.stuck_warning_s = STUCK_WARNING_S  # (tests shorten it)
 
     # -- start -----------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import subprocess
 import time
 import warnings
 
-from ..config import STUCK_SPAWN_S
+from ..config import EXTRA_WORKER_AFTER_S, STUCK_SPAWN_S
 from ..scheduler.segment import SlotState
 from ..store.arena import BLOCK_HEADER
 from ..scheduler import record
@@ -23,14 +23,8 @@ from .protocol import (MSG_CRASHED, MSG_LARGE,
                        decode, encode)
 
 
-__all__ = ["Supervisor", "EXTRA_WORKER_AFTER_S"]
+__all__ = ["Supervisor"]
 
-#: An extra worker starts only once the wish for one has held on every supervisor tick for
-#: this long. A worker that parks gives its CPU back and takes it again when woken, so for a
-#: few microseconds a queued task "fits" while every worker is busy; starting a process on
-#: that alone oversubscribes the node (seen: a third worker for 2 CPUs running flat tiny
-#: tasks). A worker blocked in ``get`` lends its CPU far longer than this.
-EXTRA_WORKER_AFTER_S = 0.02
 
 
 class Supervisor:

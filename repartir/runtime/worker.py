@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 
-from ..config import Config
+from ..config import EXTRA_IDLE_S, Config
 from ..errors import (ObjectStoreFullError, RepartirSystemError, TaskCancelledError,
                       TaskInterrupted)
 from ..scheduler import policy, record
@@ -49,7 +49,6 @@ from .protocol import MSG_DONE, MSG_ITEM, StopRequest, decode
 
 __all__ = ["Worker", "main"]
 
-EXTRA_IDLE_S = 2.0  # an extra worker idle this long exits
 _NONE, _FREE, _BUSY = 0, 1, 2  # CPU token states
 
 
