@@ -22,7 +22,7 @@ setting                        environment variable            default
 ``max_workers``                ``REPARTIR_MAX_WORKERS``        2 x ``num_cpus``: cap on worker
                                                                processes (nested tasks may add some)
 ``max_stuck_workers``          ``REPARTIR_MAX_STUCK_WORKERS``  64 (or ``max_workers`` if more):
-                                                               workers started beyond the cap, one
+                                                               workers started beyond the cap, 8
                                                                at a time, only while every worker
                                                                is blocked in ``get`` and queued
                                                                tasks wait that none may help with;
@@ -60,13 +60,19 @@ import subprocess
 import sys
 
 __all__ = ["Config", "resolve", "device_cache_dir", "detected_gpus", "STUCK_SPAWN_S",
-           "EXTRA_IDLE_S", "EXTRA_WORKER_AFTER_S", "STUCK_WARNING_S"]
+           "EXTRA_IDLE_S", "EXTRA_WORKER_AFTER_S", "STUCK_WARNING_S", "STUCK_SPAWN_BATCH"]
 
 #: Seconds every worker must have been blocked in ``get``, with tasks queued that none of them
 #: may run on its stack, before the node starts a worker beyond ``max_workers``.  Shorter
 #: starts processes for waits that would have ended by themselves; longer makes such a
 #: program (a task waiting on a ref passed to it inside a list) wait that long per level.
 STUCK_SPAWN_S = 0.05
+
+#: Workers started at once beyond ``max_workers`` when every worker is blocked (at most one
+#: per queued task, within ``max_stuck_workers``).  One at a time cost a process start per
+#: level of waiting tasks, in series (100 tasks waiting two levels deep took 30-60 s at one
+#: CPU); more at once oversubscribes the CPUs while they start.
+STUCK_SPAWN_BATCH = 8
 
 #: An extra worker (started because a queued task fits in CPU lent by blocked workers, or
 #: beyond the cap) that has been idle this long exits.

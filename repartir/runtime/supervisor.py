@@ -13,7 +13,7 @@ import subprocess
 import time
 import warnings
 
-from ..config import EXTRA_WORKER_AFTER_S, STUCK_SPAWN_S
+from ..config import EXTRA_WORKER_AFTER_S, STUCK_SPAWN_BATCH, STUCK_SPAWN_S
 from ..scheduler.segment import SlotState
 from ..store.arena import BLOCK_HEADER
 from ..scheduler import record
@@ -256,17 +256,22 @@ class Supervisor:
                     continue
                 cap_warned = False
                 stack_tops = None
+                # as many as there are queued tasks, a batch at a time: one each time would
+                # cost a process start per blocked level, in series
+                count = min(seg.queued(), STUCK_SPAWN_BATCH,
+                            cfg.max_workers + cfg.max_stuck_workers - len(slots))
+            else:
+                count = 1
             want_since = None
             spare = itertools.chain(range(cfg.num_cpus + 1, self.first_actor_slot),
                                     range(self.first_stuck_slot, self.nslots))
-            free = next((i for i in spare
-                         if i not in slots and seg.slot_state(i)[0] not in
-                         (SlotState.WORKER, SlotState.STARTING)), None)
-            if free is not None:
+            free = [i for i in spare if i not in slots and seg.slot_state(i)[0] not in
+                    (SlotState.WORKER, SlotState.STARTING)][:max(count, 1)]
+            for slot in free:
                 try:
-                    self._spawn(free)
+                    self._spawn(slot)
                 except OSError:
-                    pass
+                    break
 
     def _warn_stuck(self, seconds: float) -> None:
         """Tasks have been queued for a while and no worker runs anything: their resources
