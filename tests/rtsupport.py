@@ -30,6 +30,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         time.sleep(interval)
 
 
+def wait_file(path: str, timeout: float) -> bool:
+    """Wait until ``path`` exists (a gate file another process touches); ``False`` after
+    ``timeout`` seconds.  Used inside tasks and actors too (they import this module)."""
+    return wait_until(lambda: os.path.exists(path), timeout, interval=0.01)
+
+
 def is_repartir_shm(name: str) -> bool:
     """True for a ``/dev/shm`` entry name that a repartir session may create."""
     return name.startswith("repartir") or name.startswith("sem.repartir")

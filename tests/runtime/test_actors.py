@@ -45,6 +45,7 @@ import pytest
 import repartir
 from repartir import ActorDiedError, RepartirError
 from repartir.runtime import driver
+import rtsupport
 from rtsupport import REPO_ROOT, is_gone, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -92,12 +93,7 @@ def _no_actor_left(rt):
 
 
 def wait_file(path: str, timeout: float = GATE_S) -> bool:
-    end = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
+    return rtsupport.wait_file(path, timeout)
 
 
 def append_line(path: str, text: str) -> int:

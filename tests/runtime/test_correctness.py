@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 import repartir
 from repartir.runtime import driver
+import rtsupport
 from rtsupport import settled_used_bytes, wait_until
 from sessionsupport import Sessions
 
@@ -47,12 +48,7 @@ def node(_leaves_nothing_behind):
 
 
 def wait_file(path: str, timeout: float = LONG) -> bool:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+    return rtsupport.wait_file(path, timeout)
 
 
 # --------------------------------------------------------------------------- stacked gets
