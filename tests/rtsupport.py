@@ -197,6 +197,20 @@ def store_statistics():
     return driver.store_statistics()
 
 
+def used_bytes_back_to(level: int, slack: int = 1 << 20, timeout: float = 30.0) -> int:
+    """Wait until the store's ``used_bytes`` is below ``level + slack`` (frees are
+    asynchronous: dropped refs, loans released by their owners' next poll, slower on a
+    loaded machine); returns the last value seen, for the assertion's message.  A leak never
+    gets there, so the caller's assertion still fails on one."""
+    now = store_statistics().used_bytes
+    deadline = time.monotonic() + timeout
+    while now >= level + slack and time.monotonic() < deadline:
+        time.sleep(0.05)
+        gc.collect()
+        now = store_statistics().used_bytes
+    return now
+
+
 def settled_used_bytes(timeout: float = 3.0) -> int:
     """``used_bytes`` once it has stopped changing (frees of earlier tests are asynchronous)."""
     gc.collect()

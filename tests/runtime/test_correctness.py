@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 import repartir
 from repartir.runtime import driver
 import rtsupport
-from rtsupport import settled_used_bytes, wait_until
+from rtsupport import settled_used_bytes, used_bytes_back_to, wait_until
 from sessionsupport import Sessions
 
 pytestmark = pytest.mark.timeout(180)
@@ -229,7 +229,7 @@ def test_large_result_releases_its_argument_and_actor_survives(node):
     arg = rt.put(np.zeros(20 * 2**20 // 8))
     assert len(rt.get(big_result_with_arg.remote(arg), timeout=LONG)) == 2_100_000
     del arg
-    assert settled_used_bytes() - before < 1 << 20  # the 20 MiB argument was freed
+    assert used_bytes_back_to(before) - before < 1 << 20  # the 20 MiB argument was freed
     a = BigActor.remote()
     for _ in range(3):
         assert len(rt.get(a.bytes_.remote(), timeout=LONG)) == 2_100_000

@@ -180,7 +180,9 @@ def whoami() -> int:
 
 
 def read_pid(path: Path, timeout: float = 30.0) -> int:
-    assert wait_until(path.exists, timeout), f"{path} never appeared (task did not start)"
+    """The pid a task wrote (the file exists, empty, before the task writes into it)."""
+    assert wait_until(lambda: path.exists() and path.read_text().strip(), timeout), (
+        f"{path} never got a pid (task did not start)")
     return int(path.read_text())
 
 
