@@ -11,9 +11,9 @@ from ..errors import ActorDiedError, ObjectLostError, RepartirSystemError
 from ..ids import new_object_id
 from ..serialization import error_from_payload
 from .actor_life import end_actor
-from .protocol import (MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM, MSG_LARGE,
-                       MSG_OBJECT, MSG_OWNER_DIED, MSG_RELEASE, MSG_REQUEST, Crashed, Message,
-                       Status, StopReason, decode)
+from .protocol import (MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM, MSG_OBJECT,
+                       MSG_OWNER_DIED, MSG_RELEASE, MSG_REQUEST, Crashed, Message, Status,
+                       StopReason, decode, open_large)
 from .task_state import after_crash, retries_error
 
 from .ownership import _Task, _log
@@ -35,12 +35,9 @@ class Completions:
             with self._lock:
                 for m in msgs:
                     try:
-                        msg = decode(m)
-                        if msg.kind == MSG_LARGE:
-                            msg = self.open_large(msg)
-                            if msg is None:
-                                continue
-                        self._handle(msg)
+                        msg = open_large(self.arena, self.slot, decode(m))
+                        if msg is not None:
+                            self._handle(msg)
                     except Exception:  # a runtime bug: report it, keep the session usable
                         _log.exception("repartir: a message could not be handled")
                 if msgs:

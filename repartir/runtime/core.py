@@ -34,9 +34,7 @@ from typing import Any
 
 from ..scheduler.deque import Backlog
 from ..scheduler.record import HEADER as RECORD_HEADER
-from .protocol import (MSG_LARGE,
-                       Large,
-                       Message, decode, encode)
+from .protocol import MSG_LARGE, encode
 from .cancelling import Cancelling
 from .completions import Completions
 from .ownership import Ownership, _Task
@@ -87,31 +85,6 @@ class CoreClient(Ownership, Submitting, Completions, Waiting, Cancelling):
         self._spin = config.spin_us / 1e6
         self.closed = False
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
     def post(self, slot: int, msg: bytes) -> None:
         """Put ``msg`` into the inbox of ``slot``, waiting while it is full.  A message too
         large for an inbox (a quarter of its ring) goes into an arena block owned by this
@@ -131,49 +104,6 @@ class CoreClient(Ownership, Submitting, Completions, Waiting, Cancelling):
             if self.segment.shutting_down:
                 return
             time.sleep(0.0005)
-
-    def open_large(self, msg: Large) -> Message | None:
-        """The message inside a :class:`~.protocol.Large` one (its block is freed), or
-        ``None`` when its sender died before this process claimed it (the node freed the
-        block)."""
-        off, arena = msg.offset, self.arena
-        if not arena.claim(off, msg.generation, self.slot):
-            return None
-        try:
-            return decode(arena.view(off, msg.nbytes))
-        finally:
-            arena.release(off)
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
     def num_objects(self) -> int:
         return len(self.table)

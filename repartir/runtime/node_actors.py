@@ -16,7 +16,8 @@ from ..scheduler.segment import SlotState
 from .actor_life import CTOR_FAILED_EXIT
 from .messages import EXITED_ON_PURPOSE
 from .protocol import (MSG_ACTOR_EPOCH, MSG_CALL, MSG_DONE, MSG_ITEM, MSG_OWNER_DIED,
-                       MSG_RELEASE, StopReason, decode, encode, result_blocks)
+                       MSG_RELEASE, StopReason, decode, encode, open_large,
+                       result_blocks)
 
 
 __all__ = ["NodeActors", "ActorRecord"]
@@ -69,7 +70,7 @@ class NodeActors:
                     f"actors you no longer need or raise REPARTIR_MAX_ACTORS")
             time.sleep(0.005)  # actors whose last handle died are finishing their calls
         for raw in seg.inboxes[slot].drain():  # nothing meant for an earlier actor remains
-            self._open_large(slot, decode(raw))  # frees a large message's block
+            open_large(self.arena, slot, decode(raw))  # frees a large message's block
         seg.bump_actor_epoch(slot, actor_id)
         seg.set_note(slot, "")
         if any(demand) and not self._fits(demand):
@@ -238,7 +239,7 @@ class NodeActors:
             cause = self.segment.note(slot)
             raws = self.segment.inboxes[slot].drain()
         for raw in raws:
-            msg = self._open_large(slot, decode(raw))
+            msg = open_large(self.arena, slot, decode(raw))
             if msg is None:
                 continue
             if msg.kind == MSG_CALL:

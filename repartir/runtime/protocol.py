@@ -35,7 +35,7 @@ __all__ = ["MSG_DONE", "MSG_REQUEST", "MSG_OBJECT", "MSG_CRASHED", "MSG_CALL", "
            "MSG_ACTOR_EPOCH", "MSG_LARGE", "MSG_RELEASE", "MSG_OWNER_DIED", "Status",
            "StopReason", "StopRequest", "Done", "Item", "Request", "Object", "Crashed", "Call",
            "ActorEpoch", "Large", "Release", "OwnerDied", "Message", "encode", "decode",
-           "result_blocks"]
+           "open_large", "result_blocks"]
 
 # the kind of a message: the first field on the wire
 MSG_DONE, MSG_REQUEST, MSG_OBJECT, MSG_CRASHED, MSG_CALL, MSG_ITEM = 0, 1, 2, 3, 4, 5
@@ -173,6 +173,20 @@ def decode(raw) -> Message:
     if cls is None or type(fields) is not tuple or len(fields) != len(cls._fields):
         raise RepartirSystemError(f"an inbox message of no known kind: {fields!r:.200}")
     return _new(cls, fields)
+
+
+def open_large(arena, slot: int, msg: Message) -> Message | None:
+    """``msg`` itself, or for a :class:`Large` one the message in its arena block, which
+    ``slot`` claims, reads and frees; ``None`` when the block went with its sender (the node
+    freed it).  ``arena`` is the node's ``store.arena.Arena``."""
+    if msg.kind != MSG_LARGE:
+        return msg
+    if not arena.claim(msg.offset, msg.generation, slot):
+        return None
+    try:
+        return decode(arena.view(msg.offset, msg.nbytes))
+    finally:
+        arena.release(msg.offset)
 
 
 def result_blocks(msg: Done | Item) -> tuple[list, list | None]:

@@ -18,9 +18,7 @@ from ..scheduler.segment import SlotState
 from ..store.arena import BLOCK_HEADER
 from ..scheduler import record
 from .messages import stop_task
-from .protocol import (MSG_CRASHED, MSG_LARGE,
-                       MSG_OWNER_DIED, Large, Message, StopReason, StopRequest,
-                       decode, encode)
+from .protocol import MSG_CRASHED, MSG_OWNER_DIED, StopReason, StopRequest, encode
 
 
 __all__ = ["Supervisor"]
@@ -139,19 +137,6 @@ class Supervisor:
             inbox = self.segment.inboxes[owner]
             while not inbox.put(msg) and not self.stopping:
                 time.sleep(0.001)
-
-    def _open_large(self, slot: int, msg: Message) -> Message | None:
-        """``msg``, or for a :class:`~.protocol.Large` one the message in its arena block,
-        which is freed (``None`` when the block is gone with its sender)."""
-        if msg.kind != MSG_LARGE:
-            return msg
-        assert isinstance(msg, Large)
-        if not self.arena.claim(msg.offset, msg.generation, slot):
-            return None
-        try:
-            return decode(self.arena.view(msg.offset, msg.nbytes))
-        finally:
-            self.arena.release(msg.offset)
 
     def _post(self, slot: int, msg: bytes) -> None:
         inbox = self.segment.inboxes[slot]

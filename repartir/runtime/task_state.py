@@ -12,8 +12,7 @@ a cancelled or timed-out task never runs again.
 
 from __future__ import annotations
 
-from ..errors import (ActorDiedError, TaskCancelledError, TaskTimeoutError,
-                      WorkerCrashedError)
+from ..errors import ActorDiedError, TaskCancelledError, TaskTimeoutError, WorkerCrashedError
 from .protocol import StopReason
 
 __all__ = ["after_crash", "retries_error"]

@@ -34,8 +34,7 @@ import threading
 import time
 
 from ..config import EXTRA_IDLE_S, Config
-from ..errors import (ObjectStoreFullError, RepartirSystemError, TaskCancelledError,
-                      TaskInterrupted)
+from ..errors import ObjectStoreFullError, RepartirSystemError, TaskCancelledError, TaskInterrupted
 from ..scheduler import policy, record
 from ..scheduler.segment import MAX_NESTING, PinLedger, Segment, SlotState
 from ..store.arena import Arena

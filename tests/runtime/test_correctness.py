@@ -273,8 +273,11 @@ def test_get_of_a_list_fails_fast(node, tmp_path, order):
         refs.reverse()
     try:
         with pytest.raises(ValueError, match="failed at once"):
-            rt.get(refs, timeout=LONG)  # raised long before the other task ends
-        assert not os.path.exists(gate)
+            rt.get(refs, timeout=LONG)
+        slow = refs[0 if order == "error_last" else 1]
+        # raised while the other task still waits for its gate (without fail-fast, get
+        # would have returned only once it gave up waiting and ended)
+        assert rt.wait([slow], num_returns=1, timeout=0)[0] == []
     finally:
         Path(gate).touch()
     assert rt.get(refs[0 if order == "error_last" else 1], timeout=LONG) == "late"
@@ -303,7 +306,7 @@ def test_get_inside_a_task_fails_fast_too(node, tmp_path):
         assert wait_file(started)
         with pytest.raises(ValueError, match="inner"):
             rt.get(get_both_inside.remote([running]), timeout=LONG)
-        assert not os.path.exists(gate)
+        assert rt.wait([running], num_returns=1, timeout=0)[0] == []  # still waiting
     finally:
         Path(gate).touch()
     assert rt.get(running, timeout=LONG) == "late"
