@@ -4,16 +4,10 @@ a running one is stopped (with its children unless ``recursive=False``)."""
 
 from __future__ import annotations
 
-import pickle
-
-from ..errors import TaskCancelledError
 from ..ids import task_of
 from ..scheduler import record
-from .messages import stop_task
-from .protocol import StopRequest
 from .objectref import ObjectRef
-
-from .ownership import _Task
+from .task_manager import Stop, Unqueue
 
 __all__ = ["Cancelling"]
 
@@ -24,34 +18,24 @@ class Cancelling:
         self.cancel_task(task_of(ref._id), force, recursive)
 
     def cancel_task(self, task_id: bytes, force: bool = False, recursive: bool = True) -> None:
+        manager = self.manager
         with self._lock:
-            t = self.tasks.get(task_id)
-            if t is None:
-                return  # finished (or never ours): nothing to do, as in Ray
-            if t.cancelled:
-                if force and t.target is None and t.record is not None:
-                    # cancelled, but still running (the task ignored the interrupt): kill
-                    # its worker now, whatever happened before
-                    self.stop_running(task_id, StopRequest.CANCEL, True)
-                return
-            if force and t.target is not None:
-                raise ValueError("force=True cannot cancel an actor call (it would kill the "
-                                 "actor); use repartir.kill(actor) to stop the actor")
-            t.cancelled = True
-            if t.record is None:  # still waiting for its arguments
-                for d in t.deps:
-                    lst = self.waiting.get(d._id)
-                    if lst and t in lst:
-                        lst.remove(t)
-                self._cancelled(t)
-                return
-            self.segment.add_cancelled(task_id)
-            if self._unqueue({task_id}):
-                self._cancelled(t)
-                return
-        # running now (or popped and about to be dropped by its worker)
-        self.stop_running(task_id, StopRequest.CANCEL if recursive or force
-                          else StopRequest.CANCEL_ONE, force)
+            instrs = manager.cancel(task_id, force, recursive)
+            if len(instrs) == 1 and type(instrs[0]) is Unqueue:
+                t = instrs[0].task
+                self.segment.add_cancelled(task_id)
+                found = bool(self._unqueue({task_id}))
+                instrs = manager.unqueued(t, found, force, recursive)
+                if type(instrs[0]) is Stop:  # running: stopped outside the lock
+                    stop = instrs[0]
+                    instrs = []
+                else:
+                    stop = None
+            else:
+                stop = None
+            self._carry_out(instrs)
+        if stop is not None:
+            self._carry_out([stop])
 
     def _unqueue(self, task_ids: set) -> set:
         """Remove queued copies of ``task_ids`` from the backlog and every deque; returns
@@ -66,26 +50,20 @@ class Cancelling:
                 found.add(record.task_id_of(r))
         return found
 
-    def _cancelled(self, t: _Task) -> None:
-        self.tasks.pop(t.task_id, None)
-        err = pickle.dumps(TaskCancelledError(f"task {t.fn_name} was cancelled"), 5)
-        if t.stream is not None:
-            t.stream.end(("x", err))
-        self._finish(t, [("x", err)] * len(t.return_ids))
-
     def cancel_queued(self) -> int:
         """Cancel every task of this process that has not started; returns how many."""
         with self._lock:
-            queued = [t for t in self.tasks.values() if not t.cancelled]
-            ids = {t.task_id for t in queued if t.record is not None}
-            found = self._unqueue(ids) if ids else set()
-            n = 0
-            for t in queued:
-                if t.record is None or t.task_id in found:
-                    t.cancelled = True
-                    self._cancelled(t)
-                    n += 1
-            return n
+            instrs, queued = self.manager.cancel_queued()
+            found = self._unqueue({t.task_id for t in queued}) if queued else set()
+            instrs += self.manager.unqueued_many(queued, found)
+            self._carry_out(instrs)
+            return len(instrs)
 
-    def stop_running(self, task_id: bytes, reason: int, force: bool) -> None:
-        stop_task(self.segment, task_id, reason, force)
+    def cancel_children(self, parent: bytes) -> None:
+        """The call ``parent`` of this process ended by a cancel: cancel what it submitted
+        that is still pending (best effort, as Ray's recursive cancel)."""
+        for child in self.manager.take_children(parent):
+            try:
+                self.cancel_task(child)
+            except Exception:  # noqa: BLE001
+                pass

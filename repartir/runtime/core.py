@@ -30,14 +30,17 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Any
 
 from ..scheduler.deque import Backlog
 from ..scheduler.record import HEADER as RECORD_HEADER
-from .protocol import MSG_LARGE, encode
+from .messages import stop_task
+from .protocol import MSG_LARGE, MSG_OBJECT, MSG_RELEASE, encode
 from .cancelling import Cancelling
 from .completions import Completions
-from .ownership import Ownership, _Task
+from .object_table import (FreeBlock, LetGo, ReleaseLoan, Reply, Resolved, Unpin,
+                           ObjectTable)
+from .ownership import Ownership
+from .task_manager import Fail, Push, Retry, SendCall, Stop, TaskManager
 from .submitting import Submitting
 from .waiting import Waiting
 
@@ -55,22 +58,18 @@ class CoreClient(Ownership, Submitting, Completions, Waiting, Cancelling):
         self.session = session
         self.deque = segment.deques[slot]
         self.inbox = segment.inboxes[slot]
-        self.table: dict[bytes, list] = {}
-        self.tasks: dict[bytes, _Task] = {}
-        self.waiting: dict[bytes, list[_Task]] = {}
+        self.objects = ObjectTable(slot)  # pure state: owned, borrowed, requested objects
+        self.manager = TaskManager()  # pure state: the tasks this process owns
+        self.table = self.objects.owned  # (read-only views for the hot paths of get/wait)
+        self.borrowed = self.objects.borrowed
+        self.tasks = self.manager.tasks
         self.backlog = Backlog(len(self.deque.levels))
         self.dead_refs: collections.deque[bytes] = collections.deque()
         self.dead_pins: collections.deque[int] = collections.deque()  # of borrowed refs
         self.dead_actors: collections.deque[tuple] = collections.deque()  # last handle died
-        self.borrowed: dict[bytes, Any] = {}
-        self.borrow_counts: dict[bytes, int] = {}  # borrowed ObjectRefs alive, per object
         self.dead_borrows: collections.deque[bytes] = collections.deque()
-        self.borrow_holds: dict[bytes, int] = {}  # arena holds of locations heard of late
-        self.requested: set[bytes] = set()
-        self.lent_from: dict[bytes, int] = {}  # object id -> slot of its owner, who lent it
         self.functions: dict[bytes, tuple[int, int]] = {}
         self._headers: dict[tuple, tuple[bytes, bytes]] = {}  # (options, holds refs) -> parts
-        self.actor_queues: dict[int, collections.deque] = {}  # calls not yet sent, per actor
         self.calls: collections.deque = collections.deque()  # in an actor: calls received
         self.futures: dict[bytes, list] = {}  # object id -> concurrent.futures.Future list
         self._lock = threading.RLock()
@@ -104,6 +103,27 @@ class CoreClient(Ownership, Submitting, Completions, Waiting, Cancelling):
             if self.segment.shutting_down:
                 return
             time.sleep(0.0005)
+
+    def _carry_out(self, instrs: list) -> None:
+        """Do what the object table and the task manager decided (their instructions, in
+        order)."""
+        handlers = self._handlers
+        for i in instrs:
+            handlers[type(i)](self, i)
+
+    _handlers = {
+        Reply: lambda self, i: self.post(i.slot, encode((MSG_OBJECT, i.object_id, i.loc))),
+        FreeBlock: lambda self, i: self.arena.release(i.offset),
+        Unpin: lambda self, i: self.arena.unpin(i.offset),
+        LetGo: lambda self, i: self.arena.let_go(i.offset),
+        ReleaseLoan: lambda self, i: self.post(i.owner, encode((MSG_RELEASE, i.object_id))),
+        Resolved: lambda self, i: self._resolved(i),
+        Push: lambda self, i: self._push(i.task),
+        SendCall: lambda self, i: self._send_call(i.task),
+        Retry: lambda self, i: self._retry(i.task),
+        Fail: lambda self, i: self._fail(i.task, i.error),
+        Stop: lambda self, i: stop_task(self.segment, i.task_id, i.request, i.force),
+    }
 
     def num_objects(self) -> int:
         return len(self.table)

@@ -12,22 +12,15 @@ from typing import Any
 from ..errors import ObjectLostError
 from ..ids import new_object_id
 from ..serialization import Serialized, deserialize, deserialize_at, error_from_payload, serialize
-from .protocol import MSG_OBJECT, MSG_RELEASE, encode
+from .object_table import Resolved
 from .objectref import ObjectRef, capture_refs
 
 _log = logging.getLogger("repartir")
 
-class _Task:
-    __slots__ = ("task_id", "return_ids", "fn_name", "spec", "deps", "pending", "held",
-                 "record", "spec_block", "args_block", "attempt", "opts", "cancelled",
-                 "target", "actor_id", "epoch", "stream")
-
-
 _EMPTY_ARGS = ("i", serialize(((), {})).to_bytes())
 _ERROR_KINDS = ("e", "x")  # locations that stand for an error (see value())
-_HOLDS_REFS = "holds refs"  # in an object entry's held list: its value holds refs
 
-__all__ = ["Ownership", "_Task"]
+__all__ = ["Ownership"]
 
 
 class Ownership:
@@ -36,33 +29,13 @@ class Ownership:
 
     def make_ref(self, object_id: bytes) -> ObjectRef:
         with self._lock:
-            self.table[object_id][0] += 1
+            self.objects.incref(object_id)
         return ObjectRef(object_id, self.slot, self, True)
 
     def note_borrowed(self, object_id: bytes, loc) -> None:
         """A borrowed ref to ``object_id`` was made in this process (``loc``: its location,
-        ``None`` while unknown).  Counted, so that the entry goes with the last such ref."""
-        self.borrow_counts[object_id] = self.borrow_counts.get(object_id, 0) + 1
-        if loc is not None:
-            self.borrowed[object_id] = loc
-
-    def _drop_borrowed(self) -> None:
-        counts = self.borrow_counts
-        while self.dead_borrows:
-            oid = self.dead_borrows.popleft()
-            n = counts.get(oid, 0) - 1
-            if n > 0:
-                counts[oid] = n
-                continue
-            counts.pop(oid, None)
-            self.borrowed.pop(oid, None)
-            self.requested.discard(oid)
-            off = self.borrow_holds.pop(oid, None)
-            if off is not None:
-                self.arena.let_go(off)
-            owner = self.lent_from.pop(oid, None)
-            if owner is not None:  # the loan ends with the last ref here
-                self.post(owner, encode((MSG_RELEASE, oid)))
+        ``None`` while unknown)."""
+        self.objects.borrow(object_id, loc)
 
     def lend(self, object_id: bytes) -> bool:
         """A ref to ``object_id`` (owned here, pending) leaves in a result: hold one count
@@ -70,28 +43,7 @@ class Ownership:
         process's answer to requests for it, outlive the task's own refs (Ray's borrowers,
         reduced to one loan per result).  ``False`` when this process no longer owns it."""
         with self._lock:
-            e = self.table.get(object_id)
-            if e is None:
-                return False
-            e[0] += 1
-            return True
-
-    def _adopt(self, pins, first: bool) -> list:
-        """The held list of an object entry made from a result's export pins: a marker that
-        its value holds refs, the arena pins (on the ``first`` entry only: each is released
-        once) and the loans, each counted as a borrow of this process until the entry is
-        freed."""
-        held: list = [_HOLDS_REFS]
-        for pin in pins:
-            if type(pin) is int:
-                if first:
-                    held.append(pin)
-            else:
-                owner, oid = pin
-                self.note_borrowed(oid, None)
-                self.lent_from[oid] = owner
-                held.append(pin)
-        return held
+            return self.objects.incref(object_id)
 
     def location_for_export(self, object_id: bytes):
         e = self.table.get(object_id)
@@ -140,7 +92,7 @@ class Ownership:
         loc = self.store(s)
         oid = new_object_id()
         with self._lock:
-            self.table[oid] = [0, loc, None, nested or None]
+            self.objects.own(oid, loc, 0, nested or None)
             return self.make_ref(oid)
 
     def value(self, loc) -> Any:
@@ -157,57 +109,25 @@ class Ownership:
             raise pickle.loads(loc[1])
         raise ObjectLostError(f"object location {loc!r} is not understood")
 
-    def _keep_pins(self, return_ids: list, pins: list | None) -> None:
-        """Export pins of refs inside a result stay until that result is freed.  ``pins`` is
-        ``None`` when the result holds no refs; otherwise every return entry is marked as
-        holding refs (see :meth:`_may_wait`), and the pins stay with the first one alive."""
-        if pins is None:
-            return
-        kept = False
-        for rid in return_ids:
-            e = self.table.get(rid)
-            if e is not None:
-                e[3] = (e[3] or []) + self._adopt(pins, not kept)
-                kept = True
-        if not kept:
-            self._unpin_all(pins)
-
-    def _unpin_all(self, pins) -> None:
-        """Give back the export pins and loans of a result nobody keeps."""
-        for pin in pins or ():
-            if type(pin) is int:
-                self.arena.unpin(pin)
-            else:
-                self.post(pin[0], encode((MSG_RELEASE, pin[1])))
-
-    def _reply(self, slot: int, object_id: bytes, loc) -> None:
-        self.post(slot, encode((MSG_OBJECT, object_id, loc)))
-
     def _process_dead(self) -> None:
-        table, arena = self.table, self.arena
-        while self.dead_refs:
-            oid = self.dead_refs.popleft()
-            e = table.get(oid)
-            if e is None:
-                continue
-            e[0] -= 1
-            if e[0] <= 0:
-                del table[oid]
-                if e[2]:  # borrowers wait for a value that will never come: tell them
-                    lost = ("x", pickle.dumps(ObjectLostError(
-                        f"object {oid.hex()} was freed by its owner (slot {self.slot}) while "
-                        f"still pending: no ref to it was left there"), 5))
-                    for s in e[2]:
-                        self._reply(s, oid, lost)
-                loc = e[1]
-                if loc is not None and loc[0] == "a":
-                    arena.release(loc[1])
-                if e[3]:  # refs held by the value, export pins and loans of refs inside it
-                    for x in e[3]:
-                        if type(x) is int:
-                            arena.unpin(x)
-                        elif type(x) is tuple:
-                            self.dead_borrows.append(x[1])
+        """Refs that died (their ``__del__`` only queued them) leave the table."""
+        objects, dead, carry_out = self.objects, self.dead_refs, self._carry_out
+        while dead:
+            instrs = objects.decref(dead.popleft())
+            if instrs:
+                carry_out(instrs)
+
+    def _drop_borrowed(self) -> None:
+        objects, dead, carry_out = self.objects, self.dead_borrows, self._carry_out
+        while dead:
+            instrs = objects.unborrow(dead.popleft())
+            if instrs:
+                carry_out(instrs)
+
+    def _resolved(self, instr: Resolved) -> None:
+        futures = self.futures.pop(instr.object_id, None)
+        if futures:
+            self._resolve(futures, instr.loc)
 
     def future(self, ref: ObjectRef):
         """A ``concurrent.futures.Future`` that gets ``ref``'s value (or error) once ready;

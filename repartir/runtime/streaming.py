@@ -56,7 +56,7 @@ class ObjectRefGenerator:
                     err, self._error = self._error, None
                     oid = new_object_id()
                     with client._lock:
-                        client.table[oid] = [0, err, None, None]
+                        client.objects.own(oid, err)
                         return client.make_ref(oid)
                 raise StopIteration
             time.sleep(nap)

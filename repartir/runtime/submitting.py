@@ -5,7 +5,6 @@ retries."""
 
 from __future__ import annotations
 
-import collections
 import pickle
 from typing import Sequence
 
@@ -20,7 +19,8 @@ from .protocol import MSG_CALL, encode
 from .objectref import ObjectRef, capture_refs
 from .streaming import StreamLink
 
-from .ownership import _EMPTY_ARGS, _Task
+from .ownership import _EMPTY_ARGS
+from .task_manager import Task
 
 __all__ = ["Submitting"]
 
@@ -84,52 +84,35 @@ class Submitting:
             args_loc, nested = _EMPTY_ARGS, []
         task_id = new_task_id()
         helper = self.helper
-        if helper is not None and helper.calls:  # a task's child: cancelled with it
-            helper.children.setdefault(helper.calls[-1], set()).add(task_id)
-        t = _Task()
-        t.task_id = task_id
-        t.return_ids = [return_id(task_id, i) for i in range(max(num_returns, 0))]
-        t.fn_name = fn_name
+        parent = helper.calls[-1] if helper is not None and helper.calls else None
+        t = Task(task_id, [return_id(task_id, i) for i in range(max(num_returns, 0))],
+                 fn_name, opts, target, actor_id)
         t.spec = (fn_key, fn_loc[0], fn_loc[1], fn_name, args_loc, num_returns)
         t.deps = deps
         t.held = nested
-        t.spec_block = None
         t.args_block = args_block
-        t.record = None
-        t.attempt = 0
-        t.opts = opts
-        t.cancelled = False
-        t.target = target
-        t.actor_id = actor_id
-        t.epoch = 0
-        t.stream = None if stream is None else StreamLink(stream)
         if stream is not None:
+            t.stream = StreamLink(stream)
             stream._task_id = task_id
         with self._lock:
+            objects = self.objects
             refs = []
             for rid in t.return_ids:
-                self.table[rid] = [1, None, None, None]
+                objects.own(rid, None, 1)
                 refs.append(ObjectRef(rid, self.slot, self, True))
-            self.tasks[task_id] = t
-            pending = 0
-            for d in deps:
-                if self._loc_of(d) is None:
-                    pending += 1
-                    self.waiting.setdefault(d._id, []).append(t)
-            t.pending = pending
-            if target is not None:
-                self.actor_queues.setdefault(target, collections.deque()).append(t)
-                self._send_calls(target)
-            elif not pending:
-                self._push(t)
+            pending = [d._id for d in deps if self._loc_of(d) is None] if deps else []
+            t.dep_ids = pending
+            instrs = self.manager.submit(t, pending, parent)
+            if instrs:
+                self._carry_out(instrs)
         return refs
 
-    def _body(self, t: _Task) -> bytes:
+    def _body(self, t: Task) -> bytes:
         fn_key, fn_off, fn_len, fn_name, args_loc, nret = t.spec
         dep_locs = [self._loc_of(d) for d in t.deps]
         return pickle.dumps((fn_key, fn_off, fn_len, fn_name, args_loc, dep_locs, nret), 5)
 
-    def _push(self, t: _Task) -> None:
+    def _push(self, t: Task) -> None:
         """Build the task's record (dependencies are ready now) and push it."""
         body = self._body(t)
         o = t.opts
@@ -161,21 +144,12 @@ class Submitting:
             self._flush_backlog()
         self.segment.notify_work(1)
 
-    def _send_calls(self, slot: int) -> None:
-        """Send this process's queued calls to the actor at ``slot``, in submission order,
-        up to the first one still waiting for an argument."""
-        q = self.actor_queues.get(slot)
-        while q and q[0].pending == 0:
-            t = q.popleft()
-            if t.cancelled:
-                continue
-            self._send_call(t)
-
-    def _send_call(self, t: _Task) -> None:
+    def _send_call(self, t: Task) -> None:
+        """Send an actor call to its actor's inbox (its body in an arena block when large),
+        stamped with the epoch of the actor's process; a call to a dead actor fails."""
         err = actor_dead_error(self.segment, t.target, t.actor_id)
         if err is not None:
-            self.tasks.pop(t.task_id, None)
-            self._finish(t, [("x", pickle.dumps(err, 5))] * len(t.return_ids))
+            self._carry_out(self.manager.call_failed(t, err))
             return
         t.epoch = epoch = self.segment.actor_epoch(t.target)[0]
         if t.spec_block is not None:  # re-sent after a restart
@@ -204,12 +178,10 @@ class Submitting:
         """Whether a task holding ``ref`` (a top-level dependency when ``dep``, ready then;
         else a ref nested in its arguments) may, through it, wait on another task: its
         object is pending, or holds refs, or is borrowed (its value is not known here)."""
-        e = self.table.get(ref._id)
-        if e is None:
-            return True
-        return bool(e[3]) or (not dep and e[1] is None)
+        objects = self.objects
+        return objects.holds_refs(ref._id) or (not dep and objects.location(ref._id) is None)
 
-    def _holds_refs(self, t: _Task) -> bool:
+    def _holds_refs(self, t: Task) -> bool:
         """Whether the task must never run on top of a task blocked in ``get`` (the record
         flag ``HOLDS_REFS``): it might wait on that task, which cannot go on until it
         returns.  A task holding no such refs can only wait on tasks it submits itself."""
@@ -218,8 +190,8 @@ class Submitting:
             return True
         return bool(t.deps) and any(may_wait(d, True) for d in t.deps)
 
-    def _retry(self, t: _Task) -> None:
-        t.attempt += 1
+    def _retry(self, t: Task) -> None:
+        """Run ``t`` again (the manager counted the attempt)."""
         if t.target is not None:
             self._send_call(t)
             return

@@ -23,8 +23,7 @@ class Waiting:
         if e is not None:
             return e[1]
         loc = self.borrowed.get(ref._id)
-        if loc is None and ref._id not in self.requested and not ref._owned:
-            self.requested.add(ref._id)
+        if loc is None and not ref._owned and self.objects.should_request(ref._id):
             msg = encode((MSG_REQUEST, ref._id, self.slot))
             while not self.segment.inboxes[ref._owner_slot].put(msg):
                 time.sleep(0.0005)

@@ -73,7 +73,7 @@ class Worker:
         self.charges: list[tuple] = []  # (uses token, pool charge) of each running task
         self.calls: list[bytes] = []  # ids of the tasks whose function is running now
         self.pending_stops: dict[bytes, int] = {}  # stops for tasks under the top one
-        self.children: dict[bytes, set] = {}  # running call -> tasks it submitted
+        self.children = client.manager.children  # running call -> tasks it submitted
         self.recursive_cancels: set[bytes] = set()  # calls stopped by a recursive cancel
         client.helper = self
 
@@ -167,7 +167,7 @@ class Worker:
             if rec is None:
                 self.client.poll()
                 if (self.extra and time.monotonic() - self.last_work > EXTRA_IDLE_S
-                        and not self.client.table):  # (objects it lent live in its table)
+                        and not self.client.num_objects()):  # (objects it lent live there)
                     self.give_token()
                     seg.set_slot_state(self.slot, SlotState.FREE)  # retire quietly
                     return
@@ -337,11 +337,7 @@ class Worker:
 
     def cancel_children(self, task_id: bytes) -> None:
         """A call ended by a cancel: cancel what it submitted that is still pending."""
-        for child in self.children.pop(task_id, ()):
-            try:
-                self.client.cancel_task(child)
-            except Exception:  # noqa: BLE001 -- best effort, as Ray's recursive cancel
-                pass
+        self.client.cancel_children(task_id)
 
     def _raise_stop(self, reason: StopRequest, task_id: bytes) -> None:
         """Raise the stop inside the running task: a ``KeyboardInterrupt`` (as Ray does), so

@@ -239,7 +239,7 @@ def borrowed_entries(refs):
     gc.collect()
     client = context.current_client()
     client.poll()
-    return len(client.borrowed), len(client.borrow_counts)
+    return len(client.objects.borrowed), len(client.objects.borrow_counts)
 
 
 def test_borrowed_entries_go_with_the_last_borrowed_ref(rt):
