@@ -1,9 +1,13 @@
-"""The per-process runtime client: submit tasks, own their results, get and wait.
+"""The per-process runtime client, the core worker: submit tasks, own their results, get and
+wait.
 
-:class:`CoreClient` holds the state; its jobs live in one module each, as the classes it
-is made of: ``ownership.py`` (refs, the object table, pins, loans), ``submitting.py``,
-``completions.py`` (the inbox), ``waiting.py`` (get, wait, helping), ``cancelling.py``;
-the decisions on a task that ends badly are pure functions in ``task_state.py``.
+Its state is two pure state machines (``docs/architecture.md``, "Runtime state machines"):
+the task manager (``task_manager.py``) and the object table (``object_table.py``).
+:class:`CoreClient` decodes what arrives, feeds them and carries out the instructions they
+return (:meth:`CoreClient._carry_out`); its I/O jobs live in one module each, as the classes
+it is made of: ``ownership.py`` (refs, values in the arena, futures), ``submitting.py``
+(records, pushes, actor calls), ``completions.py`` (the inbox), ``waiting.py`` (get, wait,
+helping), ``cancelling.py``.
 
 Every process that submits work -- the driver, and a worker running a task that submits
 tasks -- has one :class:`CoreClient` bound to its slot of the scheduler segment::

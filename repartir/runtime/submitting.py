@@ -101,7 +101,6 @@ class Submitting:
                 objects.own(rid, None, 1)
                 refs.append(ObjectRef(rid, self.slot, self, True))
             pending = [d._id for d in deps if self._loc_of(d) is None] if deps else []
-            t.dep_ids = pending
             instrs = self.manager.submit(t, pending, parent)
             if instrs:
                 self._carry_out(instrs)

@@ -57,6 +57,7 @@ class Task:
         self.actor_id = actor_id
         self.spec = None
         self.deps: list | None = []  # ObjectRef arguments (kept alive while it runs)
+        self.dep_ids: list = []  # ids of the arguments it waited for at submit
         self.held = None  # refs nested in its arguments
         self.record = None  # the record (or call message) as last sent
         self.spec_block = self.args_block = None  # arena blocks of its spec and arguments
@@ -131,6 +132,7 @@ class TaskManager:
         self.tasks[t.task_id] = t
         if parent is not None:
             self.children.setdefault(parent, set()).add(t.task_id)
+        t.dep_ids = pending
         t.pending = len(pending)
         for oid in pending:
             self.waiting.setdefault(oid, []).append(t)
@@ -271,7 +273,7 @@ class TaskManager:
         t.cancelled = True
         if t.state in (TaskState.WAITING, TaskState.CALL_WAITING):
             self._forget_waits(t)
-            return self._cancelled(t)
+            return self._cancelled(t)  # (and the calls behind a cancelled call go)
         t.state = TaskState.CANCELLING
         return [Unqueue(t)]
 
@@ -289,15 +291,18 @@ class TaskManager:
         for in the deques (then :meth:`unqueued_many`)."""
         out: list = []
         queued: list = []
-        for t in list(self.tasks.values()):
+        waiting: list = []
+        for t in self.tasks.values():
             if t.cancelled:
                 continue
             if t.state in (TaskState.WAITING, TaskState.CALL_WAITING):
-                t.cancelled = True
-                self._forget_waits(t)
-                out.extend(self._cancelled(t))
+                t.cancelled = True  # all first: no call behind a cancelled one goes
+                waiting.append(t)
             elif t.state == TaskState.QUEUED:
                 queued.append(t)
+        for t in waiting:
+            self._forget_waits(t)
+            out.extend(self._cancelled(t))
         return out, queued
 
     def unqueued_many(self, tasks: list, found: set) -> list:
@@ -322,4 +327,10 @@ class TaskManager:
 
     def _cancelled(self, t: Task) -> list:
         self.tasks.pop(t.task_id, None)
-        return [Fail(t, TaskCancelledError(f"task {t.fn_name} was cancelled"))]
+        out: list = [Fail(t, TaskCancelledError(f"task {t.fn_name} was cancelled"))]
+        if t.state == TaskState.CALL_WAITING:  # it leaves its actor line: later calls go
+            line = self.actor_lines.get(t.target)
+            if line is not None and t in line:
+                line.remove(t)
+                out.extend(self._ready_calls(t.target))
+        return out

@@ -923,6 +923,23 @@ def test_cancel_of_a_running_actor_call(rt, tmp_path):
     assert repartir.get(a.inc.remote(), timeout=LONG) == 8
 
 
+def test_calls_behind_a_cancelled_call_waiting_for_its_argument_go(rt, tmp_path):
+    """A call waiting for an argument holds the calls behind it (they keep submission
+    order); cancelling it lets them go at once, before that argument is ready."""
+    gate = str(tmp_path / "gate")
+    a = Counter.remote(0)
+    slow = gated_value.remote(gate, 5)
+    waiting = a.inc.remote(slow)
+    behind = [a.inc.remote() for _ in range(3)]
+    repartir.cancel(waiting)
+    with pytest.raises(repartir.TaskCancelledError):
+        repartir.get(waiting, timeout=LONG)
+    assert repartir.get(behind, timeout=LONG) == [1, 2, 3]
+    assert not os.path.exists(gate)  # the argument never became ready meanwhile
+    Path(gate).touch()
+    assert repartir.get(slow, timeout=LONG) == 5
+
+
 @pytest.mark.parametrize("cls", ["threaded", "async"])
 def test_cancel_of_a_running_call_of_a_threaded_or_async_actor_lets_it_end(rt, tmp_path, cls):
     """Documented (``repartir.cancel``): such a call cannot be interrupted and ends normally --
