@@ -8,10 +8,10 @@ from __future__ import annotations
 from ..errors import ObjectLostError, RepartirSystemError
 from ..ids import new_object_id
 from .actor_life import end_actor
-from .object_table import error_location, unpin_all
-from .protocol import (MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM, MSG_OBJECT,
-                       MSG_OWNER_DIED, MSG_RELEASE, MSG_REQUEST, Done, Item, Message, Status,
-                       StopReason, decode, open_large)
+from .object_table import unpin_all
+from .protocol import (ARENA, ERROR, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM,
+                       MSG_OBJECT, MSG_OWNER_DIED, MSG_RELEASE, MSG_REQUEST, Done, Item, Message,
+                       Status, StopReason, decode, failed, open_large)
 from .task_manager import Task
 
 from .ownership import _log
@@ -112,14 +112,14 @@ class Completions:
         else:
             manager.completed(task_id)
         if t.stream is not None:  # a streaming task ended: payload is the item count
-            t.stream.end(None if ok else ("e", payload))
+            t.stream.end(None if ok else (ERROR, payload))
             self._finish(t, [])
             return
         if ok:
             self._carry_out(self.objects.keep_pins(t.return_ids, pins))
             self._finish(t, payload)
         else:
-            self._finish(t, [("e", payload)] * len(t.return_ids))
+            self._finish(t, [(ERROR, payload)] * len(t.return_ids))
 
     def _on_item(self, msg: Item) -> None:
         task_id, index, loc, pins = msg.task_id, msg.index, msg.loc, msg.pins
@@ -144,18 +144,18 @@ class Completions:
         if not objects.wants(object_id):
             return  # every ref to it died meanwhile
         hold = None
-        if loc[0] == "a":  # hold the block while our refs live, if it still is that object
+        if loc[0] == ARENA:  # hold the block while our refs live, if it still is that object
             if self.arena.hold_if_generation(loc[1], loc[3]):
                 hold = loc[1]
             else:
-                loc = error_location(ObjectLostError(
+                loc = failed(ObjectLostError(
                     f"object {object_id.hex()} was freed by its owner before this "
                     f"process could hold it: keep a ref to it in its owner"))
         self._carry_out(objects.arrived(object_id, loc, hold))
 
     def _fail(self, t: Task, err: BaseException) -> None:
         """``t`` ended without a result: its refs (and stream) get ``err``."""
-        loc = error_location(err)
+        loc = failed(err)
         if t.stream is not None:
             t.stream.end(loc)
         self._finish(t, [loc] * len(t.return_ids))

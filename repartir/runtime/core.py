@@ -16,10 +16,9 @@ tasks -- has one :class:`CoreClient` bound to its slot of the scheduler segment:
                                                           │ runs the task
     get/wait ◀── object table ◀── poll() ◀── own inbox ◀──┘ completion (result location)
 
-* **Object table** (owner side): ``object id -> [refcount, location, remote waiters]``.  A
-  location is ``("i", blob)`` for an inline object, ``("a", offset, nbytes, generation)``
-  for one in the arena, ``("e", payload)`` for a task error, and ``None`` while pending.
-  ``ObjectRef`` instances hold the counts; their ``__del__`` only appends to
+* **Object table** (owner side): ``object id -> [refcount, location, remote waiters, held]``
+  (locations: ``protocol.Location``; ``None`` while pending).  ``ObjectRef`` instances hold
+  the counts; their ``__del__`` only appends to
   :attr:`dead_refs`, which :meth:`poll` processes (no lock is ever taken inside ``__del__``).
 * **Dependencies**: top-level ``ObjectRef`` arguments are replaced by markers; the task is
   pushed once every one of them is ready, with their locations in the record, so a worker

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from ..errors import TaskCancelledError, TaskInterrupted, TaskTimeoutError
 from ..serialization import SIMPLE_TYPES, serialize, simple_blob
 from .messages import EXITED_ON_PURPOSE, failed_message
-from .protocol import MSG_DONE, MSG_ITEM, Done, Item, Status, encode, result_blocks
+from .protocol import ARENA, MSG_DONE, MSG_ITEM, Done, Item, Status, encode, inline, result_blocks
 from .objectref import capture_refs
 from .streaming import STREAMING
 
@@ -123,7 +123,7 @@ def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: byte
     if nret == 1:
         if type(result) in SIMPLE_TYPES and _small(result):
             blob = _NONE_BLOB if result is None else simple_blob(result)  # the common case
-            return encode((MSG_DONE, task_id, _OK, [("i", blob)], None))
+            return encode((MSG_DONE, task_id, _OK, [inline(blob)], None))
         results = (result,)
     else:
         if not isinstance(result, (tuple, list)) or len(result) != nret:
@@ -159,7 +159,7 @@ def stream_item(worker: Worker, item, fn_name: str, index: int, task_id: bytes,
     try:
         loc = worker.client.store(blobs[0])
     except BaseException:
-        drop_message_blocks(worker.client, Item(MSG_ITEM, task_id, index, ("i", b""), pins))
+        drop_message_blocks(worker.client, Item(MSG_ITEM, task_id, index, inline(b""), pins))
         raise
     worker.send(owner, encode((MSG_ITEM, task_id, index, loc, pins)))
 
@@ -182,7 +182,7 @@ def drop_message_blocks(client, msg: Done | Item) -> None:
     process) and its export pins."""
     locs, pins = result_blocks(msg)
     for loc in locs:
-        if loc[0] == "a":
+        if loc[0] == ARENA:
             client.arena.release(loc[1])
     for pin in pins or ():
         if type(pin) is int:
@@ -204,7 +204,7 @@ def export_pins(client, refs, receiver: int) -> list:
     for ref in refs:
         loc = client.location_for_export(ref._id)
         if loc is not None:
-            if loc[0] == "a":
+            if loc[0] == ARENA:
                 client.arena.pin(loc[1])
                 pins.append(loc[1])
         elif ref._owned and ref._client is client and ref._id not in lent:

@@ -15,9 +15,8 @@ from ..errors import RepartirError
 from ..scheduler.segment import SlotState
 from .actor_life import CTOR_FAILED_EXIT
 from .messages import EXITED_ON_PURPOSE
-from .protocol import (MSG_ACTOR_EPOCH, MSG_CALL, MSG_DONE, MSG_ITEM, MSG_OWNER_DIED,
-                       MSG_RELEASE, StopReason, decode, encode, open_large,
-                       result_blocks)
+from .protocol import (ARENA, MSG_ACTOR_EPOCH, MSG_CALL, MSG_DONE, MSG_ITEM, MSG_OWNER_DIED,
+                       MSG_RELEASE, StopReason, decode, encode, open_large, result_blocks)
 
 
 __all__ = ["NodeActors", "ActorRecord"]
@@ -248,7 +247,7 @@ class NodeActors:
             elif msg.kind in (MSG_DONE, MSG_ITEM):  # results of tasks the actor submitted
                 locs, pins = result_blocks(msg)
                 for loc in locs:
-                    if loc[0] == "a" and self.arena.claim(loc[1], loc[3], slot):
+                    if loc[0] == ARENA and self.arena.claim(loc[1], loc[3], slot):
                         self.arena.release(loc[1])
                 for pin in pins or ():
                     if type(pin) is int:

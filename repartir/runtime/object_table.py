@@ -16,19 +16,18 @@ Three kinds of object, one verb pair each:
   answer (``arrived``); the last ref gives back the arena hold and ends the loan.
 * **requested**: borrowed objects whose location this process has asked its owner for.
 
-Locations: ``("i", blob)`` inline, ``("a", offset, nbytes, generation)`` in the arena,
-``("e", payload)`` the task's exception, ``("x", pickled error)`` an error of the runtime.
+Locations are those of ``protocol.py`` (``INLINE``, ``ARENA``, ``ERROR``, ``FAILED``).
 """
 
 from __future__ import annotations
 
-import pickle
 from typing import NamedTuple
 
 from ..errors import ObjectLostError
+from .protocol import ARENA, failed
 
 __all__ = ["ObjectTable", "Reply", "FreeBlock", "Unpin", "LetGo", "ReleaseLoan", "Resolved",
-           "HOLDS_REFS", "error_location"]
+           "HOLDS_REFS"]
 
 HOLDS_REFS = "holds refs"  # in an owned entry's held list: its value holds refs
 
@@ -67,11 +66,6 @@ class Resolved(NamedTuple):
     """``object_id`` now has location ``loc``: resolve the futures waiting for it."""
     object_id: bytes
     loc: tuple
-
-
-def error_location(err: BaseException) -> tuple:
-    """The location of an object that stands for ``err`` (raised by ``get``)."""
-    return ("x", pickle.dumps(err, 5))
 
 
 class ObjectTable:
@@ -140,12 +134,12 @@ class ObjectTable:
         del self.owned[object_id]
         out: list = []
         if e[2]:  # borrowers wait for a value that will never come
-            lost = error_location(ObjectLostError(
+            lost = failed(ObjectLostError(
                 f"object {object_id.hex()} was freed by its owner (slot {self.slot}) while "
                 f"still pending: no ref to it was left there"))
             out.extend(Reply(s, object_id, lost) for s in e[2])
         loc = e[1]
-        if loc is not None and loc[0] == "a":
+        if loc is not None and loc[0] == ARENA:
             out.append(FreeBlock(loc[1]))
         for x in e[3] or ():
             if type(x) is int:
@@ -159,7 +153,7 @@ class ObjectTable:
         nobody holds a ref to any more is freed at once."""
         e = self.owned.get(object_id)
         if e is None:
-            return [FreeBlock(loc[1])] if loc[0] == "a" else []
+            return [FreeBlock(loc[1])] if loc[0] == ARENA else []
         e[1] = loc
         waiters = e[2]
         if not waiters:
@@ -172,7 +166,7 @@ class ObjectTable:
         is answered when the object is resolved, or freed)."""
         e = self.owned.get(object_id)
         if e is None:
-            return Reply(slot, object_id, error_location(ObjectLostError(
+            return Reply(slot, object_id, failed(ObjectLostError(
                 f"object {object_id.hex()} was freed by its owner (slot {self.slot}) before "
                 f"this process asked for its value: no ref to it was left there")))
         if e[1] is not None:
@@ -261,7 +255,7 @@ class ObjectTable:
         out = []
         for oid, owner in list(self.lent_from.items()):
             if owner == slot and self.borrowed.get(oid) is None:
-                loc = error_location(ObjectLostError(
+                loc = failed(ObjectLostError(
                     f"object {oid.hex()} was lost: the process that owned it (slot {slot}) "
                     f"died before it was ready. Its task returned the ref pending; get() it "
                     f"inside that task to keep the value."))

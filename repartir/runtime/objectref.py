@@ -24,6 +24,7 @@ import asyncio
 import threading
 from typing import Any
 
+from .protocol import ARENA
 from . import context
 
 __all__ = ["ObjectRef", "capture_refs"]
@@ -100,7 +101,7 @@ def _rebuild(object_id: bytes, owner_slot: int, loc) -> ObjectRef:
     if client is not None:
         client.note_borrowed(object_id, loc)
     if client is not None and loc is not None:
-        if loc[0] == "a":  # a borrower keeps the block alive while it holds the ref
+        if loc[0] == ARENA:  # a borrower keeps the block alive while it holds the ref
             client.arena.hold(loc[1])
             pin = loc[1]
     return ObjectRef(object_id, owner_slot, client, False, pin)

@@ -13,12 +13,12 @@ from ..errors import ObjectLostError
 from ..ids import new_object_id
 from ..serialization import Serialized, deserialize, deserialize_at, error_from_payload, serialize
 from .object_table import Resolved
+from .protocol import ARENA, ERROR, FAILED, INLINE, in_arena, inline
 from .objectref import ObjectRef, capture_refs
 
 _log = logging.getLogger("repartir")
 
-_EMPTY_ARGS = ("i", serialize(((), {})).to_bytes())
-_ERROR_KINDS = ("e", "x")  # locations that stand for an error (see value())
+_EMPTY_ARGS = inline(serialize(((), {})).to_bytes())
 
 __all__ = ["Ownership"]
 
@@ -55,11 +55,11 @@ class Ownership:
         """Where a serialized value goes: inline under the threshold, else the arena (a
         block owned by this process; a task's owner claims its results on arrival)."""
         if s.nbytes < self.config.inline_threshold:
-            return ("i", s.to_bytes())
+            return inline(s.to_bytes())
         arena = self.arena
         off = arena.allocate(s.nbytes, self.slot)
         s.write_into(arena.writable(off, s.nbytes))
-        return ("a", off, s.nbytes, arena.generation(off))
+        return in_arena(off, s.nbytes, arena.generation(off))
 
     def claim_results(self, locs: list) -> bool:
         """Take ownership of the arena blocks of a result message; returns False, having
@@ -67,7 +67,7 @@ class Ownership:
         what it owned before the message was read: the result is lost)."""
         taken = []
         for loc in locs:
-            if loc[0] == "a":
+            if loc[0] == ARENA:
                 if not self.arena.claim(loc[1], loc[3], self.slot):
                     for off in taken:
                         self.arena.release(off)
@@ -78,7 +78,7 @@ class Ownership:
     def drop_results(self, locs: list) -> None:
         """Free the arena blocks of a result nobody wants (a duplicate, a cancelled task)."""
         for loc in locs:
-            if loc[0] == "a" and self.arena.claim(loc[1], loc[3], self.slot):
+            if loc[0] == ARENA and self.arena.claim(loc[1], loc[3], self.slot):
                 self.arena.release(loc[1])
 
     def put(self, value: Any) -> ObjectRef:
@@ -97,15 +97,15 @@ class Ownership:
 
     def value(self, loc) -> Any:
         kind = loc[0]
-        if kind == "i":
+        if kind == INLINE:
             return deserialize(memoryview(loc[1]))
-        if kind == "a":
+        if kind == ARENA:
             value, anchor = deserialize_at(self.arena, loc[1], loc[2])
             self.arena.anchor(loc[1], anchor)
             return value
-        if kind == "e":  # the task raised
+        if kind == ERROR:  # the task raised
             raise error_from_payload(loc[1])
-        if kind == "x":  # the runtime stopped the task (crash, cancel, timeout)
+        if kind == FAILED:  # the runtime stopped the task (crash, cancel, timeout)
             raise pickle.loads(loc[1])
         raise ObjectLostError(f"object location {loc!r} is not understood")
 

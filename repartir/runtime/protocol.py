@@ -42,6 +42,30 @@ MSG_DONE, MSG_REQUEST, MSG_OBJECT, MSG_CRASHED, MSG_CALL, MSG_ITEM = 0, 1, 2, 3,
 MSG_ACTOR_EPOCH, MSG_LARGE, MSG_RELEASE, MSG_OWNER_DIED = 6, 7, 8, 9
 
 
+# -- locations: where an object's value is --------------------------------------------------
+# A location is a plain tuple (it travels in most messages); its first field says what the
+# rest is.  ``None`` stands for "not known yet" (the task runs).
+Location = tuple
+INLINE = "i"  #: ``(INLINE, blob)``: the serialized value itself
+ARENA = "a"  #: ``(ARENA, offset, nbytes, generation)``: a block of the arena
+ERROR = "e"  #: ``(ERROR, payload)``: the task raised (``serialization.error_payload``)
+FAILED = "x"  #: ``(FAILED, pickled error)``: the runtime stopped, failed or lost it
+ERROR_KINDS = (ERROR, FAILED)  #: locations whose ``get`` raises
+
+
+def inline(blob: bytes) -> Location:
+    return (INLINE, blob)
+
+
+def in_arena(offset: int, nbytes: int, generation: int) -> Location:
+    return (ARENA, offset, nbytes, generation)
+
+
+def failed(err: BaseException) -> Location:
+    """The location of an object that stands for ``err`` (raised as is by ``get``)."""
+    return (FAILED, pickle.dumps(err, 5))
+
+
 class Status(enum.IntEnum):
     """How a task ended, in :class:`Done` (sent as a plain ``int``)."""
 

@@ -15,7 +15,7 @@ from ..scheduler.record import HEADER as RECORD_HEADER
 from ..serialization import serialize
 from .actor_life import actor_dead_error
 from .messages import ARENA_SPEC, Dep, TaskOptions, demand_vector, name_bad_argument
-from .protocol import MSG_CALL, encode
+from .protocol import ARENA, MSG_CALL, encode
 from .objectref import ObjectRef, capture_refs
 from .streaming import StreamLink
 
@@ -78,7 +78,7 @@ class Submitting:
                 except SerializationError:
                     raise name_bad_argument(fn_name, args, kwargs) from None
             args_loc = self.store(s)  # large arguments go to the arena once, as Ray does
-            if args_loc[0] == "a":
+            if args_loc[0] == ARENA:
                 args_block = args_loc[1]
         else:
             args_loc, nested = _EMPTY_ARGS, []

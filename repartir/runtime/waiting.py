@@ -9,10 +9,9 @@ import time
 from typing import Any, Sequence
 
 from ..errors import GetTimeoutError, ObjectLostError, WorkerCrashedError
-from .protocol import MSG_REQUEST, encode
+from .protocol import ERROR_KINDS, MSG_REQUEST, encode
 from .objectref import ObjectRef
 
-from .ownership import _ERROR_KINDS
 
 __all__ = ["Waiting"]
 
@@ -109,7 +108,7 @@ class Waiting:
                         if loc is not None:
                             ready[i] = True
                             count += 1
-                            failed = failed or loc[0] in _ERROR_KINDS
+                            failed = failed or loc[0] in ERROR_KINDS
                         else:
                             still.append(i)
                     pending = still
@@ -170,7 +169,7 @@ class Waiting:
             with self._lock:
                 locs = [self._loc_of(r) if ok else None for r, ok in zip(refs, ready)]
             for loc in locs:
-                if loc is not None and loc[0] in _ERROR_KINDS:
+                if loc is not None and loc[0] in ERROR_KINDS:
                     self.value(loc)  # raises the task's error
             missing = ready.count(False)
             raise GetTimeoutError(
