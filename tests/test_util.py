@@ -12,6 +12,7 @@ sleep; time-outs that must expire are short, those that must not are generous.
 from __future__ import annotations
 
 import asyncio
+import gc
 import queue as std_queue
 
 import psutil
@@ -72,7 +73,9 @@ def produce(q, start: int, n: int) -> int:
 
 
 @repartir.remote
-def consume(q, n: int) -> list:
+def consume(q, n: int, started: str | None = None) -> list:
+    if started is not None:
+        open(started, "w").close()
     return [q.get(timeout=LONG) for _ in range(n)]
 
 
@@ -335,6 +338,7 @@ def test_shutdown_ends_the_queue(rt):
     q.put(1)
     q2 = Queue()
     assert repartir.get(produce.remote(q2, 0, 1), timeout=LONG) == 1  # a copy went to a task
+    holder = Drainer.remote(q2)  # a copy that outlives the shutdown
     procs = [psutil.Process(driver._node.actor_procs[h._slot].pid) for h in (q.actor, q2.actor)]
     q.shutdown()
     q2.shutdown(force=True)
@@ -344,6 +348,8 @@ def test_shutdown_ends_the_queue(rt):
         with pytest.raises(repartir.RepartirError, match="shut down"):
             dead.get_nowait()
         dead.shutdown()  # twice: nothing
+    with pytest.raises(repartir.ActorDiedError):
+        repartir.get(holder.put_back.remote("too late"), timeout=LONG)
     assert wait_until(lambda: all(rtsupport.is_gone(p) for p in procs), timeout=LONG)
 
 
@@ -368,9 +374,33 @@ def test_queue_bad_input_and_creation_in_a_task(rt):
         repartir.get(make_queue.remote(), timeout=LONG)
 
 
-def test_a_queue_between_two_tasks(rt):
-    q = Queue(maxsize=2)  # the producer blocks while the consumer is behind
-    consumer = consume.remote(q, 10)
+def test_a_queue_between_two_tasks(rt, tmp_path):
+    # Two tasks that wait on each other through a queue can hang when one runs on the
+    # other's stack (docs/util.md, "Queue"): here the consumer runs before the producer is
+    # submitted, and the queue is unbounded, so the producer never waits for the consumer,
+    # wherever it runs (also on the stack of the consumer's worker, while it waits in get)
+    q = Queue()
+    started = str(tmp_path / "started")
+    consumer = consume.remote(q, 10, started)
+    assert rtsupport.wait_file(started, LONG)
     assert repartir.get(produce.remote(q, 0, 10), timeout=LONG) == 10
     assert repartir.get(consumer, timeout=LONG) == list(range(10))
     q.shutdown()
+
+
+def test_a_bounded_queue_between_a_task_and_an_actor(rt):
+    q = Queue(maxsize=2)  # the producer task waits in put while the actor is behind
+    d = Drainer.remote(q)
+    drained = d.drain.remote(10)
+    assert repartir.get(produce.remote(q, 0, 10), timeout=LONG) == 10
+    assert repartir.get(drained, timeout=LONG) == list(range(10))
+    q.shutdown()
+
+
+def test_a_queue_never_passed_anywhere_ends_with_its_last_copy(rt):
+    q = Queue()
+    q.put(1)
+    proc = psutil.Process(driver._node.actor_procs[q.actor._slot].pid)
+    del q
+    gc.collect()
+    assert wait_until(lambda: rtsupport.is_gone(proc), timeout=LONG)

@@ -26,7 +26,10 @@ a task's arguments are (numpy arrays in the object store; an ``ObjectRef`` given
 itself is replaced by its value, as in Ray).  Limits of this version: the queue must be
 created, and :meth:`Queue.shutdown` called, in the driver (actors are created and killed
 from the driver only); once the queue has been passed to a task or an actor, its actor
-lives until :meth:`Queue.shutdown` or ``repartir.shutdown()``.
+lives until :meth:`Queue.shutdown` or ``repartir.shutdown()``.  Two *tasks* that wait on
+each other through a queue (a producer and a consumer) can hang: a task waiting for the
+queue actor's answer may run the other one on its worker's stack (helping), and resumes only
+when that one returns -- see ``docs/util.md``, "Queue", for what works.
 """
 
 from __future__ import annotations
