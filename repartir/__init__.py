@@ -29,6 +29,7 @@ from .runtime.objectref import ObjectRef
 from .runtime.actor import ActorClass, ActorHandle, method, named_handle
 from .runtime.remote_function import RemoteFunction
 from .runtime.streaming import ObjectRefGenerator
+from .runtime.context import RuntimeContext
 
 __version__ = "0.1.0"
 
@@ -50,6 +51,8 @@ __all__ = [
     "ActorHandle",
     "RemoteFunction",
     "nodes",
+    "get_runtime_context",
+    "RuntimeContext",
     "cluster_resources",
     "available_resources",
     "errors",
@@ -268,8 +271,18 @@ def nodes() -> list[dict]:
         resources["GPU"] = float(cfg.num_gpus)
     resources.update(dict(cfg.resources))
     resources["object_store_memory"] = float(cfg.object_store_memory)
-    return [{"NodeID": c.session, "Alive": True, "NodeManagerAddress": "127.0.0.1",
-             "Resources": resources}]
+    return [{"NodeID": _context.RuntimeContext().get_node_id(), "Alive": True,
+             "NodeManagerAddress": "127.0.0.1", "Resources": resources}]
+
+
+def get_runtime_context() -> RuntimeContext:
+    """What runs where (Ray's ``ray.get_runtime_context()``): the returned object's
+    ``get_node_id()``, ``get_job_id()`` (hex strings), ``get_task_id()`` (hex, ``None`` in
+    the driver), ``get_actor_id()`` (hex, ``None`` outside an actor) and
+    ``was_current_actor_reconstructed`` answer for the calling process, thread and asyncio
+    task at the time they are called.  Usable before ``init()``; ``get_node_id()`` and
+    ``get_job_id()`` then raise ``RepartirError`` (call ``init()`` first)."""
+    return RuntimeContext()
 
 
 def cluster_resources() -> dict:

@@ -10,6 +10,8 @@ traceback text attached (as in Ray's ``RayTaskError`` and CPython's
 
 from __future__ import annotations
 
+import queue as _queue
+
 __all__ = [
     "RepartirError",
     "TaskError",
@@ -28,6 +30,8 @@ __all__ = [
     "DeviceError",
     "DeviceNotFoundError",
     "RemoteTraceback",
+    "Empty",
+    "Full",
 ]
 
 
@@ -250,3 +254,18 @@ class DeviceNotFoundError(DeviceError, LookupError):
     """No device of the kind asked for is present (no OpenCL platform, no GPU, an index out
     of range).  The message lists the devices that are present and says how to get one
     (``pip install "repartir[gpu]"`` brings PoCL, an OpenCL implementation for the CPU)."""
+
+
+class Empty(RepartirError, _queue.Empty):
+    """A :class:`repartir.util.queue.Queue` had no item to give: ``get(block=False)`` or
+    ``get_nowait()`` on an empty queue, a blocking ``get`` past its ``timeout``, or
+    ``get_nowait_batch(n)`` with fewer than ``n`` items queued.  Also a ``queue.Empty``,
+    as Ray's ``ray.util.queue.Empty``; import it as ``repartir.util.queue.Empty``."""
+
+
+class Full(RepartirError, _queue.Full):
+    """A :class:`repartir.util.queue.Queue` of bounded ``maxsize`` had no room:
+    ``put(block=False)`` or ``put_nowait()`` on a full queue, a blocking ``put`` past its
+    ``timeout``, or ``put_nowait_batch(items)`` with more items than free places.  Also a
+    ``queue.Full``, as Ray's ``ray.util.queue.Full``; import it as
+    ``repartir.util.queue.Full``."""

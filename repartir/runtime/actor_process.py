@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import TaskCancelledError
 from ..scheduler.segment import SlotState
 from .actor import ActorClass
+from . import context
 from .actor_life import CTOR_FAILED_EXIT, EXIT_METHOD
 from .executor import exit_process, finish_result, run_function, stream_item
 from .messages import failed_message
@@ -32,6 +33,8 @@ def run_actor(client, worker, spec: dict) -> None:
     """Main loop of an actor process: build the instance, then run calls from the inbox."""
     seg, slot = client.segment, client.slot
     config = spec["actor"]
+    epoch, actor_id = seg.actor_epoch(slot)
+    context.set_actor(actor_id, epoch != config.get("first_epoch", epoch))
     try:
         with open(config["creation_file"], "rb") as f:
             cls, args, kwargs = pickle.load(f)
@@ -261,6 +264,7 @@ class _Runner:
             if prep is None:
                 return
             task_id, owner, fn, fn_name, args_loc, dep_locs, nret = prep
+            context.running_task.set(task_id)  # this asyncio task's own context
             try:
                 try:
                     args, kwargs = self.worker.load_args(args_loc, dep_locs)

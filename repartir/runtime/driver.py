@@ -105,6 +105,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         client.batch_submits = True
         _node, _client, _owner_pid = node, client, os.getpid()
         context.set_client(client)
+        context.set_node_id(node.node_id)
         _pump_stop.clear()
         _pump = threading.Thread(target=_pump_loop, args=(client,), daemon=True,
                                  name="repartir-pump")
@@ -159,6 +160,7 @@ def shutdown() -> None:
         node, c = _node, _client
         _node = _client = _pump = None
         context.set_client(None)
+        context.set_node_id(None)
         if c is not None:
             c.closed = True
         node.stop(unmap=not pump_left)
@@ -203,6 +205,7 @@ def _after_fork_in_child() -> None:
             pass
     _node = _client = _pump = None
     context.set_client(None)
+    context.set_node_id(None)
 
 
 atexit.register(shutdown)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from ..errors import TaskCancelledError, TaskInterrupted, TaskTimeoutError
 from ..serialization import SIMPLE_TYPES, serialize, simple_blob
+from .context import running_task
 from .messages import EXITED_ON_PURPOSE, failed_message
 from .protocol import ARENA, MSG_DONE, MSG_ITEM, Done, Item, Status, encode, inline, result_blocks
 from .objectref import capture_refs
@@ -45,7 +46,9 @@ class Worker(Protocol):
 def run_function(worker: Worker, fn, fn_name: str, args_loc, dep_locs, nret: int,
                  task_id: bytes, owner: int) -> bytes:
     """Call ``fn`` with the task's arguments; returns the completion message for the owner
-    (results stored inline or in the arena, or the error)."""
+    (results stored inline or in the arena, or the error).  While it runs, the task is
+    this thread's ``context.running_task`` (``get_runtime_context().get_task_id()``)."""
+    running = running_task.set(task_id)
     try:
         args, kwargs = worker.load_args(args_loc, dep_locs)
         worker.calls.append(task_id)
@@ -66,6 +69,7 @@ def run_function(worker: Worker, fn, fn_name: str, args_loc, dep_locs, nret: int
     finally:
         worker.children.pop(task_id, None)
         worker.recursive_cancels.discard(task_id)
+        running_task.reset(running)
 
 
 def stop_error(exc: BaseException) -> BaseException:

@@ -77,6 +77,7 @@ class Node(NodeActors, Supervisor):
             n += 1  # a second init() of this process within the same second
             self.session = f"{stamp}.{n}_{pid}"
         self.session_dir = os.path.join(config.temp_dir, f"session_{self.session}")
+        self.node_id = os.urandom(28).hex()  # Ray's NodeID size; get_runtime_context()
         self.procs: dict[int, subprocess.Popen] = {}
         self.life_r = self.life_w = -1
         self.stopping = False
@@ -120,7 +121,7 @@ class Node(NodeActors, Supervisor):
         self.life_r, self.life_w = os.pipe()
         os.set_inheritable(self.life_r, False)
         with open(os.path.join(self.session_dir, "session.json"), "w") as f:
-            json.dump({"pid": os.getpid(), "session": self.session,
+            json.dump({"pid": os.getpid(), "session": self.session, "node_id": self.node_id,
                        "num_cpus": cfg.num_cpus,
                        "object_store_memory": cfg.object_store_memory}, f)
         if cfg.log_to_driver:
@@ -162,6 +163,7 @@ class Node(NodeActors, Supervisor):
             "actor": actor,
             "slot": slot,
             "session": self.session,
+            "node_id": self.node_id,
             "sched_fd": self.sched_fd,
             "sched_size": self.sched_size,
             "arena_fd": self.arena_fd,

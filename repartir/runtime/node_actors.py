@@ -70,7 +70,8 @@ class NodeActors:
             time.sleep(0.005)  # actors whose last handle died are finishing their calls
         for raw in seg.inboxes[slot].drain():  # nothing meant for an earlier actor remains
             open_large(self.arena, slot, decode(raw))  # frees a large message's block
-        seg.bump_actor_epoch(slot, actor_id)
+        first_epoch = seg.bump_actor_epoch(slot, actor_id)
+        self.actors[slot].config["first_epoch"] = first_epoch  # later ones: restarts
         seg.set_note(slot, "")
         if any(demand) and not self._fits(demand):
             # as in Ray, the actor waits for its resources (its calls wait in its inbox);

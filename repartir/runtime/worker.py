@@ -388,6 +388,7 @@ def main() -> None:
     arena.ledger = PinLedger(seg, slot)
     client = CoreClient(seg, arena, slot, config, spec["session"])
     context.set_client(client)
+    context.set_node_id(spec["node_id"])
     worker = Worker(client, config.num_cpus)
     if spec.get("actor"):
         client.helper = None  # an actor does not run other tasks while it waits
