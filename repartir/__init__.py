@@ -18,7 +18,7 @@ import time
 from typing import Any, Sequence
 
 from . import errors
-from .errors import (ActorDiedError, DeviceError, GetTimeoutError, InfeasibleTaskError,
+from .errors import (ActorDiedError, ActorExit, DeviceError, GetTimeoutError, InfeasibleTaskError,
                      ObjectLostError, ObjectStoreFullError, RepartirError, RepartirSystemError,
                      SerializationError, TaskCancelledError, TaskError, TaskInterrupted,
                      TaskTimeoutError, WorkerCrashedError)
@@ -28,8 +28,9 @@ from .runtime.driver import init, is_initialized, shutdown
 from .runtime.objectref import ObjectRef
 from .runtime.actor import ActorClass, ActorHandle, method, named_handle
 from .runtime.remote_function import RemoteFunction
-from .runtime.streaming import ObjectRefGenerator
+from .runtime.streaming import DynamicObjectRefGenerator, ObjectRefGenerator
 from .runtime.context import RuntimeContext
+from . import actor  # repartir.actor.exit_actor, as Ray's ray.actor
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,8 @@ __all__ = [
     "method",
     "ObjectRef",
     "ObjectRefGenerator",
+    "DynamicObjectRefGenerator",
+    "actor",
     "ActorClass",
     "ActorHandle",
     "RemoteFunction",
@@ -68,6 +71,7 @@ __all__ = [
     "TaskTimeoutError",
     "InfeasibleTaskError",
     "ActorDiedError",
+    "ActorExit",
     "RepartirSystemError",
     "DeviceError",
 ]
@@ -78,7 +82,10 @@ def remote(*args: Any, **options: Any):
 
     Options (Ray's names where Ray has them):
 
-    * ``num_returns`` (default 1): objects the task returns.
+    * ``num_returns`` (default 1; for a generator function ``"streaming"``): objects the
+      task returns.  A generator function streams its items (an ``ObjectRefGenerator``);
+      with an int N it yields N items, one per ref; with ``"dynamic"`` the task returns one
+      ref whose value is a ``DynamicObjectRefGenerator`` of its items' refs (as in Ray).
     * ``max_retries`` (default 3): re-runs when the worker process dies (-1: for ever).
     * ``retry_exceptions`` (default ``False``): also re-run on an exception -- ``True`` or a
       list of exception types.

@@ -25,6 +25,7 @@ __all__ = [
     "TaskInterrupted",
     "InfeasibleTaskError",
     "ActorDiedError",
+    "ActorExit",
     "AlreadyInitializedError",
     "RepartirSystemError",
     "DeviceError",
@@ -196,6 +197,13 @@ class InfeasibleTaskError(RepartirError, ValueError):
 class ActorDiedError(RepartirError):
     """The actor is dead: its constructor failed, it was killed, or its process died more
     often than ``max_restarts`` allowed.  The message gives the cause."""
+
+
+class ActorExit(SystemExit):
+    """Raised by :func:`repartir.actor.exit_actor` inside an actor method to end the actor
+    on purpose (Ray raises a ``SystemExit`` there too, ``AsyncioActorExit`` in async actors).
+    A ``SystemExit``, so ``except Exception`` in the method does not swallow it; let it
+    propagate.  The message says why; callers then get :class:`ActorDiedError` with it."""
 
 
 class AlreadyInitializedError(RepartirError, RuntimeError):

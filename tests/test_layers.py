@@ -16,7 +16,7 @@ PACKAGE = Path(REPO_ROOT) / "repartir"
 #: Top first.  A module is in the first layer with its name (``pkg.*``: a package and its modules).
 LAYERS: list[list[str]] = [
     ["repartir.util.*"],  # ActorPool, Queue: on the public API (not loaded by `import repartir`)
-    ["repartir", "repartir.__main__", "repartir.cli"],
+    ["repartir", "repartir.__main__", "repartir.cli", "repartir.actor"],
     ["repartir.tensor", "repartir.devices.*"],
     ["repartir.runtime.worker"],  # the process main of workers and actors
     ["repartir.runtime.actor_process"],

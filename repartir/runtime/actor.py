@@ -37,11 +37,11 @@ from ..errors import RepartirError, SerializationError
 from ..scheduler.segment import SlotState
 from ..serialization import dumps_code
 from . import context, driver
-from .actor_life import ActorLife
+from .actor_life import TERMINATE_METHODS, ActorLife
 from .messages import TaskOptions, name_bad_argument
 from .objectref import capture_refs
-from .signature import arg_check, method_arg_check
-from .streaming import STREAMING, submit_streaming
+from .signature import ArgCheck, arg_check, method_arg_check
+from .streaming import STREAMING, parse_num_returns, submit_streaming
 
 __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "ACTOR_OPTIONS"]
 
@@ -50,15 +50,19 @@ ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "name", "namespace", "life
                  "memory", "scheduling_strategy"}
 def _method_table(cls: type) -> dict[str, dict]:
     """``{name: {"num_returns", "is_async", "check"}}`` for each method an actor of ``cls``
-    can be called with: functions, static and class methods (not dunders but ``__call__``)."""
+    can be called with: functions, static and class methods (not dunders but ``__call__``).
+    A generator method (sync or async) streams unless ``@method(num_returns=...)`` says
+    otherwise, as in Ray."""
     table = {}
     for name, member in inspect.getmembers(cls):
         if name.startswith("__") and name not in ("__call__",):
             continue
         if inspect.isfunction(member) or inspect.ismethoddescriptor(member) \
                 or (inspect.ismethod(member) and member.__self__ is cls):  # a classmethod
+            generator = inspect.isgeneratorfunction(member) or inspect.isasyncgenfunction(member)
             table[name] = {
-                "num_returns": getattr(member, "__repartir_num_returns__", 1),
+                "num_returns": getattr(member, "__repartir_num_returns__",
+                                       "streaming" if generator else 1),
                 "is_async": inspect.iscoroutinefunction(member)
                 or inspect.isasyncgenfunction(member),
                 "check": method_arg_check(cls, name, f"{cls.__qualname__}.{name}"),
@@ -67,7 +71,16 @@ def _method_table(cls: type) -> dict[str, dict]:
 
 
 def method(*, num_returns: int | str = 1):
-    """Decorate an actor method with options (Ray's ``ray.method``): ``num_returns``."""
+    """Decorate an actor method with options (Ray's ``ray.method``): ``num_returns``, an int
+    from 1 to 65533 (a generator method then yields that many items, one per ref),
+    ``"streaming"`` (the default of generator methods: an ``ObjectRefGenerator``) or
+    ``"dynamic"`` (one ref whose value is a ``DynamicObjectRefGenerator``).
+
+    Raises:
+        ValueError: another ``num_returns``.
+    """
+    parse_num_returns(num_returns, False)
+
     def deco(fn):
         fn.__repartir_num_returns__ = num_returns
         return fn
@@ -247,6 +260,9 @@ class ActorHandle:
         methods = self.__dict__.get("_methods") or {}
         if name in methods:
             return ActorMethod(self, name, methods[name])
+        if name in TERMINATE_METHODS:  # Ray's, and its repartir name: end the actor
+            return ActorMethod(self, name, {"num_returns": 1, "is_async": False,
+                                            "check": ArgCheck(f"{self._class_name}.{name}", ())})
         raise AttributeError(f"actor {self.__dict__.get('_class_name')} has no method {name!r}")
 
     def __dir__(self) -> list[str]:
@@ -305,6 +321,14 @@ class ActorMethod:
         self._num_returns = meta["num_returns"] if num_returns is None else num_returns
 
     def options(self, *, num_returns: Any = None) -> "ActorMethod":
+        """A copy that calls with another ``num_returns`` (see :func:`method`).
+
+        Raises:
+            ValueError: ``num_returns`` is not an int from 1 to 65533, ``"streaming"`` or
+                ``"dynamic"``.
+        """
+        if num_returns is not None:
+            parse_num_returns(num_returns, False)
         return ActorMethod(self._handle, self._name, self._meta, num_returns)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -313,7 +337,8 @@ class ActorMethod:
 
     def remote(self, *args: Any, **kwargs: Any):
         """Call the method; returns its ref(s) at once (a list when ``num_returns > 1``, an
-        ``ObjectRefGenerator`` for ``num_returns="streaming"``).
+        ``ObjectRefGenerator`` for ``num_returns="streaming"``, the default of generator
+        methods; one ref to a ``DynamicObjectRefGenerator`` for ``"dynamic"``).
 
         Raises:
             TypeError: the arguments do not fit the method's signature.
@@ -325,16 +350,16 @@ class ActorMethod:
             check.check(args, kwargs)
         client = driver.client()
         h = self._handle
-        nret = self._num_returns
+        nret = parse_num_returns(self._num_returns, False)
         retries = h._max_task_retries
         opts = TaskOptions(
-            num_returns=STREAMING if nret == "streaming" else int(nret),
+            num_returns=nret,
             demand=(), priority=1, timeout=0.0,
             max_retries=(1 << 30) if retries == -1 else retries, retry_exceptions=False)
         fn_name = f"{h._class_name}.{self._name}"
-        if nret == "streaming":
+        if nret == STREAMING:
             return submit_streaming(client, self._name, (0, 0), fn_name, args, kwargs, opts,
                                     target=h._slot, actor_id=h._actor_id)
         refs = client.submit(self._name, (0, 0), fn_name, args, kwargs, opts, target=h._slot,
                              actor_id=h._actor_id)
-        return refs[0] if opts.num_returns == 1 else refs
+        return refs if nret > 1 else refs[0]

@@ -10,10 +10,14 @@ from ..errors import ActorDiedError
 from ..scheduler.segment import SlotState
 from .messages import TaskOptions
 
-__all__ = ["ActorLife", "end_actor", "actor_dead_error", "CTOR_FAILED_EXIT", "EXIT_METHOD"]
+__all__ = ["ActorLife", "end_actor", "actor_dead_error", "CTOR_FAILED_EXIT", "EXIT_METHOD",
+           "TERMINATE_METHODS"]
 
 CTOR_FAILED_EXIT = 77  # exit code of an actor process whose constructor raised
 EXIT_METHOD = "__repartir_exit__"  # the call queued when the last handle of an actor dies
+#: calls any handle can make (``handle.__ray_terminate__.remote()``): the actor ends, as
+#: with ``exit_actor()``, once the calls made before have run
+TERMINATE_METHODS = ("__ray_terminate__", "__repartir_terminate__")
 
 
 class ActorLife:

@@ -15,16 +15,16 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..errors import TaskCancelledError
+from ..errors import ActorExit, TaskCancelledError
 from ..scheduler.segment import SlotState
 from .actor import ActorClass
 from . import context
-from .actor_life import CTOR_FAILED_EXIT, EXIT_METHOD
-from .executor import exit_process, finish_result, run_function, stream_item
+from .actor_life import CTOR_FAILED_EXIT, EXIT_METHOD, TERMINATE_METHODS
+from .executor import (end_actor_process, exit_reason, finish_async_generator,
+                       finish_result, run_function)
 from .messages import failed_message
-from .protocol import MSG_DONE, Call, Status, encode
+from .protocol import Call
 from .objectref import ObjectRef
-from .streaming import STREAMING
 
 __all__ = ["run_actor"]
 
@@ -122,6 +122,7 @@ class _Runner:
         self.is_async = config["is_async"]
         self._running_lock = threading.Lock()
         self.active = 0  # calls running now
+        self.exiting = False  # a call ended the actor: no other call starts
 
     def _decode(self, msg: Call):
         body = msg.body
@@ -138,7 +139,8 @@ class _Runner:
             err = TaskCancelledError(f"call {fn_name} was cancelled before it started")
             return owner, failed_message(task_id, err, fn_name)
         try:
-            fn = self._drain if name == EXIT_METHOD else getattr(self.instance, name)
+            fn = (self._drain if name == EXIT_METHOD else self._terminate
+                  if name in TERMINATE_METHODS else getattr(self.instance, name))
         except AttributeError as exc:
             return owner, failed_message(task_id, exc, fn_name)
         return (task_id, owner, fn, fn_name, args_loc, dep_locs, nret)
@@ -165,6 +167,30 @@ class _Runner:
             time.sleep(0.001)
         return None
 
+    @staticmethod
+    def _terminate():
+        """``handle.__ray_terminate__.remote()`` (or ``__repartir_terminate__``): ends the
+        actor as ``exit_actor()`` does, once the calls made before it have run."""
+        raise ActorExit("was called: the actor ends after the calls made before")
+
+    def _exit(self, exc: SystemExit, fn_name: str) -> None:
+        """A method ended the actor (``exit_actor()``, ``__ray_terminate__``, ``sys.exit``):
+        no other call starts; as in Ray, the calls of a threaded actor already running end
+        first; then the process exits (:func:`end_actor_process`).  Never returns."""
+        self.exiting = True
+        why = exit_reason(exc, fn_name)
+        while self.active > 1:
+            time.sleep(0.001)
+        end_actor_process(self.worker, why)
+
+    async def _exit_async(self, exc: SystemExit, fn_name: str) -> None:
+        """:meth:`_exit` in an async actor: the coroutines already running end first."""
+        self.exiting = True
+        why = exit_reason(exc, fn_name)
+        while self.active > 1:
+            await asyncio.sleep(0.001)
+        end_actor_process(self.worker, why)
+
     def _start(self, msg):
         """Decode a call and record it as running; ``None`` when it was answered at once
         (cancelled before it started, or no such method)."""
@@ -176,6 +202,8 @@ class _Runner:
         return prep
 
     def _call(self, msg) -> None:
+        if self.exiting:  # its caller hears of the actor's death instead
+            return
         prep = self._start(msg)
         if prep is None:
             return
@@ -184,6 +212,8 @@ class _Runner:
             reply = run_function(self.worker, fn, fn_name, args_loc, dep_locs, nret, task_id,
                                  owner)
             self.worker.send(owner, reply)
+        except SystemExit as exc:  # the method ends the actor
+            self._exit(exc, fn_name)
         finally:
             self._leave(task_id)
 
@@ -239,7 +269,7 @@ class _Runner:
             if not client.calls:
                 await loop.run_in_executor(None, client.inbox.park, 0.005)
                 continue
-            while client.calls:
+            while client.calls and not self.exiting:
                 msg = client.calls.popleft()
                 await sem.acquire()
                 task = loop.create_task(self._async_call(msg, sem))
@@ -247,19 +277,10 @@ class _Runner:
                 task.add_done_callback(tasks.discard)
             await asyncio.sleep(0)
 
-    async def _stream_async(self, agen, fn_name: str, nret, task_id: bytes, owner: int):
-        """Stream the items of an ``async def`` generator method, as they come."""
-        if nret != STREAMING:
-            raise TypeError(f"{fn_name} returned an async generator: call it with "
-                            f".options(num_returns='streaming') to get its items as they come")
-        count = 0
-        async for item in agen:
-            stream_item(self.worker, item, fn_name, count, task_id, owner)
-            count += 1
-        return encode((MSG_DONE, task_id, int(Status.OK), count, None))
-
     async def _async_call(self, msg, sem) -> None:
         try:
+            if self.exiting:  # its caller hears of the actor's death instead
+                return
             prep = self._start(msg)
             if prep is None:
                 return
@@ -272,12 +293,13 @@ class _Runner:
                     if inspect.isawaitable(result):
                         result = await result
                     if inspect.isasyncgen(result):
-                        reply = await self._stream_async(result, fn_name, nret, task_id, owner)
+                        reply = await finish_async_generator(self.worker, result, fn_name,
+                                                             nret, task_id, owner)
                     else:
                         reply = finish_result(self.worker, result, fn_name, nret, task_id,
                                               owner)
-                except SystemExit as exc:
-                    exit_process(self.worker, exc, fn_name)
+                except SystemExit as exc:  # the method ends the actor
+                    await self._exit_async(exc, fn_name)
                 except BaseException as exc:
                     reply = failed_message(task_id, exc, fn_name)
                 self.worker.send(owner, reply)

@@ -12,7 +12,7 @@ from ..serialization import dumps_code
 from . import driver
 from .messages import TaskOptions
 from .signature import ArgCheck, arg_check
-from .streaming import STREAMING, submit_streaming
+from .streaming import STREAMING, parse_num_returns, submit_streaming
 
 __all__ = ["RemoteFunction", "validate_options", "parse_priority"]
 
@@ -38,10 +38,7 @@ def validate_options(options: dict) -> dict:
     unknown = set(options) - _TASK_OPTIONS
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; known: {sorted(_TASK_OPTIONS)}")
-    nr = options.get("num_returns", 1)
-    if nr != "streaming" and (not isinstance(nr, int) or nr < 1 or nr > 65533):
-        raise ValueError(f"num_returns must be an int between 1 and 65533 or 'streaming', "
-                         f"got {nr!r}")
+    parse_num_returns(options.get("num_returns", 1), False)
     mr = options.get("max_retries", 3)
     if not isinstance(mr, int) or mr < -1:
         raise ValueError(f"max_retries must be an int >= -1 (-1: for ever), got {mr!r}")
@@ -66,13 +63,20 @@ def validate_options(options: dict) -> dict:
 class RemoteFunction:
     """A function made remote.  ``f.remote(*args, **kwargs)`` submits a task and returns an
     ``ObjectRef`` at once (a list of ``num_returns`` refs when ``num_returns > 1``).
-    ``f.options(**opts)`` returns a copy with other options."""
+    ``f.options(**opts)`` returns a copy with other options.
+
+    A generator function streams by default, as in Ray: ``.remote()`` returns an
+    ``ObjectRefGenerator`` (``num_returns="streaming"``).  With ``num_returns=N`` it must
+    yield N items, one per ref (fewer or more: a ``ValueError`` in the refs); with
+    ``num_returns="dynamic"`` one ref whose value is a ``DynamicObjectRefGenerator`` of
+    the items' refs."""
 
     def __init__(self, fn: Callable, options: dict, key: bytes | None = None) -> None:
         self._name = getattr(fn, "__qualname__", repr(fn))
         if key is None:
             _refuse_async(fn, self._name)
         self._function = fn
+        self._generator = _is_generator_function(fn)
         self._options = validate_options(dict(options))
         self._key = key or os.urandom(16)
         self._blob: bytes | None = None
@@ -106,9 +110,8 @@ class RemoteFunction:
         o = self._options
         re = o.get("retry_exceptions", False)
         mr = o.get("max_retries", 3)
-        nr = o.get("num_returns", 1)
         opts = TaskOptions(
-            num_returns=STREAMING if nr == "streaming" else nr,
+            num_returns=parse_num_returns(o.get("num_returns"), self._generator),
             demand=client.demand_vector(o.get("num_cpus", 1), o.get("num_gpus", 0),
                                         o.get("resources") or {}),
             priority=parse_priority(o.get("priority", "normal")),
@@ -138,7 +141,7 @@ class RemoteFunction:
         if opts.num_returns == STREAMING:
             return submit_streaming(client, self._key, loc, self._name, args, kwargs, opts)
         refs = client.submit(self._key, loc, self._name, args, kwargs, opts)
-        return refs[0] if opts.num_returns == 1 else refs
+        return refs if opts.num_returns > 1 else refs[0]
 
     def __reduce__(self):
         return (_rebuild, (self._function, self._options, self._key))
@@ -149,6 +152,16 @@ class RemoteFunction:
 
 def _rebuild(fn: Callable, options: dict, key: bytes) -> RemoteFunction:
     return RemoteFunction(fn, options, key)
+
+
+def _is_generator_function(fn: Callable) -> bool:
+    """Whether calling ``fn`` makes a generator (also behind ``functools.partial`` or as the
+    ``__call__`` of a callable object)."""
+    call = fn if inspect.isroutine(fn) or isinstance(fn, functools.partial) \
+        else getattr(type(fn), "__call__", fn)
+    while isinstance(call, functools.partial):
+        call = call.func
+    return inspect.isgeneratorfunction(call)
 
 
 def _refuse_async(fn: Callable, name: str) -> None:
@@ -170,5 +183,5 @@ def _refuse_async(fn: Callable, name: str) -> None:
     if inspect.isasyncgenfunction(call):
         raise ValueError(
             f"{name} is an async generator, which a task cannot run. Use a plain generator "
-            f"with num_returns='streaming', or make it a method of an actor: actor methods "
-            f"may be async generators.")
+            f"(it streams its items), or make it a method of an actor: actor methods may be "
+            f"async generators.")

@@ -17,7 +17,7 @@ from .actor_life import actor_dead_error
 from .messages import ARENA_SPEC, Dep, TaskOptions, demand_vector, name_bad_argument
 from .protocol import ARENA, MSG_CALL, encode
 from .objectref import ObjectRef, capture_refs
-from .streaming import StreamLink
+from .streaming import DYNAMIC, StreamLink
 
 from .ownership import _EMPTY_ARGS
 from .task_manager import Task
@@ -85,8 +85,9 @@ class Submitting:
         task_id = new_task_id()
         helper = self.helper
         parent = helper.calls[-1] if helper is not None and helper.calls else None
-        t = Task(task_id, [return_id(task_id, i) for i in range(max(num_returns, 0))],
-                 fn_name, opts, target, actor_id)
+        nids = 1 if num_returns == DYNAMIC else max(num_returns, 0)  # (streaming: none)
+        t = Task(task_id, [return_id(task_id, i) for i in range(nids)], fn_name, opts, target,
+                 actor_id)
         t.spec = (fn_key, fn_loc[0], fn_loc[1], fn_name, args_loc, num_returns)
         t.deps = deps
         t.held = nested

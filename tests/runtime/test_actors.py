@@ -11,7 +11,7 @@ streaming generators, ``await ref`` / ``ref.future()``, and actor fault toleranc
   actors (``max_concurrency > 1``).
 - ``await ref`` in asyncio code, ``ref.future()``.
 - Streaming generators (``num_returns="streaming"``) for tasks and actor methods: items
-  arrive while the generator still runs; an error mid-stream; no option -> TypeError.
+  arrive while the generator still runs; an error mid-stream; no option -> streams too.
 - Lifetime: an actor ends once its last handle is gone, after the calls made before; a
   handle passed to another process keeps it until ``kill``/``shutdown``.
 - Faults: a constructor that raises or exits; an actor process SIGKILLed mid-call (restart,
@@ -955,12 +955,18 @@ def test_cancel_of_a_running_call_of_a_threaded_or_async_actor_lets_it_end(rt, t
     assert m.state == "ALIVE" and repartir.get(m.peak_.remote(), timeout=LONG) == 0
 
 
-def test_generator_without_streaming_option_says_to_use_it(rt):
-    with pytest.raises(TypeError, match='num_returns=.streaming.'):
-        repartir.get(failing_gen.remote(2), timeout=LONG)
+def test_generator_streams_without_the_option(rt):
+    """As in Ray: a generator function or method streams unless num_returns says otherwise
+    (tests/runtime/test_generators.py covers num_returns=N and "dynamic")."""
+    refs = list(failing_gen.remote(2))
+    assert repartir.get(refs[:2], timeout=LONG) == [0, 1]
+    with pytest.raises(ValueError, match="failed after 2 items"):
+        repartir.get(refs[2], timeout=LONG)
     s = Streamer.remote()
-    with pytest.raises(TypeError, match='num_returns=.streaming.'):
-        repartir.get(s.failing.remote(2), timeout=LONG)
+    refs = list(s.failing.remote(2))
+    assert repartir.get(refs[:2], timeout=LONG) == [0, 1]
+    with pytest.raises(KeyError, match="stream broke"):
+        repartir.get(refs[2], timeout=LONG)
     assert repartir.get(s.alive.remote(), timeout=LONG) is True
 
 
