@@ -68,7 +68,7 @@ class Ownership:
         except ObjectStoreFullError:
             if arena.spill_dir is None:
                 raise
-            off = arena.allocate_spilled(s.nbytes, self.slot, s.write_into)
+            off = arena.allocate_spilled(s.nbytes, self.slot, s.chunks())
             return ("a", off, s.nbytes, arena.generation(off))
         s.write_into(arena.writable(off, s.nbytes))
         return ("a", off, s.nbytes, arena.generation(off))

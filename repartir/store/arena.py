@@ -40,7 +40,7 @@ import os
 import struct
 import threading
 import weakref
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -348,11 +348,12 @@ class Arena:
             f"REPARTIR_SPILL_DIR at a larger disk, drop references you no longer need, or "
             f"start with a larger object_store_memory= (REPARTIR_OBJECT_STORE_MEMORY).")
 
-    def allocate_spilled(self, nbytes: int, owner: int,
-                         fill: Callable[[memoryview], None]) -> int:
+    def allocate_spilled(self, nbytes: int, owner: int, chunks: Iterable[tuple[int, Any]]
+                         ) -> int:
         """Store an object of ``nbytes`` (> 0) on disk at once: a stub block owned by slot
-        ``owner`` and its file, which ``fill`` writes; returns the stub's payload offset
-        (its location, as for :meth:`allocate`).
+        ``owner`` and its file, written from ``chunks`` (``(offset, bytes-like)`` pairs, see
+        :meth:`Serialized.chunks`); returns the stub's payload offset (its location, as
+        for :meth:`allocate`).
 
         Raises:
             ObjectStoreFullError: the arena has no room even for the stub, or the spill
@@ -366,7 +367,7 @@ class Arena:
             count, total = _SPILLED.unpack_from(self.mm, _SPILLED_OFF)
             _SPILLED.pack_into(self.mm, _SPILLED_OFF, count + 1, total + nbytes)
         try:
-            write_spill_file(self.spill_file(off), nbytes, fill)
+            write_spill_file(self.spill_file(off), nbytes, chunks)
         except OSError as exc:
             self.release(off)
             raise self._spill_error(nbytes, exc) from None
@@ -400,8 +401,7 @@ class Arena:
             self.ledger.change(blk, 1)
         path = spill_path(self.spill_dir, offset, generation)
         try:
-            write_spill_file(path, nbytes, lambda dst: dst.__setitem__(
-                slice(None), self._mv[offset:offset + nbytes]))
+            write_spill_file(path, nbytes, [(0, self._mv[offset:offset + nbytes])])
             written = True
         except OSError:
             written = False  # the disk is full: the object stays in memory

@@ -7,18 +7,20 @@ goes when the stub is freed -- with the object's last ref and last pin, or with 
 death, whichever process frees it.  The file of the block at payload offset ``off`` of
 allocation ``gen`` is ``<spill dir>/<off hex>-<gen hex>``: unique among live blocks.
 
-Files are written through a shared mapping after ``posix_fallocate`` has reserved their
-blocks, so a full disk is an ``OSError`` (``ENOSPC``) at once, never a ``SIGBUS`` later;
-they are read back (restored) as a read-only mapping, whose pages the kernel reads on
-first touch: ``get`` of a spilled array is a zero-copy, read-only view, as for one in the
-arena, that stays valid after the file is removed.
+Files are written with ``pwrite`` from the arena or the value's own buffers (no copy in
+between) after ``posix_fallocate`` has reserved their blocks, so a full disk is an
+``OSError`` (``ENOSPC``) before anything is written (writing through a shared mapping ran at
+0.7-0.9 GB/s where ``pwrite`` ran at about 2 GB/s, 64 MiB into ext4's page cache on the
+development VM); they are read back (restored) as a read-only mapping, whose pages the
+kernel reads on first touch: ``get`` of a spilled array is a zero-copy, read-only view, as
+for one in the arena, that stays valid after the file is removed.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-from typing import Any, Callable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -32,23 +34,23 @@ def spill_path(spill_dir: str, offset: int, generation: int) -> str:
     return os.path.join(spill_dir, f"{offset:x}-{generation:x}")
 
 
-def write_spill_file(path: str, nbytes: int, fill: Callable[[memoryview], None]) -> None:
-    """Create ``path`` with ``nbytes`` (> 0) that ``fill`` writes into a writable view.
+def write_spill_file(path: str, nbytes: int, chunks: Iterable[tuple[int, Any]]) -> None:
+    """Create ``path`` of ``nbytes`` (> 0) from ``chunks``, ``(offset, bytes-like)`` pairs
+    (the gaps between them read as zeros).
 
     Raises:
         OSError: the file cannot be created or its blocks reserved (``ENOSPC``: the disk is
             full); nothing is left behind then.
     """
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     try:
         try:
             os.posix_fallocate(fd, 0, nbytes)
-            with mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as mm:
-                view = memoryview(mm)
-                try:
-                    fill(view)
-                finally:
-                    view.release()
+            for off, data in chunks:
+                view = memoryview(data).cast("B")
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(fd, view[done:], off + done)
         finally:
             os.close(fd)
     except BaseException:

@@ -119,8 +119,8 @@ def test_spill_out_gives_up_when_a_reader_comes_meanwhile(arena, tmp_path, monke
     off, _, gen = _put(arena, np.ones(MIB // 8))
     write = arena_module.write_spill_file
 
-    def write_then_read(path, nbytes, fill):
-        write(path, nbytes, fill)
+    def write_then_read(path, nbytes, chunks):
+        write(path, nbytes, chunks)
         arena.hold(off)  # a reader holds the block while the file is being written
 
     monkeypatch.setattr(arena_module, "write_spill_file", write_then_read)
@@ -138,7 +138,7 @@ def test_allocate_spilled_and_a_spill_dir_that_cannot_take_it(tmp_path):
         value = np.arange(3 * SIZE // 8, dtype=np.float64)  # three times the arena
         s = serialize(value)
         with pytest.raises(ObjectStoreFullError) as info:
-            a.allocate_spilled(s.nbytes, 0, s.write_into)
+            a.allocate_spilled(s.nbytes, 0, s.chunks())
         message = str(info.value)
         assert f"cannot store {s.nbytes:,} bytes" in message, message
         assert f"{SIZE - HEADER_SIZE:,} bytes" in message, message  # the arena's size
@@ -146,7 +146,7 @@ def test_allocate_spilled_and_a_spill_dir_that_cannot_take_it(tmp_path):
         assert "REPARTIR_SPILL_DIR" in message and "object_store_memory=" in message, message
         assert (a.statistics().num_blocks, a.statistics().spilled_objects) == (0, 0)
         os.mkdir(tmp_path / "missing")
-        off = a.allocate_spilled(s.nbytes, 0, s.write_into)
+        off = a.allocate_spilled(s.nbytes, 0, s.chunks())
         assert a.statistics().spilled_bytes == s.nbytes
         assert np.array_equal(read_spill_file(a.spill_file(off), s.nbytes), value)
         a.release(off)
@@ -154,6 +154,29 @@ def test_allocate_spilled_and_a_spill_dir_that_cannot_take_it(tmp_path):
     finally:
         a.close()
         os.close(fd)
+
+
+@pytest.mark.parametrize("value", [
+    np.arange(50_000, dtype=np.int32),
+    {"a": np.ones((300, 7)), "b": [np.arange(10), "text"], "c": b"x" * 5000},
+    list(range(20_000)),
+])
+def test_chunks_written_to_a_file_are_the_blob(tmp_path, value):
+    from repartir.store.spill import write_spill_file
+
+    s = serialize(value)
+    path = str(tmp_path / "blob")
+    write_spill_file(path, s.nbytes, s.chunks())
+    with open(path, "rb") as f:
+        assert f.read() == s.to_bytes()
+    back = read_spill_file(path, s.nbytes)
+    if isinstance(value, np.ndarray):
+        assert np.array_equal(back, value) and back.dtype == value.dtype
+    elif isinstance(value, dict):
+        assert np.array_equal(back["a"], value["a"]) and back["c"] == value["c"]
+        assert np.array_equal(back["b"][0], value["b"][0]) and back["b"][1] == "text"
+    else:
+        assert back == value
 
 
 def test_make_room_is_asked_and_without_spill_dir_nothing_spills(tmp_path):
