@@ -196,12 +196,14 @@ def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
 
 
 def put(value: Any) -> ObjectRef:
-    """Store ``value`` once in the object store; returns its ``ObjectRef``.
+    """Store ``value`` once in the object store; returns its ``ObjectRef``.  When the store
+    is full, older objects of this process that nobody uses, or else ``value`` itself, spill
+    to disk (``docs/architecture.md``, "Spilling").
 
     Raises:
         TypeError: ``value`` is an ObjectRef.
         SerializationError: ``value`` cannot be pickled.
-        ObjectStoreFullError: the store cannot hold it.
+        ObjectStoreFullError: neither the store nor the spill directory can hold it.
     """
     return _driver.client().put(value)
 

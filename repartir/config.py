@@ -34,6 +34,12 @@ setting                        environment variable            default
                                                                dirs (a name Python cannot import,
                                                                so it never shadows the package)
 ``shm_dir``                    ``REPARTIR_SHM_DIR``            ``/dev/shm``
+``spill_dir``                  ``REPARTIR_SPILL_DIR``          ``""``: objects spilled when the
+                                                               object store is full go to
+                                                               ``spill/`` in the session dir;
+                                                               else to ``repartir-spill-<session>``
+                                                               made in this directory (which
+                                                               must exist).  Removed at shutdown
 ``deque_capacity``             ``REPARTIR_DEQUE_CAPACITY``     8192 task records per process deque
 ``inbox_bytes``                ``REPARTIR_INBOX_BYTES``        8 MiB per process inbox ring
 ``max_actors``                 ``REPARTIR_MAX_ACTORS``         64 actor processes per node
@@ -105,6 +111,7 @@ class Config:
     spin_us: int = 200
     temp_dir: str = "/tmp/repartir-sessions"
     shm_dir: str = "/dev/shm"
+    spill_dir: str = ""  # "": <session dir>/spill
     deque_capacity: int = 8192
     inbox_bytes: int = 8 * MiB
     max_actors: int = 64
@@ -258,6 +265,7 @@ def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
                  else _default("spin_us")),
         temp_dir=temp_dir,
         shm_dir=shm_dir,
+        spill_dir=os.environ.get("REPARTIR_SPILL_DIR") or _default("spill_dir"),
         deque_capacity=_env_int("REPARTIR_DEQUE_CAPACITY") or _default("deque_capacity"),
         inbox_bytes=_env_int("REPARTIR_INBOX_BYTES") or _default("inbox_bytes"),
         max_actors=_env_int("REPARTIR_MAX_ACTORS") or _default("max_actors"),

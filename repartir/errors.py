@@ -153,8 +153,9 @@ class WorkerCrashedError(RepartirError):
 
 
 class ObjectStoreFullError(RepartirError, MemoryError):
-    """The shared-memory object store cannot hold an object.  The message gives the sizes
-    and says how to make room (``object_store_memory=``, drop references)."""
+    """The shared-memory object store cannot hold an object, and neither can the spill
+    directory on disk.  The message gives the sizes and the directory and says how to make
+    room (``object_store_memory=``, ``REPARTIR_SPILL_DIR``, drop references)."""
 
 
 class ObjectLostError(RepartirError):

@@ -246,6 +246,11 @@ class Serialized:
 
     def write_into(self, dst: memoryview) -> None:
         """Write the blob into ``dst`` (writable, at least :attr:`nbytes` long)."""
+        self._write_head(dst)
+        for off, b in zip(self._offsets, self.buffers):
+            _copy(dst, off, b)
+
+    def _write_head(self, dst) -> None:
         nbuf = len(self.buffers) | (_RAW_ARRAY if self.raw_array else 0)
         _HEAD.pack_into(dst, 0, nbuf, len(self.meta))
         pos = _HEAD.size
@@ -253,8 +258,13 @@ class Serialized:
             _ENTRY.pack_into(dst, pos, off, b.nbytes)
             pos += _ENTRY.size
         dst[pos:pos + len(self.meta)] = self.meta
-        for off, b in zip(self._offsets, self.buffers):
-            _copy(dst, off, b)
+
+    def chunks(self) -> list[tuple[int, Any]]:
+        """The blob as ``(offset, bytes-like)`` pieces in order, the gaps between them
+        zeros: what :meth:`write_into` writes, for writing to a file without a copy."""
+        head = bytearray(self._offsets[0] if self._offsets else self.nbytes)
+        self._write_head(head)
+        return [(0, head)] + list(zip(self._offsets, self.buffers))
 
     def to_bytes(self) -> bytes:
         if not self.buffers:

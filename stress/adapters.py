@@ -62,6 +62,8 @@ class Config:
     actor_sync_calls: int = 2_000
     actor_async_calls: int = 20_000
     ctrl_c_reps: int = 5
+    spill_store_mib: int = 1024  # the object store of the spill workload (2x goes through it)
+    spill_object_mib: int = 64
     mp_start: str = "spawn"
     quick: bool = False
 
@@ -69,7 +71,8 @@ class Config:
     def quick_sizes(cls, workers: int, **kw: Any) -> "Config":
         return cls(workers=workers, tiny_tasks=2_000, rtt_trips=200, array_mib=32,
                    bigarg_tasks=5, fib_n=18, unbalanced_tasks=60, actor_sync_calls=200,
-                   actor_async_calls=2_000, ctrl_c_reps=3, quick=True, **kw)
+                   actor_async_calls=2_000, ctrl_c_reps=3, spill_store_mib=128,
+                   spill_object_mib=16, quick=True, **kw)
 
     @property
     def array_len(self) -> int:
@@ -131,6 +134,17 @@ class Adapter:
     def stop(self) -> None:
         pass
 
+    def restart(self, object_store_memory: int | None) -> None:
+        """Stop, then start again with an object store of ``object_store_memory`` bytes
+        (``None``: the default), for the ``spill`` workload; systems with a store only."""
+        raise NotImplementedError(f"{self.name} has no object store to size")
+
+    def spill_root(self) -> str:
+        """A directory on the disk this system spills objects to."""
+        import tempfile
+
+        return tempfile.gettempdir()
+
 
 class RepartirAdapter(Adapter):
     name = "repartir"
@@ -142,8 +156,23 @@ class RepartirAdapter(Adapter):
         self.rp = repartir
         self._remote: dict[Callable[..., Any], Any] = {}
 
-    def start(self) -> None:
-        self.rp.init(num_cpus=self.workers)
+    def start(self, object_store_memory: int | None = None) -> None:
+        self.rp.init(num_cpus=self.workers, object_store_memory=object_store_memory)
+
+    def restart(self, object_store_memory: int | None) -> None:
+        self.rp.shutdown()
+        self._remote.clear()
+        self.start(object_store_memory)
+
+    def spill_root(self) -> str:
+        from repartir.runtime import driver
+
+        return driver._node.spill_dir
+
+    def spilled_bytes(self) -> int:
+        from repartir.runtime import driver
+
+        return driver.store_statistics().arena.spilled_bytes
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         r = self._remote.get(fn)
@@ -181,10 +210,15 @@ class RayAdapter(Adapter):
         self.ray = ray
         self._remote: dict[Callable[..., Any], Any] = {}
 
-    def start(self) -> None:
+    def start(self, object_store_memory: int | None = None) -> None:
         self.ray.init(num_cpus=self.workers, include_dashboard=False, logging_level="ERROR",
-                      log_to_driver=False)
+                      log_to_driver=False, object_store_memory=object_store_memory)
         self.extra["version"] = self.ray.__version__
+
+    def restart(self, object_store_memory: int | None) -> None:
+        self.ray.shutdown()
+        self._remote.clear()
+        self.start(object_store_memory)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         r = self._remote.get(fn)

@@ -50,6 +50,7 @@ WORKLOADS: dict[str, tuple[str, str]] = {
     "fib": ("s", "s"),
     "unbalanced": ("ratio", "× ideal"),
     "ctrl_c": ("ms", "ms"),
+    "spill": ("GB/s", "GB/s"),
 }
 
 #: Goals from docs/benchmarks.md (its Goals table), shown in the table's last column.
@@ -65,18 +66,21 @@ GOALS: dict[str, str] = {
     "fib": "≤ 0.1 s, ≤ 2×cores procs",
     "unbalanced": "≤ 1.1",
     "ctrl_c": "≤ 100 ms",
+    "spill": "≥ ray, ≥ 0.5×disk write",
 }
 
 #: Shown in () after a value in the table: workload -> (key of its extra, format).
 CELL_SUFFIX: dict[str, tuple[str, str]] = {
     "put": ("fraction_of_memcpy", "{:.2f}×"),
     "fib": ("peak_workers", "{} procs"),
+    "spill": ("put_GBps", "put {:.2f}"),
 }
 
 #: Printed under the table when the workload has a value with a suffix.
 FOOTNOTES: dict[str, str] = {
     "put": "put: value in () is the fraction of memcpy measured in the same run",
     "fib": "fib: value in () is the peak number of worker processes alive during the run",
+    "spill": "spill: value in () is the GB/s of the puts alone; the record has the reads' too",
 }
 
 #: What each system does in a workload, printed under the table for the workloads run
@@ -105,6 +109,10 @@ DOES: dict[str, dict[str, str]] = {
             "dask": "get_client().submit two children; secede while waiting"},
     "unbalanced": {"*": "all busy-loop tasks submitted at once; makespan over ideal"},
     "ctrl_c": {"repartir": "SIGINT to the driver waiting in get(): until KeyboardInterrupt"},
+    "spill": {"repartir": "put 2x the store (the oldest objects spill to disk), then get and "
+                          "sum each (restored from disk: a mapping of its file)",
+              "ray": "put 2x the store (the oldest objects spill to disk), then get and sum "
+                     "each (restored from disk into the store)"},
 }
 
 
@@ -479,3 +487,71 @@ def w_ctrl_c(s: RepartirAdapter, cfg: Config) -> Any:
             pass
     med = statistics.median(latencies)
     return med * 1e3, {"reps": len(latencies), "max_ms": round(max(latencies) * 1e3, 3)}
+
+
+def _disk_write_rate(directory: str, arr: np.ndarray, n: int) -> float:
+    """GB/s of writing ``arr`` ``n`` times to one new file in ``directory`` (the disk the
+    spill files go to, through the page cache as they do; no fsync), the file removed."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(dir=directory, prefix="repartir-bench-disk-") as f:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            f.write(memoryview(arr).cast("B"))
+        f.flush()
+        return arr.nbytes * n / (time.perf_counter() - t0) / 1e9
+
+
+def _spill_round_trip(s: Adapter, cfg: Config, put: Callable[[np.ndarray], Any],
+                      get: Callable[[Any], Any]) -> Any:
+    """Put twice the store's size in objects of ``spill_object_mib``, each stamped with its
+    index, then get and sum each one (every byte touched), in put order (the oldest were
+    spilled first); untimed, every object's checksum is compared.  The value is the bytes
+    over the time of both phases."""
+    store = cfg.spill_store_mib * MIB
+    s.restart(store)
+    try:
+        arr = _array(cfg, cfg.spill_object_mib * MIB // 8)
+        n = 2 * store // arr.nbytes
+        expect = []
+        for i in range(n):                      # untimed: the checksum of each object
+            arr[0] = i
+            expect.append(checksum(arr))
+        put(arr)                                # warm-up, released at once
+        t0 = time.perf_counter()
+        refs = []
+        for i in range(n):
+            arr[0] = i
+            refs.append(put(arr))
+        t_put = time.perf_counter() - t0
+        spilled = getattr(s, "spilled_bytes", lambda: None)()
+        t0 = time.perf_counter()
+        sums = [float(get(r).sum()) for r in refs]
+        t_get = time.perf_counter() - t0
+        for i, r in enumerate(refs):
+            got = checksum(get(r))
+            if got != expect[i]:
+                raise AssertionError(f"spill: object {i} came back different (crc32 {got:#x}, "
+                                     f"expected {expect[i]:#x})")
+        if len(sums) != n:
+            raise AssertionError("spill: not every object was read back")
+        del refs
+        total = arr.nbytes * n
+        return total / (t_put + t_get) / 1e9, {
+            "bytes": total, "objects": n, "object_bytes": arr.nbytes, "store_bytes": store,
+            "put_GBps": round(total / t_put / 1e9, 3), "get_GBps": round(total / t_get / 1e9, 3),
+            "spilled_bytes_after_puts": spilled,
+            "disk_write_GBps": round(_disk_write_rate(s.spill_root(), arr, n // 2), 3),
+            "checked": "crc32 of every byte of every object"}
+    finally:
+        s.restart(None)
+
+
+@workload("spill", ("repartir",))
+def w_spill_repartir(s: RepartirAdapter, cfg: Config) -> Any:
+    return _spill_round_trip(s, cfg, s.rp.put, s.rp.get)
+
+
+@workload("spill", ("ray",))
+def w_spill_ray(s: RayAdapter, cfg: Config) -> Any:
+    return _spill_round_trip(s, cfg, s.ray.put, s.ray.get)

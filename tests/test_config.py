@@ -42,6 +42,7 @@ ENV_VALUES = {
     "spin_us": ("0", 0),
     "temp_dir": ("/tmp/repartir-config-test", "/tmp/repartir-config-test"),
     "shm_dir": (None, None),  # a real directory: tmp_path (below)
+    "spill_dir": ("/tmp/repartir-spill-config-test", "/tmp/repartir-spill-config-test"),
     "deque_capacity": ("64", 64),
     "inbox_bytes": (str(2 * MiB), 2 * MiB),
     "max_actors": ("5", 5),

@@ -26,7 +26,8 @@ LAYERS: list[list[str]] = [
     ["repartir.runtime.node_actors", "repartir.runtime.supervisor"],  # the jobs of Node
     ["repartir.runtime.core", "repartir.runtime.executor", "repartir.runtime.output"],
     ["repartir.runtime.ownership", "repartir.runtime.submitting", "repartir.runtime.completions",
-     "repartir.runtime.waiting", "repartir.runtime.cancelling"],  # the jobs of CoreClient
+     "repartir.runtime.waiting", "repartir.runtime.cancelling",
+     "repartir.runtime.spilling"],  # the jobs of CoreClient
     ["repartir.runtime.object_table", "repartir.runtime.task_manager"],  # pure runtime state
     ["repartir.runtime.actor_life", "repartir.runtime.streaming", "repartir.runtime.objectref",
      "repartir.runtime.task_state", "repartir.runtime.signature"],

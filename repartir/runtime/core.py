@@ -7,7 +7,7 @@ the task manager (``task_manager.py``) and the object table (``object_table.py``
 return (:meth:`CoreClient._carry_out`); its I/O jobs live in one module each, as the classes
 it is made of: ``ownership.py`` (refs, values in the arena, futures), ``submitting.py``
 (records, pushes, actor calls), ``completions.py`` (the inbox), ``waiting.py`` (get, wait,
-helping), ``cancelling.py``.
+helping), ``cancelling.py``, ``spilling.py`` (making room in a full arena).
 
 Every process that submits work -- the driver, and a worker running a task that submits
 tasks -- has one :class:`CoreClient` bound to its slot of the scheduler segment::
@@ -44,13 +44,14 @@ from .object_table import (FreeBlock, LetGo, ReleaseLoan, Reply, Resolved, Unpin
                            ObjectTable)
 from .ownership import Ownership
 from .task_manager import Fail, Push, Retry, SendCall, Stop, TaskManager
+from .spilling import Spilling
 from .submitting import Submitting
 from .waiting import Waiting
 
 
 __all__ = ["CoreClient", "RECORD_HEADER"]
 
-class CoreClient(Ownership, Submitting, Completions, Waiting, Cancelling):
+class CoreClient(Ownership, Submitting, Completions, Waiting, Cancelling, Spilling):
     """The runtime of one process, bound to ``slot`` of the node's scheduler segment."""
 
     def __init__(self, segment, arena, slot: int, config, session: str) -> None:
@@ -86,6 +87,7 @@ class CoreClient(Ownership, Submitting, Completions, Waiting, Cancelling):
         self.batch_submits = False  # only where a pump thread flushes the backlog
         self._spin = config.spin_us / 1e6
         self.closed = False
+        arena.make_room = self.make_room  # a full arena spills this process's objects
 
     def post(self, slot: int, msg: bytes) -> None:
         """Put ``msg`` into the inbox of ``slot``, waiting while it is full.  A message too

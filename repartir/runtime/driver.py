@@ -79,7 +79,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     Raises:
         RepartirError: already initialised (and ``ignore_reinit_error`` is false).
         ObjectStoreFullError: ``/dev/shm`` has less room than the store asks for.
-        ValueError: a setting is out of range.
+        ValueError: a setting is out of range, or ``REPARTIR_SPILL_DIR`` is not a writable
+            directory.
     """
     global _node, _client, _pump, _owner_pid
     with _lock:

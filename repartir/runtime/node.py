@@ -37,7 +37,8 @@ from ..store.arena import Arena
 from ..scheduler.record import NRES
 from .output import OutputForwarder
 from .node_actors import ActorRecord, NodeActors
-from .session import SHM_PREFIX, create_shm, sweep_dead_sessions
+from .session import (SHM_PREFIX, create_shm, spill_dir_of, sweep_dead_sessions,
+                      sweep_dead_spill_dirs)
 from .supervisor import Supervisor
 
 __all__ = ["Node"]
@@ -78,6 +79,7 @@ class Node(NodeActors, Supervisor):
             self.session = f"{stamp}.{n}_{pid}"
         self.session_dir = os.path.join(config.temp_dir, f"session_{self.session}")
         self.node_id = os.urandom(28).hex()  # Ray's NodeID size; get_runtime_context()
+        self.spill_dir = spill_dir_of(config.spill_dir, self.session_dir, self.session)
         self.procs: dict[int, subprocess.Popen] = {}
         self.life_r = self.life_w = -1
         self.stopping = False
@@ -101,6 +103,7 @@ class Node(NodeActors, Supervisor):
         sweep_dead_sessions(cfg.temp_dir, cfg.shm_dir)
         self._check_shm(cfg)
         os.makedirs(self.session_dir)
+        self._make_spill_dir(cfg)
         # the driver, workers up to the cap, one spare, the actors, then the workers started
         # beyond the cap while every worker is blocked: scans of the segment stop at the
         # highest slot ever used, so the rarely used slots come last
@@ -115,7 +118,8 @@ class Node(NodeActors, Supervisor):
         self.sched_size = sched_size
         self.segment = Segment(mmap.mmap(self.sched_fd, sched_size), self.nslots,
                                cfg.deque_capacity, cfg.inbox_bytes, create=True)
-        self.arena = Arena(self.arena_fd, cfg.object_store_memory, create=True)
+        self.arena = Arena(self.arena_fd, cfg.object_store_memory, create=True,
+                           spill_dir=self.spill_dir)
         self.segment.claim_slot(SlotState.DRIVER, os.getpid(), 0)
         self.segment.set_totals(self.resource_totals())
         self.life_r, self.life_w = os.pipe()
@@ -156,6 +160,20 @@ class Node(NodeActors, Supervisor):
                 f"object_store_memory= to init() (or REPARTIR_OBJECT_STORE_MEMORY), or give "
                 f"{cfg.shm_dir} more room (e.g. `docker run --shm-size=...`).")
 
+    def _make_spill_dir(self, cfg: Config) -> None:
+        if cfg.spill_dir:
+            if not os.path.isdir(cfg.spill_dir):
+                raise ValueError(
+                    f"REPARTIR_SPILL_DIR={cfg.spill_dir!r} is not a directory: create it, or "
+                    f"unset the variable to spill into the session directory")
+            sweep_dead_spill_dirs(cfg.spill_dir)
+        try:
+            os.makedirs(self.spill_dir)
+        except OSError as exc:
+            raise ValueError(
+                f"cannot create the spill directory {self.spill_dir} ({exc.strerror}): point "
+                f"REPARTIR_SPILL_DIR at a writable directory") from None
+
     def _spawn(self, slot: int, actor: dict | None = None,
                state: int = SlotState.STARTING) -> None:
         cfg = self.config
@@ -168,6 +186,7 @@ class Node(NodeActors, Supervisor):
             "sched_size": self.sched_size,
             "arena_fd": self.arena_fd,
             "arena_size": cfg.object_store_memory,
+            "spill_dir": self.spill_dir,
             "life_fd": self.life_r,
             "config": dataclasses.asdict(cfg),
             "sys_path": [p if p else os.getcwd() for p in sys.path],
@@ -287,3 +306,4 @@ class Node(NodeActors, Supervisor):
         if unmap and hasattr(self, "segment") and not (supervisor and supervisor.is_alive()):
             _retire(self.segment.mm)
         shutil.rmtree(self.session_dir, ignore_errors=True)
+        shutil.rmtree(self.spill_dir, ignore_errors=True)  # (in the session dir by default)

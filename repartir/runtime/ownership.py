@@ -9,9 +9,10 @@ import logging
 import pickle
 from typing import Any
 
-from ..errors import ObjectLostError
+from ..errors import ObjectLostError, ObjectStoreFullError
 from ..ids import new_object_id
 from ..serialization import Serialized, deserialize, deserialize_at, error_from_payload, serialize
+from ..store.spill import read_spill_file
 from .object_table import Resolved
 from .protocol import ARENA, ERROR, FAILED, INLINE, in_arena, inline
 from .objectref import ObjectRef, capture_refs
@@ -53,11 +54,22 @@ class Ownership:
 
     def store(self, s: Serialized) -> tuple:
         """Where a serialized value goes: inline under the threshold, else the arena (a
-        block owned by this process; a task's owner claims its results on arrival)."""
+        block owned by this process; a task's owner claims its results on arrival).  When
+        the arena is full even after spilling this process's unused objects, the value
+        goes to a spill file at once (its block a stub: the location is the same kind).
+
+        Raises:
+            ObjectStoreFullError: neither the arena nor the spill directory has room."""
         if s.nbytes < self.config.inline_threshold:
             return inline(s.to_bytes())
         arena = self.arena
-        off = arena.allocate(s.nbytes, self.slot)
+        try:
+            off = arena.allocate(s.nbytes, self.slot)
+        except ObjectStoreFullError:
+            if arena.spill_dir is None:
+                raise
+            off = arena.allocate_spilled(s.nbytes, self.slot, s.chunks())
+            return in_arena(off, s.nbytes, arena.generation(off))
         s.write_into(arena.writable(off, s.nbytes))
         return in_arena(off, s.nbytes, arena.generation(off))
 
@@ -99,10 +111,17 @@ class Ownership:
         kind = loc[0]
         if kind == INLINE:
             return deserialize(memoryview(loc[1]))
-        if kind == ARENA:
-            value, anchor = deserialize_at(self.arena, loc[1], loc[2])
-            self.arena.anchor(loc[1], anchor)
-            return value
+        if kind == ARENA:  # held while it is read: its owner may spill it, but not while held
+            arena, off = self.arena, loc[1]
+            arena.hold(off)
+            try:
+                if arena.spilled(off):  # restored from its spill file
+                    return read_spill_file(arena.spill_file(off), loc[2])
+                value, anchor = deserialize_at(arena, off, loc[2])
+                arena.anchor(off, anchor)
+                return value
+            finally:
+                arena.let_go(off)
         if kind == ERROR:  # the task raised
             raise error_from_payload(loc[1])
         if kind == FAILED:  # the runtime stopped the task (crash, cancel, timeout)

@@ -379,7 +379,7 @@ def main() -> None:
     except OSError:
         pass
     seg = Segment(mmap.mmap(spec["sched_fd"], spec["sched_size"]))
-    arena = Arena(spec["arena_fd"], spec["arena_size"])
+    arena = Arena(spec["arena_fd"], spec["arena_size"], spill_dir=spec["spill_dir"])
     cfg = spec["config"]
     config = Config(**{**cfg, "resources": tuple(tuple(r) for r in cfg["resources"])})
     slot = spec["slot"]

@@ -21,6 +21,14 @@ Growing into the wilderness ``fallocate``s the pages first, so a full ``/dev/shm
 A block is freed when its owner has released it (no ``ObjectRef`` left) **and** no view pins
 it: every process that hands out zero-copy views of a block increments the block's pin count,
 and decrements it when the last view dies (:meth:`Arena.view`).
+
+**Spilling** (with a ``spill_dir``): when an allocation does not fit, the arena first asks
+its process to make room (:attr:`Arena.make_room`, which spills that process's own objects
+nobody uses, :meth:`Arena.spill_out`); an object that still does not fit can be written to
+disk at once (:meth:`Arena.allocate_spilled`).  A spilled object keeps a 64-byte block (a
+*stub*, flagged in its header) with the same offset and generation, so its location, pins
+and release stay as they were, and freeing the stub removes the file
+(:mod:`repartir.store.spill`).
 """
 
 from __future__ import annotations
@@ -32,11 +40,13 @@ import os
 import struct
 import threading
 import weakref
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from ..errors import ObjectStoreFullError
 from ..sync import RobustMutex, address_of
+from .spill import remove_spill_file, spill_path, write_spill_file
 
 __all__ = ["Arena", "ArenaStatistics", "HEADER_SIZE", "BLOCK_HEADER"]
 
@@ -51,6 +61,13 @@ _SPLIT_MIN = 4096
 _H = struct.Struct("<QQQQQQQQ")  # magic capacity brk free_head used_bytes num_blocks allocs frees
 _MUTEX_OFF = 128
 _FALLOC_OFF = 72  # header: bytes of the file known to be allocated (fallocate high-water)
+_SPILLED = struct.Struct("<QQ")  # header at 80: live spilled objects, their payload bytes
+_SPILLED_OFF = 80
+_STUB = struct.Struct("<Q")  # block header at 32 (next free of a free block): 1 if spilled
+# With a spill directory, a block of at least _SLACK_FROM bytes is carved _SLACK bytes larger
+# where there is room: spilling it leaves a 64-byte stub in front of the freed rest, which
+# then still holds an object of the same size (32 times over)
+_SLACK_FROM, _SLACK = 128 * 1024, 2048
 # block header: magic state size prev_size pins released next_free prev_free payload_len
 _B = struct.Struct("<IIQQIIQQQ")
 _B_PINS = struct.Struct("<II")  # pins, released at offset 24
@@ -68,6 +85,9 @@ class ArenaStatistics:
         num_blocks: live blocks.
         wilderness: bytes never handed out yet (above the high-water mark).
         allocations, frees: counts since the arena was created.
+        spilled_objects: live objects whose payload is on disk (their blocks are stubs of
+            64 bytes, counted in ``used_bytes`` and ``num_blocks``).
+        spilled_bytes: payload bytes of those objects, on disk.
     """
 
     capacity: int
@@ -76,6 +96,8 @@ class ArenaStatistics:
     wilderness: int
     allocations: int
     frees: int
+    spilled_objects: int = 0
+    spilled_bytes: int = 0
 
 
 def _align(n: int) -> int:
@@ -89,9 +111,12 @@ class Arena:
         fd: file descriptor of the arena file (``/dev/shm/repartir-<session>-arena``).
         size: the file's size in bytes.
         create: initialise the header (only the process that made the file).
+        spill_dir: the directory of spill files (the session's, the same in every process
+            of the node); ``None``: nothing spills, a full arena raises.
     """
 
-    def __init__(self, fd: int, size: int, create: bool = False) -> None:
+    def __init__(self, fd: int, size: int, create: bool = False,
+                 spill_dir: str | None = None) -> None:
         self.fd = fd
         self.size = size
         self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -108,6 +133,10 @@ class Arena:
         self.bad_releases = 0  # releases of blocks already released (a runtime bug if > 0)
         # records this process's pins where the node can read them if the process dies
         self.ledger = None
+        self.spill_dir = spill_dir
+        # called with the bytes an allocation needs when it does not fit, outside the
+        # mutex; returns whether it freed something (then the allocation is tried again)
+        self.make_room: Callable[[int], bool] | None = None
         if create:
             self.mutex.initialize()
             _H.pack_into(self.mm, 0, _MAGIC, size, HEADER_SIZE, 0, 0, 0, 0, 0)
@@ -127,10 +156,20 @@ class Arena:
         """
         need = _align(nbytes + BLOCK_HEADER)
         self.drain_unpins()
+        while True:
+            try:
+                return self._allocate(need, nbytes, owner)
+            except ObjectStoreFullError:
+                room = self.make_room
+                if room is None or need > self.size - HEADER_SIZE or not room(need):
+                    raise
+
+    def _allocate(self, need: int, nbytes: int, owner: int) -> int:
+        want = need + _SLACK if need >= _SLACK_FROM and self.spill_dir is not None else need
         with self.mutex:
-            blk = self._take_free(need)
+            blk = self._take_free(need, want)
             if blk is None:
-                blk = self._grow(need, nbytes)
+                blk = self._grow(need, nbytes, want)
             h = list(_H.unpack_from(self.mm, 0))
             h[4] += _B.unpack_from(self.mm, blk)[2]
             h[5] += 1
@@ -164,18 +203,19 @@ class Arena:
             _OWNER.pack_into(self.mm, blk + 56, owner)
             return True
 
-    def _take_free(self, need: int) -> int | None:
+    def _take_free(self, need: int, want: int) -> int | None:
         mm = self.mm
         blk = _H.unpack_from(mm, 0)[3]
         while blk:
             magic, state, size, prev_size, _, _, nxt, prv, _ = _B.unpack_from(mm, blk)
             if size >= need:
                 self._unlink_free(blk, nxt, prv)
-                rest = size - need
+                carve = min(want, size)
+                rest = size - carve
                 if rest >= _SPLIT_MIN:
-                    size = need
-                    tail = blk + need
-                    _B.pack_into(mm, tail, _BLOCK_MAGIC, _FREE, rest, need, 0, 0, 0, 0, 0)
+                    size = carve
+                    tail = blk + carve
+                    _B.pack_into(mm, tail, _BLOCK_MAGIC, _FREE, rest, carve, 0, 0, 0, 0, 0)
                     self._fix_next_prev_size(tail, rest)
                     self._push_free(tail)
                 _B.pack_into(mm, blk, _BLOCK_MAGIC, _USED, size, prev_size, 0, 0, 0, 0, 0)
@@ -183,15 +223,17 @@ class Arena:
             blk = nxt
         return None
 
-    def _grow(self, need: int, nbytes: int) -> int:
+    def _grow(self, need: int, nbytes: int, want: int) -> int:
         h = _H.unpack_from(self.mm, 0)
         brk = h[2]
+        if brk + want <= self.size:
+            need = want
         if brk + need > self.size:
             raise ObjectStoreFullError(
                 f"object store full: cannot store {nbytes:,} bytes; {h[4]:,} of "
-                f"{self.size - HEADER_SIZE:,} bytes are held by {h[5]} live objects. Drop "
-                f"references you no longer need, or start with a larger "
-                f"object_store_memory= (REPARTIR_OBJECT_STORE_MEMORY)."
+                f"{self.size - HEADER_SIZE:,} bytes are held by {h[5]} live objects"
+                f"{self._in_use_note()}. Drop references you no longer need, or start with "
+                f"a larger object_store_memory= (REPARTIR_OBJECT_STORE_MEMORY)."
             )
         hwm = struct.unpack_from("<Q", self.mm, _FALLOC_OFF)[0]
         try:
@@ -239,9 +281,11 @@ class Arena:
 
     def _free_locked(self, blk: int) -> None:
         mm = self.mm
-        _, state, size, prev_size, *_ = _B.unpack_from(mm, blk)
+        _, state, size, prev_size, _, _, stub, _, _ = _B.unpack_from(mm, blk)
         if state != _USED:
             raise RuntimeError(f"double free of arena block at {blk}")
+        if stub:  # a spilled object: its file goes with it (removed under the mutex: rare)
+            self._forget_spilled(blk)
         struct.pack_into("<I", mm, blk + 4, _FREE)  # even if it merges into its neighbour
         h = list(_H.unpack_from(mm, 0))
         h[4] -= size
@@ -268,6 +312,128 @@ class Arena:
         _B.pack_into(mm, blk, _BLOCK_MAGIC, _FREE, size, prev_size, 0, 0, 0, 0, 0)
         self._fix_next_prev_size(blk, size)
         self._push_free(blk)
+
+    # -- spilling (docs/architecture.md, "Spilling") ---------------------------------------
+
+    def _in_use_note(self) -> str:
+        if self.spill_dir is None:
+            return ""
+        return (" that are in use (views, borrowed refs, arguments of running tasks) or "
+                "not this process's to spill")
+
+    def spilled(self, offset: int) -> bool:
+        """Whether the object at payload ``offset`` is on disk (its block a stub).  Stable
+        while the caller holds the block: only an unpinned block is spilled."""
+        return _STUB.unpack_from(self.mm, offset - BLOCK_HEADER + 32)[0] != 0
+
+    def spill_file(self, offset: int) -> str:
+        """The spill file of the stub at payload ``offset``."""
+        return spill_path(self.spill_dir, offset, self.generation(offset))
+
+    def _forget_spilled(self, blk: int) -> None:
+        """Under the mutex: the stub at ``blk`` is being freed; remove its file."""
+        nbytes, _, gen = _TAIL.unpack_from(self.mm, blk + 48)
+        count, total = _SPILLED.unpack_from(self.mm, _SPILLED_OFF)
+        _SPILLED.pack_into(self.mm, _SPILLED_OFF, max(count - 1, 0), max(total - nbytes, 0))
+        if self.spill_dir is not None:
+            remove_spill_file(spill_path(self.spill_dir, blk + BLOCK_HEADER, gen))
+
+    def _spill_error(self, nbytes: int, exc: OSError) -> ObjectStoreFullError:
+        h = _H.unpack_from(self.mm, 0)
+        return ObjectStoreFullError(
+            f"object store full: cannot store {nbytes:,} bytes. The arena is full ({h[4]:,} "
+            f"of {self.size - HEADER_SIZE:,} bytes are held by {h[5]} live objects"
+            f"{self._in_use_note()}) and the spill directory {self.spill_dir} cannot take "
+            f"it either ({exc.strerror or exc}). Free disk space there or point "
+            f"REPARTIR_SPILL_DIR at a larger disk, drop references you no longer need, or "
+            f"start with a larger object_store_memory= (REPARTIR_OBJECT_STORE_MEMORY).")
+
+    def allocate_spilled(self, nbytes: int, owner: int, chunks: Iterable[tuple[int, Any]]
+                         ) -> int:
+        """Store an object of ``nbytes`` (> 0) on disk at once: a stub block owned by slot
+        ``owner`` and its file, written from ``chunks`` (``(offset, bytes-like)`` pairs, see
+        :meth:`Serialized.chunks`); returns the stub's payload offset (its location, as
+        for :meth:`allocate`).
+
+        Raises:
+            ObjectStoreFullError: the arena has no room even for the stub, or the spill
+                directory cannot take the file (the message names both).
+        """
+        off = self.allocate(0, owner)
+        blk = off - BLOCK_HEADER
+        with self.mutex:  # flagged first: if this process dies now, its file goes too
+            _STUB.pack_into(self.mm, blk + 32, 1)
+            _TAIL.pack_into(self.mm, blk + 48, nbytes, owner, self.generation(off))
+            count, total = _SPILLED.unpack_from(self.mm, _SPILLED_OFF)
+            _SPILLED.pack_into(self.mm, _SPILLED_OFF, count + 1, total + nbytes)
+        try:
+            write_spill_file(self.spill_file(off), nbytes, chunks)
+        except OSError as exc:
+            self.release(off)
+            raise self._spill_error(nbytes, exc) from None
+        except BaseException:
+            self.release(off)
+            raise
+        return off
+
+    def spill_out(self, offset: int, generation: int) -> int:
+        """Move the object at payload ``offset`` to disk and give its bytes back to the
+        arena, if it is still live allocation ``generation``, unreleased, in memory and
+        pinned by nobody (no view, no borrower, no message in flight); returns the bytes
+        freed (0: it was not spilled).  Only the block's owner calls this: its location
+        stays valid (the block becomes a stub).  A process that holds the block while it
+        is written to disk makes the spill give up, so a reader that holds a block before
+        reading it (:meth:`hold`) never sees it change."""
+        if self.spill_dir is None:
+            return 0
+        mm, blk = self.mm, offset - BLOCK_HEADER
+        magic, state, size, _, pins, released, stub, _, nbytes = _B.unpack_from(mm, blk)
+        if (magic != _BLOCK_MAGIC or state != _USED or pins or released or stub
+                or size < 2 * BLOCK_HEADER or nbytes == 0):
+            return 0  # (a read without the mutex, only to skip the obvious at no cost)
+        with self.mutex:
+            magic, state, size, _, pins, released, stub, _, nbytes = _B.unpack_from(mm, blk)
+            if (magic != _BLOCK_MAGIC or state != _USED or pins or released or stub
+                    or _TAIL.unpack_from(mm, blk + 48)[2] != generation):
+                return 0
+            _B_PINS.pack_into(mm, blk + 24, 1, 0)  # this spill's pin, while it writes
+        if self.ledger is not None:
+            self.ledger.change(blk, 1)
+        path = spill_path(self.spill_dir, offset, generation)
+        try:
+            write_spill_file(path, nbytes, [(0, self._mv[offset:offset + nbytes])])
+            written = True
+        except OSError:
+            written = False  # the disk is full: the object stays in memory
+        if self.ledger is not None:
+            self.ledger.change(blk, -1)
+        with self.mutex:
+            pins, released = _B_PINS.unpack_from(mm, blk + 24)
+            if not written or pins != 1 or released:  # someone came to read it: keep it
+                if written:
+                    remove_spill_file(path)
+                if pins <= 1 and released:
+                    self._free_locked(blk)
+                else:
+                    _B_PINS.pack_into(mm, blk + 24, pins - 1, released)
+                return 0
+            _B_PINS.pack_into(mm, blk + 24, 0, 0)
+            _STUB.pack_into(mm, blk + 32, 1)
+            count, total = _SPILLED.unpack_from(mm, _SPILLED_OFF)
+            _SPILLED.pack_into(mm, _SPILLED_OFF, count + 1, total + nbytes)
+            # the stub keeps the header; the rest becomes a block of its own, freed (it
+            # coalesces with a free neighbour or goes back to the wilderness)
+            h = list(_H.unpack_from(mm, 0))
+            struct.pack_into("<Q", mm, blk + 8, BLOCK_HEADER)
+            tail, rest = blk + BLOCK_HEADER, size - BLOCK_HEADER
+            _B.pack_into(mm, tail, _BLOCK_MAGIC, _USED, rest, BLOCK_HEADER, 0, 0, 0, 0, 0)
+            h[5] += 1  # counted as a live block, then freed
+            _H.pack_into(mm, 0, *h)
+            self._free_locked(tail)
+            h = list(_H.unpack_from(mm, 0))
+            h[7] -= 1  # a stub is not a free: allocations - frees still counts live blocks
+            _H.pack_into(mm, 0, *h)
+        return rest
 
     # -- ownership and pins ------------------------------------------------------------
 
@@ -457,6 +623,8 @@ class Arena:
             wilderness=self.size - h[2],
             allocations=h[6],
             frees=h[7],
+            spilled_objects=_SPILLED.unpack_from(self.mm, _SPILLED_OFF)[0],
+            spilled_bytes=_SPILLED.unpack_from(self.mm, _SPILLED_OFF)[1],
         )
 
     def close(self) -> None:

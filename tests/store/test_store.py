@@ -319,19 +319,13 @@ def run_store_script(*args: int) -> dict:
 
 
 @pytest.mark.timeout(90)
-def test_object_store_memory_sets_capacity_and_full_store_is_reported():
+def test_object_store_memory_sets_capacity_and_larger_objects_spill():
     report = run_store_script(64 * MIB, 256 * MIB)
     assert "init_error" not in report, report
     assert 0.75 * 64 * MIB <= report["capacity"] <= 1.1 * 64 * MIB, report
-    # Nothing spills to disk yet (docs/architecture.md, "A full store"): an object larger than
-    # the whole store is ObjectStoreFullError naming the object's size and the store's.
-    assert "put_error" in report, f"a 256 MiB put into a 64 MiB store succeeded: {report}"
-    name, message, is_full_error = report["put_error"]
-    assert is_full_error, report
-    asked = re.search(r"cannot store ([\d,]+) bytes", message)
-    assert asked and int(asked.group(1).replace(",", "")) >= 256 * MIB, message
-    assert f"{report['capacity']:,} bytes" in message, message
-    assert "object_store_memory" in message, message  # what to do
+    # An object larger than the whole store goes to disk (docs/architecture.md, "Spilling");
+    # a full disk too is tests/store/test_spill.py's.
+    assert report.get("put") is True, f"a 256 MiB put into a 64 MiB store failed: {report}"
 
 
 @pytest.mark.timeout(90)
@@ -496,8 +490,10 @@ RESULT_SCRIPT = textwrap.dedent(
     repartir.init(num_cpus=1, object_store_memory=64 << 20)
     report = {}
     try:
-        repartir.get(ones.remote(100 << 17), timeout=60)  # 100 MiB into a 64 MiB store
+        value = repartir.get(ones.remote(100 << 17), timeout=60)  # 100 MiB, 64 MiB store
         report["error"] = None
+        report["sum"] = float(value.sum())
+        del value
     except Exception as exc:
         report["error"] = [type(exc).__name__, str(exc),
                            isinstance(exc, repartir.ObjectStoreFullError)]
@@ -509,17 +505,15 @@ RESULT_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.timeout(90)
-def test_task_result_too_big_for_the_store_is_object_store_full_error():
-    """docs/architecture.md: a task result that does not fit raises ObjectStoreFullError
-    (from get, naming the sizes); the worker and the session carry on."""
+def test_task_result_too_big_for_the_store_spills():
+    """docs/architecture.md, "Spilling": a task result larger than the store goes to disk
+    and comes back; the worker and the session carry on.  (When the disk is full too, the
+    task fails with ObjectStoreFullError: tests/store/test_spill.py.)"""
     proc = subprocess.run([sys.executable, "-c", RESULT_SCRIPT], capture_output=True, text=True,
                           timeout=80, cwd=REPO_ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
     assert lines, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     report = json.loads(lines[-1][len("REPORT "):])
-    assert report["error"] is not None, "a 100 MiB result fitted a 64 MiB store"
-    name, message, is_full_error = report["error"]
-    assert is_full_error, report
-    asked = re.search(r"cannot store ([\d,]+) bytes", message)
-    assert asked and int(asked.group(1).replace(",", "")) >= 100 << 20, message
+    assert report["error"] is None, report
+    assert report["sum"] == float(100 << 17)
     assert report["after"] == 1000.0
