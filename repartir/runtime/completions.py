@@ -14,6 +14,7 @@ from .actor_life import end_actor
 from .protocol import (MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM, MSG_OBJECT,
                        MSG_OWNER_DIED, MSG_RELEASE, MSG_REQUEST, Crashed, Message, Status,
                        StopReason, decode, open_large)
+from .messages import log_unreturned_error
 from .task_state import after_crash, retries_error
 
 from .ownership import _Task, _log
@@ -96,6 +97,8 @@ class Completions:
                     self._retry(t)
                     return
                 locs = [("e", payload)] * len(t.return_ids)
+                if not t.return_ids:  # (num_returns=0: no ref would ever raise it)
+                    log_unreturned_error(t.fn_name, ("e", payload))
             self._finish(t, locs)
         elif kind == MSG_ITEM:
             _, task_id, index, loc, pins = msg
@@ -134,6 +137,8 @@ class Completions:
             del self.tasks[task_id]
             if t.stream is not None:
                 t.stream.end(("x", pickle.dumps(err, 5)))
+            elif not t.return_ids:  # (num_returns=0: no ref would ever raise it)
+                log_unreturned_error(t.fn_name, ("x", pickle.dumps(err, 5)))
             self._finish(t, [("x", pickle.dumps(err, 5))] * len(t.return_ids))
         elif kind == MSG_REQUEST:
             _, object_id, reply_slot = msg

@@ -120,6 +120,8 @@ def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: byte
         raise TypeError(f"{fn_name} returned a generator: call it with "
                         f".options(num_returns='streaming') to get its items as they come, "
                         f"or return a list")
+    if nret == 0:  # as in Ray, what the function returns is dropped
+        return encode((MSG_DONE, task_id, _OK, [], None))
     if nret == 1:
         if type(result) in SIMPLE_TYPES and _small(result):
             blob = _NONE_BLOB if result is None else simple_blob(result)  # the common case

@@ -10,14 +10,15 @@ from typing import Any, Callable
 from ..scheduler import record
 from ..serialization import dumps_code
 from . import driver
-from .messages import TaskOptions
+from .messages import TaskOptions, validate_memory
 from .signature import ArgCheck, arg_check
 from .streaming import STREAMING, submit_streaming
 
 __all__ = ["RemoteFunction", "validate_options", "parse_priority"]
 
 _TASK_OPTIONS = {"num_cpus", "num_gpus", "num_returns", "max_retries", "resources", "name",
-                 "retry_exceptions", "priority", "timeout", "scheduling_strategy", "memory"}
+                 "retry_exceptions", "priority", "timeout", "scheduling_strategy", "memory",
+                 "max_calls"}
 _PRIORITY_NAMES = {"high": record.HIGH, "normal": record.NORMAL, "low": record.LOW}
 
 
@@ -39,8 +40,9 @@ def validate_options(options: dict) -> dict:
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; known: {sorted(_TASK_OPTIONS)}")
     nr = options.get("num_returns", 1)
-    if nr != "streaming" and (not isinstance(nr, int) or nr < 1 or nr > 65533):
-        raise ValueError(f"num_returns must be an int between 1 and 65533 or 'streaming', "
+    if nr != "streaming" and (isinstance(nr, bool) or not isinstance(nr, int) or nr < 0
+                              or nr > 65533):
+        raise ValueError(f"num_returns must be an int between 0 and 65533 or 'streaming', "
                          f"got {nr!r}")
     mr = options.get("max_retries", 3)
     if not isinstance(mr, int) or mr < -1:
@@ -49,6 +51,10 @@ def validate_options(options: dict) -> dict:
         v = options.get(key, 0)
         if not isinstance(v, (int, float)) or v < 0:
             raise ValueError(f"{key} must be a number >= 0, got {v!r}")
+    validate_memory(options.get("memory"))
+    mc = options.get("max_calls", 0)
+    if isinstance(mc, bool) or not isinstance(mc, int) or mc < 0:
+        raise ValueError(f"max_calls must be an int >= 0 (0: no limit), got {mc!r}")
     t = options.get("timeout")
     if t is not None and (not isinstance(t, (int, float)) or t <= 0):
         raise ValueError(f"timeout must be a number of seconds > 0, got {t!r}")
@@ -65,8 +71,9 @@ def validate_options(options: dict) -> dict:
 
 class RemoteFunction:
     """A function made remote.  ``f.remote(*args, **kwargs)`` submits a task and returns an
-    ``ObjectRef`` at once (a list of ``num_returns`` refs when ``num_returns > 1``).
-    ``f.options(**opts)`` returns a copy with other options."""
+    ``ObjectRef`` at once (a list of ``num_returns`` refs when ``num_returns > 1``, ``None``
+    when ``num_returns=0``).  ``f.options(**opts)`` returns a copy with other options
+    (``max_calls`` excepted, as in Ray)."""
 
     def __init__(self, fn: Callable, options: dict, key: bytes | None = None) -> None:
         self._name = getattr(fn, "__qualname__", repr(fn))
@@ -87,6 +94,17 @@ class RemoteFunction:
             f"{self._name}._function(...).")
 
     def options(self, **options: Any) -> "RemoteFunction":
+        """A copy with other options (those of ``@remote``).
+
+        Raises:
+            ValueError: an unknown option or a value out of range, or ``max_calls`` other
+                than the function's (fixed by ``@remote``, as in Ray).
+        """
+        if options.get("max_calls", self._options.get("max_calls", 0)) != \
+                self._options.get("max_calls", 0):
+            raise ValueError(
+                f"max_calls of {self._name} cannot be changed with .options() (as in Ray): "
+                f"give it to @remote(max_calls=...), on a function of its own if needed")
         merged = dict(self._options)
         merged.update(options)
         rf = RemoteFunction(self._function, merged, self._key)
@@ -96,7 +114,10 @@ class RemoteFunction:
 
     def _code(self) -> bytes:
         if self._blob is None:
-            self._blob = dumps_code(self._function, f"remote function {self._name}")
+            # with max_calls, the blob is the pair (function, max_calls): see Worker._run
+            mc = self._options.get("max_calls", 0)
+            self._blob = dumps_code((self._function, mc) if mc else self._function,
+                                    f"remote function {self._name}")
         return self._blob
 
     def _opts_for(self, client) -> TaskOptions:
@@ -110,7 +131,7 @@ class RemoteFunction:
         opts = TaskOptions(
             num_returns=STREAMING if nr == "streaming" else nr,
             demand=client.demand_vector(o.get("num_cpus", 1), o.get("num_gpus", 0),
-                                        o.get("resources") or {}),
+                                        o.get("resources") or {}, o.get("memory") or 0),
             priority=parse_priority(o.get("priority", "normal")),
             timeout=float(o.get("timeout") or 0.0),
             max_retries=(1 << 30) if mr == -1 else mr,
@@ -120,7 +141,10 @@ class RemoteFunction:
         return opts
 
     def remote(self, *args: Any, **kwargs: Any):
-        """Submit the task; returns its ref(s) at once.
+        """Submit the task; returns its ref(s) at once: one ``ObjectRef``, a list of
+        ``num_returns`` of them, ``None`` for ``num_returns=0`` (the task still runs; an error
+        it ends with is logged by the ``repartir`` logger), or an ``ObjectRefGenerator`` for
+        ``num_returns="streaming"``.
 
         Raises:
             TypeError: the arguments do not fit the function's signature.
@@ -138,7 +162,9 @@ class RemoteFunction:
         if opts.num_returns == STREAMING:
             return submit_streaming(client, self._key, loc, self._name, args, kwargs, opts)
         refs = client.submit(self._key, loc, self._name, args, kwargs, opts)
-        return refs[0] if opts.num_returns == 1 else refs
+        if opts.num_returns == 1:
+            return refs[0]
+        return refs if refs else None  # (num_returns=0, as in Ray)
 
     def __reduce__(self):
         return (_rebuild, (self._function, self._options, self._key))

@@ -13,7 +13,7 @@ from ..ids import new_object_id
 
 __all__ = ["STREAMING", "ObjectRefGenerator", "StreamLink", "submit_streaming"]
 
-STREAMING = 0  # num_returns value in task records meaning "streaming"
+STREAMING = -1  # num_returns value in task records meaning "streaming" (0: no returns)
 
 
 class ObjectRefGenerator:
