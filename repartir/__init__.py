@@ -18,6 +18,7 @@ import time
 from typing import Any, Sequence
 
 from . import errors
+from .config import resource_names
 from .errors import (ActorDiedError, ActorExit, DeviceError, GetTimeoutError, InfeasibleTaskError,
                      ObjectLostError, ObjectStoreFullError, RepartirError, RepartirSystemError,
                      SerializationError, TaskCancelledError, TaskError, TaskInterrupted,
@@ -92,13 +93,21 @@ def remote(*args: Any, **options: Any):
     * ``num_cpus`` (default 1, fractions allowed), ``num_gpus`` (default 0), ``resources``
       (custom, e.g. ``{"licence": 1}``): what the task reserves while it runs.  A request
       no node can satisfy raises ``InfeasibleTaskError`` at ``.remote()``.
+    * ``memory`` (bytes, default 0): reserved while the task runs, for scheduling only (as
+      in Ray: nothing limits what the task uses).
+    * ``max_calls`` (default 0: no limit): a worker process that has run this function this
+      many times exits once the call is done, and the node replaces it (for functions that
+      leak memory or hold native resources).  Only in ``@remote``, not ``.options()``, as
+      in Ray.  Unlike Ray, the default is 0 for GPU tasks too.
+    * ``num_returns=0``: ``.remote()`` returns ``None``; the task runs, and an error it
+      ends with is logged (logger ``repartir``) instead of being lost.
     * ``priority`` (``"high"``, ``"normal"`` -- the default -- or ``"low"``): higher
       priority tasks are taken first on a node.
     * ``timeout`` (seconds, default none): a task running longer is stopped and ``get``
       raises ``TaskTimeoutError``.
 
     On a class, makes an actor class (options: ``num_cpus`` -- default 0 --, ``num_gpus``,
-    ``resources``, ``name``, ``namespace``, ``lifetime``, ``get_if_exists``,
+    ``memory``, ``resources``, ``name``, ``namespace``, ``lifetime``, ``get_if_exists``,
     ``max_restarts``, ``max_task_retries``, ``max_concurrency``): see
     :mod:`repartir.runtime.actor`.
 
@@ -272,12 +281,17 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
 
 
 def nodes() -> list[dict]:
-    """The nodes of the cluster (this version: the local node), as dicts in Ray's shape."""
+    """The nodes of the cluster (this version: the local node), as dicts in Ray's shape.
+    ``Resources`` holds ``CPU``, ``GPU`` (each only when the node has some, as in Ray),
+    ``memory`` and ``object_store_memory`` (bytes) and the custom resources."""
     c = _driver.client()
     cfg = c.config
-    resources = {"CPU": float(cfg.num_cpus)}
+    resources = {}
+    if cfg.num_cpus:
+        resources["CPU"] = float(cfg.num_cpus)
     if cfg.num_gpus:
         resources["GPU"] = float(cfg.num_gpus)
+    resources["memory"] = float(cfg.memory)
     resources.update(dict(cfg.resources))
     resources["object_store_memory"] = float(cfg.object_store_memory)
     return [{"NodeID": _context.RuntimeContext().get_node_id(), "Alive": True,
@@ -295,19 +309,21 @@ def get_runtime_context() -> RuntimeContext:
 
 
 def cluster_resources() -> dict:
-    """Total resources: ``{"CPU": n, "object_store_memory": bytes}``."""
+    """Total resources, in Ray's units: ``{"CPU": n, "GPU": n, "memory": bytes,
+    "object_store_memory": bytes, <custom>: n}`` (``CPU`` and ``GPU`` only when the node has
+    some)."""
     return dict(nodes()[0]["Resources"])
 
 
 def available_resources() -> dict:
-    """Resources not reserved by running tasks now, in Ray's units (CPU, GPU, custom), and
-    free arena bytes as ``object_store_memory``."""
+    """Resources not reserved by running tasks and live actors now, in Ray's units (CPU, GPU,
+    ``memory`` in bytes, custom), and free arena bytes as ``object_store_memory``."""
     c = _driver.client()
-    names = ["CPU", "GPU"] + [n for n, _ in c.config.resources]
+    names = resource_names(c.config)
     avail = list(c.segment.available())
     avail[0] += 1000 * c.segment.free_tokens()  # idle workers hold their CPU, unused
     out = {name: max(avail[i], 0) / 1000 for i, name in enumerate(names)
-           if name != "GPU" or c.config.num_gpus}
+           if (name != "GPU" or c.config.num_gpus) and (name != "CPU" or c.config.num_cpus)}
     stats = c.arena.statistics()
     out["object_store_memory"] = float(stats.capacity - stats.used_bytes)
     return out

@@ -1,17 +1,25 @@
 """Configuration: the keyword arguments of ``repartir.init()`` first (``num_cpus``,
-``num_gpus``, ``resources``, ``object_store_memory``), ``REPARTIR_*`` environment variables
-second (every setting but ``resources`` has one), then the defaults.
+``num_gpus``, ``memory``, ``resources``, ``object_store_memory``), ``REPARTIR_*`` environment
+variables second (every setting but ``resources`` has one), then the defaults.
 
 Every setting, its variable, unit and default:
 
 ============================== =============================== =====================================
 setting                        environment variable            default
 ============================== =============================== =====================================
-``num_cpus``                   ``REPARTIR_NUM_CPUS``           ``os.cpu_count()`` worker processes
+``num_cpus``                   ``REPARTIR_NUM_CPUS``           ``os.cpu_count()``: CPUs, one worker
+                                                               process each; 0: a driver that
+                                                               only submits (tasks and actors
+                                                               asking for CPU are infeasible)
 ``num_gpus``                   ``REPARTIR_NUM_GPUS``           the OpenCL GPUs that device discovery
                                                                finds (a subprocess; the count is
                                                                kept per boot, see below);
                                                                0 without pyopencl
+``memory``                     ``REPARTIR_MEMORY``             bytes of the ``memory`` resource
+                                                               (for scheduling only, as in Ray):
+                                                               the memory available now (cgroup
+                                                               limit or ``MemAvailable``) less
+                                                               ``object_store_memory``, at least 0
 ``resources``                  --                              ``{}``: custom resources, name to
                                                                amount (at most 6)
 ``object_store_memory``        ``REPARTIR_OBJECT_STORE_MEMORY`` bytes of the shared-memory arena:
@@ -19,8 +27,9 @@ setting                        environment variable            default
                                                                space of ``/dev/shm`` (as Ray)
 ``inline_threshold``           ``REPARTIR_INLINE_THRESHOLD``   100 KiB: smaller objects travel
                                                                inside task and completion records
-``max_workers``                ``REPARTIR_MAX_WORKERS``        2 x ``num_cpus``: cap on worker
-                                                               processes (nested tasks may add some)
+``max_workers``                ``REPARTIR_MAX_WORKERS``        2 x ``num_cpus``, at least 2: cap on
+                                                               worker processes (nested tasks may
+                                                               add some)
 ``max_stuck_workers``          ``REPARTIR_MAX_STUCK_WORKERS``  64 (or ``max_workers`` if more):
                                                                workers started beyond the cap, 8
                                                                at a time, only while every worker
@@ -54,6 +63,10 @@ setting                        environment variable            default
 One variable is read outside :class:`Config`, by whatever process needs it:
 ``REPARTIR_DEVICE_CACHE`` (default ``~/.cache/repartir``), where device discovery keeps the
 GPU count per boot and the cost model its measured rates per host and device.
+
+The thread pools of BLAS and OpenMP libraries in workers and actors follow each task's
+``num_cpus`` (:data:`BLAS_THREAD_VARIABLES`, ``repartir/runtime/threads.py``) unless one of
+those variables is set in the driver's environment.
 """
 
 from __future__ import annotations
@@ -66,7 +79,8 @@ import subprocess
 import sys
 
 __all__ = ["Config", "resolve", "device_cache_dir", "detected_gpus", "STUCK_SPAWN_S",
-           "EXTRA_IDLE_S", "EXTRA_WORKER_AFTER_S", "STUCK_WARNING_S", "STUCK_SPAWN_BATCH"]
+           "EXTRA_IDLE_S", "EXTRA_WORKER_AFTER_S", "STUCK_WARNING_S", "STUCK_SPAWN_BATCH",
+           "resource_names", "available_memory", "BLAS_THREAD_VARIABLES", "MIN_MAX_WORKERS"]
 
 #: Seconds every worker must have been blocked in ``get``, with tasks queued that none of them
 #: may run on its stack, before the node starts a worker beyond ``max_workers``.  Shorter
@@ -94,6 +108,17 @@ EXTRA_WORKER_AFTER_S = 0.02
 #: Queued tasks that none can start, or an actor waiting for resources, for this long: warn.
 STUCK_WARNING_S = 10.0
 
+#: The least ``max_workers`` (by default 2 x ``num_cpus``): a node started with
+#: ``num_cpus=0`` still runs tasks and actors of ``num_cpus=0``, on workers started on demand.
+MIN_MAX_WORKERS = 2
+
+#: The environment variables that size the thread pools of BLAS and OpenMP libraries.  Set in
+#: every worker and actor to the number of CPUs of what it runs (as Ray sets
+#: ``OMP_NUM_THREADS``), unless the driver's environment sets any of them: then the user's
+#: values are left alone, in every process.
+BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                         "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "BLIS_NUM_THREADS")
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -104,9 +129,10 @@ class Config:
     num_cpus: int
     object_store_memory: int
     num_gpus: float = 0.0
+    memory: int = 0  # bytes of the memory resource (resolve() computes the default)
     resources: tuple = ()  # ((name, amount), ...) sorted by name
     inline_threshold: int = 100 * KiB
-    max_workers: int = 0  # 0: 2 x num_cpus
+    max_workers: int = 0  # 0: 2 x num_cpus, at least MIN_MAX_WORKERS
     max_stuck_workers: int = 64  # (or max_workers, if more)
     spin_us: int = 200
     temp_dir: str = "/tmp/repartir-sessions"
@@ -150,6 +176,44 @@ def _total_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         return 8 * GiB
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            raw = f.read().strip()
+    except OSError:
+        return None
+    return int(raw) if raw.isdigit() else None  # ("max": no limit)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new processes now, as Ray estimates it: the cgroup's
+    limit less its usage when the process runs in a memory-limited cgroup (a container), else
+    ``MemAvailable`` of ``/proc/meminfo``; the smaller of the two when both are known."""
+    found = []
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                          "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        lim, used = _read_int(limit), _read_int(usage)
+        if lim is not None and used is not None and lim < (1 << 60):
+            found.append(max(lim - used, 0))
+            break
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * KiB)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return min(found) if found else _total_memory()
+
+
+def resource_names(config: "Config") -> list[str]:
+    """The node's resource names in the order of a resource vector: ``CPU``, ``GPU``,
+    ``memory``, then the custom resources sorted by name."""
+    return ["CPU", "GPU", "memory"] + [name for name, _ in config.resources]
 
 
 def shm_free_bytes(shm_dir: str) -> int:
@@ -207,23 +271,27 @@ def detected_gpus(timeout: float = 60.0) -> int:
 
 
 def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
-            num_gpus: float | None = None, resources: dict | None = None) -> Config:
+            num_gpus: float | None = None, resources: dict | None = None,
+            memory: int | None = None) -> Config:
     """Build the configuration from keyword arguments, then the environment, then defaults.
 
     Raises:
-        ValueError: a setting is out of range (e.g. ``num_cpus < 1``).
+        ValueError: a setting is out of range (e.g. ``num_cpus < 0``, ``memory < 0``).
     """
     shm_dir = os.environ.get("REPARTIR_SHM_DIR") or _default("shm_dir")
     temp_dir = os.environ.get("REPARTIR_TEMP_DIR") or _default("temp_dir")
     if num_cpus is None:
-        num_cpus = _env_int("REPARTIR_NUM_CPUS") or os.cpu_count() or 1
+        num_cpus = _env_int("REPARTIR_NUM_CPUS")
+        if num_cpus is None:
+            num_cpus = os.cpu_count() or 1
     if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or (
             isinstance(num_cpus, float) and not num_cpus.is_integer()):
-        raise ValueError(f"num_cpus is the number of worker processes: a whole number >= 1, "
-                         f"got {num_cpus!r}")
+        raise ValueError(f"num_cpus is the number of worker processes: a whole number >= 0 "
+                         f"(0: a driver that only submits), got {num_cpus!r}")
     num_cpus = int(num_cpus)
-    if num_cpus < 1:
-        raise ValueError(f"num_cpus must be at least 1, got {num_cpus}")
+    if num_cpus < 0:
+        raise ValueError(f"num_cpus must be at least 0 (0: a driver that only submits), "
+                         f"got {num_cpus}")
     if object_store_memory is None:
         object_store_memory = _env_int("REPARTIR_OBJECT_STORE_MEMORY")
     if object_store_memory is None:
@@ -235,7 +303,14 @@ def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
         object_store_memory = max(object_store_memory, 64 * MiB)
     if object_store_memory < 4 * MiB:
         raise ValueError(f"object_store_memory must be at least 4 MiB, got {object_store_memory}")
-    max_workers = _env_int("REPARTIR_MAX_WORKERS") or 2 * num_cpus
+    if memory is None:
+        memory = _env_int("REPARTIR_MEMORY")
+    if memory is None:  # as Ray: what is available, less what the object store will take
+        memory = max(available_memory() - object_store_memory, 0)
+    if isinstance(memory, bool) or not isinstance(memory, (int, float)) or memory < 0:
+        raise ValueError(f"memory is the bytes of the memory resource, a number >= 0, "
+                         f"got {memory!r}")
+    max_workers = _env_int("REPARTIR_MAX_WORKERS") or max(2 * num_cpus, MIN_MAX_WORKERS)
     if num_gpus is None and os.environ.get("REPARTIR_NUM_GPUS"):
         num_gpus = float(os.environ["REPARTIR_NUM_GPUS"])
     if num_gpus is None:
@@ -246,6 +321,8 @@ def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
     for name in ("CPU", "GPU"):
         if name in resources:
             raise ValueError(f"pass {name} as num_{name.lower()}s=, not in resources=")
+    if "memory" in resources:
+        raise ValueError("pass memory as memory=, not in resources=")
     if len(resources) > 6:
         raise ValueError("a node may declare at most 6 custom resources")
     for name, amount in resources.items():
@@ -255,6 +332,7 @@ def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
         num_cpus=int(num_cpus),
         object_store_memory=int(object_store_memory),
         num_gpus=float(num_gpus),
+        memory=int(memory),
         resources=tuple(sorted((k, float(v)) for k, v in resources.items())),
         inline_threshold=_env_int("REPARTIR_INLINE_THRESHOLD") or _default("inline_threshold"),
         max_workers=max(max_workers, num_cpus),

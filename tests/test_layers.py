@@ -32,7 +32,7 @@ LAYERS: list[list[str]] = [
     ["repartir.runtime.actor_life", "repartir.runtime.streaming", "repartir.runtime.objectref",
      "repartir.runtime.task_state", "repartir.runtime.signature"],
     ["repartir.runtime.messages", "repartir.runtime.protocol", "repartir.runtime.context",
-     "repartir.runtime.session", "repartir.runtime"],
+     "repartir.runtime.session", "repartir.runtime.threads", "repartir.runtime"],
     ["repartir.store.*", "repartir.scheduler.*", "repartir.serialization"],
     ["repartir.sync", "repartir.ids", "repartir.config", "repartir.errors"],
 ]

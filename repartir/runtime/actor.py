@@ -38,7 +38,7 @@ from ..scheduler.segment import SlotState
 from ..serialization import dumps_code
 from . import context, driver
 from .actor_life import TERMINATE_METHODS, ActorLife
-from .messages import TaskOptions, name_bad_argument
+from .messages import TaskOptions, name_bad_argument, validate_memory
 from .objectref import capture_refs
 from .signature import ArgCheck, arg_check, method_arg_check
 from .streaming import STREAMING, parse_num_returns, submit_streaming
@@ -108,6 +108,7 @@ class ActorClass:
             v = options.get(key, 0)
             if not isinstance(v, int) or v < -1:
                 raise ValueError(f"{key} must be an int >= -1 (-1: for ever), got {v!r}")
+        validate_memory(options.get("memory"))
         lifetime = options.get("lifetime")
         if lifetime not in (None, "detached", "non_detached"):
             raise ValueError(f"lifetime must be 'detached' or None, got {lifetime!r}")
@@ -184,7 +185,7 @@ class ActorClass:
                 raise ValueError(f"an actor named {name!r} already exists in namespace "
                                  f"{namespace!r}; pass get_if_exists=True to reuse it")
         demand = client.demand_vector(opts.get("num_cpus", 0), opts.get("num_gpus", 0),
-                                      opts.get("resources") or {})
+                                      opts.get("resources") or {}, opts.get("memory") or 0)
         with capture_refs() as held:  # refs among the arguments live as long as the actor
             try:
                 creation = dumps_code((self._cls, args, kwargs))

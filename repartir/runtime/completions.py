@@ -12,6 +12,7 @@ from .object_table import unpin_all
 from .protocol import (ARENA, ERROR, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM,
                        MSG_OBJECT, MSG_OWNER_DIED, MSG_RELEASE, MSG_REQUEST, Done, Item, Message,
                        Status, StopReason, decode, failed, open_large)
+from .messages import log_unreturned_error
 from .task_manager import Task
 
 from .ownership import _log
@@ -119,6 +120,8 @@ class Completions:
             self._carry_out(self.objects.keep_pins(t.return_ids, pins))
             self._finish(t, payload)
         else:
+            if not t.return_ids:  # (num_returns=0: no ref would ever raise it)
+                log_unreturned_error(t.fn_name, (ERROR, payload))
             self._finish(t, [(ERROR, payload)] * len(t.return_ids))
 
     def _on_item(self, msg: Item) -> None:
@@ -158,6 +161,8 @@ class Completions:
         loc = failed(err)
         if t.stream is not None:
             t.stream.end(loc)
+        elif not t.return_ids:  # (num_returns=0: no ref would ever raise it)
+            log_unreturned_error(t.fn_name, loc)
         self._finish(t, [loc] * len(t.return_ids))
 
     def _finish(self, t: Task, locs: list) -> None:

@@ -59,14 +59,23 @@ def is_initialized() -> bool:
 
 def init(address: str | None = None, *, num_cpus: int | None = None,
          num_gpus: float | None = None, resources: dict | None = None,
-         object_store_memory: int | None = None, ignore_reinit_error: bool = False) -> dict:
+         object_store_memory: int | None = None, memory: int | None = None,
+         ignore_reinit_error: bool = False) -> dict:
     """Start the local node: ``num_cpus`` worker processes and a shared-memory object store.
 
     Args:
         address: ``None`` (default) starts an embedded local node.  Joining a cluster
             (``"auto"`` or ``"HOST:PORT"``) is not available yet and raises.
-        num_cpus: worker processes; default ``os.cpu_count()`` (``REPARTIR_NUM_CPUS``).
+        num_cpus: the node's CPUs, one worker process each; default ``os.cpu_count()``
+            (``REPARTIR_NUM_CPUS``).  ``0``: a driver that only submits, as in Ray: tasks
+            and actors asking for CPU raise ``InfeasibleTaskError`` at ``.remote()`` (a
+            cluster, not available yet, would run them on other nodes); those of
+            ``num_cpus=0`` run on workers started on demand (at most ``max_workers``, 2).
         num_gpus: GPUs offered to tasks asking ``num_gpus=``; default 0.
+        memory: bytes of the ``memory`` resource that tasks and actors reserve with
+            ``memory=`` (for scheduling only, as in Ray: nothing limits what a process
+            uses); default the memory available now less ``object_store_memory``
+            (``REPARTIR_MEMORY``).  Ray's ``ray.init`` takes it as ``_memory``.
         resources: custom resources, e.g. ``{"licence": 2}`` (at most 6 names).
         object_store_memory: arena bytes; default 30 % of RAM, at most 80 % of the free
             space of ``/dev/shm`` (``REPARTIR_OBJECT_STORE_MEMORY``).
@@ -79,8 +88,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     Raises:
         RepartirError: already initialised (and ``ignore_reinit_error`` is false).
         ObjectStoreFullError: ``/dev/shm`` has less room than the store asks for.
-        ValueError: a setting is out of range, or ``REPARTIR_SPILL_DIR`` is not a writable
-            directory.
+        ValueError: a setting is out of range (``num_cpus < 0``, ``memory < 0``, ...), or
+            ``REPARTIR_SPILL_DIR`` is not a writable directory.
     """
     global _node, _client, _pump, _owner_pid
     with _lock:
@@ -94,7 +103,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             raise RepartirError(
                 f"init(address={address!r}): joining a cluster is not available in this "
                 f"version; call init() without address= to start a local node.")
-        config = resolve(num_cpus, object_store_memory, num_gpus, resources)
+        config = resolve(num_cpus, object_store_memory, num_gpus, resources, memory)
         node = Node(config)
         try:
             node.start()

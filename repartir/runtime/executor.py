@@ -156,6 +156,8 @@ def finish_result(worker: Worker, result, fn_name: str, nret: int, task_id: byte
         raise TypeError(f"{fn_name} was called with num_returns='dynamic' but returned "
                         f"{type(result).__name__}, not a generator: yield the items, or "
                         f"call it with another num_returns")
+    if nret == 0:  # as in Ray, what the function returns is dropped
+        return encode((MSG_DONE, task_id, _OK, [], None))
     if nret == 1:
         if type(result) in SIMPLE_TYPES and _small(result):
             blob = _NONE_BLOB if result is None else simple_blob(result)  # the common case

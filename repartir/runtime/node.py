@@ -30,7 +30,7 @@ import threading
 import time
 import weakref
 
-from ..config import Config, STUCK_WARNING_S, shm_free_bytes
+from ..config import Config, STUCK_WARNING_S, resource_names, shm_free_bytes
 from ..errors import ObjectStoreFullError
 from ..scheduler.segment import Segment, SlotState, segment_bytes
 from ..store.arena import Arena
@@ -40,6 +40,7 @@ from .node_actors import ActorRecord, NodeActors
 from .session import (SHM_PREFIX, create_shm, spill_dir_of, sweep_dead_sessions,
                       sweep_dead_spill_dirs)
 from .supervisor import Supervisor
+from .threads import spawn_env, threads_for, user_set
 
 __all__ = ["Node"]
 
@@ -94,6 +95,8 @@ class Node(NodeActors, Supervisor):
         self._lock = threading.Lock()
         self.output: OutputForwarder | None = None  # None: output goes to log files
         self.stuck_warning_s = STUCK_WARNING_S  # (tests shorten it)
+        # BLAS/OpenMP threads follow each task's CPUs unless the user set them (threads.py)
+        self.blas_managed = not user_set(os.environ)
 
     # -- start -----------------------------------------------------------------------
 
@@ -137,12 +140,12 @@ class Node(NodeActors, Supervisor):
         self._supervisor.start()
 
     def resource_names(self) -> list[str]:
-        """Resource names by vector index: CPU, GPU, then the custom ones sorted."""
-        return ["CPU", "GPU"] + [name for name, _ in self.config.resources]
+        """Resource names by vector index: CPU, GPU, memory, then the custom ones sorted."""
+        return resource_names(self.config)
 
     def resource_totals(self) -> tuple[int, ...]:
         cfg = self.config
-        v = [int(cfg.num_cpus * 1000), int(round(cfg.num_gpus * 1000))]
+        v = [int(cfg.num_cpus * 1000), int(round(cfg.num_gpus * 1000)), cfg.memory * 1000]
         v += [int(round(a * 1000)) for _, a in cfg.resources]
         return tuple(v + [0] * (NRES - len(v)))
 
@@ -177,8 +180,12 @@ class Node(NodeActors, Supervisor):
     def _spawn(self, slot: int, actor: dict | None = None,
                state: int = SlotState.STARTING) -> None:
         cfg = self.config
+        blas_threads = None
+        if self.blas_managed:  # a worker starts at one thread: a default task's CPU
+            blas_threads = threads_for(self.actors[slot].demand[0] if actor else 1000)
         spec = {
             "actor": actor,
+            "blas_threads": blas_threads,
             "slot": slot,
             "session": self.session,
             "node_id": self.node_id,
@@ -193,6 +200,8 @@ class Node(NodeActors, Supervisor):
             "cwd": os.getcwd(),
         }
         env = dict(os.environ, REPARTIR_WORKER_SPEC=json.dumps(spec))
+        if blas_threads is not None:
+            env.update(spawn_env(blas_threads))
         # -u: a task's print reaches the pipe (or log) at once, and is not lost in a buffer
         # when the process leaves with os._exit
         cmd = [sys.executable, "-u", "-m", "repartir.runtime.worker", self.session]

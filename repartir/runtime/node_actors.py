@@ -11,6 +11,7 @@ import subprocess
 import time
 import warnings
 
+from ..config import resource_names
 from ..errors import RepartirError
 from ..scheduler.segment import SlotState
 from .actor_life import CTOR_FAILED_EXIT
@@ -125,14 +126,14 @@ class NodeActors:
     def _free_resources_text(self) -> str:
         """What the node has free now, e.g. ``CPU 0, GPU 1``."""
         seg = self.segment
-        names = ["CPU", "GPU"] + [n for n, _ in self.config.resources]
+        names = resource_names(self.config)
         avail = list(seg.available())
         avail[0] += 1000 * seg.free_tokens()
         return ", ".join(f"{n} {max(a, 0) / 1000:g}" for n, a in zip(names, avail))
 
     def _warn_pending_actor(self, rec: "ActorRecord", seconds: float) -> None:
         """An actor has waited this long for resources that other actors (or tasks) hold."""
-        names = ["CPU", "GPU"] + [n for n, _ in self.config.resources]
+        names = resource_names(self.config)
         wants = ", ".join(f"{n} {a / 1000:g}" for n, a in zip(names, rec.demand) if a)
         holders = sum(1 for r in self.actors.values()
                       if r is not rec and not r.dead and not r.pending and any(r.demand))

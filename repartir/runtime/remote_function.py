@@ -10,14 +10,15 @@ from typing import Any, Callable
 from ..scheduler import record
 from ..serialization import dumps_code
 from . import driver
-from .messages import TaskOptions
+from .messages import TaskOptions, validate_memory
 from .signature import ArgCheck, arg_check
 from .streaming import STREAMING, parse_num_returns, submit_streaming
 
 __all__ = ["RemoteFunction", "validate_options", "parse_priority"]
 
 _TASK_OPTIONS = {"num_cpus", "num_gpus", "num_returns", "max_retries", "resources", "name",
-                 "retry_exceptions", "priority", "timeout", "scheduling_strategy", "memory"}
+                 "retry_exceptions", "priority", "timeout", "scheduling_strategy", "memory",
+                 "max_calls"}
 _PRIORITY_NAMES = {"high": record.HIGH, "normal": record.NORMAL, "low": record.LOW}
 
 
@@ -46,6 +47,10 @@ def validate_options(options: dict) -> dict:
         v = options.get(key, 0)
         if not isinstance(v, (int, float)) or v < 0:
             raise ValueError(f"{key} must be a number >= 0, got {v!r}")
+    validate_memory(options.get("memory"))
+    mc = options.get("max_calls", 0)
+    if isinstance(mc, bool) or not isinstance(mc, int) or mc < 0:
+        raise ValueError(f"max_calls must be an int >= 0 (0: no limit), got {mc!r}")
     t = options.get("timeout")
     if t is not None and (not isinstance(t, (int, float)) or t <= 0):
         raise ValueError(f"timeout must be a number of seconds > 0, got {t!r}")
@@ -62,8 +67,9 @@ def validate_options(options: dict) -> dict:
 
 class RemoteFunction:
     """A function made remote.  ``f.remote(*args, **kwargs)`` submits a task and returns an
-    ``ObjectRef`` at once (a list of ``num_returns`` refs when ``num_returns > 1``).
-    ``f.options(**opts)`` returns a copy with other options.
+    ``ObjectRef`` at once (a list of ``num_returns`` refs when ``num_returns > 1``, ``None``
+    when ``num_returns=0``).  ``f.options(**opts)`` returns a copy with other options
+    (``max_calls`` excepted, as in Ray).
 
     A generator function streams by default, as in Ray: ``.remote()`` returns an
     ``ObjectRefGenerator`` (``num_returns="streaming"``).  With ``num_returns=N`` it must
@@ -91,6 +97,17 @@ class RemoteFunction:
             f"{self._name}._function(...).")
 
     def options(self, **options: Any) -> "RemoteFunction":
+        """A copy with other options (those of ``@remote``).
+
+        Raises:
+            ValueError: an unknown option or a value out of range, or ``max_calls`` other
+                than the function's (fixed by ``@remote``, as in Ray).
+        """
+        if options.get("max_calls", self._options.get("max_calls", 0)) != \
+                self._options.get("max_calls", 0):
+            raise ValueError(
+                f"max_calls of {self._name} cannot be changed with .options() (as in Ray): "
+                f"give it to @remote(max_calls=...), on a function of its own if needed")
         merged = dict(self._options)
         merged.update(options)
         rf = RemoteFunction(self._function, merged, self._key)
@@ -100,7 +117,10 @@ class RemoteFunction:
 
     def _code(self) -> bytes:
         if self._blob is None:
-            self._blob = dumps_code(self._function, f"remote function {self._name}")
+            # with max_calls, the blob is the pair (function, max_calls): see Worker._run
+            mc = self._options.get("max_calls", 0)
+            self._blob = dumps_code((self._function, mc) if mc else self._function,
+                                    f"remote function {self._name}")
         return self._blob
 
     def _opts_for(self, client) -> TaskOptions:
@@ -113,7 +133,7 @@ class RemoteFunction:
         opts = TaskOptions(
             num_returns=parse_num_returns(o.get("num_returns"), self._generator),
             demand=client.demand_vector(o.get("num_cpus", 1), o.get("num_gpus", 0),
-                                        o.get("resources") or {}),
+                                        o.get("resources") or {}, o.get("memory") or 0),
             priority=parse_priority(o.get("priority", "normal")),
             timeout=float(o.get("timeout") or 0.0),
             max_retries=(1 << 30) if mr == -1 else mr,
@@ -123,7 +143,10 @@ class RemoteFunction:
         return opts
 
     def remote(self, *args: Any, **kwargs: Any):
-        """Submit the task; returns its ref(s) at once.
+        """Submit the task; returns its ref(s) at once: one ``ObjectRef``, a list of
+        ``num_returns`` of them, ``None`` for ``num_returns=0`` (the task still runs; an error
+        it ends with is logged by the ``repartir`` logger), or an ``ObjectRefGenerator`` for
+        ``num_returns="streaming"``.
 
         Raises:
             TypeError: the arguments do not fit the function's signature.
@@ -141,7 +164,9 @@ class RemoteFunction:
         if opts.num_returns == STREAMING:
             return submit_streaming(client, self._key, loc, self._name, args, kwargs, opts)
         refs = client.submit(self._key, loc, self._name, args, kwargs, opts)
-        return refs if opts.num_returns > 1 else refs[0]
+        if opts.num_returns > 1:
+            return refs
+        return refs[0] if refs else None  # (num_returns=0, as in Ray)
 
     def __reduce__(self):
         return (_rebuild, (self._function, self._options, self._key))

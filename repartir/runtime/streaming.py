@@ -19,8 +19,8 @@ from ..ids import new_object_id
 __all__ = ["STREAMING", "DYNAMIC", "ObjectRefGenerator", "DynamicObjectRefGenerator",
            "StreamLink", "submit_streaming", "parse_num_returns"]
 
-STREAMING = 0  # num_returns value in task records meaning "streaming"
-DYNAMIC = -1  # num_returns value in task records meaning "dynamic" (one ref: the list)
+STREAMING = -1  # num_returns value in task records meaning "streaming" (0: no returns)
+DYNAMIC = -2  # num_returns value in task records meaning "dynamic" (one ref: the list)
 
 
 def parse_num_returns(value: Any, is_generator: bool) -> int:
@@ -28,7 +28,7 @@ def parse_num_returns(value: Any, is_generator: bool) -> int:
     a generator function then streams, as in Ray).
 
     Raises:
-        ValueError: not an int between 1 and 65533, ``"streaming"`` or ``"dynamic"``.
+        ValueError: not an int between 0 and 65533, ``"streaming"`` or ``"dynamic"``.
     """
     if value is None:
         return STREAMING if is_generator else 1
@@ -36,8 +36,8 @@ def parse_num_returns(value: Any, is_generator: bool) -> int:
         return STREAMING
     if value == "dynamic":
         return DYNAMIC
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65533:
-        raise ValueError(f"num_returns must be an int between 1 and 65533, 'streaming' or "
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65533:
+        raise ValueError(f"num_returns must be an int between 0 and 65533, 'streaming' or "
                          f"'dynamic', got {value!r}")
     return value
 

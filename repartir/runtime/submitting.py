@@ -8,6 +8,7 @@ from __future__ import annotations
 import pickle
 from typing import Sequence
 
+from ..config import resource_names
 from ..errors import SerializationError
 from ..ids import new_task_id, return_id
 from ..scheduler import record
@@ -36,10 +37,11 @@ class Submitting:
             loc = self.functions[key] = (off, len(blob))
         return loc
 
-    def demand_vector(self, num_cpus: float, num_gpus: float, resources: dict) -> tuple:
+    def demand_vector(self, num_cpus: float, num_gpus: float, resources: dict,
+                      memory: float = 0) -> tuple:
         """The resource vector of a task on this node (see :func:`messages.demand_vector`)."""
-        names = ["CPU", "GPU"] + [n for n, _ in self.config.resources]
-        return demand_vector(names, self.segment.totals(), num_cpus, num_gpus, resources)
+        return demand_vector(resource_names(self.config), self.segment.totals(), num_cpus,
+                             num_gpus, resources, memory)
 
     def submit(self, fn_key, fn_loc: tuple[int, int], fn_name: str, args: Sequence,
                kwargs: dict, opts: TaskOptions, target: int | None = None,

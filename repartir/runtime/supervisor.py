@@ -25,6 +25,16 @@ __all__ = ["Supervisor"]
 
 
 
+def _queued_task_fits(cpus: int, smallest: int | None) -> bool:
+    """Whether a queued task may fit in ``cpus`` milli-CPUs free, given the smallest CPU
+    demand among the oldest queued records: a task of ``num_cpus=0`` always does (also on a
+    node of ``num_cpus=0``); others need some CPU free, a whole one unless a fraction that
+    small is queued."""
+    if smallest == 0:
+        return True
+    return cpus > 0 and (cpus >= 1000 or (smallest or 1000) <= cpus)
+
+
 class Supervisor:
     def _watch(self, slot: int, proc: subprocess.Popen) -> None:
         code = proc.wait()
@@ -207,8 +217,9 @@ class Supervisor:
                 warned = True
                 self._warn_stuck(now - stuck_since)
             cpus = seg.available()[0]
-            busy = sum(1 for s in slots if seg.running(s))
-            if (cpus <= 0 or (cpus < 1000 and (seg.smallest_queued_cpu() or 1000) > cpus)
+            # (a worker retiring after max_calls runs nothing, and takes nothing either)
+            busy = sum(1 for s in slots if seg.running(s) or seg.retiring(s))
+            if (not _queued_task_fits(cpus, seg.smallest_queued_cpu())
                     or self.fatal or busy < len(slots)):
                 want_since = None  # no queued task fits in the CPU left, or a worker is free
                 continue

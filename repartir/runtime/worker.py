@@ -45,6 +45,7 @@ from .core import RECORD_HEADER, CoreClient
 from .executor import drop_message_blocks, exit_process, run_function, stop_error
 from .messages import ARENA_SPEC, Dep, failed_message
 from .protocol import MSG_DONE, MSG_ITEM, StopRequest, decode
+from .threads import ThreadLimit
 
 __all__ = ["Worker", "main"]
 
@@ -52,7 +53,7 @@ _NONE, _FREE, _BUSY = 0, 1, 2  # CPU token states
 
 
 class Worker:
-    def __init__(self, client: CoreClient, ncpus: int) -> None:
+    def __init__(self, client: CoreClient, ncpus: int, blas_threads: int | None = None) -> None:
         self.client = client
         self.seg = client.segment
         self.arena = client.arena
@@ -75,6 +76,10 @@ class Worker:
         self.pending_stops: dict[bytes, int] = {}  # stops for tasks under the top one
         self.children = client.manager.children  # running call -> tasks it submitted
         self.recursive_cancels: set[bytes] = set()  # calls stopped by a recursive cancel
+        self.threads = ThreadLimit(blas_threads)  # BLAS/OpenMP threads: the task's CPUs
+        self.call_limits: dict[bytes, int] = {}  # function key -> its max_calls (if any)
+        self.call_counts: dict[bytes, int] = {}  # function key -> calls run here
+        self.exhausted = False  # a function reached its max_calls: retire after this task
         client.helper = self
 
     # -- finding work --------------------------------------------------------------
@@ -175,7 +180,24 @@ class Worker:
                 if rec is None:
                     continue
             self.execute(rec)
+            if self.exhausted:
+                self.retire()
+                return
 
+    def retire(self) -> None:
+        """A function reached its ``max_calls`` here: take no more tasks, and exit (the node
+        starts another worker in this slot) once this process owns no objects -- results of
+        tasks it submitted, or objects it ``put``, that other processes still hold refs to
+        (as Ray's worker, it serves them until they are released).  Meanwhile its CPU is
+        free and the node counts it as busy, so queued tasks get another worker."""
+        seg = self.seg
+        seg.set_retiring(self.slot, True)
+        self.give_token()
+        client = self.client
+        client.poll()
+        while client.table and not seg.shutting_down:
+            client.inbox.park(0.05)
+            client.poll()
     # -- helping while a task waits in get -------------------------------------------
 
     def help(self) -> bool:
@@ -186,7 +208,7 @@ class Worker:
         below it on this stack, which cannot go on before it returns -- a deadlock.  Those
         wait for a worker with an empty stack; the node starts one when every worker is
         blocked (see ``Node._supervise``)."""
-        if len(self.charges) >= MAX_NESTING - 1:
+        if len(self.charges) >= MAX_NESTING - 1 or self.exhausted:
             return False
         rec = self.next_task()
         if rec is None:
@@ -229,8 +251,11 @@ class Worker:
         uses_token, charge = self._charge  # reserved, and recorded running, by admit()
         self.charges.append((uses_token, charge))
         self.last_work = time.monotonic()
+        threads = self.threads
+        outer_threads = threads.current
         try:
             try:
+                threads.set(h.cpu // 1000 or 1)  # BLAS threads: the task's CPUs (threads.py)
                 if seg.is_cancelled(task_id):
                     err = TaskCancelledError("task was cancelled before it started")
                     msg = failed_message(task_id, err, "?")
@@ -243,6 +268,8 @@ class Worker:
             self.send(owner, msg)
         finally:
             self.charges.pop()
+            if self.charges:  # back to the task waiting below on this stack: its limit
+                threads.set(outer_threads)
             seg.pop_running(self.slot)
             if charge:
                 seg.release(charge, self.slot)
@@ -264,9 +291,18 @@ class Worker:
         try:
             fn = self.functions.get(fn_key)
             if fn is None:
-                fn = self.functions[fn_key] = pickle.loads(self.arena.view(fn_off, fn_len))
+                fn = pickle.loads(self.arena.view(fn_off, fn_len))
+                if type(fn) is tuple:  # (function, max_calls): see RemoteFunction._code
+                    fn, self.call_limits[fn_key] = fn
+                self.functions[fn_key] = fn
         except BaseException as exc:
             return failed_message(task_id, exc, fn_name)
+        if self.call_limits:
+            limit = self.call_limits.get(fn_key)
+            if limit:  # (counted as it starts: a call that raises counts too, as in Ray)
+                count = self.call_counts[fn_key] = self.call_counts.get(fn_key, 0) + 1
+                if count >= limit:
+                    self.exhausted = True
         return run_function(self, fn, fn_name, args_loc, dep_locs, nret, task_id, owner)
 
     def load_args(self, args_loc, dep_locs) -> tuple[list, dict]:
@@ -389,7 +425,7 @@ def main() -> None:
     client = CoreClient(seg, arena, slot, config, spec["session"])
     context.set_client(client)
     context.set_node_id(spec["node_id"])
-    worker = Worker(client, config.num_cpus)
+    worker = Worker(client, config.num_cpus, spec.get("blas_threads"))
     if spec.get("actor"):
         client.helper = None  # an actor does not run other tasks while it waits
         actor = spec["actor"]

@@ -3,9 +3,10 @@ unpickling anything (so a thief can check resources and priority, and cancellati
 handling can find a task by id).
 
 ``kind u8 | priority u8 | flags u8 | ncustom u8 | owner u16 | task id 16 B |``
-``cpu u32 | gpu u32 | timeout f32 | custom index 4 x u8 | custom amount 4 x u32``
+``cpu u32 | gpu u32 | timeout f32 | custom index 4 x u8 | custom amount 4 x u32 | memory u64``
 
-Amounts are in milli-units (``num_cpus=0.5`` is 500).  ``flags & DEFAULT_DEMAND`` marks the
+Amounts are in milli-units (``num_cpus=0.5`` is 500; ``memory`` in milli-bytes, so that every
+entry of a resource vector has the same unit).  ``flags & DEFAULT_DEMAND`` marks the
 common case, one CPU and nothing else.  ``flags & HOLDS_REFS`` marks a task whose arguments hold
 refs to objects that were pending when it was queued (or that may hold such refs themselves):
 such a task may wait on any task, so a worker never runs it on top of a task blocked in ``get``
@@ -21,9 +22,9 @@ from typing import NamedTuple
 __all__ = ["HEADER", "SPEC_INLINE", "SPEC_IN_ARENA", "DEFAULT_DEMAND", "HOLDS_REFS", "NRES",
            "HIGH", "NORMAL", "LOW", "PRIORITIES", "pack_header", "header_parts", "demand_of",
            "holds_refs", "Header", "header_of", "task_id_of", "owner_of",
-           "DEFAULT_VECTOR", "MAX_CUSTOM"]
+           "DEFAULT_VECTOR", "MAX_CUSTOM", "MEMORY", "FIRST_CUSTOM"]
 
-HEADER = struct.Struct("<BBBBH16sIIf4B4I")
+HEADER = struct.Struct("<BBBBH16sIIf4B4IQ")
 SPEC_INLINE, SPEC_IN_ARENA = 0, 1
 DEFAULT_DEMAND = 1
 HOLDS_REFS = 2
@@ -31,7 +32,9 @@ FLAGS_OFFSET = 2  # byte offset of the flags in a record
 OWNER_OFFSET = 4  # of the owner's slot (u16)
 TASK_ID_OFFSET = 6  # of the task id (16 bytes)
 _OWNER = struct.Struct("<H")
-NRES = 8  # CPU, GPU, and up to 6 custom resources per node
+NRES = 9  # CPU, GPU, memory, and up to 6 custom resources per node
+MEMORY = 2  # the index of memory in a resource vector
+FIRST_CUSTOM = 3  # custom resources come after CPU, GPU and memory
 MAX_CUSTOM = 4  # custom resources one task may ask for
 HIGH, NORMAL, LOW = 0, 1, 2
 PRIORITIES = (HIGH, NORMAL, LOW)
@@ -41,7 +44,7 @@ DEFAULT_VECTOR = (1000,) + (0,) * (NRES - 1)
 def pack_header(kind: int, priority: int, owner: int, task_id: bytes,
                 demand: tuple[int, ...], timeout: float, holds_refs: bool = False) -> bytes:
     """Pack a header; ``demand`` is a vector of ``NRES`` milli-amounts."""
-    custom = [(i, a) for i, a in enumerate(demand[2:], start=2) if a]
+    custom = [(i, a) for i, a in enumerate(demand[FIRST_CUSTOM:], start=FIRST_CUSTOM) if a]
     if len(custom) > MAX_CUSTOM:
         raise ValueError(f"a task may ask for at most {MAX_CUSTOM} custom resources")
     flags = DEFAULT_DEMAND if tuple(demand) == DEFAULT_VECTOR else 0
@@ -50,7 +53,7 @@ def pack_header(kind: int, priority: int, owner: int, task_id: bytes,
     idx = [i for i, _ in custom] + [0] * (MAX_CUSTOM - len(custom))
     amt = [a for _, a in custom] + [0] * (MAX_CUSTOM - len(custom))
     return HEADER.pack(kind, priority, flags, len(custom), owner, task_id, demand[0],
-                       demand[1], timeout, *idx, *amt)
+                       demand[1], timeout, *idx, *amt, demand[MEMORY])
 
 
 def header_parts(kind: int, priority: int, owner: int, demand: tuple[int, ...],
@@ -81,6 +84,7 @@ class Header(NamedTuple):
     custom_amount_1: int
     custom_amount_2: int
     custom_amount_3: int
+    memory: int  # milli-bytes
 
 
 _new = tuple.__new__
@@ -112,7 +116,7 @@ def demand_of(rec) -> tuple[int, ...]:
     if h[2] & DEFAULT_DEMAND:  # (by index: this runs for every task a worker takes)
         return DEFAULT_VECTOR
     v = [0] * NRES
-    v[0], v[1] = h[6], h[7]  # cpu, gpu
+    v[0], v[1], v[MEMORY] = h[6], h[7], h[17]  # cpu, gpu, memory
     for k in range(h[3]):  # custom_index_k, custom_amount_k
         v[h[9 + k]] += h[13 + k]
     return tuple(v)

@@ -29,7 +29,7 @@ from .mailbox import Inbox, inbox_bytes
 __all__ = ["Segment", "SlotState", "segment_bytes", "RECORD_SIZE"]
 
 _MAGIC = 0x7265_7061_7363_6864
-LAYOUT_VERSION = 8  # bump whenever the layout below changes
+LAYOUT_VERSION = 9  # bump whenever the layout below changes
 _HEADER = 4096
 _SLOT_HEADER = 16384
 RECORD_SIZE = 512
@@ -62,10 +62,12 @@ _RES = struct.Struct(f"<{NRES}q")
 _TOTALS_OFF, _AVAIL_OFF = 256, 256 + _RES.size
 _CANCEL_COUNT_OFF, _CANCEL_RING_OFF, CANCEL_RING = 512, 528, 192  # ids of cancelled tasks
 _HELD_OFF = 64  # in a slot's header: resources its process holds
-_NOTE_OFF = 128  # in a slot's header: a short text (why an actor died)
+_NOTE_OFF = _HELD_OFF + _RES.size  # in a slot's header: a short text (why an actor died)
+NOTE_BYTES = _CURRENT_OFF - _NOTE_OFF - 2  # the note's longest text (u16 length first)
 _EPOCH_OFF = 40  # in a slot's header: actor epoch u32 + actor id 16 B
 _WAITING_OFF = 36  # in a slot's header: spinning u16, sleeping u16
 _EPOCH = struct.Struct("<I16s")
+_RETIRING_OFF = 60  # in a slot's header: u32, 1 while a worker that reached max_calls drains
 _NPRIO = len(PRIORITIES)
 
 
@@ -148,6 +150,7 @@ class Segment:
                 st = _SLOT.unpack_from(self.mm, off)[0]
                 if st in (SlotState.FREE, SlotState.DEAD) or index is not None:
                     _SLOT.pack_into(self.mm, off, state, pid, 0, 0)
+                    struct.pack_into("<I", self.mm, off + _RETIRING_OFF, 0)
                     if state == SlotState.STARTING:
                         _RES.pack_into(self.mm, off + _HELD_OFF, *([0] * NRES))
                     if i + 1 > self.active_slots:
@@ -225,8 +228,9 @@ class Segment:
         return reason - 1, task_id
 
     def set_note(self, index: int, text: str) -> None:
-        """A short text kept in the slot (why an actor died), at most 380 bytes."""
-        raw = text.encode("utf-8", "replace")[:380]
+        """A short text kept in the slot (why an actor died), at most ``NOTE_BYTES`` (374)
+        bytes of UTF-8; longer text is cut."""
+        raw = text.encode("utf-8", "replace")[:NOTE_BYTES]
         off = self.slot_offset(index) + _NOTE_OFF
         struct.pack_into("<H", self.mm, off, len(raw))
         self.mm[off + 2:off + 2 + len(raw)] = raw
@@ -266,6 +270,16 @@ class Segment:
 
     def blocked(self, index: int) -> bool:
         return struct.unpack_from("<I", self.mm, self.slot_offset(index) + 12)[0] != 0
+
+    def set_retiring(self, index: int, retiring: bool) -> None:
+        """A worker that ran a function ``max_calls`` times takes no more tasks and exits
+        once it owns no objects: while it waits, the node counts it as busy (so that queued
+        tasks get an extra worker) and replaces it when it is gone."""
+        struct.pack_into("<I", self.mm, self.slot_offset(index) + _RETIRING_OFF, int(retiring))
+
+    def retiring(self, index: int) -> bool:
+        return struct.unpack_from("<I", self.mm,
+                                  self.slot_offset(index) + _RETIRING_OFF)[0] != 0
 
     # -- resources ---------------------------------------------------------------------
 
