@@ -72,7 +72,7 @@ def _method_table(cls: type) -> dict[str, dict]:
 
 def method(*, num_returns: int | str = 1):
     """Decorate an actor method with options (Ray's ``ray.method``): ``num_returns``, an int
-    from 1 to 65533 (a generator method then yields that many items, one per ref),
+    from 0 to 65533 (a generator method then yields that many items, one per ref),
     ``"streaming"`` (the default of generator methods: an ``ObjectRefGenerator``) or
     ``"dynamic"`` (one ref whose value is a ``DynamicObjectRefGenerator``).
 
@@ -325,7 +325,7 @@ class ActorMethod:
         """A copy that calls with another ``num_returns`` (see :func:`method`).
 
         Raises:
-            ValueError: ``num_returns`` is not an int from 1 to 65533, ``"streaming"`` or
+            ValueError: ``num_returns`` is not an int from 0 to 65533, ``"streaming"`` or
                 ``"dynamic"``.
         """
         if num_returns is not None:
@@ -337,7 +337,8 @@ class ActorMethod:
                         f".{self._name}.remote(...)")
 
     def remote(self, *args: Any, **kwargs: Any):
-        """Call the method; returns its ref(s) at once (a list when ``num_returns > 1``, an
+        """Call the method; returns its ref(s) at once (a list when ``num_returns > 1``,
+        ``None`` when it is 0, an
         ``ObjectRefGenerator`` for ``num_returns="streaming"``, the default of generator
         methods; one ref to a ``DynamicObjectRefGenerator`` for ``"dynamic"``).
 
@@ -363,4 +364,6 @@ class ActorMethod:
                                     target=h._slot, actor_id=h._actor_id)
         refs = client.submit(self._name, (0, 0), fn_name, args, kwargs, opts, target=h._slot,
                              actor_id=h._actor_id)
-        return refs if nret > 1 else refs[0]
+        if nret > 1:
+            return refs
+        return refs[0] if refs else None  # (num_returns=0, as in Ray)

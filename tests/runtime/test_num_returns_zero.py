@@ -81,3 +81,24 @@ def test_a_crash_is_logged(rt, caplog):
 def test_bad_num_returns_are_refused(bad):
     with pytest.raises(ValueError, match="num_returns"):
         one.options(num_returns=bad)
+
+
+@repartir.remote
+class Log:
+    def __init__(self):
+        self.seen = []
+
+    @repartir.method(num_returns=0)
+    def note(self, x):
+        self.seen.append(x)
+        return "dropped"
+
+    def all(self):
+        return self.seen
+
+
+def test_an_actor_method_with_num_returns_zero_runs_in_order_and_returns_none(rt):
+    log = Log.remote()
+    assert [log.note.remote(i) for i in range(3)] == [None, None, None]
+    assert log.note.options(num_returns=0).remote(3) is None
+    assert repartir.get(log.all.remote(), timeout=60) == [0, 1, 2, 3]
