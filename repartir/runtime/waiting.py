@@ -9,6 +9,7 @@ import time
 from typing import Any, Sequence
 
 from ..errors import GetTimeoutError, ObjectLostError, WorkerCrashedError
+from ..ids import task_of
 from .protocol import ERROR_KINDS, MSG_REQUEST, encode
 from .objectref import ObjectRef
 
@@ -45,7 +46,8 @@ class Waiting:
         if helper is not None:  # a worker: the waiting task lends its CPU meanwhile
             helper.lend()
             try:
-                return self._wait(refs, num_returns, timeout, fail_fast)
+                return self._wait(refs, num_returns, timeout, fail_fast,
+                                  self._may_help(refs))
             finally:
                 helper.unlend()
         local = self._local
@@ -85,8 +87,24 @@ class Waiting:
                 return False
         return n >= num_returns
 
+    def _may_help(self, refs: Sequence[ObjectRef]) -> bool:
+        """Whether a worker waiting for ``refs`` may run queued tasks on its stack meanwhile:
+        not when one of them is the result of an actor call this process made.  An actor
+        may wait on other tasks (a queue's ``get`` waits for a producer task); a task run
+        on this stack could be that task, or wait on it, and neither can go on before the
+        waiting task returns.  The worker then only lends its CPU and parks; the node
+        starts another worker if every worker is blocked (``docs/architecture.md``,
+        "Nested tasks")."""
+        tasks = self.tasks
+        for r in refs:
+            if r._owned:
+                t = tasks.get(task_of(r._id))
+                if t is not None and t.target is not None:
+                    return False
+        return True
+
     def _wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None,
-              fail_fast: bool = False) -> list[bool]:
+              fail_fast: bool = False, may_help: bool = True) -> list[bool]:
         deadline = None if timeout is None else time.monotonic() + timeout
         n = len(refs)
         ready = [False] * n
@@ -125,7 +143,7 @@ class Waiting:
             changed = self.poll() > 0 or self._version != seen
             if changed:
                 continue
-            if helper is not None and helper.help():
+            if may_help and helper is not None and helper.help():
                 helper.raise_pending_stop()
                 changed = True
                 spin_end = time.monotonic() + self._spin
