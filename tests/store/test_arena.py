@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from repartir.errors import ObjectStoreFullError
-from repartir.store.arena import _B, _H, HEADER_SIZE, Arena
+from repartir.store.arena import HEADER_SIZE, Arena
+from repartir.store.layout import _B, _H
 
 SIZE = 8 << 20
 
