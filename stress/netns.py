@@ -42,7 +42,8 @@ cable is pulled; a new connection fails with "no route to host" after the ARP ti
 
 Errors: :class:`NetnsUnavailable` (a :class:`RuntimeError`) when namespaces cannot be made here
 (:func:`unavailable_reason` says why: not root, no ``ip``, no permission), ``ValueError`` on bad
-arguments, ``subprocess.CalledProcessError`` when an ``ip`` command fails, with its stderr.
+arguments, :class:`IpError` (a ``subprocess.CalledProcessError``) when an ``ip`` command fails,
+with its stderr.
 """
 
 from __future__ import annotations
@@ -84,6 +85,13 @@ class NetnsUnavailable(RuntimeError):
     """Network namespaces cannot be made on this machine (the message says why)."""
 
 
+class IpError(subprocess.CalledProcessError):
+    """An ``ip`` command failed; the message has its stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()} {self.stderr}"
+
+
 # ---------------------------------------------------------------------------------------------
 # ip, processes, names
 # ---------------------------------------------------------------------------------------------
@@ -92,12 +100,11 @@ class NetnsUnavailable(RuntimeError):
 def ip(*args: str, check: bool = True) -> str:
     """Run ``ip ARGS`` (iproute2), bounded by :data:`IP_TIMEOUT_S`; return its stdout.
 
-    Raises ``subprocess.CalledProcessError`` (stderr attached and in the message) when it fails
-    and ``check`` is true."""
+    Raises :class:`IpError` (a ``subprocess.CalledProcessError`` with ``ip``'s stderr in its
+    message) when it fails and ``check`` is true."""
     proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=IP_TIMEOUT_S)
     if check and proc.returncode != 0:
-        raise subprocess.CalledProcessError(proc.returncode, ["ip", *args], proc.stdout,
-                                            f"ip {' '.join(args)}: {proc.stderr.strip()}")
+        raise IpError(proc.returncode, ["ip", *args], proc.stdout, proc.stderr.strip())
     return proc.stdout
 
 
@@ -195,7 +202,7 @@ def unavailable_reason() -> str | None:
             ip("-n", probe, "link", "set", "lo", "up")
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
             reason = ("cannot make a network namespace here (needs root with CAP_SYS_ADMIN, as "
-                      f"CI runs): {getattr(e, 'stderr', e)}")
+                      f"CI runs): {e}")
         finally:
             ip("netns", "del", probe, check=False)
     _UNAVAILABLE.append(reason)
