@@ -5,7 +5,7 @@
 - A host has only its own addresses, no default route, and reaches none of the machine's
   addresses; the machine's own namespace gains no link.
 - Closing leaves no namespace and no process behind: at the end of a ``with`` block, after an
-  exception inside it, when the owner dies without closing (the reaper), when the cluster
+  exception inside it, on Ctrl-C, when the owner dies without closing (the reaper), when the cluster
   outlives its lifetime, and for runs whose owner is dead (the sweep).
 - ``link_down`` makes a new connection fail and stalls an established one within a bounded
   time, ``link_up`` restores both.
@@ -265,13 +265,19 @@ OWNER = textwrap.dedent("""
     print(json.dumps({"names": c.namespaces, "pid": p.pid}), flush=True)
     if sys.argv[2] == "exit":
         os._exit(1)  # no atexit, no close(): what pytest-timeout's thread method does
-    time.sleep(300)
+    try:
+        with c:
+            time.sleep(300)
+    except KeyboardInterrupt:  # Ctrl-C: the with block closed the cluster, not the reaper
+        left = set(c.namespaces) & set(netns.list_namespaces())
+        print(json.dumps({"left": sorted(left), "sleeper": p.poll()}), flush=True)
 """)
 
 
 @pytest.mark.netns
-@pytest.mark.parametrize("death", ["exit", "sigkill", "lifetime"])
-def test_the_reaper_cleans_up_when_the_owner_does_not(death):
+@pytest.mark.parametrize("death", ["exit", "sigkill", "lifetime", "ctrl-c"])
+def test_clean_up_when_the_owner_is_killed_interrupted_or_too_old(death):
+    """os._exit and SIGKILL: the reaper; Ctrl-C: the with block; lifetime: the reaper."""
     lifetime = "1" if death == "lifetime" else "300"
     owner = subprocess.Popen([PY, "-c", OWNER, str(REPO_ROOT), death, lifetime],
                              stdout=subprocess.PIPE, text=True)
@@ -279,6 +285,9 @@ def test_the_reaper_cleans_up_when_the_owner_does_not(death):
         info = json.loads(_line(owner, 30))
         if death == "sigkill":
             owner.send_signal(signal.SIGKILL)
+        if death == "ctrl-c":
+            owner.send_signal(signal.SIGINT)
+            assert json.loads(_line(owner, 30)) == {"left": [], "sleeper": -signal.SIGTERM}
         if death != "lifetime":
             owner.wait(10)
         assert wait_until(lambda: not set(info["names"]) & set(netns.list_namespaces()), 15)
