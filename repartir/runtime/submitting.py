@@ -45,13 +45,15 @@ class Submitting:
 
     def submit(self, fn_key, fn_loc: tuple[int, int], fn_name: str, args: Sequence,
                kwargs: dict, opts: TaskOptions, target: int | None = None,
-               stream=None, actor_id: bytes | None = None) -> list[ObjectRef]:
+               stream=None, actor_id: bytes | None = None, keep=None) -> list[ObjectRef]:
         """Submit a task; returns its ``opts.num_returns`` refs at once (none for a
         streaming task: see :meth:`stream`).
 
         ``target`` is ``None`` for a task (pushed to this process's deque, stolen by any
         worker) or the slot of an actor (``fn_key`` is then the method name; the call goes
         to the actor's inbox, after the earlier calls of this process to that actor).
+        ``keep``: what the task keeps alive until it completes (an actor call: its handle's
+        count in this process, so that the actor's exit call comes after it).
 
         Raises:
             SerializationError: an argument cannot be pickled (the message names it).
@@ -78,6 +80,7 @@ class Submitting:
                 try:
                     s = serialize((tuple(args), kwargs))
                 except SerializationError:
+                    self.land_unsent(nested)
                     raise name_bad_argument(fn_name, args, kwargs) from None
             args_loc = self.store(s)  # large arguments go to the arena once, as Ray does
             if args_loc[0] == ARENA:
@@ -92,6 +95,8 @@ class Submitting:
                  actor_id)
         t.spec = (fn_key, fn_loc[0], fn_loc[1], fn_name, args_loc, num_returns)
         t.deps = deps
+        if keep is not None:
+            nested = nested + [keep]
         t.held = nested
         t.args_block = args_block
         if stream is not None:
