@@ -387,7 +387,7 @@ class ActorMethod:
             demand=(), priority=1, timeout=0.0,
             max_retries=(1 << 30) if retries == -1 else retries, retry_exceptions=False)
         fn_name = f"{h._class_name}.{self._name}"
-        life = h._life  # the call keeps the handles' count until it completes
+        life = h._life  # the call keeps the handles' count until it is sent
         if nret == STREAMING:
             return submit_streaming(client, self._name, (0, 0), fn_name, args, kwargs, opts,
                                     target=h._slot, actor_id=h._actor_id, keep=life)

@@ -25,8 +25,8 @@ class ActorLife:
     """Shared by the handles of one actor in one process (``CoreClient.life_of``): made with
     the process's first handle of the actor (the node hears ``ADD``); when the last of them
     is garbage, the node hears ``REMOVE`` (``__del__`` takes no lock: the client sends it in
-    ``poll``).  Actor calls keep it until they complete, so the exit call that follows the
-    last handle comes after them."""
+    ``poll``).  An actor call keeps it until the call is in the actor's inbox, so the exit call
+    that follows the last handle comes after it."""
 
     __slots__ = ("client", "actor_id", "__weakref__")
 
@@ -59,7 +59,7 @@ def end_actor(client, slot: int, actor_id: bytes, class_name: str) -> None:
     """Queue the exit call of an actor whose last handle died (anywhere: the node's count,
     ``handle_table.py``); stop its process once the call has run.  Runs in the driver, where
     the node lives; the calls of every process that held a handle were sent before (a call
-    keeps its process's handle count until it completes)."""
+    keeps its process's handle count until it is in the actor's inbox)."""
     opts = TaskOptions(num_returns=1, demand=(), priority=1, timeout=0.0, max_retries=0,
                        retry_exceptions=False)
     ref = client.submit(EXIT_METHOD, (0, 0), f"{class_name}.{EXIT_METHOD}", (), {}, opts,

@@ -199,4 +199,4 @@ class Completions:
         if t.args_block is not None:
             self.arena.release(t.args_block)
             t.args_block = None
-        t.deps = t.held = None
+        t.deps = t.held = t.keep = None

@@ -52,8 +52,8 @@ class Submitting:
         ``target`` is ``None`` for a task (pushed to this process's deque, stolen by any
         worker) or the slot of an actor (``fn_key`` is then the method name; the call goes
         to the actor's inbox, after the earlier calls of this process to that actor).
-        ``keep``: what the task keeps alive until it completes (an actor call: its handle's
-        count in this process, so that the actor's exit call comes after it).
+        ``keep``: an actor call's handle count in this process, kept until the call is in
+        the actor's inbox (so that the exit call after the last handle comes behind it).
 
         Raises:
             SerializationError: an argument cannot be pickled (the message names it).
@@ -95,9 +95,8 @@ class Submitting:
                  actor_id)
         t.spec = (fn_key, fn_loc[0], fn_loc[1], fn_name, args_loc, num_returns)
         t.deps = deps
-        if keep is not None:
-            nested = nested + [keep]
         t.held = nested
+        t.keep = keep
         t.args_block = args_block
         if stream is not None:
             t.stream = StreamLink(stream)
@@ -172,6 +171,7 @@ class Submitting:
             msg = encode((MSG_CALL, t.task_id, self.slot, body, None, epoch))
         t.record = msg
         self.post(t.target, msg)
+        t.keep = None  # in the inbox: the exit call after the last handle comes behind it
 
     def _flush_backlog(self) -> None:
         """Move the backlog into this process's deque as far as it fits (records stay in
