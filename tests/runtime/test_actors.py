@@ -43,7 +43,7 @@ import psutil
 import pytest
 
 import repartir
-from repartir import ActorDiedError, RepartirError
+from repartir import ActorDiedError
 from repartir.runtime import driver
 import rtsupport
 from rtsupport import REPO_ROOT, is_gone, wait_until
