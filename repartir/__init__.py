@@ -14,7 +14,6 @@ Ray's programming model -- ``@repartir.remote`` tasks, ``ObjectRef`` futures,
 
 from __future__ import annotations
 
-import time
 from typing import Any, Sequence
 
 from . import errors
@@ -27,7 +26,8 @@ from .runtime import context as _context
 from .runtime import driver as _driver
 from .runtime.driver import init, is_initialized, shutdown
 from .runtime.objectref import ObjectRef
-from .runtime.actor import ActorClass, ActorHandle, method, named_handle
+from .runtime.actor import ActorClass, ActorHandle, method
+from .runtime.actor import get_actor as _get_actor, kill_actor as _kill_actor
 from .runtime.remote_function import RemoteFunction
 from .runtime.streaming import DynamicObjectRefGenerator, ObjectRefGenerator
 from .runtime.context import RuntimeContext
@@ -248,36 +248,28 @@ def cancel(object_ref: ObjectRef | ObjectRefGenerator, *, force: bool = False,
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """Kill an actor's process at once; its pending and later calls raise
     ``ActorDiedError``.  With ``no_restart=False`` it is restarted if ``max_restarts``
-    allows.
+    allows.  Works in the driver, in tasks and in actor methods; with ``no_restart`` it
+    returns once the actor is dead (its name is free then).  Killing a dead actor does
+    nothing.
 
     Raises:
         TypeError: ``actor`` is not an ActorHandle.
+        RepartirError: outside the driver, the node did not answer.
     """
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() takes an ActorHandle, got {type(actor).__qualname__}")
-    node = _driver.client().node
-    if node is None:
-        raise RepartirError("kill() is available in the driver only in this version")
-    node.kill_actor(actor._slot, no_restart)
-    if no_restart:  # once kill() returns, the actor is dead and its name is free
-        deadline = time.monotonic() + 10
-        while actor.state != "DEAD" and time.monotonic() < deadline:
-            time.sleep(0.002)
+    _kill_actor(actor, no_restart)
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
-    """The handle of the live actor created with ``name=`` (in ``namespace``).
+    """The handle of the live actor created with ``name=`` (in ``namespace``, by default
+    ``"default"``), from the driver, a task or an actor method.
 
     Raises:
-        ValueError: no live actor has that name.
+        ValueError: no live actor has that name (or its last handle is gone: it is ending).
+        RepartirError: outside the driver, the node did not answer.
     """
-    node = _driver.client().node
-    if node is None:
-        raise RepartirError("get_actor() is available in the driver only in this version")
-    handle = named_handle(node, namespace or "default", name)
-    if handle is None:
-        raise ValueError(f"no live actor named {name!r} in namespace {namespace or 'default'!r}")
-    return handle
+    return _get_actor(name, namespace)
 
 
 def nodes() -> list[dict]:

@@ -80,7 +80,8 @@ import sys
 
 __all__ = ["Config", "resolve", "device_cache_dir", "detected_gpus", "STUCK_SPAWN_S",
            "EXTRA_IDLE_S", "EXTRA_WORKER_AFTER_S", "STUCK_WARNING_S", "STUCK_SPAWN_BATCH",
-           "resource_names", "available_memory", "BLAS_THREAD_VARIABLES", "MIN_MAX_WORKERS"]
+           "resource_names", "available_memory", "BLAS_THREAD_VARIABLES", "MIN_MAX_WORKERS",
+           "ACTOR_OP_TIMEOUT_S"]
 
 #: Seconds every worker must have been blocked in ``get``, with tasks queued that none of them
 #: may run on its stack, before the node starts a worker beyond ``max_workers``.  Shorter
@@ -107,6 +108,12 @@ EXTRA_WORKER_AFTER_S = 0.02
 
 #: Queued tasks that none can start, or an actor waiting for resources, for this long: warn.
 STUCK_WARNING_S = 10.0
+
+#: Seconds a task or actor waits for the node's answer when it creates an actor, looks one
+#: up (``get_actor``) or kills one (the node lives in the driver, whose pump thread answers
+#: within milliseconds; creating an actor may wait up to 30 s for the slot of an actor that
+#: is ending).  Past it, ``RepartirError`` says the driver may be stuck.
+ACTOR_OP_TIMEOUT_S = 60.0
 
 #: The least ``max_workers`` (by default 2 x ``num_cpus``): a node started with
 #: ``num_cpus=0`` still runs tasks and actors of ``num_cpus=0``, on workers started on demand.

@@ -158,13 +158,19 @@ def _wrapped_class_path(cls: type) -> tuple[str, str] | None:
         return None
     module = sys.modules.get(module_name)
     wrapper = getattr(module, name, None) if module is not None else None
+    if wrapper is cls:
+        # In the actor's own process the name holds the class itself (the actor process
+        # unveils it, giving the class the wrapper's bound ``remote``): a process importing
+        # the module finds the wrapper there, so this is the wrapped case too.
+        wrapper = getattr(getattr(cls, "remote", None), "__self__", None)
     if getattr(wrapper, "__dict__", {}).get("__wrapped__") is not cls:
         return None
     return module_name, name
 
 
 def _import_wrapped_class(module_name: str, name: str) -> type:
-    return getattr(importlib.import_module(module_name), name).__wrapped__
+    found = getattr(importlib.import_module(module_name), name)
+    return found.__dict__.get("__wrapped__", found)  # (the class itself where unveiled)
 
 
 def _dumps(pickler_class, value: Any, buffer_callback) -> bytes:

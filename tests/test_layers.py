@@ -27,8 +27,9 @@ LAYERS: list[list[str]] = [
     ["repartir.runtime.core", "repartir.runtime.executor", "repartir.runtime.output"],
     ["repartir.runtime.ownership", "repartir.runtime.submitting", "repartir.runtime.completions",
      "repartir.runtime.waiting", "repartir.runtime.cancelling",
-     "repartir.runtime.spilling"],  # the jobs of CoreClient
-    ["repartir.runtime.object_table", "repartir.runtime.task_manager"],  # pure runtime state
+     "repartir.runtime.spilling", "repartir.runtime.handles"],  # the jobs of CoreClient
+    ["repartir.runtime.object_table", "repartir.runtime.task_manager",
+     "repartir.runtime.handle_table"],  # pure runtime state
     ["repartir.runtime.actor_life", "repartir.runtime.streaming", "repartir.runtime.objectref",
      "repartir.runtime.task_state", "repartir.runtime.signature"],
     ["repartir.runtime.messages", "repartir.runtime.protocol", "repartir.runtime.context",

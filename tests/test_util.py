@@ -370,8 +370,13 @@ def test_queue_bad_input_and_creation_in_a_task(rt):
     with pytest.raises(ValueError, match=">= 0"):
         q.get_nowait_batch(-1)
     q.shutdown()
-    with pytest.raises(repartir.RepartirError, match="only be created from the driver"):
-        repartir.get(make_queue.remote(), timeout=LONG)
+    # created in a task (actors are created anywhere), returned, used and ended here
+    made = repartir.get(make_queue.remote(), timeout=LONG)
+    made.put("from the driver")
+    assert made.qsize() == 1 and made.get(timeout=LONG) == "from the driver"
+    made.shutdown()
+    with pytest.raises(repartir.RepartirError, match="shut down"):
+        made.put(1)
 
 
 def test_a_queue_between_two_tasks(rt, tmp_path):

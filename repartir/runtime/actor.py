@@ -17,33 +17,42 @@ Faults: a constructor that raises makes the actor dead (every pending and later 
 to ``max_restarts`` times (the constructor runs again) and the calls it was running are
 re-sent up to ``max_task_retries`` times; after that the actor is dead.
 
-Lifetime (as in Ray): an actor ends when every handle to it is gone.  The creating process
-counts its handles through one :class:`ActorLife` they share; when the last one dies, an
-exit call is queued behind that process's calls, and the process is stopped once the exit
-call has run (so every call made before runs to the end, and its results stay readable).
-A handle that was passed to a task or another actor makes its actor live until
-``repartir.kill()`` or ``shutdown()`` (copies in other processes are not counted), and so
-does ``lifetime="detached"``.
+Anywhere (as in Ray): the driver, tasks and actor methods create actors, call them, pass
+and return their handles, look named ones up (:func:`get_actor`) and kill them
+(:func:`kill_actor`).  The node lives in the driver; elsewhere these go to it as messages
+(``protocol.ActorOp``, answered by ``protocol.ActorOpReply``; ``handles.py``).
+
+Lifetime (as in Ray): an actor ends when every handle to it, in every process, is gone.
+Each process counts its handles of an actor through one :class:`ActorLife` they share and
+tells the node when its first one appears and its last one dies; a pickled handle is a copy
+in flight, counted by the node from the pickling to the first unpickling (its *token*).  When
+the node's count reaches 0 (``handle_table.py``), an exit call is queued behind the calls
+made before, and the process is stopped once the exit call has run (so every call made
+before runs to the end, and its results stay readable).  ``lifetime="detached"`` actors live
+until ``repartir.kill()`` or ``shutdown()``; so does an actor a pickled copy of whose handle
+is never unpickled (a dropped result holding it, say).
 """
 
 from __future__ import annotations
 
 import inspect
-import os
-import threading
+import time
 from typing import Any
 
-from ..errors import RepartirError, SerializationError
+from ..errors import SerializationError
 from ..scheduler.segment import SlotState
 from ..serialization import dumps_code
 from . import context, driver
-from .actor_life import TERMINATE_METHODS, ActorLife
+from .actor_life import TERMINATE_METHODS, ActorLife, SentHandle
 from .messages import TaskOptions, name_bad_argument, validate_memory
-from .objectref import capture_refs
+from .node_actors import no_such_actor
+from .objectref import capture_refs, capturing
+from .protocol import ActorOpKind
 from .signature import ArgCheck, arg_check, method_arg_check
 from .streaming import STREAMING, parse_num_returns, submit_streaming
 
-__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "ACTOR_OPTIONS"]
+__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "ACTOR_OPTIONS", "get_actor",
+           "kill_actor"]
 
 ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "name", "namespace", "lifetime",
                  "get_if_exists", "max_restarts", "max_task_retries", "max_concurrency",
@@ -155,41 +164,27 @@ class ActorClass:
 
     def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
         """Start an actor; returns its handle at once (the constructor runs in the actor).
+        Works in the driver, in tasks and in actor methods alike.
 
         Raises:
             TypeError: the arguments do not fit the constructor's signature.
             ValueError: an actor with this ``name`` exists (without ``get_if_exists``).
             SerializationError: the class or an argument cannot be pickled.
+            InfeasibleTaskError: no node has the resources it asks for.
+            RepartirError: every actor slot of the node is taken (``REPARTIR_MAX_ACTORS``),
+                or, outside the driver, the node did not answer.
         """
         self._check.check(args, kwargs)
         client = driver.client()
-        node = client.node
-        if node is None:
-            raise RepartirError(
-                "actors can only be created from the driver in this version; create the "
-                "actor in the driver and pass its handle to the task")
-        if self._options.get("name") is None:
-            return self._create(client, node, args, kwargs)
-        with _naming:  # look-up and creation of a named actor: one thread at a time
-            return self._create(client, node, args, kwargs)
-
-    def _create(self, client, node, args: tuple, kwargs: dict) -> "ActorHandle":
         opts = self._options
-        name = opts.get("name")
-        namespace = opts.get("namespace") or "default"
-        if name is not None:
-            existing = named_handle(node, namespace, name)
-            if existing is not None:
-                if opts.get("get_if_exists"):
-                    return existing
-                raise ValueError(f"an actor named {name!r} already exists in namespace "
-                                 f"{namespace!r}; pass get_if_exists=True to reuse it")
         demand = client.demand_vector(opts.get("num_cpus", 0), opts.get("num_gpus", 0),
                                       opts.get("resources") or {}, opts.get("memory") or 0)
-        with capture_refs() as held:  # refs among the arguments live as long as the actor
+        # refs and handles among the arguments live as long as the actor (restarts included)
+        with capture_refs() as held:
             try:
                 creation = dumps_code((self._cls, args, kwargs))
             except Exception as exc:
+                client.land_unsent(held)
                 try:
                     dumps_code(self._cls)
                 except Exception:
@@ -200,39 +195,70 @@ class ActorClass:
                                         kwargs) from None
         mc = opts.get("max_concurrency")
         is_async = any(m["is_async"] for m in self._methods.values())
-        config = {
-            "class_name": self._cls.__qualname__,
-            "max_concurrency": mc or (1000 if is_async else 1),
-            "is_async": is_async,
-            "max_restarts": opts.get("max_restarts", 0),
+        spec = {
+            "name": opts.get("name"),
+            "namespace": opts.get("namespace") or "default",
+            "get_if_exists": bool(opts.get("get_if_exists")),
+            "detached": opts.get("lifetime") == "detached",
+            "demand": demand,
+            "config": {
+                "class_name": self._cls.__qualname__,
+                "max_concurrency": mc or (1000 if is_async else 1),
+                "is_async": is_async,
+                "max_restarts": opts.get("max_restarts", 0),
+            },
+            "handle": (self._cls.__qualname__, self._methods, opts.get("max_task_retries", 0)),
         }
-        actor_id = os.urandom(16)
-        client.poll()  # actors whose last handle died start exiting, freeing their slots
-        slot = node.create_actor(actor_id, creation, config, demand, held)
-        handle = ActorHandle(actor_id, slot, self._cls.__qualname__, self._methods,
-                             opts.get("max_task_retries", 0), client.session)
-        if opts.get("lifetime") == "detached":
-            node.detached.add(actor_id)
-        else:
-            handle._life = ActorLife(client, slot, actor_id, self._cls.__qualname__)
-            node.actor_lives[actor_id] = handle._life
-        if name is not None:
-            node.named_actors[(namespace, name)] = handle._copy(None)
-        return handle
+        node = client.node
+        try:
+            if node is not None:
+                client.poll()  # actors whose last handle died start exiting, freeing slots
+                created, fields = node.new_actor(spec, creation, held, (client.slot,
+                                                                        client.pid))
+            else:  # a task or an actor: the node, in the driver, creates it
+                created, fields = client.actor_op(ActorOpKind.CREATE, (spec, creation))
+                if created and held:  # kept here until the actor is dead (ActorEpoch)
+                    client.actor_held[fields[0]] = held
+        except BaseException:
+            client.land_unsent(held)
+            raise
+        if not created:  # get_if_exists found it: the arguments were not used
+            client.land_unsent(held)
+        return _rebuild_handle(*fields)
 
 
-_naming = threading.Lock()  # makes "is the name free? then create" one step
+def get_actor(name: str, namespace: str | None = None) -> "ActorHandle":
+    """The handle of the live actor created with ``name=`` (in ``namespace``, default
+    ``"default"``), from any process.
+
+    Raises:
+        ValueError: no live actor has that name.
+        RepartirError: outside the driver, the node did not answer.
+    """
+    client = driver.client()
+    namespace = namespace or "default"
+    node = client.node
+    if node is None:
+        return _rebuild_handle(*client.actor_op(ActorOpKind.GET_ACTOR, (namespace, name)))
+    fields = node.named(namespace, name, (client.slot, client.pid))
+    if fields is None:
+        raise no_such_actor(name, namespace)
+    return _rebuild_handle(*fields)
 
 
-def named_handle(node, namespace: str, name: str) -> "ActorHandle | None":
-    """A handle to the live actor ``name`` of ``namespace``, or ``None``."""
-    template = node.named_actors.get((namespace, name))
-    if template is None or template.state == "DEAD":
-        return None
-    life = node.actor_lives.get(template._actor_id)
-    if life is None and template._actor_id not in node.detached:
-        return None  # its last handle died: it is exiting
-    return template._copy(life)
+def kill_actor(actor: "ActorHandle", no_restart: bool = True) -> None:
+    """Kill ``actor``'s process at once, from any process (see ``repartir.kill``); with
+    ``no_restart``, return once it is dead (within 10 s)."""
+    client = driver.client()
+    node = client.node
+    if node is not None:
+        node.kill_actor(actor._slot, no_restart, actor_id=actor._actor_id)
+    else:
+        client.actor_op(ActorOpKind.KILL, (actor._actor_id, actor._slot, no_restart))
+    if no_restart:  # once kill() returns, the actor is dead and its name is free
+        deadline = time.monotonic() + 10
+        while actor.state != "DEAD" and time.monotonic() < deadline:
+            time.sleep(0.002)
 
 
 class ActorHandle:
@@ -249,13 +275,7 @@ class ActorHandle:
         self._max_task_retries = max_task_retries
         self._session = session
         self._opts: dict = {}
-        self._life: ActorLife | None = None  # set in the creating process
-
-    def _copy(self, life: "ActorLife | None") -> "ActorHandle":
-        h = ActorHandle(self._actor_id, self._slot, self._class_name, self._methods,
-                        self._max_task_retries, self._session)
-        h._life = life
-        return h
+        self._life: ActorLife | None = None  # this process's count of the actor's handles
 
     def __getattr__(self, name: str) -> "ActorMethod":
         methods = self.__dict__.get("_methods") or {}
@@ -284,11 +304,17 @@ class ActorHandle:
                 SlotState.ACTOR_RESTARTING: "RESTARTING"}.get(st, "DEAD")
 
     def __reduce__(self):
-        life = self.__dict__.get("_life")
-        if life is not None:
-            life.escaped = True  # copies elsewhere are not counted: it lives until shutdown
+        """A copy in flight: the node counts it (its token) from now until a process
+        unpickles it, so the actor cannot end while the copy is on its way."""
+        token = 0
+        client = context.current_client()
+        if client is not None and client.session == self._session:
+            token = client.handle_sent(self._actor_id)
+            captured = capturing()
+            if captured is not None:  # kept with the task, object or actor that holds it
+                captured.append(SentHandle(self, self._actor_id, token))
         return (_rebuild_handle, (self._actor_id, self._slot, self._class_name, self._methods,
-                                  self._max_task_retries, self._session))
+                                  self._max_task_retries, self._session, token))
 
     def __repr__(self) -> str:
         return f"ActorHandle({self._class_name}, {self._actor_id.hex()[:12]})"
@@ -301,13 +327,15 @@ class ActorHandle:
 
 
 def _rebuild_handle(actor_id: bytes, slot: int, class_name: str, methods: dict,
-                    max_task_retries: int, session: str) -> ActorHandle:
+                    max_task_retries: int, session: str, token: int = 0) -> ActorHandle:
+    """A handle unpickled (or made from the node's answer): it joins this process's count
+    of the actor's handles (``ADD`` for the first one), then its copy has landed."""
     h = ActorHandle(actor_id, slot, class_name, methods, max_task_retries, session)
-
     client = context.current_client()
-    node = client.node if client is not None else None
-    if node is not None:  # back in the creating process: share the handles' count
-        h._life = node.actor_lives.get(actor_id)
+    if client is not None and client.session == session:
+        h._life = client.life_of(actor_id)
+        if token:
+            client.handle_landed(actor_id, token)
     return h
 
 
@@ -359,11 +387,12 @@ class ActorMethod:
             demand=(), priority=1, timeout=0.0,
             max_retries=(1 << 30) if retries == -1 else retries, retry_exceptions=False)
         fn_name = f"{h._class_name}.{self._name}"
+        life = h._life  # the call keeps the handles' count until it is sent
         if nret == STREAMING:
             return submit_streaming(client, self._name, (0, 0), fn_name, args, kwargs, opts,
-                                    target=h._slot, actor_id=h._actor_id)
+                                    target=h._slot, actor_id=h._actor_id, keep=life)
         refs = client.submit(self._name, (0, 0), fn_name, args, kwargs, opts, target=h._slot,
-                             actor_id=h._actor_id)
+                             actor_id=h._actor_id, keep=life)
         if nret > 1:
             return refs
         return refs[0] if refs else None  # (num_returns=0, as in Ray)

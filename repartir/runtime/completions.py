@@ -1,7 +1,8 @@
 """What arrives in this process's inbox (a part of :class:`~.core.CoreClient`, whose state it
 shares; ``docs/architecture.md``, "Data path of a task", hop 8): completions and streamed
 items of its tasks, borrowers' requests, owners' answers, crashes, actor epochs, released
-loans, dead owners."""
+loans, dead owners; in the driver also the handle events and actor operations of other
+processes, for the node; elsewhere the node's answers to this process's operations."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from ..errors import ObjectLostError, RepartirSystemError
 from ..ids import new_object_id
 from .actor_life import end_actor
 from .object_table import unpin_all
-from .protocol import (ARENA, ERROR, MSG_ACTOR_EPOCH, MSG_CALL, MSG_CRASHED, MSG_DONE, MSG_ITEM,
-                       MSG_OBJECT, MSG_OWNER_DIED, MSG_RELEASE, MSG_REQUEST, Done, Item, Message,
-                       Status, StopReason, decode, failed, open_large)
+from .protocol import (ARENA, ERROR, MSG_ACTOR_EPOCH, MSG_ACTOR_OP, MSG_ACTOR_OP_REPLY, MSG_CALL,
+                       MSG_CRASHED, MSG_DONE, MSG_HANDLE, MSG_ITEM, MSG_OBJECT, MSG_OWNER_DIED,
+                       MSG_RELEASE, MSG_REQUEST, Done, Item, Message, Status, StopReason, decode,
+                       failed, open_large)
 from .messages import log_unreturned_error
 from .task_manager import Task
 
@@ -25,7 +27,8 @@ class Completions:
         """Handle what arrived in the inbox, dropped refs and the backlog; returns the
         number of messages handled (0 when another thread is polling)."""
         if not (self.dead_refs or self.dead_pins or self.backlog or self.inbox.pending()
-                or self.arena._pending_unpins or self.dead_actors or self.dead_borrows):
+                or self.arena._pending_unpins or self.dead_actors or self.dead_borrows
+                or self.actor_ends):
             return 0  # nothing to do: no lock taken (this runs in every spin of get)
         if not self._poll_lock.acquire(blocking=False):
             return 0
@@ -50,8 +53,10 @@ class Completions:
                 self.arena.drain_unpins()
                 if self.backlog:
                     self._flush_backlog()
-            while self.dead_actors:
-                end_actor(self, *self.dead_actors.popleft())
+            if self.dead_actors:
+                self._drop_lives()
+            while self.actor_ends:
+                end_actor(self, *self.actor_ends.popleft())
             return len(msgs)
         finally:
             self._poll_lock.release()
@@ -69,6 +74,8 @@ class Completions:
                 self.calls.append(msg)
             # else: sent to an earlier process of this actor; its caller re-sends it
         elif kind == MSG_ACTOR_EPOCH:
+            if msg.dead and self.actor_held:  # an actor created here: its arguments go
+                self.actor_held.pop(msg.actor_id, None)
             self._carry_out(self.manager.actor_epoch(msg.slot, msg.actor_id, msg.epoch,
                                                      msg.dead, msg.cause, msg.running))
         elif kind == MSG_CRASHED:
@@ -83,6 +90,12 @@ class Completions:
             self._carry_out(self.objects.owner_died(msg.slot))
         elif kind == MSG_OBJECT:
             self._on_object(msg.object_id, msg.loc)
+        elif kind == MSG_HANDLE and self.node is not None:
+            self.node.handle_event(msg.op, msg.actor_id, msg.slot, msg.pid, msg.token)
+        elif kind == MSG_ACTOR_OP and self.node is not None:
+            self.node.serve_actor_op(self, msg)  # on a thread of its own: it may wait
+        elif kind == MSG_ACTOR_OP_REPLY:
+            self.op_replies[msg.request_id] = msg
         else:
             raise RepartirSystemError(
                 f"slot {self.slot} received a message of unknown kind {kind!r}")
@@ -186,4 +199,4 @@ class Completions:
         if t.args_block is not None:
             self.arena.release(t.args_block)
             t.args_block = None
-        t.deps = t.held = None
+        t.deps = t.held = t.keep = None

@@ -7,7 +7,8 @@ the task manager (``task_manager.py``) and the object table (``object_table.py``
 return (:meth:`CoreClient._carry_out`); its I/O jobs live in one module each, as the classes
 it is made of: ``ownership.py`` (refs, values in the arena, futures), ``submitting.py``
 (records, pushes, actor calls), ``completions.py`` (the inbox), ``waiting.py`` (get, wait,
-helping), ``cancelling.py``, ``spilling.py`` (making room in a full arena).
+helping), ``cancelling.py``, ``spilling.py`` (making room in a full arena), ``handles.py``
+(actor handles: this process's count, the node's events, actor operations on the node).
 
 Every process that submits work -- the driver, and a worker running a task that submits
 tasks -- has one :class:`CoreClient` bound to its slot of the scheduler segment::
@@ -40,6 +41,7 @@ from .messages import stop_task
 from .protocol import MSG_LARGE, MSG_OBJECT, MSG_RELEASE, encode
 from .cancelling import Cancelling
 from .completions import Completions
+from .handles import Handles
 from .object_table import (FreeBlock, LetGo, ReleaseLoan, Reply, Resolved, Unpin,
                            ObjectTable)
 from .ownership import Ownership
@@ -51,7 +53,7 @@ from .waiting import Waiting
 
 __all__ = ["CoreClient", "RECORD_HEADER"]
 
-class CoreClient(Ownership, Submitting, Completions, Waiting, Cancelling, Spilling):
+class CoreClient(Ownership, Submitting, Completions, Waiting, Cancelling, Spilling, Handles):
     """The runtime of one process, bound to ``slot`` of the node's scheduler segment."""
 
     def __init__(self, segment, arena, slot: int, config, session: str) -> None:
@@ -70,7 +72,10 @@ class CoreClient(Ownership, Submitting, Completions, Waiting, Cancelling, Spilli
         self.backlog = Backlog(len(self.deque.levels))
         self.dead_refs: collections.deque[bytes] = collections.deque()
         self.dead_pins: collections.deque[int] = collections.deque()  # of borrowed refs
-        self.dead_actors: collections.deque[tuple] = collections.deque()  # last handle died
+        self.dead_actors: collections.deque[bytes] = collections.deque()  # last handle here died
+        # in the driver: (slot, actor id, class name) of actors whose last handle anywhere
+        # died (the node's count, see handles.py), to end in poll
+        self.actor_ends: collections.deque[tuple] = collections.deque()
         self.dead_borrows: collections.deque[bytes] = collections.deque()
         self.functions: dict[bytes, tuple[int, int]] = {}
         self._headers: dict[tuple, tuple[bytes, bytes]] = {}  # (options, holds refs) -> parts
@@ -88,6 +93,7 @@ class CoreClient(Ownership, Submitting, Completions, Waiting, Cancelling, Spilli
         self._spin = config.spin_us / 1e6
         self.closed = False
         arena.make_room = self.make_room  # a full arena spills this process's objects
+        self._init_handles()
 
     def post(self, slot: int, msg: bytes) -> None:
         """Put ``msg`` into the inbox of ``slot``, waiting while it is full.  A message too

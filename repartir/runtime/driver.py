@@ -112,6 +112,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             raise
         client = CoreClient(node.segment, node.arena, 0, config, node.session)
         client.node = node
+        client.actor_ends = node.actor_ends  # the node queues, the client's poll ends them
         client.batch_submits = True
         _node, _client, _owner_pid = node, client, os.getpid()
         context.set_client(client)

@@ -20,7 +20,7 @@ from ..serialization import SIMPLE_TYPES, error_payload, serialize, simple_blob
 from .context import running_task
 from .messages import EXITED_ON_PURPOSE, failed_message
 from .protocol import ARENA, MSG_DONE, MSG_ITEM, Done, Item, Status, encode, inline, result_blocks
-from .objectref import capture_refs
+from .objectref import ObjectRef, capture_refs
 from .streaming import DYNAMIC, STREAMING, DynamicObjectRefGenerator
 
 __all__ = ["run_function", "stop_error", "exit_process", "exit_reason", "end_actor_process",
@@ -357,6 +357,8 @@ def serialize_result(worker: Worker, values, what: str, receiver: int
     request once the object is ready, so the returning task never waits for it."""
     with capture_refs() as exported:
         blobs = [serialize(v, what) for v in values]
+    if exported:  # (actor handles travel with tokens of their own: handles.py)
+        exported = [r for r in exported if type(r) is ObjectRef]
     pins = export_pins(worker.client, exported, receiver) if exported else None
     return blobs, pins
 

@@ -19,6 +19,7 @@ Start-up also sweeps away what dead sessions left (their directories and any
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import mmap
@@ -28,7 +29,6 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
 
 from ..config import Config, STUCK_WARNING_S, resource_names, shm_free_bytes
 from ..errors import ObjectStoreFullError
@@ -36,6 +36,7 @@ from ..scheduler.segment import Segment, SlotState, segment_bytes
 from ..store.arena import Arena
 from ..scheduler.record import NRES
 from .output import OutputForwarder
+from .handle_table import HandleTable
 from .node_actors import ActorRecord, NodeActors
 from .session import (SHM_PREFIX, create_shm, spill_dir_of, sweep_dead_sessions,
                       sweep_dead_spill_dirs)
@@ -88,9 +89,13 @@ class Node(NodeActors, Supervisor):
         self.fatal: str | None = None  # set when workers cannot run at all
         self.actors: dict[int, ActorRecord] = {}
         self.actor_procs: dict[int, subprocess.Popen] = {}
-        self.named_actors: dict[tuple[str, str], object] = {}  # handles without a life
-        self.actor_lives = weakref.WeakValueDictionary()  # actor id -> its handles' count
-        self.detached: set[bytes] = set()  # actors with lifetime="detached"
+        # (namespace, name) -> the fields of a handle of the actor (actor._rebuild_handle)
+        self.named_actors: dict[tuple[str, str], tuple] = {}
+        self.handles = HandleTable()  # every actor's handles, in every process of the node
+        self._handles_lock = threading.Lock()
+        self._naming = threading.Lock()  # makes "is the name free? then create" one step
+        # actors whose last handle is gone, for the driver's client to end (its poll)
+        self.actor_ends: collections.deque[tuple] = collections.deque()
         self.pending_actors: list[int] = []  # slots of actors waiting for resources, in order
         self._lock = threading.Lock()
         self.output: OutputForwarder | None = None  # None: output goes to log files

@@ -1,26 +1,46 @@
 """The node's side of actors (a part of :class:`~.node.Node`, whose state it shares;
 ``docs/architecture.md``, "Actors"): slots for new actors, starting them when their
 resources are free (oldest first), watching their processes (restart or death), killing
-them, and failing the calls left in a dead actor's inbox."""
+them, and failing the calls left in a dead actor's inbox; named actors, the count of every
+actor's handles across the node's processes (``handle_table.py``), and the actor operations
+(create, look up, kill) that tasks and actors ask of the node (``protocol.ActorOp``),
+answered on a thread of their own."""
 
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
+import threading
 import time
 import warnings
 
 from ..config import resource_names
-from ..errors import RepartirError
+from ..errors import RepartirError, RepartirSystemError
 from ..scheduler.segment import SlotState
 from .actor_life import CTOR_FAILED_EXIT
+from .handles import new_token
 from .messages import EXITED_ON_PURPOSE
-from .protocol import (ARENA, MSG_ACTOR_EPOCH, MSG_CALL, MSG_DONE, MSG_ITEM, MSG_OWNER_DIED,
-                       MSG_RELEASE, StopReason, decode, encode, open_large, result_blocks)
+from .protocol import (ARENA, MSG_ACTOR_EPOCH, MSG_ACTOR_OP_REPLY, MSG_CALL, MSG_DONE, MSG_ITEM,
+                       MSG_OWNER_DIED, MSG_RELEASE, ActorOp, ActorOpKind, HandleOp, StopReason,
+                       decode, encode, open_large, result_blocks)
 
 
-__all__ = ["NodeActors", "ActorRecord"]
+__all__ = ["NodeActors", "ActorRecord", "no_such_actor"]
+
+
+def no_such_actor(name: str, namespace: str) -> ValueError:
+    return ValueError(f"no live actor named {name!r} in namespace {namespace!r}")
+
+
+def _error_blob(exc: BaseException) -> bytes:
+    """``exc`` pickled for an :class:`ActorOpReply` (as a ``RepartirError`` with its text
+    when it cannot be pickled)."""
+    try:
+        return pickle.dumps(exc, 5)
+    except Exception:
+        return pickle.dumps(RepartirError(f"{type(exc).__name__}: {exc}"), 5)
 
 
 class ActorRecord:
@@ -40,6 +60,125 @@ class ActorRecord:
 
 
 class NodeActors:
+    # -- handles, named actors, operations asked by other processes ----------------------
+
+    def handle_event(self, op: int, actor_id: bytes, slot: int, pid: int, token: int) -> None:
+        """A process's handles of ``actor_id`` changed (``protocol.HandleOp``); an actor
+        whose last handle anywhere is gone is queued for the driver's client to end."""
+        holder = (slot, pid)
+        with self._handles_lock:
+            table = self.handles
+            if op == HandleOp.ADD:
+                ends = table.add(actor_id, holder)
+            elif op == HandleOp.REMOVE:
+                ends = table.remove(actor_id, holder)
+            elif op == HandleOp.IN_FLIGHT:
+                ends = table.in_flight(actor_id, token)
+            elif op == HandleOp.LANDED:
+                ends = table.landed(actor_id, token)
+            else:
+                raise RepartirSystemError(f"a handle event of unknown kind {op!r}")
+        self._queue_ends(ends)
+
+    def _queue_ends(self, ends: list) -> None:
+        for e in ends:  # (the driver's poll sends each exit call: actor_life.end_actor)
+            self.actor_ends.append((e.slot, e.actor_id, e.class_name))
+
+    def _holder_died(self, slot: int, pid: int) -> None:
+        """A process died: the handles it held count no more."""
+        with self._handles_lock:
+            ends = self.handles.process_died((slot, pid))
+        self._queue_ends(ends)
+
+    def _forget_actor(self, actor_id: bytes) -> None:
+        with self._handles_lock:
+            self.handles.forget(actor_id)
+
+    def new_actor(self, spec: dict, creation: bytes, held: list | None,
+                  dest: tuple[int, int]) -> tuple[bool, tuple]:
+        """Create an actor (or, for a named one with ``get_if_exists``, find it): returns
+        ``(created, fields)``, ``fields`` being a handle's fields and the token of that
+        handle, in flight to the process ``dest`` ``(slot, pid)`` (``actor._rebuild_handle``).
+
+        ``spec``: ``name``, ``namespace``, ``get_if_exists``, ``detached``, ``config``,
+        ``demand`` and ``handle`` (class name, method table, ``max_task_retries``).
+
+        Raises:
+            ValueError: an actor with this name exists (without ``get_if_exists``).
+            RepartirError: every actor slot is taken (``REPARTIR_MAX_ACTORS``).
+        """
+        name, namespace = spec["name"], spec["namespace"]
+        with self._naming:  # "is the name free? then create" is one step
+            if name is not None:
+                existing = self.named(namespace, name, dest)
+                if existing is not None:
+                    if spec["get_if_exists"]:
+                        return False, existing
+                    raise ValueError(f"an actor named {name!r} already exists in namespace "
+                                     f"{namespace!r}; pass get_if_exists=True to reuse it")
+            actor_id = os.urandom(16)
+            slot = self.create_actor(actor_id, creation, spec["config"], spec["demand"], held)
+            class_name, methods, max_task_retries = spec["handle"]
+            fields = (actor_id, slot, class_name, methods, max_task_retries, self.session)
+            token = new_token()
+            with self._handles_lock:
+                ends = self.handles.register(actor_id, slot, class_name, spec["detached"],
+                                             token, dest)
+            if name is not None:
+                self.named_actors[(namespace, name)] = fields
+        self._queue_ends(ends)
+        return True, fields + (token,)
+
+    def named(self, namespace: str, name: str, dest: tuple[int, int]) -> tuple | None:
+        """The fields of a handle of the live actor ``name`` of ``namespace``, with a token
+        in flight to ``dest``; ``None`` when there is no such actor, or its last handle is
+        gone (it is ending)."""
+        fields = self.named_actors.get((namespace, name))
+        if fields is None:
+            return None
+        actor_id, slot = fields[0], fields[1]
+        seg = self.segment
+        if (seg.actor_epoch(slot)[1] != actor_id
+                or seg.slot_state(slot)[0] == SlotState.ACTOR_DEAD):
+            return None
+        token = new_token()
+        with self._handles_lock:
+            if self.handles.count(actor_id) is None or self.handles.ending(actor_id):
+                return None
+            self.handles.in_flight(actor_id, token, dest)
+        return fields + (token,)
+
+    def serve_actor_op(self, client, msg: ActorOp) -> None:
+        """Answer another process's :class:`ActorOp`, on a thread of its own (creating an
+        actor may wait for the slot of an actor that is ending, whose exit call's completion
+        the driver's poll must handle meanwhile)."""
+        threading.Thread(target=self._serve, args=(client, msg), daemon=True,
+                         name="repartir-actor-op").start()
+
+    def _serve(self, client, msg: ActorOp) -> None:
+        dest = (msg.reply_slot, msg.pid)
+        try:
+            if msg.op == ActorOpKind.CREATE:
+                spec, creation = msg.args
+                result = self.new_actor(spec, creation, None, dest)
+            elif msg.op == ActorOpKind.GET_ACTOR:
+                namespace, name = msg.args
+                result = self.named(namespace, name, dest)
+                if result is None:
+                    raise no_such_actor(name, namespace)
+            elif msg.op == ActorOpKind.KILL:
+                actor_id, slot, no_restart = msg.args
+                self.kill_actor(slot, no_restart, actor_id=actor_id)
+                result = None
+            else:
+                raise RepartirSystemError(f"an actor operation of unknown kind {msg.op!r}")
+            ok, blob = True, pickle.dumps(result, 5)
+        except BaseException as exc:  # the asker raises it
+            ok, blob = False, _error_blob(exc)
+        client.post(msg.reply_slot, encode((MSG_ACTOR_OP_REPLY, msg.request_id, ok, blob)))
+
+    # -- actor processes -------------------------------------------------------------------
+
     def create_actor(self, actor_id: bytes, creation: bytes, config: dict,
                      demand: tuple, held: list | None = None) -> int:
         """Start an actor process; returns its slot.  ``held``: refs among the constructor's
@@ -145,8 +284,13 @@ class NodeActors:
             RuntimeWarning, stacklevel=1)
 
     def kill_actor(self, slot: int, no_restart: bool = True,
-                   cause: str = "it was killed by repartir.kill()") -> None:
+                   cause: str = "it was killed by repartir.kill()",
+                   actor_id: bytes | None = None) -> None:
+        """Kill the actor at ``slot`` (only if it is still ``actor_id``, when given: a dead
+        actor's slot may run another one now)."""
         rec = self.actors.get(slot)
+        if actor_id is not None and (rec is None or rec.actor_id != actor_id):
+            return
         with self._lock:
             proc = self.actor_procs.get(slot)
             never_started = rec is not None and rec.pending
@@ -172,6 +316,7 @@ class NodeActors:
         epoch = seg.bump_actor_epoch(slot)
         rec.dead = True
         rec.held = None
+        self._forget_actor(rec.actor_id)
         seg.set_note(slot, cause)
         seg.set_slot_state(slot, SlotState.ACTOR_DEAD)
         self._broadcast(encode((MSG_ACTOR_EPOCH, slot, rec.actor_id, epoch, True, cause, [])))
@@ -188,6 +333,7 @@ class NodeActors:
         seg.clear_running(slot)
         seg.release_held(slot)  # (an actor process itself holds nothing)
         self._drop_pins(slot)
+        self._holder_died(slot, proc.pid)  # the handles it held count no more
         with self._lock:
             if self.actor_procs.get(slot) is proc:
                 del self.actor_procs[slot]
@@ -214,6 +360,7 @@ class NodeActors:
         else:
             rec.dead = True
             rec.held = None
+            self._forget_actor(rec.actor_id)
             seg.set_note(slot, cause)
             seg.set_slot_state(slot, SlotState.ACTOR_DEAD)
             if any(rec.demand):

@@ -27,7 +27,7 @@ from typing import Any
 from .protocol import ARENA
 from . import context
 
-__all__ = ["ObjectRef", "capture_refs"]
+__all__ = ["ObjectRef", "capture_refs", "capturing"]
 
 _capture = threading.local()
 
@@ -107,8 +107,14 @@ def _rebuild(object_id: bytes, owner_slot: int, loc) -> ObjectRef:
     return ObjectRef(object_id, owner_slot, client, False, pin)
 
 
+def capturing() -> list | None:
+    """The list of the :class:`capture_refs` open in this thread, or ``None``."""
+    return getattr(_capture, "refs", None)
+
+
 class capture_refs:
-    """Context manager collecting every ObjectRef pickled in this thread meanwhile."""
+    """Context manager collecting every ObjectRef pickled in this thread meanwhile (and every
+    actor handle, as an ``actor_life.SentHandle``: what captures it keeps it alive)."""
 
     def __enter__(self) -> list:
         self.prev = getattr(_capture, "refs", None)

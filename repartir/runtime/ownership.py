@@ -100,7 +100,11 @@ class Ownership:
             with self._lock:
                 self._process_dead()
         with capture_refs() as nested:
-            s = serialize(value, "the value passed to put()")
+            try:
+                s = serialize(value, "the value passed to put()")
+            except BaseException:
+                self.land_unsent(nested)  # (actor handles pickled before the failure)
+                raise
         loc = self.store(s)
         oid = new_object_id()
         with self._lock:

@@ -20,6 +20,11 @@ message                 meaning
 :class:`Large`          a message too large for an inbox, in an arena block
 :class:`Release`        a loan of a pending object ends (the borrower dropped its last ref)
 :class:`OwnerDied`      a process died: the objects it owned or lent are lost
+:class:`ActorOp`        a process that is not the driver asks the node to create an actor,
+                        look a named one up, or kill one (:class:`ActorOpKind`)
+:class:`ActorOpReply`   the node's answer to an :class:`ActorOp`
+:class:`HandleEvent`    a change in the actor handles of a process, for the node's count of
+                        handles (:class:`HandleOp`: added, removed, in flight, landed)
 ======================  =======================================================================
 """
 
@@ -34,12 +39,14 @@ from ..errors import RepartirSystemError
 __all__ = ["MSG_DONE", "MSG_REQUEST", "MSG_OBJECT", "MSG_CRASHED", "MSG_CALL", "MSG_ITEM",
            "MSG_ACTOR_EPOCH", "MSG_LARGE", "MSG_RELEASE", "MSG_OWNER_DIED", "Status",
            "StopReason", "StopRequest", "Done", "Item", "Request", "Object", "Crashed", "Call",
-           "ActorEpoch", "Large", "Release", "OwnerDied", "Message", "encode", "decode",
-           "open_large", "result_blocks"]
+           "ActorEpoch", "Large", "Release", "OwnerDied", "MSG_ACTOR_OP", "MSG_ACTOR_OP_REPLY",
+           "MSG_HANDLE", "ActorOp", "ActorOpReply", "HandleEvent", "ActorOpKind", "HandleOp",
+           "Message", "encode", "decode", "open_large", "result_blocks"]
 
 # the kind of a message: the first field on the wire
 MSG_DONE, MSG_REQUEST, MSG_OBJECT, MSG_CRASHED, MSG_CALL, MSG_ITEM = 0, 1, 2, 3, 4, 5
 MSG_ACTOR_EPOCH, MSG_LARGE, MSG_RELEASE, MSG_OWNER_DIED = 6, 7, 8, 9
+MSG_ACTOR_OP, MSG_ACTOR_OP_REPLY, MSG_HANDLE = 10, 11, 12
 
 
 # -- locations: where an object's value is --------------------------------------------------
@@ -93,6 +100,23 @@ class StopRequest(enum.IntEnum):
     TIMEOUT = 1  #: stop it: it ran past its ``timeout=`` (its children too)
     CANCEL = 2  #: stop it and its children (``cancel()``, recursive by default)
     CANCEL_ONE = 4  #: stop it alone (``cancel(recursive=False)``)
+
+
+class ActorOpKind(enum.IntEnum):
+    """What an :class:`ActorOp` asks of the node (sent as a plain ``int``)."""
+
+    CREATE = 0  #: args: (spec dict, creation bytes); result: (created, handle fields)
+    GET_ACTOR = 1  #: args: (namespace, name); result: handle fields
+    KILL = 2  #: args: (actor id, slot, no_restart); result: None
+
+
+class HandleOp(enum.IntEnum):
+    """What a :class:`HandleEvent` tells the node's count of an actor's handles."""
+
+    ADD = 0  #: the process holds a handle of the actor now (its first one)
+    REMOVE = 1  #: the process dropped its last handle of the actor
+    IN_FLIGHT = 2  #: a handle was pickled (``token``): a copy is on its way somewhere
+    LANDED = 3  #: a copy was unpickled (``token``; counted once per token)
 
 
 class Done(NamedTuple):
@@ -166,10 +190,36 @@ class OwnerDied(NamedTuple):
     slot: int
 
 
-Message = Done | Item | Request | Object | Crashed | Call | ActorEpoch | Large | Release | OwnerDied
+class ActorOp(NamedTuple):
+    kind: int  # MSG_ACTOR_OP (sent to the driver's slot, where the node lives)
+    request_id: int  # the asker's own number, echoed in the reply
+    reply_slot: int  # the asker's slot
+    pid: int  # the asker's process id (a handle in the reply is in flight to it)
+    op: int  # ActorOpKind
+    args: tuple
+
+
+class ActorOpReply(NamedTuple):
+    kind: int  # MSG_ACTOR_OP_REPLY
+    request_id: int
+    ok: bool  # False: result is the pickled error to raise
+    result: bytes  # pickled result (see ActorOpKind) or error
+
+
+class HandleEvent(NamedTuple):
+    kind: int  # MSG_HANDLE (sent to the driver's slot, where the node lives)
+    actor_id: bytes
+    op: int  # HandleOp
+    slot: int  # the sending process's slot
+    pid: int  # and its process id (a dead process's late ADD/REMOVE are ignored)
+    token: int  # IN_FLIGHT, LANDED: the copy's number (0 for ADD, REMOVE)
+
+
+Message = (Done | Item | Request | Object | Crashed | Call | ActorEpoch | Large | Release
+           | OwnerDied | ActorOp | ActorOpReply | HandleEvent)
 
 _TYPES: tuple = (Done, Request, Object, Crashed, Call, Item, ActorEpoch, Large, Release,
-                 OwnerDied)  # by kind
+                 OwnerDied, ActorOp, ActorOpReply, HandleEvent)  # by kind
 
 
 _new = tuple.__new__  # what NamedTuple._make does, without its checks and call

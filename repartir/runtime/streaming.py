@@ -176,10 +176,10 @@ class StreamLink:
 
 def submit_streaming(client, fn_key, fn_loc, fn_name: str, args, kwargs, opts,
                      target: int | None = None,
-                     actor_id: bytes | None = None) -> ObjectRefGenerator:
+                     actor_id: bytes | None = None, keep=None) -> ObjectRefGenerator:
     gen = ObjectRefGenerator(client)
     client.submit(fn_key, fn_loc, fn_name, args, kwargs, opts, target=target, stream=gen,
-                  actor_id=actor_id)
+                  actor_id=actor_id, keep=keep)
     return gen
 
 

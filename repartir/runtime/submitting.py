@@ -45,13 +45,15 @@ class Submitting:
 
     def submit(self, fn_key, fn_loc: tuple[int, int], fn_name: str, args: Sequence,
                kwargs: dict, opts: TaskOptions, target: int | None = None,
-               stream=None, actor_id: bytes | None = None) -> list[ObjectRef]:
+               stream=None, actor_id: bytes | None = None, keep=None) -> list[ObjectRef]:
         """Submit a task; returns its ``opts.num_returns`` refs at once (none for a
         streaming task: see :meth:`stream`).
 
         ``target`` is ``None`` for a task (pushed to this process's deque, stolen by any
         worker) or the slot of an actor (``fn_key`` is then the method name; the call goes
         to the actor's inbox, after the earlier calls of this process to that actor).
+        ``keep``: an actor call's handle count in this process, kept until the call is in
+        the actor's inbox (so that the exit call after the last handle comes behind it).
 
         Raises:
             SerializationError: an argument cannot be pickled (the message names it).
@@ -78,6 +80,7 @@ class Submitting:
                 try:
                     s = serialize((tuple(args), kwargs))
                 except SerializationError:
+                    self.land_unsent(nested)
                     raise name_bad_argument(fn_name, args, kwargs) from None
             args_loc = self.store(s)  # large arguments go to the arena once, as Ray does
             if args_loc[0] == ARENA:
@@ -93,6 +96,7 @@ class Submitting:
         t.spec = (fn_key, fn_loc[0], fn_loc[1], fn_name, args_loc, num_returns)
         t.deps = deps
         t.held = nested
+        t.keep = keep
         t.args_block = args_block
         if stream is not None:
             t.stream = StreamLink(stream)
@@ -167,6 +171,7 @@ class Submitting:
             msg = encode((MSG_CALL, t.task_id, self.slot, body, None, epoch))
         t.record = msg
         self.post(t.target, msg)
+        t.keep = None  # in the inbox: the exit call after the last handle comes behind it
 
     def _flush_backlog(self) -> None:
         """Move the backlog into this process's deque as far as it fits (records stay in

@@ -48,6 +48,7 @@ class Supervisor:
             self._requeue_orphans(slot)
         self.segment.release_held(slot)  # what it had reserved goes back to the pool
         self._drop_pins(slot)
+        self._holder_died(slot, proc.pid)  # the actor handles it held count no more
         self.segment.set_blocked(slot, False)
         self.segment.set_token_free(slot, False)
         with self._lock:

@@ -45,7 +45,7 @@ class Task:
 
     __slots__ = ("task_id", "return_ids", "fn_name", "spec", "deps", "dep_ids", "pending",
                  "held", "record", "spec_block", "args_block", "attempt", "opts", "cancelled",
-                 "target", "actor_id", "epoch", "stream", "state")
+                 "target", "actor_id", "epoch", "stream", "state", "keep")
 
     def __init__(self, task_id: bytes, return_ids: list, fn_name: str, opts,
                  target: int | None = None, actor_id: bytes | None = None) -> None:
@@ -59,6 +59,7 @@ class Task:
         self.deps: list | None = []  # ObjectRef arguments (kept alive while it runs)
         self.dep_ids: list = []  # ids of the arguments it waited for at submit
         self.held = None  # refs nested in its arguments
+        self.keep = None  # an actor call: its handles' count here, kept until it is sent
         self.record = None  # the record (or call message) as last sent
         self.spec_block = self.args_block = None  # arena blocks of its spec and arguments
         self.attempt = 0

@@ -180,6 +180,8 @@ class Worker:
                 if rec is None:
                     continue
             self.execute(rec)
+            if self.client.dead_actors:  # the task dropped actor handles: tell the node now
+                self.client.poll()
             if self.exhausted:
                 self.retire()
                 return

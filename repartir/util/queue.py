@@ -6,7 +6,7 @@
     import repartir
     from repartir.util.queue import Empty, Queue
 
-    q = Queue(maxsize=100)            # create it in the driver, pass it to tasks and actors
+    q = Queue(maxsize=100)            # anywhere; pass it to tasks and actors
 
     @repartir.remote
     def produce(q, n):
@@ -23,10 +23,9 @@
 Each operation is one call to the queue's actor (an ``async def`` actor taking no CPU, so a
 blocked ``get`` or ``put`` waits there without holding up the others).  Items are stored as
 a task's arguments are (numpy arrays in the object store; an ``ObjectRef`` given as the item
-itself is replaced by its value, as in Ray).  Limits of this version: the queue must be
-created, and :meth:`Queue.shutdown` called, in the driver (actors are created and killed
-from the driver only); once the queue has been passed to a task or an actor, its actor
-lives until :meth:`Queue.shutdown` or ``repartir.shutdown()``.  Two *tasks* that wait on
+itself is replaced by its value, as in Ray).  A queue is created, used and shut down in the
+driver, tasks and actors alike; its actor ends with the last copy of the queue anywhere (as
+any actor with its last handle), or at :meth:`Queue.shutdown`.  Two *tasks* that wait on
 each other through a queue (a producer and a consumer) can hang: a task waiting for the
 queue actor's answer may run the other one on its worker's stack (helping), and resumes only
 when that one returns -- see ``docs/util.md``, "Queue", for what works.
@@ -117,8 +116,6 @@ class Queue:
 
     Raises:
         ValueError: ``maxsize`` is not an int >= 0.
-        RepartirError: called inside a task or an actor (create the queue in the driver and
-            pass it to them).
     """
 
     def __init__(self, maxsize: int = 0, actor_options: dict | None = None) -> None:
@@ -263,12 +260,8 @@ class Queue:
         here).  Without ``force``, it first waits, at most ``grace_period_s`` seconds,
         until the actor has taken the calls this process made before (a ``put_async`` not
         yet awaited, say); then, or with ``force`` at once, the actor is killed (a ``get``
-        or ``put`` still blocked in another process raises ``ActorDiedError``).  Driver
-        only in this version.  Calling it twice does nothing.
-
-        Raises:
-            RepartirError: called inside a task or an actor.
-        """
+        or ``put`` still blocked in another process raises ``ActorDiedError``).  Calling
+        it twice does nothing."""
         if self.actor is None:
             return
         if not force:

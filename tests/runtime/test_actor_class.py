@@ -21,7 +21,6 @@ import threading
 import pytest
 
 import repartir
-from repartir import RepartirError
 from repartir.runtime import driver
 
 pytestmark = pytest.mark.timeout(120)
@@ -162,11 +161,14 @@ def test_a_class_defined_inside_a_function(rt):
 
 
 def test_the_name_still_creates_actors_inside_the_actor(rt):
-    """``Cls.remote()`` in the class's own code keeps its meaning: in this version actors
-    are created from the driver only, and it says so (not ``AttributeError``)."""
+    """``Cls.remote()`` in the class's own code keeps its meaning: it creates another actor
+    of the class (not ``AttributeError``), whose handle comes back to the driver."""
     a = Child.remote(1)
-    with pytest.raises(RepartirError, match="driver"):
-        repartir.get(a.create_sibling.remote(), timeout=LONG)
+    sibling = repartir.get(a.create_sibling.remote(), timeout=LONG)
+    assert sibling != a
+    assert repartir.get(sibling.facts.remote(), timeout=LONG)[1] == 10
+    assert repartir.get(sibling.pid.remote(), timeout=LONG) != \
+        repartir.get(a.pid.remote(), timeout=LONG)
     assert repartir.get(a.facts.remote(), timeout=LONG)[1] == 10
 
 

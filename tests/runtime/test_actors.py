@@ -6,14 +6,14 @@ streaming generators, ``await ref`` / ``ref.future()``, and actor fault toleranc
   ``ObjectRef`` argument); handles passed to tasks and to other actors.
 - Options: ``num_cpus`` (default 0), ``num_gpus``, ``resources``, ``name``, ``namespace``,
   ``lifetime="detached"``, ``get_if_exists``, ``max_restarts``, ``max_task_retries``,
-  ``max_concurrency``; ``get_actor``; ``kill``; creation only from the driver.
+  ``max_concurrency``; ``get_actor``; ``kill``; creation in tasks and actors too.
 - Async actors (``async def``: concurrent calls, capped by ``max_concurrency``) and threaded
   actors (``max_concurrency > 1``).
 - ``await ref`` in asyncio code, ``ref.future()``.
 - Streaming generators (``num_returns="streaming"``) for tasks and actor methods: items
   arrive while the generator still runs; an error mid-stream; no option -> streams too.
 - Lifetime: an actor ends once its last handle is gone, after the calls made before; a
-  handle passed to another process keeps it until ``kill``/``shutdown``.
+  handle held in another process keeps it (more in ``test_actors_anywhere.py``).
 - Faults: a constructor that raises or exits; an actor process SIGKILLed mid-call (restart,
   retry, state reset, ``ActorDiedError``); ``handle.state``.
 
@@ -43,7 +43,7 @@ import psutil
 import pytest
 
 import repartir
-from repartir import ActorDiedError, RepartirError
+from repartir import ActorDiedError
 from repartir.runtime import driver
 import rtsupport
 from rtsupport import REPO_ROOT, is_gone, wait_until
@@ -319,13 +319,14 @@ def test_handles_passed_to_tasks_and_to_other_actors(rt):
     assert repartir.get(rec.items_.remote(), timeout=LONG)[-4:] == ["n", "n", "x", "y"]
 
 
-def test_actor_creation_outside_the_driver_says_so(rt):
-    with pytest.raises(RepartirError, match="driver"):
-        repartir.get(create_actor_in_task.remote(), timeout=LONG)
+def test_actors_are_created_in_tasks_and_actor_methods_too(rt):
+    # (was: "created from the driver only"; tests/runtime/test_actors_anywhere.py has more)
+    made_in_task = repartir.get(create_actor_in_task.remote(), timeout=LONG)
+    assert repartir.get(made_in_task.inc.remote(), timeout=LONG) == 1
     caller = Caller.remote(None)
-    with pytest.raises(RepartirError, match="driver"):
-        repartir.get(caller.create_actor.remote(), timeout=LONG)
-    # the failed attempt leaves the actor usable
+    made_in_actor = repartir.get(caller.create_actor.remote(), timeout=LONG)
+    assert made_in_actor != made_in_task
+    assert repartir.get(made_in_actor.inc.remote(), timeout=LONG) == 1
     assert repartir.get(caller.ping.remote(), timeout=LONG) == "pong"
 
 
@@ -540,9 +541,9 @@ def test_handles_share_the_count_and_named_actors_end_too(rt):
         repartir.get_actor("short-lived")
 
 
-def test_a_handle_passed_to_a_task_keeps_its_actor_until_killed(rt):
+def test_a_handle_held_by_another_actor_keeps_its_actor(rt):
     r = Recorder.remote()
-    c = Caller.remote(r)  # r's handle now lives in another process too
+    c = Caller.remote(r)  # r's handle now lives in c's process too
     assert repartir.get(c.via_ctor_handle.remote(5), timeout=LONG) == 1
     del r
     gc.collect()

@@ -25,6 +25,9 @@ EXAMPLES = [
     p.Large(p.MSG_LARGE, 4096, 5_000_000, 12),
     p.Release(p.MSG_RELEASE, b"o" * 16),
     p.OwnerDied(p.MSG_OWNER_DIED, 4),
+    p.ActorOp(p.MSG_ACTOR_OP, 7, 3, 4242, int(p.ActorOpKind.GET_ACTOR), ("default", "c")),
+    p.ActorOpReply(p.MSG_ACTOR_OP_REPLY, 7, True, b"pickled fields"),
+    p.HandleEvent(p.MSG_HANDLE, b"a" * 16, int(p.HandleOp.IN_FLIGHT), 3, 4242, 1 << 61),
 ]
 
 
