@@ -389,7 +389,15 @@ class Endpoint:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
         return self._closed
+
+    @property
+    def socket(self) -> zmq.Socket:
+        """The ZeroMQ socket, to register in a ``zmq.Poller`` with other endpoints' (then
+        call :meth:`recv` on the endpoints it reports).  Sending or receiving on it directly
+        bypasses signing and verification."""
+        return self._socket
 
     def __enter__(self) -> "Endpoint":
         return self

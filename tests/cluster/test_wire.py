@@ -151,6 +151,27 @@ def test_round_trip_of_numpy_arrays_received_without_a_copy(transport, ctx):
         head.close()
 
 
+def test_endpoints_in_one_poller(pair):
+    head, node = pair
+    other = Endpoint.connect(head.address, token=TOKEN)
+    try:
+        poller = zmq.Poller()
+        poller.register(node.socket, zmq.POLLIN)
+        poller.register(other.socket, zmq.POLLIN)
+        node.send("from node")
+        other.send("from other")
+        peers = {}
+        for _ in range(2):
+            msg = head.recv(timeout=10)
+            peers[msg.value] = msg.peer
+        head.send("to other", to=peers["from other"])
+        events = dict(poller.poll(10_000))
+        assert list(events) == [other.socket] and other.recv(timeout=10).value == "to other"
+        assert not node.poll(0)
+    finally:
+        other.close()
+
+
 def test_send_checks_the_peer_argument(pair):
     head, node = pair
     with pytest.raises(ValueError, match="to=message.peer"):
