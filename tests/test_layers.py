@@ -17,6 +17,9 @@ PACKAGE = Path(REPO_ROOT) / "repartir"
 LAYERS: list[list[str]] = [
     ["repartir.util.*"],  # ActorPool, Queue: on the public API (not loaded by `import repartir`)
     ["repartir", "repartir.__main__", "repartir.cli", "repartir.actor"],
+    # the cluster's wire layer: imported by cli (keygen, token) only; it imports nothing
+    # of repartir but errors and config
+    ["repartir.cluster.*"],
     ["repartir.tensor", "repartir.devices.*"],
     ["repartir.runtime.worker"],  # the process main of workers and actors
     ["repartir.runtime.actor_process"],
