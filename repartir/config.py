@@ -352,7 +352,7 @@ def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
 
 
 # ----------------------------------------------------------------- the cluster's nodes
-# (repartir/cluster/node.py, client.py, commands.py; docs/cluster.md, "Start, join, connect").
+# (repartir/cluster/node.py, client.py, commands.py; docs/cluster-nodes.md).
 # Variables read by the cluster's processes: REPARTIR_NODE_TIMEOUT (seconds, default
 # CLUSTER_NODE_TIMEOUT_S), REPARTIR_ADDRESS (the head a driver's init() connects to when
 # no address= is given; unset by default) and REPARTIR_CLUSTER_DIR (this machine's cluster
