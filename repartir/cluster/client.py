@@ -37,6 +37,7 @@ from ..runtime.objectref import ObjectRef
 from ..runtime.signature import arg_check
 from .sockets import Endpoint
 from .state import StoredArg, resolve_address, tcp
+from .wire import encode
 
 __all__ = ["ClusterClient", "ClusterRef", "connect", "active"]
 
@@ -70,12 +71,22 @@ class ClusterRef(ObjectRef):
 
 
 class _Task:
-    __slots__ = ("key", "fn", "options", "args", "kwargs", "demand", "node", "retries")
+    """A task in flight: its function's key and pickled blob, its arguments pickled at
+    ``.remote()`` (frame 0 the pickle, then large buffers out of band), what it asks for."""
 
-    def __init__(self, key, fn, options, args, kwargs, demand, retries) -> None:
-        self.key, self.fn, self.options = key, fn, options
-        self.args, self.kwargs, self.demand, self.retries = args, kwargs, demand, retries
+    __slots__ = ("key", "blob", "payload", "demand", "node", "retries")
+
+    def __init__(self, key, blob, payload, demand, retries) -> None:
+        self.key, self.blob, self.payload = key, blob, payload
+        self.demand, self.retries = demand, retries
         self.node = ""
+
+
+def _pickled(value: Any) -> list:
+    """``value`` pickled now (so that a later change to it does not travel, and an error
+    is raised by ``.remote()``): the pickle, then each large buffer, sent out of band."""
+    frames = encode(value)
+    return [frames[0], *(pickle.PickleBuffer(f) for f in frames[1:])]
 
 
 class ClusterClient:
@@ -236,9 +247,10 @@ class ClusterClient:
             demand.update({k: float(v) for k, v in (o.get("resources") or {}).items()})
             mr = o.get("max_retries", 3)
             cached = ((rf._key, repr(sorted(o.items(), key=lambda kv: kv[0]))), demand,
-                      (1 << 30) if mr == -1 else mr, arg_check(rf._function, rf._name))
+                      (1 << 30) if mr == -1 else mr, arg_check(rf._function, rf._name),
+                      encode((rf._function, o))[0])
             self._keys[rf] = cached
-        key, demand, retries, check = cached
+        key, demand, retries, check, blob = cached
         if kwargs or not check.min_pos <= len(args) <= check.max_pos:
             check.check(args, kwargs)
         prefer = None
@@ -251,7 +263,7 @@ class ClusterClient:
                     self.results[tid] = ("error", error)
                 return ClusterRef(tid, self)
         tid = os.urandom(16)
-        task = _Task(key, rf._function, rf._options, args, kwargs, demand, retries)
+        task = _Task(key, blob, _pickled((args, kwargs)), demand, retries)
         with self._lock:
             if self._failed is not None:
                 raise NodeDiedError(self._failed)
@@ -402,6 +414,16 @@ class ClusterClient:
                 if self._closed:
                     return
                 raise
+            except Exception as exc:  # never let the thread die: report it on every ref
+                self._broken(exc)
+
+    def _broken(self, exc: Exception) -> None:
+        with self._lock:
+            for tid in list(self.inflight):
+                del self.inflight[tid]
+                self.results[tid] = ("error", RepartirError(
+                    f"the cluster client failed: {type(exc).__name__}: {exc}"))
+            self._cv.notify_all()
 
     def _head_lost(self) -> None:
         with self._lock:
@@ -436,9 +458,9 @@ class ClusterClient:
                         if t is None:
                             continue
                         if t.key not in sent:
-                            fns[t.key] = (t.fn, t.options)
+                            fns[t.key] = t.blob
                             sent.add(t.key)
-                        items.append((tid, t.key, t.args, t.kwargs))
+                        items.append((tid, t.key, t.payload))
                     batches.append((ep, fns, items))
             self._outbox.clear()
             starts, self._fetch_start[:] = list(self._fetch_start), []

@@ -19,7 +19,8 @@ Messages (each value a tuple, the kind first):
 =============== ======================= ==================================================
 from            kind                    payload
 =============== ======================= ==================================================
-driver -> node  ``tasks``               ``functions`` {key: (fn, options)}, ``tasks`` list
+driver -> node  ``tasks``               ``functions`` {key: pickled (fn, options)}, ``tasks``:
+                                        ``(task id, key, pickled (args, kwargs))``
 node -> driver  ``done``                list of ``(task id, "value" | "stored" | "error",
                                         value | size | exception)``
 driver -> node  ``meta``, ``chunk``     pull a stored object: its frame sizes, then
@@ -192,16 +193,17 @@ class NodeDaemon:
     def _function(self, key: Any, functions: dict) -> RemoteFunction:
         rf = self.functions.get(key)
         if rf is None:
-            fn, options = functions[key]
+            fn, options = pickle.loads(functions[key])
             rf = self.functions[key] = RemoteFunction(fn, options)
         return rf
 
     def _run_tasks(self, peer: bytes, functions: dict, tasks: list) -> None:
         done = self.done
         out = []
-        for tid, key, args, kwargs in tasks:
+        for tid, key, payload in tasks:
             try:
                 rf = self._function(key, functions)
+                args, kwargs = pickle.loads(payload[0], buffers=payload[1:])
                 args = [self._arg(a) for a in args]
                 kwargs = {k: self._arg(v) for k, v in kwargs.items()}
                 ref = rf.remote(*args, **kwargs)

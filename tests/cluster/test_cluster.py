@@ -165,6 +165,22 @@ def test_errors_and_wait(cluster):
     assert repartir.get(slow, timeout=60)[1] == 4
 
 
+def test_what_this_slice_refuses_says_so(cluster):
+    @repartir.remote
+    class Counter:
+        def add(self):
+            return 1
+
+    with pytest.raises(repartir.RepartirError, match="connected to a cluster"):
+        Counter.remote()
+    with pytest.raises(repartir.RepartirError, match="num_returns=2"):
+        where.options(num_returns=2).remote(1)
+    ref = where.remote(1)
+    with pytest.raises(repartir.RepartirError, match="only as one of its arguments"):
+        ident.remote([ref])
+    assert repartir.get(ident.remote(ref), timeout=60)[1] == 2
+
+
 def test_status_lists_the_nodes(cluster):
     r = cli("status")
     assert r.returncode == 0, r.stderr
