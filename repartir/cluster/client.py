@@ -256,7 +256,7 @@ class ClusterClient:
         prefer = None
         if any(isinstance(a, ObjectRef) for a in args) or \
                 any(isinstance(v, ObjectRef) for v in kwargs.values()):
-            args, kwargs, prefer, error = self._resolve_args(args, kwargs)
+            args, kwargs, prefer, error = self._resolve_args(args, kwargs, demand)
             if error is not None:
                 tid = os.urandom(16)
                 with self._lock:
@@ -270,9 +270,10 @@ class ClusterClient:
             self._enqueue(tid, task, prefer)
         return ClusterRef(tid, self)
 
-    def _resolve_args(self, args: tuple, kwargs: dict):
+    def _resolve_args(self, args: tuple, kwargs: dict, demand: dict):
         """Values for the refs among the arguments (waiting for pending ones); a ref kept
-        on a node becomes a :class:`StoredArg` when the task can go there."""
+        on the node the task will go to (one that keeps an argument, if it fits) becomes a
+        :class:`StoredArg`; the others are pulled here first."""
         refs = [a for a in (*args, *kwargs.values()) if isinstance(a, ObjectRef)]
         for r in refs:
             if not isinstance(r, ClusterRef) or r._cluster is not self:
@@ -286,7 +287,11 @@ class ClusterClient:
                 if res[0] == "error":
                     return args, kwargs, None, res[1]
                 if res[0] == "stored" and prefer is None:
-                    prefer = res[1]
+                    try:
+                        if self._place(demand, res[1]) == res[1]:
+                            prefer = res[1]
+                    except InfeasibleTaskError:
+                        pass
 
         def sub(a: Any) -> Any:
             if not isinstance(a, ObjectRef):

@@ -49,7 +49,8 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, _leaves_nothing_behind):
-    """A head (1 CPU) and a node (1 CPU, ``big_mem: 1``), a driver connected to them."""
+    """A head (1 CPU, ``on_head: 1``) and a node (1 CPU, ``big_mem: 1``), a driver connected
+    to them."""
     tmp = tmp_path_factory.mktemp("cluster")
     saved = {k: os.environ.get(k) for k in ("REPARTIR_CLUSTER_DIR", "REPARTIR_TOKEN_FILE",
                                             "REPARTIR_NODE_TIMEOUT", "REPARTIR_TOKEN",
@@ -64,7 +65,7 @@ def cluster(tmp_path_factory, _leaves_nothing_behind):
     info = {"tmp": tmp}
     try:
         head = cli("start", "--head", "--port", "0", "--num-cpus", "1",
-                   "--object-store-memory", STORE)
+                   "--resources", '{"on_head": 1}', "--object-store-memory", STORE)
         assert head.returncode == 0, head.stderr
         info["head_out"] = head.stdout
         address = recorded()[0]["address"]
@@ -148,6 +149,16 @@ def test_a_result_kept_on_a_node_feeds_a_task_there(cluster):
     s = repartir.get(repartir.remote(lambda x: float(x.sum())).remote(ref), timeout=60)
     assert s == float(a.sum())
     assert np.array_equal(repartir.get(ref, timeout=60), a)
+
+
+def test_a_result_kept_on_one_node_feeds_a_task_on_the_other(cluster):
+    a = np.arange(1 << 20, dtype=np.float64)  # 8 MiB: kept on the node that made it
+    ref = ident.options(resources={"big_mem": 1}).remote(a)
+    task = repartir.remote(resources={"on_head": 1})(
+        lambda x: (repartir.get_runtime_context().get_node_id(), float(x.sum())))
+    nid, s = repartir.get(task.remote(ref), timeout=60)
+    assert s == float(a.sum())
+    assert nid == [n["NodeID"] for n in repartir.nodes() if "on_head" in n["Resources"]][0]
 
 
 def test_errors_and_wait(cluster):
