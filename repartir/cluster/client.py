@@ -19,6 +19,7 @@ flight fails the same way.  ``get`` never waits past its ``timeout``.
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import threading
@@ -642,3 +643,6 @@ def disconnect() -> None:
     if client is not None:
         context.set_cluster(None)
         client.close()
+
+
+atexit.register(disconnect)  # what this driver kept on the nodes is released at exit
