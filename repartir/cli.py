@@ -8,6 +8,8 @@
     repartir clean            remove what dead sessions left in the temp dir and /dev/shm
     repartir devices          list this machine's OpenCL devices (NVML figures for NVIDIA GPUs)
     repartir status           this machine's sessions, then its devices
+    repartir token [--file F] write a new cluster token to a file of mode 0600
+    repartir keygen [DIR]     write a CurveZMQ key pair (for --encrypt) into DIR
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import os
 import sys
 
 from . import __version__
-from .config import resolve
+from .cluster.curve import write_key_files
+from .cluster.tokens import write_token_file
+from .config import CLUSTER_KEY_NAME, cluster_key_dir, cluster_token_file, resolve
 from .devices.discovery import discover, format_table
 from .runtime.session import pid_alive, sweep_dead_sessions
 from .cluster import commands as cluster_commands
@@ -43,6 +47,24 @@ def _sessions(temp_dir: str) -> list[dict]:
     return out
 
 
+def _secrets(args: argparse.Namespace) -> int:
+    """``repartir token`` and ``repartir keygen``: never print a secret, only where it is."""
+    try:
+        if args.command == "token":
+            path = args.file or cluster_token_file()
+            write_token_file(path, overwrite=args.force)
+            print(f"wrote a new cluster token to {path} (mode 0600); copy it to every node "
+                  f"of the cluster the same way, or set REPARTIR_TOKEN to its content")
+        else:
+            public, secret = write_key_files(args.dir, args.name, overwrite=args.force)
+            print(f"public key: {public}  (give it to the clients)\n"
+                  f"secret key: {secret}  (mode 0600; keep it on the server)")
+    except (FileExistsError, ValueError) as exc:
+        print(f"repartir {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if cluster_commands.handles(argv):  # start, stop; status of a cluster
@@ -54,7 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("clean", help="remove what dead sessions left behind")
     sub.add_parser("devices", help="list the OpenCL devices of this machine")
     sub.add_parser("status", help="sessions and devices of this machine")
+    p = sub.add_parser("token", help="write a new cluster token to a file of mode 0600")
+    p.add_argument("--file", default=None,
+                   help=f"where to write it (default: REPARTIR_TOKEN_FILE or "
+                        f"{cluster_token_file()})")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p = sub.add_parser("keygen", help="write a CurveZMQ key pair (for --encrypt)")
+    p.add_argument("dir", nargs="?", default=None,
+                   help=f"directory of the key files (default: {cluster_key_dir()})")
+    p.add_argument("--name", default=CLUSTER_KEY_NAME,
+                   help="base name: NAME.key (public) and NAME.key_secret (mode 0600)")
+    p.add_argument("--force", action="store_true", help="replace existing key files")
     args = parser.parse_args(argv)
+    if args.command in ("token", "keygen"):
+        return _secrets(args)
     cfg = resolve(num_cpus=1, object_store_memory=64 << 20, num_gpus=0)
     if args.command == "version":
         print(f"repartir {__version__} (Python {sys.version.split()[0]})")

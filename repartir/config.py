@@ -60,9 +60,14 @@ setting                        environment variable            default
                                                                session dir (removed at shutdown)
 ============================== =============================== =====================================
 
-One variable is read outside :class:`Config`, by whatever process needs it:
+Three variables are read outside :class:`Config`, by whatever process needs them:
 ``REPARTIR_DEVICE_CACHE`` (default ``~/.cache/repartir``), where device discovery keeps the
-GPU count per boot and the cost model its measured rates per host and device.
+GPU count per boot and the cost model its measured rates per host and device; and, for the
+cluster's wire layer (``repartir/cluster/``, docs/cluster.md), ``REPARTIR_TOKEN`` (the cluster
+token itself; unset by default) and ``REPARTIR_TOKEN_FILE`` (default
+``~/.config/repartir/token``: where the token is read when ``REPARTIR_TOKEN`` is unset, and
+where ``repartir token`` writes one).  The wire layer's other defaults are the ``CLUSTER_*``
+and ``WIRE_*`` constants below.
 
 The thread pools of BLAS and OpenMP libraries in workers and actors follow each task's
 ``num_cpus`` (:data:`BLAS_THREAD_VARIABLES`, ``repartir/runtime/threads.py``) unless one of
@@ -80,7 +85,11 @@ import sys
 
 __all__ = ["Config", "resolve", "device_cache_dir", "detected_gpus", "STUCK_SPAWN_S",
            "EXTRA_IDLE_S", "EXTRA_WORKER_AFTER_S", "STUCK_WARNING_S", "STUCK_SPAWN_BATCH",
-           "resource_names", "available_memory", "BLAS_THREAD_VARIABLES", "MIN_MAX_WORKERS"]
+           "resource_names", "available_memory", "BLAS_THREAD_VARIABLES", "MIN_MAX_WORKERS",
+           "CLUSTER_HOST", "CLUSTER_MIN_TOKEN_CHARS", "CLUSTER_KEY_NAME", "cluster_token_file",
+           "cluster_key_dir", "WIRE_MAX_SENDERS", "WIRE_INBAND_BYTES", "WIRE_LINGER_MS",
+           "WIRE_MAX_FRAME_BYTES",
+           "WIRE_LOG_INTERVAL_S", "WIRE_REFUSALS_PER_S"]
 
 #: Seconds every worker must have been blocked in ``get``, with tasks queued that none of them
 #: may run on its stack, before the node starts a worker beyond ``max_workers``.  Shorter
@@ -122,6 +131,43 @@ BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THR
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
+
+# ----------------------------------------------------------------- the cluster's wire layer
+# (repartir/cluster/, docs/cluster.md)
+
+#: The address an endpoint listens on when none is given: loopback only.  Listening on any
+#: other address needs a cluster token.
+CLUSTER_HOST = "127.0.0.1"
+
+#: The shortest cluster token accepted (``repartir token`` and ``generate_token()`` make 64
+#: hex characters, 256 bits).
+CLUSTER_MIN_TOKEN_CHARS = 32
+
+#: The base name of the CurveZMQ key files ``repartir keygen`` writes
+#: (``<name>.key``, ``<name>.key_secret``).
+CLUSTER_KEY_NAME = "repartir"
+
+#: Senders whose last sequence number a receiving endpoint remembers (least recently heard
+#: forgotten first; see docs/cluster.md, "Replay window").
+WIRE_MAX_SENDERS = 4096
+
+#: Out-of-band pickle buffers (numpy arrays) at least this large travel as frames of their
+#: own, zero-copy; smaller ones stay inside the pickle frame.
+WIRE_INBAND_BYTES = 64 * KiB
+
+#: Largest frame an endpoint accepts, in bytes (ZeroMQ's ``MAXMSGSIZE``: a peer sending a
+#: larger one is disconnected before anything is verified); -1: no limit.
+WIRE_MAX_FRAME_BYTES = -1
+
+#: Milliseconds a closed endpoint keeps trying to send what is still queued (0: dropped).
+WIRE_LINGER_MS = 0
+
+#: Seconds between two log records of dropped messages of one kind (the others are counted
+#: and reported with the next record).
+WIRE_LOG_INTERVAL_S = 10.0
+
+#: Refusal replies ("your MAC does not verify") a listening endpoint sends per second at most.
+WIRE_REFUSALS_PER_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +272,19 @@ def device_cache_dir() -> str:
     (``REPARTIR_DEVICE_CACHE``, default ``~/.cache/repartir``)."""
     return (os.environ.get("REPARTIR_DEVICE_CACHE")
             or os.path.join(os.path.expanduser("~"), ".cache", "repartir"))
+
+
+def cluster_token_file() -> str:
+    """Where the cluster token is kept (``REPARTIR_TOKEN_FILE``, default
+    ``~/.config/repartir/token``)."""
+    return (os.environ.get("REPARTIR_TOKEN_FILE")
+            or os.path.join(os.path.expanduser("~"), ".config", "repartir", "token"))
+
+
+def cluster_key_dir() -> str:
+    """Where ``repartir keygen`` writes CurveZMQ key files by default
+    (``~/.config/repartir/keys``)."""
+    return os.path.join(os.path.expanduser("~"), ".config", "repartir", "keys")
 
 
 def _boot_id() -> str:

@@ -30,6 +30,9 @@ __all__ = [
     "RepartirSystemError",
     "DeviceError",
     "DeviceNotFoundError",
+    "WireError",
+    "WireTimeoutError",
+    "TokenError",
     "RemoteTraceback",
     "Empty",
     "Full",
@@ -264,6 +267,37 @@ class DeviceNotFoundError(DeviceError, LookupError):
     """No device of the kind asked for is present (no OpenCL platform, no GPU, an index out
     of range).  The message lists the devices that are present and says how to get one
     (``pip install "repartir[gpu]"`` brings PoCL, an OpenCL implementation for the CPU)."""
+
+
+class WireError(RepartirError, ValueError):
+    """A message of the cluster's wire layer (``repartir.cluster``) was refused: malformed
+    frames, a MAC that does not verify, a replayed or reflected sequence number, or a
+    verified payload that could not be unpickled.  Endpoints drop such messages (and log
+    them, rate-limited) instead of raising; :func:`repartir.cluster.wire.verify` raises it.
+
+    Attributes:
+        reason: one of ``"malformed"``, ``"bad_mac"``, ``"replay"``, ``"reflected"``,
+            ``"undecodable"``.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):
+        return (type(self), (self.reason, str(self)))
+
+
+class WireTimeoutError(RepartirError, TimeoutError):
+    """No verified message arrived on a cluster endpoint within the ``timeout`` given.  The
+    message names the address, the messages dropped meanwhile, and what to check (the same
+    cluster token at both ends; with encryption, the server's public key)."""
+
+
+class TokenError(RepartirError, PermissionError):
+    """The cluster token is missing where one is required (listening on or connecting to a
+    non-loopback address), unsafe (a token file readable by group or others, too short), or
+    differs from the peer's (the peer refused our messages).  The message says what to do."""
 
 
 class Empty(RepartirError, _queue.Empty):

@@ -18,7 +18,7 @@ from rtsupport import REPO_ROOT
 
 ROOT = Path(REPO_ROOT)
 #: Import name -> distribution name, where they differ or the import is optional.
-DISTRIBUTION = {"pynvml": "nvidia-ml-py"}
+DISTRIBUTION = {"pynvml": "nvidia-ml-py", "zmq": "pyzmq"}
 
 
 def _declared() -> tuple[set[str], set[str]]:

@@ -1,0 +1,237 @@
+"""Signed messages: the frames of the cluster's wire layer (docs/cluster.md, "Wire format").
+
+A message is a list of ZeroMQ frames::
+
+    payload frame 0 (pickle) | payload frames 1.. (out-of-band buffers) | header | mac
+
+- the **payload**: frame 0 is a pickle (protocol 5, cloudpickle) of the value; every
+  out-of-band buffer of at least ``WIRE_INBAND_BYTES`` (a numpy array's data) is a frame of
+  its own, sent and received without a copy;
+- the **header** (:data:`HEADER`, 36 bytes, little-endian): magic ``b"RPW1"``, version
+  (u8), flags (u8, 0), reserved (u16, 0), sequence number (u64, per sender, from 1, strictly
+  increasing), sender id (16 random bytes per sender), number of payload frames (u32);
+- the **mac**: HMAC-SHA256, keyed by the cluster token, over ``u32 n | n x u64 length |``
+  then the ``n`` frames before it (payload and header), so the frame boundaries are
+  authenticated too.
+
+A receiver checks the structure, then the MAC in constant time (``hmac.compare_digest``),
+then the sequence number against the last one accepted from that sender, and only then
+unpickles the payload: nothing an unauthenticated peer sends is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import io
+import itertools
+import os
+import pickle
+import struct
+import threading
+from typing import Any, NamedTuple, Sequence
+
+import cloudpickle
+
+from ..config import WIRE_INBAND_BYTES, WIRE_MAX_SENDERS
+from ..errors import SerializationError, WireError
+
+__all__ = ["MAGIC", "VERSION", "HEADER", "MAC_BYTES", "SENDER_ID_BYTES", "REFUSED", "Signer",
+           "Verifier", "Verified", "mac_key", "encode", "decode"]
+
+MAGIC = b"RPW1"
+VERSION = 1
+#: magic, version, flags, reserved, sequence number, sender id, number of payload frames
+HEADER = struct.Struct("<4sBBHQ16sI")
+MAC_BYTES = 32
+SENDER_ID_BYTES = 16
+#: First frame of the (unsigned) reply a listening endpoint sends to a peer whose MAC did not
+#: verify; the second frame says why.  Never unpickled.
+REFUSED = b"RPW1 refused"
+
+
+def mac_key(token: str | bytes | None) -> bytes:
+    """The HMAC key of a cluster token (``str``: its UTF-8 bytes).  ``None`` gives the empty
+    key: messages are framed and checked for corruption but not authenticated (allowed on
+    loopback only, see :class:`repartir.cluster.Endpoint`)."""
+    if token is None:
+        return b""
+    if isinstance(token, str):
+        return token.encode()
+    if isinstance(token, (bytes, bytearray)):
+        return bytes(token)
+    raise TypeError(f"a cluster token is a str or bytes, got {type(token).__name__}")
+
+
+def _view(frame: Any) -> memoryview:
+    """A flat byte view of a frame (bytes, memoryview, zmq.Frame, PickleBuffer)."""
+    buf = getattr(frame, "buffer", frame)  # zmq.Frame
+    view = memoryview(buf)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
+    return view
+
+
+class _Mac:
+    """HMAC-SHA256 keyed by one key, over frames: the MAC of ``frames`` is the HMAC of
+    ``u32 n | n x u64 length | frame 0 | frame 1 | ...`` (the lengths bind the frame
+    boundaries).  Each message starts from a copy of a keyed state (no key schedule per
+    message) and is fed frame by frame: frames are never joined or copied."""
+
+    def __init__(self, key: bytes) -> None:
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+
+    def __call__(self, frames: Sequence[Any]) -> bytes:
+        views = [_view(f) for f in frames]
+        h = self._keyed.copy()
+        h.update(struct.pack(f"<I{len(views)}Q", len(views), *(v.nbytes for v in views)))
+        for v in views:
+            h.update(v)
+        return h.digest()
+
+
+class Signer:
+    """Appends the header and MAC to the frames of each message a sender sends.
+
+    Args:
+        token: the cluster token (``str`` or ``bytes``; ``None``: unauthenticated, see
+            :func:`mac_key`).
+        sender: this sender's id, 16 bytes (default: 16 random bytes).
+
+    One signer is one sender: its sequence numbers start at 1 and increase by one per
+    message, whichever peer the message goes to.  Thread-safe.
+    """
+
+    def __init__(self, token: str | bytes | None, sender: bytes | None = None) -> None:
+        self._mac = _Mac(mac_key(token))
+        self.sender = os.urandom(SENDER_ID_BYTES) if sender is None else bytes(sender)
+        if len(self.sender) != SENDER_ID_BYTES:
+            raise ValueError(f"a sender id is {SENDER_ID_BYTES} bytes, got {len(self.sender)}")
+        self._seq = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def sign(self, frames: Sequence[Any], seq: int | None = None) -> list:
+        """``frames`` + [header, mac] with the next sequence number (or ``seq``, for tests
+        that forge messages).  The frames themselves are not copied."""
+        n = len(frames)
+        with self._lock:
+            number = next(self._seq) if seq is None else seq
+        header = HEADER.pack(MAGIC, VERSION, 0, 0, number, self.sender, n)
+        return [*frames, header, self._mac([*frames, header])]
+
+
+class Verified(NamedTuple):
+    """A message whose MAC and sequence number were accepted."""
+
+    sender: bytes  #: the sender's 16-byte id
+    seq: int  #: its sequence number
+    frames: list  #: the payload frames (zmq.Frame, bytes or memoryview, as received)
+
+
+class Verifier:
+    """Checks received messages: structure, MAC (constant time), sequence number.
+
+    Args:
+        token: the cluster token (must be the senders' token).
+        own_sender: this endpoint's own sender id: a message carrying it is one of ours
+            sent back (reflected), and refused.
+        max_senders: senders whose last accepted sequence number is remembered (default
+            ``WIRE_MAX_SENDERS``); beyond it the least recently heard is forgotten.
+
+    :meth:`verify` raises :class:`WireError` for a message it refuses; nothing is unpickled
+    here.  Not thread-safe (one receiving socket, one thread).
+    """
+
+    def __init__(self, token: str | bytes | None, *, own_sender: bytes | None = None,
+                 max_senders: int = WIRE_MAX_SENDERS) -> None:
+        if max_senders < 1:
+            raise ValueError(f"max_senders must be at least 1, got {max_senders}")
+        self._mac = _Mac(mac_key(token))
+        self._own = own_sender
+        self._max = max_senders
+        self._last: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+
+    def last_seq(self, sender: bytes) -> int:
+        """The last sequence number accepted from ``sender`` (0: none remembered)."""
+        return self._last.get(sender, 0)
+
+    def verify(self, frames: Sequence[Any]) -> Verified:
+        """Accept ``frames`` (payload, header, mac) or raise :class:`WireError` with
+        ``reason`` ``"malformed"``, ``"bad_mac"``, ``"reflected"`` or ``"replay"``.  The
+        sequence number is recorded only for an accepted message."""
+        if len(frames) < 3:
+            raise WireError("malformed", f"{len(frames)} frame(s): a message has at least 3 "
+                                         f"(payload, header, mac)")
+        mac, header = _view(frames[-1]), _view(frames[-2])
+        if mac.nbytes != MAC_BYTES or header.nbytes != HEADER.size:
+            raise WireError("malformed", f"header of {header.nbytes} bytes and mac of "
+                                         f"{mac.nbytes} (expected {HEADER.size} and "
+                                         f"{MAC_BYTES})")
+        magic, version, _flags, _res, seq, sender, n = HEADER.unpack(header)
+        if magic != MAGIC:
+            raise WireError("malformed", f"magic {bytes(magic)!r}, not {MAGIC!r}: not a "
+                                         f"repartir wire message")
+        if version != VERSION:
+            raise WireError("malformed", f"wire version {version}; this endpoint speaks "
+                                         f"version {VERSION} (run the same repartir "
+                                         f"version on every node)")
+        expected = self._mac(frames[:-1])
+        if not hmac.compare_digest(expected, bytes(mac)):
+            raise WireError("bad_mac", "its MAC does not verify: the sender's cluster token "
+                                       "differs from this endpoint's (or the message was "
+                                       "altered on the way)")
+        # authenticated from here on
+        if n != len(frames) - 2:
+            raise WireError("malformed", f"the header announces {n} payload frame(s), the "
+                                         f"message has {len(frames) - 2}")
+        if sender == self._own:
+            raise WireError("reflected", "it carries this endpoint's own sender id (one of "
+                                         "its own messages sent back)")
+        last = self._last.get(sender, 0)
+        if seq <= last:
+            raise WireError("replay", f"sequence number {seq} of sender {sender.hex()} is "
+                                      f"not above the last accepted, {last}")
+        self._last[sender] = seq
+        self._last.move_to_end(sender)
+        while len(self._last) > self._max:
+            self._last.popitem(last=False)
+        return Verified(sender, seq, list(frames[:-2]))
+
+
+def encode(value: Any, inband_bytes: int = WIRE_INBAND_BYTES) -> list:
+    """The payload frames of ``value``: a pickle (protocol 5, cloudpickle, so functions and
+    classes travel too), then each out-of-band buffer of at least ``inband_bytes`` bytes as a
+    frame of its own -- a ``memoryview`` of the value's memory, not a copy (do not modify
+    the arrays sent until the message is gone; a change before then makes the receiver drop
+    the message, its MAC no longer matching).
+
+    Raises:
+        SerializationError: ``value`` cannot be pickled.
+    """
+    buffers: list[memoryview] = []
+
+    def out_of_band(pb: pickle.PickleBuffer) -> bool:
+        try:
+            raw = pb.raw()
+        except BufferError:  # not contiguous: pickled in-band
+            return True
+        if raw.nbytes < inband_bytes:
+            return True
+        buffers.append(raw)
+        return False
+
+    f = io.BytesIO()
+    try:
+        cloudpickle.CloudPickler(f, protocol=5, buffer_callback=out_of_band).dump(value)
+    except Exception as exc:
+        raise SerializationError(f"cannot send a {type(value).__name__}: pickling it "
+                                 f"failed: {exc}") from exc
+    return [f.getvalue(), *buffers]
+
+
+def decode(frames: Sequence[Any]) -> Any:
+    """The value of verified payload frames (call only after :meth:`Verifier.verify`).  Out
+    of band buffers come back as read-only views of the received frames (numpy arrays are
+    zero-copy, read-only)."""
+    return pickle.loads(_view(frames[0]), buffers=[_view(f).toreadonly() for f in frames[1:]])
