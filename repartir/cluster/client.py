@@ -137,7 +137,7 @@ class ClusterClient:
             raise TokenError(f"the head at {address} refused this driver: {exc}") from None
         self._last_head = time.monotonic()
         self._poller = zmq.Poller()
-        self._poller.register(self._head._socket, zmq.POLLIN)
+        self._poller.register(self._head.socket, zmq.POLLIN)
         self._update_nodes(msg.value[1])
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name="repartir-cluster")
@@ -161,11 +161,11 @@ class ClusterClient:
     def _connect_node(self, nid: str, address: str) -> None:
         ep = Endpoint.connect(tcp(address), token=self._token)
         self._eps[nid] = ep
-        self._ep_node[ep._socket] = nid
+        self._ep_node[ep.socket] = nid
         self._fn_sent[nid] = set()
         self._used.setdefault(nid, 0.0)
         self._count.setdefault(nid, 0)
-        self._poller.register(ep._socket, zmq.POLLIN)
+        self._poller.register(ep.socket, zmq.POLLIN)
 
     def _node_died(self, nid: str, why: str) -> None:
         """Resubmit or fail the node's tasks; its objects are lost.  Holds the lock."""
@@ -173,8 +173,8 @@ class ClusterClient:
         where = f"node {nid[:12]} at {rec.get('NodeManagerAddress', '?')}"
         ep = self._eps.pop(nid, None)
         if ep is not None:
-            self._poller.unregister(ep._socket)
-            self._ep_node.pop(ep._socket, None)
+            self._poller.unregister(ep.socket)
+            self._ep_node.pop(ep.socket, None)
             ep.close()
         self._outbox.pop(nid, None)
         for tid, task in list(self.inflight.items()):
@@ -486,7 +486,7 @@ class ClusterClient:
                 ep.send(("release", tids))
 
     def _drain(self, sock: Any) -> None:
-        ep = self._head if sock is self._head._socket else self._eps.get(self._ep_node.get(sock))
+        ep = self._head if sock is self._head.socket else self._eps.get(self._ep_node.get(sock))
         if ep is None:
             return
         for _ in range(10000):

@@ -268,14 +268,14 @@ class NodeDaemon:
     def serve(self) -> None:
         """Serve until :meth:`stop` (SIGTERM, SIGINT)."""
         poller = zmq.Poller()
-        poller.register(self.router._socket, zmq.POLLIN)
+        poller.register(self.router.socket, zmq.POLLIN)
         if self.head_ep is not None:
-            poller.register(self.head_ep._socket, zmq.POLLIN)
+            poller.register(self.head_ep.socket, zmq.POLLIN)
         next_beat = time.monotonic() + CLUSTER_HEARTBEAT_S
         while not self._stop:
             busy = self.pending or self.done
             events = dict(poller.poll(1 if busy else 50))
-            if self.router._socket in events:
+            if self.router.socket in events:
                 for _ in range(1000):
                     if not self.router.poll(0):
                         break
@@ -284,7 +284,7 @@ class NodeDaemon:
                     except WireTimeoutError:
                         break  # dropped (bad token, ...): logged by the endpoint
                     self._on_router(msg.peer, msg.value)
-            if self.head_ep is not None and self.head_ep._socket in events:
+            if self.head_ep is not None and self.head_ep.socket in events:
                 try:
                     self.head_ep.recv(timeout=1.0)  # welcome again after a head restart
                 except WireTimeoutError:
