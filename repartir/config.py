@@ -60,14 +60,18 @@ setting                        environment variable            default
                                                                session dir (removed at shutdown)
 ============================== =============================== =====================================
 
-Three variables are read outside :class:`Config`, by whatever process needs them:
+Six variables are read outside :class:`Config`, by whatever process needs them:
 ``REPARTIR_DEVICE_CACHE`` (default ``~/.cache/repartir``), where device discovery keeps the
 GPU count per boot and the cost model its measured rates per host and device; and, for the
 cluster's wire layer (``repartir/cluster/``, docs/cluster.md), ``REPARTIR_TOKEN`` (the cluster
 token itself; unset by default) and ``REPARTIR_TOKEN_FILE`` (default
 ``~/.config/repartir/token``: where the token is read when ``REPARTIR_TOKEN`` is unset, and
 where ``repartir token`` writes one).  The wire layer's other defaults are the ``CLUSTER_*``
-and ``WIRE_*`` constants below.
+and ``WIRE_*`` constants below.  For the cluster's nodes and drivers (docs/cluster-nodes.md):
+``REPARTIR_NODE_TIMEOUT`` (seconds without a heartbeat before a node is declared dead, default
+10: :func:`cluster_node_timeout`), ``REPARTIR_ADDRESS`` (the head ``init()`` connects to when
+no ``address=`` is given; unset by default) and ``REPARTIR_CLUSTER_DIR`` (this machine's
+cluster state, default ``~/.config/repartir/cluster``: :func:`cluster_state_dir`).
 
 The thread pools of BLAS and OpenMP libraries in workers and actors follow each task's
 ``num_cpus`` (:data:`BLAS_THREAD_VARIABLES`, ``repartir/runtime/threads.py``) unless one of
