@@ -14,6 +14,7 @@ Ray's programming model -- ``@repartir.remote`` tasks, ``ObjectRef`` futures,
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 from . import errors
@@ -24,7 +25,7 @@ from .errors import (ActorDiedError, ActorExit, DeviceError, GetTimeoutError, In
                      TaskTimeoutError, WorkerCrashedError)
 from .runtime import context as _context
 from .runtime import driver as _driver
-from .runtime.driver import init, is_initialized, shutdown
+from .cluster import client as _cluster
 from .runtime.objectref import ObjectRef
 from .runtime.actor import ActorClass, ActorHandle, method
 from .runtime.actor import get_actor as _get_actor, kill_actor as _kill_actor
@@ -76,6 +77,70 @@ __all__ = [
     "RepartirSystemError",
     "DeviceError",
 ]
+
+
+def init(address: str | None = None, *, num_cpus: int | None = None,
+         num_gpus: float | None = None, resources: dict | None = None,
+         object_store_memory: int | None = None, memory: int | None = None,
+         ignore_reinit_error: bool = False) -> dict:
+    """Start the embedded local node, or connect to a cluster.
+
+    Args:
+        address: ``None`` (and no ``REPARTIR_ADDRESS``): start an embedded local node, as
+            described in :func:`repartir.runtime.driver.init` (no sockets).  ``"auto"``: the
+            cluster of ``REPARTIR_ADDRESS``, else the head started on this machine by
+            ``repartir start --head``; ``"HOST:PORT"``: that head.  A driver connected to a
+            cluster starts no node of its own (docs/cluster-nodes.md); the cluster token comes
+            from ``REPARTIR_TOKEN`` or the token file.
+        num_cpus, num_gpus, resources, object_store_memory, memory: the local node's
+            settings (see :func:`repartir.runtime.driver.init`); not allowed with an
+            address (the nodes have theirs), as in Ray.
+        ignore_reinit_error: return quietly when already initialised.
+
+    Returns:
+        a dict describing the node (``session``, ``session_dir``, ``num_cpus``,
+        ``object_store_memory``), or for a cluster ``{"address": "HOST:PORT", "nodes": n}``.
+
+    Raises:
+        RepartirError: already initialised; no cluster found for ``"auto"``; the head does
+            not answer.
+        TokenError: the head refused this driver's token.
+        ValueError: a setting out of range, or a node setting given with an address.
+    """
+    if address is None and os.environ.get("REPARTIR_ADDRESS", "").strip():
+        address = "auto"
+    if address is None:
+        return _driver.init(None, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                            object_store_memory=object_store_memory, memory=memory,
+                            ignore_reinit_error=ignore_reinit_error)
+    if is_initialized():
+        if ignore_reinit_error:
+            c = _cluster.active()
+            return {"address": c.address, "nodes": len(c.nodes_seen)} if c else {}
+        raise errors.AlreadyInitializedError(
+            "repartir.init() was already called in this process; call repartir.shutdown() "
+            "first, or pass ignore_reinit_error=True.")
+    given = [n for n, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus),
+                            ("resources", resources), ("memory", memory),
+                            ("object_store_memory", object_store_memory)) if v is not None]
+    if given:
+        raise ValueError(f"init(address=...) connects to a cluster whose nodes have their own "
+                         f"resources: leave out {', '.join(given)} (give them to `repartir "
+                         f"start` on each node instead)")
+    c = _cluster.connect(address)
+    return {"address": c.address, "nodes": sum(r["Alive"] for r in c.nodes_seen.values())}
+
+
+def is_initialized() -> bool:
+    """Whether this process runs a local node or is connected to a cluster."""
+    return _cluster.active() is not None or _driver.is_initialized()
+
+
+def shutdown() -> None:
+    """Disconnect from the cluster (what this driver kept on its nodes is released), or stop
+    the local node: see :func:`repartir.runtime.driver.shutdown`.  Safe to call twice."""
+    _cluster.disconnect()
+    _driver.shutdown()
 
 
 def remote(*args: Any, **options: Any):
@@ -169,6 +234,10 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
         if client is not None and client is _context._client:
             return client.get_one(object_refs, timeout)
     refs, single = _refs(object_refs, "get()")
+    cluster = _context.cluster
+    if cluster is not None:
+        values = cluster.get(refs, timeout)
+        return values[0] if single else values
     values = _driver.client().get(refs, timeout)
     return values[0] if single else values
 
@@ -197,7 +266,9 @@ def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
         return [], []
     if not 1 <= num_returns <= len(refs):
         raise ValueError(f"num_returns must be between 1 and {len(refs)}, got {num_returns}")
-    ready_mask = _driver.client().wait(refs, num_returns, timeout)
+    cluster = _context.cluster
+    client = cluster if cluster is not None else _driver.client()
+    ready_mask = client.wait(refs, num_returns, timeout)
     ready, not_ready = [], []
     for r, ok in zip(refs, ready_mask):
         (ready if ok and len(ready) < num_returns else not_ready).append(r)
@@ -214,7 +285,8 @@ def put(value: Any) -> ObjectRef:
         SerializationError: ``value`` cannot be pickled.
         ObjectStoreFullError: neither the store nor the spill directory can hold it.
     """
-    return _driver.client().put(value)
+    cluster = _context.cluster
+    return (cluster if cluster is not None else _driver.client()).put(value)
 
 
 def cancel(object_ref: ObjectRef | ObjectRefGenerator, *, force: bool = False,
@@ -275,7 +347,10 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
 def nodes() -> list[dict]:
     """The nodes of the cluster (this version: the local node), as dicts in Ray's shape.
     ``Resources`` holds ``CPU``, ``GPU`` (each only when the node has some, as in Ray),
-    ``memory`` and ``object_store_memory`` (bytes) and the custom resources."""
+    ``memory`` and ``object_store_memory`` (bytes) and the custom resources.  Connected to a
+    cluster: every node the head knows, dead ones with ``"Alive": False``."""
+    if _context.cluster is not None:
+        return _context.cluster.nodes()
     c = _driver.client()
     cfg = c.config
     resources = {}
@@ -303,13 +378,18 @@ def get_runtime_context() -> RuntimeContext:
 def cluster_resources() -> dict:
     """Total resources, in Ray's units: ``{"CPU": n, "GPU": n, "memory": bytes,
     "object_store_memory": bytes, <custom>: n}`` (``CPU`` and ``GPU`` only when the node has
-    some)."""
+    some).  Connected to a cluster: the sum over its live nodes."""
+    if _context.cluster is not None:
+        return _context.cluster.resources(available=False)
     return dict(nodes()[0]["Resources"])
 
 
 def available_resources() -> dict:
     """Resources not reserved by running tasks and live actors now, in Ray's units (CPU, GPU,
-    ``memory`` in bytes, custom), and free arena bytes as ``object_store_memory``."""
+    ``memory`` in bytes, custom), and free arena bytes as ``object_store_memory``.  Connected
+    to a cluster: the sum over its live nodes, as of their last heartbeat (about 1 s old)."""
+    if _context.cluster is not None:
+        return _context.cluster.resources(available=True)
     c = _driver.client()
     names = resource_names(c.config)
     avail = list(c.segment.available())

@@ -1,5 +1,8 @@
 """The ``repartir`` command (also ``python -m repartir``).
 
+    repartir start --head     start a cluster here (repartir start --help; docs/cluster-nodes.md)
+    repartir start --address HOST:PORT   join a node to a cluster
+    repartir stop             stop the cluster processes started on this machine
     repartir version          print the version
     repartir sessions         list this machine's sessions (live or left by dead drivers)
     repartir clean            remove what dead sessions left in the temp dir and /dev/shm
@@ -22,6 +25,7 @@ from .cluster.tokens import write_token_file
 from .config import CLUSTER_KEY_NAME, cluster_key_dir, cluster_token_file, resolve
 from .devices.discovery import discover, format_table
 from .runtime.session import pid_alive, sweep_dead_sessions
+from .cluster import commands as cluster_commands
 
 
 def _sessions(temp_dir: str) -> list[dict]:
@@ -62,6 +66,9 @@ def _secrets(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if cluster_commands.handles(argv):  # start, stop; status of a cluster
+        return cluster_commands.main(argv)
     parser = argparse.ArgumentParser(prog="repartir", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("version", help="print the version")

@@ -60,14 +60,18 @@ setting                        environment variable            default
                                                                session dir (removed at shutdown)
 ============================== =============================== =====================================
 
-Three variables are read outside :class:`Config`, by whatever process needs them:
+Six variables are read outside :class:`Config`, by whatever process needs them:
 ``REPARTIR_DEVICE_CACHE`` (default ``~/.cache/repartir``), where device discovery keeps the
 GPU count per boot and the cost model its measured rates per host and device; and, for the
 cluster's wire layer (``repartir/cluster/``, docs/cluster.md), ``REPARTIR_TOKEN`` (the cluster
 token itself; unset by default) and ``REPARTIR_TOKEN_FILE`` (default
 ``~/.config/repartir/token``: where the token is read when ``REPARTIR_TOKEN`` is unset, and
 where ``repartir token`` writes one).  The wire layer's other defaults are the ``CLUSTER_*``
-and ``WIRE_*`` constants below.
+and ``WIRE_*`` constants below.  For the cluster's nodes and drivers (docs/cluster-nodes.md):
+``REPARTIR_NODE_TIMEOUT`` (seconds without a heartbeat before a node is declared dead, default
+10: :func:`cluster_node_timeout`), ``REPARTIR_ADDRESS`` (the head ``init()`` connects to when
+no ``address=`` is given; unset by default) and ``REPARTIR_CLUSTER_DIR`` (this machine's
+cluster state, default ``~/.config/repartir/cluster``: :func:`cluster_state_dir`).
 
 The thread pools of BLAS and OpenMP libraries in workers and actors follow each task's
 ``num_cpus`` (:data:`BLAS_THREAD_VARIABLES`, ``repartir/runtime/threads.py``) unless one of
@@ -413,3 +417,67 @@ def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
         max_actors=_env_int("REPARTIR_MAX_ACTORS") or _default("max_actors"),
         log_to_driver=_env_bool("REPARTIR_LOG_TO_DRIVER", _default("log_to_driver")),
     )
+
+
+# ----------------------------------------------------------------- the cluster's nodes
+# (repartir/cluster/node.py, client.py, commands.py; docs/cluster-nodes.md).
+# Variables read by the cluster's processes: REPARTIR_NODE_TIMEOUT (seconds, default
+# CLUSTER_NODE_TIMEOUT_S), REPARTIR_ADDRESS (the head a driver's init() connects to when
+# no address= is given; unset by default) and REPARTIR_CLUSTER_DIR (this machine's cluster
+# state: the head's address, the pids `repartir stop` stops; default
+# ~/.config/repartir/cluster).
+
+#: The head's port when ``repartir start --head`` is given none (as Ray's 6379, plus one).
+CLUSTER_PORT = 6380
+
+#: Seconds between two heartbeats of a node to the head (its free resources, its tasks).
+CLUSTER_HEARTBEAT_S = 1.0
+
+#: Seconds without a heartbeat after which the head declares a node dead
+#: (``REPARTIR_NODE_TIMEOUT``).
+CLUSTER_NODE_TIMEOUT_S = 10.0
+
+#: Seconds ``repartir start`` waits for its node daemon to be up (and a joining node for
+#: the head's welcome).
+CLUSTER_START_TIMEOUT_S = 60.0
+
+#: Seconds ``repartir stop`` waits after SIGTERM before it sends SIGKILL.
+CLUSTER_STOP_GRACE_S = 10.0
+
+#: Tasks a driver sends to one node in one message at most.
+CLUSTER_BATCH_TASKS = 512
+
+#: Results whose encoded size is at most this many bytes travel back with the completion;
+#: larger ones stay on their node until a driver pulls them (in chunks).
+CLUSTER_INLINE_RESULT_BYTES = 256 * KiB
+
+#: Bytes of one chunk of an object pulled from a node, and chunks requested at once.
+CLUSTER_CHUNK_BYTES = 4 * MiB
+CLUSTER_CHUNKS_IN_FLIGHT = 4
+
+
+def cluster_node_timeout() -> float:
+    """Seconds after which a silent node is declared dead: ``REPARTIR_NODE_TIMEOUT``, default
+    ``CLUSTER_NODE_TIMEOUT_S`` (10).
+
+    Raises:
+        ValueError: the variable is not a number of seconds > 0.
+    """
+    text = os.environ.get("REPARTIR_NODE_TIMEOUT", "").strip()
+    if not text:
+        return CLUSTER_NODE_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"REPARTIR_NODE_TIMEOUT must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def cluster_state_dir() -> str:
+    """This machine's cluster state (``REPARTIR_CLUSTER_DIR``, default
+    ``~/.config/repartir/cluster``): the head's address, the node daemons started here, their
+    logs."""
+    return (os.environ.get("REPARTIR_CLUSTER_DIR")
+            or os.path.join(os.path.expanduser("~"), ".config", "repartir", "cluster"))

@@ -36,6 +36,7 @@ __all__ = [
     "RemoteTraceback",
     "Empty",
     "Full",
+    "NodeDiedError",
 ]
 
 
@@ -312,3 +313,10 @@ class Full(RepartirError, _queue.Full):
     ``timeout``, or ``put_nowait_batch(items)`` with more items than free places.  Also a
     ``queue.Full``, as Ray's ``ray.util.queue.Full``; import it as
     ``repartir.util.queue.Full``."""
+
+
+class NodeDiedError(WorkerCrashedError):
+    """A node of the cluster died (or was cut off) while it ran a task, past the task's
+    ``max_retries``; or it held an object that a ``get`` needed (``ObjectLostError`` then).
+    The message names the node and its address.  Also a :class:`WorkerCrashedError`, as a
+    task whose worker process died."""

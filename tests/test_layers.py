@@ -16,6 +16,7 @@ PACKAGE = Path(REPO_ROOT) / "repartir"
 #: Top first.  A module is in the first layer with its name (``pkg.*``: a package and its modules).
 LAYERS: list[list[str]] = [
     ["repartir.util.*"],  # ActorPool, Queue: on the public API (not loaded by `import repartir`)
+    ["repartir.cluster.node"],  # the process main of a node daemon: calls repartir.init
     ["repartir", "repartir.__main__", "repartir.cli", "repartir.actor"],
     # the cluster's wire layer: imported by cli (keygen, token) only; it imports nothing
     # of repartir but errors and config

@@ -14,10 +14,14 @@ from typing import Any
 
 from ..errors import RepartirError
 
-__all__ = ["current_client", "set_client", "set_starter", "client_or_start", "set_node_id",
-           "set_actor", "running_task", "RuntimeContext", "JOB_ID"]
+__all__ = ["current_client", "set_client", "set_cluster", "set_starter", "client_or_start",
+           "set_node_id", "set_actor", "running_task", "RuntimeContext", "JOB_ID"]
 
 _client: Any = None
+#: The cluster this process is connected to as a driver (``init(address=...)``:
+#: ``repartir.cluster.client.ClusterClient``), or ``None``: tasks, ``get`` and the rest go
+#: there instead of to a local node.
+cluster: Any = None
 _starter: Any = None  # () -> client: the driver's client(), which may call init()
 _node_id: str | None = None  # hex, 28 bytes: the node this process belongs to
 _actor_id: bytes | None = None  # in an actor's process: the actor it runs
@@ -41,6 +45,11 @@ def current_client() -> Any:
 def set_client(client: Any) -> None:
     global _client
     _client = client
+
+
+def set_cluster(client: Any) -> None:
+    global cluster
+    cluster = client
 
 
 def set_starter(starter: Any) -> None:

@@ -147,6 +147,11 @@ def client() -> CoreClient:
     c = context._client
     if c is not None:
         return c
+    if context.cluster is not None:
+        raise RepartirError(
+            "this driver is connected to a cluster (init(address=...)), where this version "
+            "runs tasks, get, wait and put only: actors, cancel() and the like need a local "
+            "node (init() without address=); see docs/cluster-nodes.md")
     with _lock:
         if not is_initialized():
             init()

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from ..scheduler import record
 from ..serialization import dumps_code
-from . import driver
+from . import context, driver
 from .messages import TaskOptions, validate_memory
 from .signature import ArgCheck, arg_check
 from .streaming import STREAMING, parse_num_returns, submit_streaming
@@ -158,6 +158,8 @@ class RemoteFunction:
             check = self._check = arg_check(self._function, self._name)
         if kwargs or not check.min_pos <= len(args) <= check.max_pos:
             check.check(args, kwargs)
+        if context.cluster is not None:  # a driver connected to a cluster (docs/cluster-nodes.md)
+            return context.cluster.submit(self, args, kwargs)
         client = driver.client()
         opts = self._opts_for(client)
         loc = client.functions.get(self._key) or client.export_function(self._key, self._code)

@@ -1,0 +1,648 @@
+"""A driver connected to a cluster: ``repartir.init(address="auto" | "HOST:PORT")``
+(docs/cluster-nodes.md, "Drivers").
+
+Such a driver starts no local node.  :class:`ClusterClient` asks the head for the nodes,
+connects a DEALER endpoint to each, places every task on a node whose total resources fit
+(custom resources included; a node that holds one of the task's arguments first, else the
+one with the most CPUs free of this driver's tasks), sends tasks to each node in batches and
+returns :class:`ClusterRef` s.  Small results come back with their completion; larger ones
+stay on their node until ``get`` pulls them, in chunks (``CLUSTER_CHUNK_BYTES``, several in
+flight), and are released there when the ref is dropped.
+
+One background thread owns the sockets: it sends the batches, receives completions and
+chunks, and asks the head for the registry every ``CLUSTER_HEARTBEAT_S``.  Tasks of a node
+the head declares dead are resubmitted elsewhere while their ``max_retries`` allow, else
+their refs raise :class:`NodeDiedError`; objects kept on it raise :class:`ObjectLostError`.
+If the head itself stops answering for ``REPARTIR_NODE_TIMEOUT`` seconds, every task in
+flight fails the same way.  ``get`` never waits past its ``timeout``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pickle
+import threading
+import time
+import weakref
+from typing import Any, Sequence
+
+import zmq
+
+from ..config import (CLUSTER_BATCH_TASKS, CLUSTER_CHUNK_BYTES, CLUSTER_CHUNKS_IN_FLIGHT,
+                      CLUSTER_HEARTBEAT_S, CLUSTER_START_TIMEOUT_S, cluster_node_timeout)
+from ..errors import (GetTimeoutError, InfeasibleTaskError, NodeDiedError, ObjectLostError,
+                      RepartirError, TokenError, WireTimeoutError)
+from ..runtime import context
+from ..runtime.objectref import ObjectRef
+from ..runtime.signature import arg_check
+from .sockets import Endpoint
+from .state import StoredArg, resolve_address, tcp
+from .wire import encode
+
+__all__ = ["ClusterClient", "ClusterRef", "connect", "active"]
+
+class ClusterRef(ObjectRef):
+    """An ``ObjectRef`` of a cluster driver: the result of a task run on some node, or a
+    value ``put`` in the driver.  Passed as a task's argument (top level, or as a keyword
+    argument), its value goes along, or stays where it is when the task runs on the node
+    that holds it.  Refs nested in other values cannot be sent in this version."""
+
+    __slots__ = ("_cluster",)
+
+    def __init__(self, object_id: bytes, cluster: "ClusterClient") -> None:
+        super().__init__(object_id, -1, None, False)
+        self._cluster = cluster
+
+    def __del__(self) -> None:
+        try:
+            self._cluster.dead.append(self._id)
+        except AttributeError:
+            pass
+
+    def __reduce__(self):
+        raise RepartirError(
+            "an ObjectRef of a cluster driver can be passed to a task only as one of its "
+            "arguments (not inside a list, dict or other value) in this version: pass it "
+            "directly, or get() it first")
+
+    def future(self):
+        raise RepartirError("ref.future() and 'await ref' are not available on a cluster in "
+                            "this version: use repartir.get")
+
+
+class _Task:
+    """A task in flight: its function's key and pickled blob, its arguments pickled at
+    ``.remote()`` (frame 0 the pickle, then large buffers out of band), what it asks for."""
+
+    __slots__ = ("key", "blob", "payload", "demand", "node", "retries")
+
+    def __init__(self, key, blob, payload, demand, retries) -> None:
+        self.key, self.blob, self.payload = key, blob, payload
+        self.demand, self.retries = demand, retries
+        self.node = ""
+
+
+def _pickled(value: Any) -> list:
+    """``value`` pickled now (so that a later change to it does not travel, and an error
+    is raised by ``.remote()``): the pickle, then each large buffer, sent out of band."""
+    frames = encode(value)
+    return [frames[0], *(pickle.PickleBuffer(f) for f in frames[1:])]
+
+
+class ClusterClient:
+    """The connection of a driver to a cluster (see the module's docstring).  Made by
+    :func:`connect`; use the ordinary API (``remote``, ``get``, ``wait``, ``put``,
+    ``nodes``, ``cluster_resources``, ``available_resources``), not this class.
+
+    Raises:
+        TokenError: the head refused our token.
+        RepartirError: the head did not answer within ``CLUSTER_START_TIMEOUT_S``.
+    """
+
+    def __init__(self, address: str, token: str | None = None) -> None:
+        self.address = address
+        self.timeout = cluster_node_timeout()
+        self._token = token
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self.results: dict[bytes, tuple] = {}
+        self.inflight: dict[bytes, _Task] = {}
+        self.dead: list[bytes] = []  # dropped refs, appended by ClusterRef.__del__
+        self._dropped: set[bytes] = set()
+        self.nodes_seen: dict[str, dict] = {}
+        self._eps: dict[str, Endpoint] = {}
+        self._ep_node: dict[Any, str] = {}
+        self._outbox: dict[str, list] = {}
+        self._fn_sent: dict[str, set] = {}
+        self._used: dict[str, float] = {}
+        self._count: dict[str, int] = {}
+        self._fetch_start: list[bytes] = []
+        self._fetches: dict[bytes, dict] = {}
+        self._keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._closed = False
+        self._failed: str | None = None
+        self._registry_seq = 0
+        self._head = Endpoint.connect(tcp(address), token=token)
+        try:
+            self._head.send(("nodes",))
+            msg = self._head.recv(timeout=CLUSTER_START_TIMEOUT_S)
+        except WireTimeoutError:
+            self._head.close()
+            raise RepartirError(
+                f"the head at {address} did not answer within {CLUSTER_START_TIMEOUT_S:g} s: "
+                f"is `repartir start --head` running there, and reachable from here?") from None
+        except TokenError as exc:
+            self._head.close()
+            raise TokenError(f"the head at {address} refused this driver: {exc}") from None
+        self._last_head = time.monotonic()
+        self._poller = zmq.Poller()
+        self._poller.register(self._head.socket, zmq.POLLIN)
+        self._update_nodes(msg.value[1])
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name="repartir-cluster")
+        self._thread.start()
+
+    # ------------------------------------------------------------------ the registry
+
+    def _update_nodes(self, records: list[dict]) -> list[str]:
+        """Take the head's registry; returns the ids of nodes newly dead."""
+        newly_dead = []
+        for rec in records:
+            nid = rec["NodeID"]
+            old = self.nodes_seen.get(nid)
+            self.nodes_seen[nid] = rec
+            if rec["Alive"] and nid not in self._eps:
+                self._connect_node(nid, rec["NodeManagerAddress"])
+            if not rec["Alive"] and (old is None or old["Alive"]):
+                newly_dead.append(nid)
+        return newly_dead
+
+    def _connect_node(self, nid: str, address: str) -> None:
+        ep = Endpoint.connect(tcp(address), token=self._token)
+        self._eps[nid] = ep
+        self._ep_node[ep.socket] = nid
+        self._fn_sent[nid] = set()
+        self._used.setdefault(nid, 0.0)
+        self._count.setdefault(nid, 0)
+        self._poller.register(ep.socket, zmq.POLLIN)
+
+    def _node_died(self, nid: str, why: str) -> None:
+        """Resubmit or fail the node's tasks; its objects are lost.  Holds the lock."""
+        rec = self.nodes_seen.get(nid, {})
+        where = f"node {nid[:12]} at {rec.get('NodeManagerAddress', '?')}"
+        ep = self._eps.pop(nid, None)
+        if ep is not None:
+            self._poller.unregister(ep.socket)
+            self._ep_node.pop(ep.socket, None)
+            ep.close()
+        self._outbox.pop(nid, None)
+        for tid, task in list(self.inflight.items()):
+            if task.node != nid:
+                continue
+            if task.retries > 0 and self._failed is None:
+                task.retries -= 1
+                try:
+                    self._enqueue(tid, task, None)
+                    continue
+                except InfeasibleTaskError:
+                    pass
+            del self.inflight[tid]
+            self.results[tid] = ("error", NodeDiedError(
+                f"{where} {why} while it ran task {tid.hex()}, and its max_retries are "
+                f"used up (or no other node fits it)"))
+        for tid, res in list(self.results.items()):
+            if res[0] == "stored" and res[1] == nid:
+                self.results[tid] = ("error", ObjectLostError(
+                    f"object {tid.hex()} was kept on {where}, which {why}"))
+        for tid in [t for t, f in self._fetches.items() if f["node"] == nid]:
+            del self._fetches[tid]
+        self._used[nid] = 0.0
+        self._count[nid] = 0
+        self._cv.notify_all()
+
+    # ------------------------------------------------------------------ placing
+
+    def _place(self, demand: dict, prefer: str | None) -> str:
+        fits = []
+        for nid, rec in self.nodes_seen.items():
+            if not rec["Alive"] or nid not in self._eps:
+                continue
+            total = rec["Resources"]
+            if all(total.get(k, 0.0) >= v for k, v in demand.items() if v > 0):
+                fits.append(nid)
+        if not fits:
+            alive = {n[:12]: r["Resources"] for n, r in self.nodes_seen.items() if r["Alive"]}
+            raise InfeasibleTaskError(
+                f"no node of the cluster at {self.address} can run a task that asks for "
+                f"{demand}; the live nodes have {alive}. Start a node with those resources "
+                f"(repartir start --address {self.address} --resources '{{...}}'), or ask "
+                f"for less")
+        if prefer in fits:
+            return prefer  # type: ignore[return-value]
+        return max(fits, key=lambda n: (self.nodes_seen[n]["Resources"].get("CPU", 0.0)
+                                        - self._used[n], -self._count[n]))
+
+    def _enqueue(self, tid: bytes, task: _Task, prefer: str | None) -> None:
+        """Holds the lock."""
+        nid = self._place(task.demand, prefer)
+        task.node = nid
+        self.inflight[tid] = task
+        self._used[nid] += task.demand.get("CPU", 0.0)
+        self._count[nid] += 1
+        self._outbox.setdefault(nid, []).append(tid)
+
+    def submit(self, rf: Any, args: tuple, kwargs: dict) -> ClusterRef:
+        """``rf.remote(*args, **kwargs)`` on the cluster (called by ``RemoteFunction``)."""
+        cached = self._keys.get(rf)
+        if cached is None:
+            o = rf._options
+            nr = o.get("num_returns", 1)
+            if nr != 1 or rf._generator:
+                raise RepartirError(
+                    f"{rf._name}: num_returns={nr!r}{' (a generator)' if rf._generator else ''}"
+                    f" is not available on a cluster in this version: return one value (a "
+                    f"tuple or list of several)")
+            demand = {"CPU": float(o.get("num_cpus", 1)), "GPU": float(o.get("num_gpus", 0)),
+                      "memory": float(o.get("memory") or 0)}
+            demand.update({k: float(v) for k, v in (o.get("resources") or {}).items()})
+            mr = o.get("max_retries", 3)
+            cached = ((rf._key, repr(sorted(o.items(), key=lambda kv: kv[0]))), demand,
+                      (1 << 30) if mr == -1 else mr, arg_check(rf._function, rf._name),
+                      encode((rf._function, o))[0])
+            self._keys[rf] = cached
+        key, demand, retries, check, blob = cached
+        if kwargs or not check.min_pos <= len(args) <= check.max_pos:
+            check.check(args, kwargs)
+        prefer = None
+        if any(isinstance(a, ObjectRef) for a in args) or \
+                any(isinstance(v, ObjectRef) for v in kwargs.values()):
+            args, kwargs, prefer, error = self._resolve_args(args, kwargs, demand)
+            if error is not None:
+                tid = os.urandom(16)
+                with self._lock:
+                    self.results[tid] = ("error", error)
+                return ClusterRef(tid, self)
+        tid = os.urandom(16)
+        task = _Task(key, blob, _pickled((args, kwargs)), demand, retries)
+        with self._lock:
+            if self._failed is not None:
+                raise NodeDiedError(self._failed)
+            self._enqueue(tid, task, prefer)
+        return ClusterRef(tid, self)
+
+    def _resolve_args(self, args: tuple, kwargs: dict, demand: dict):
+        """Values for the refs among the arguments (waiting for pending ones); a ref kept
+        on the node the task will go to (one that keeps an argument, if it fits) becomes a
+        :class:`StoredArg`; the others are pulled here first."""
+        refs = [a for a in (*args, *kwargs.values()) if isinstance(a, ObjectRef)]
+        for r in refs:
+            if not isinstance(r, ClusterRef) or r._cluster is not self:
+                raise RepartirError("this ObjectRef does not belong to the cluster this "
+                                    "driver is connected to")
+        self._wait_for([r._id for r in refs], None, len(refs))
+        prefer = None
+        with self._lock:
+            for r in refs:
+                res = self.results[r._id]
+                if res[0] == "error":
+                    return args, kwargs, None, res[1]
+                if res[0] == "stored" and prefer is None:
+                    try:
+                        if self._place(demand, res[1]) == res[1]:
+                            prefer = res[1]
+                    except InfeasibleTaskError:
+                        pass
+
+        def sub(a: Any) -> Any:
+            if not isinstance(a, ObjectRef):
+                return a
+            res = self.results[a._id]
+            if res[0] == "stored" and res[1] == prefer:
+                return StoredArg(a._id)
+            return self._get_one(a._id, None)
+
+        return tuple(sub(a) for a in args), {k: sub(v) for k, v in kwargs.items()}, prefer, None
+
+    # ------------------------------------------------------------------ values
+
+    def put(self, value: Any) -> ClusterRef:
+        """Keep ``value`` in the driver; a task that takes its ref gets a copy."""
+        if isinstance(value, ObjectRef):
+            raise TypeError("put() takes a value, not an ObjectRef")
+        tid = os.urandom(16)
+        with self._lock:
+            self.results[tid] = ("value", value)
+        return ClusterRef(tid, self)
+
+    def _check_refs(self, refs: Sequence[ObjectRef]) -> list[bytes]:
+        for r in refs:
+            if not isinstance(r, ClusterRef) or r._cluster is not self:
+                raise RepartirError(f"{r!r} does not belong to the cluster at {self.address} "
+                                    f"this driver is connected to (made before init?)")
+        return [r._id for r in refs]
+
+    def _wait_for(self, tids: list[bytes], deadline: float | None, num: int) -> int:
+        with self._cv:
+            while True:
+                ready = sum(1 for t in tids if t in self.results)
+                if ready >= num:
+                    return ready
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return ready
+                self._cv.wait(0.05 if left is None else min(left, 0.05))
+
+    def _get_one(self, tid: bytes, deadline: float | None) -> Any:
+        with self._cv:
+            while True:
+                res = self.results.get(tid)
+                if res is None or res[0] == "stored":
+                    if res is not None and tid not in self._fetches \
+                            and tid not in self._fetch_start:
+                        self._fetch_start.append(tid)
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise GetTimeoutError(
+                            f"get() timed out: object {tid.hex()} was not ready (or not yet "
+                            f"pulled from its node) in time")
+                    self._cv.wait(0.05 if left is None else min(left, 0.05))
+                    continue
+                if res[0] == "error":
+                    raise res[1]
+                return res[1]
+
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
+        tids = self._check_refs(refs)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._wait_for(tids, deadline, len(tids)) < len(tids):
+            n = sum(1 for t in tids if t not in self.results)
+            raise GetTimeoutError(f"get() timed out after {timeout} s: {n} of {len(tids)} "
+                                  f"object(s) not ready")
+        with self._lock:  # start every pull at once
+            for t in tids:
+                if self.results[t][0] == "stored" and t not in self._fetches \
+                        and t not in self._fetch_start:
+                    self._fetch_start.append(t)
+        return [self._get_one(t, deadline) for t in tids]
+
+    def wait(self, refs: Sequence[ObjectRef], num_returns: int,
+             timeout: float | None) -> list[bool]:
+        tids = self._check_refs(refs)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wait_for(tids, deadline, num_returns)
+        with self._lock:
+            return [t in self.results for t in tids]
+
+    # ------------------------------------------------------------------ the registry, public
+
+    def nodes(self) -> list[dict]:
+        """The head's registry (refreshed within ``CLUSTER_HEARTBEAT_S``), Ray's shape."""
+        with self._lock:
+            seq = self._registry_seq
+        deadline = time.monotonic() + 2 * CLUSTER_HEARTBEAT_S + 1
+        with self._cv:
+            while self._registry_seq < seq + 2 and time.monotonic() < deadline:
+                self._cv.wait(0.05)
+            return [{"NodeID": r["NodeID"], "Alive": r["Alive"],
+                     "NodeManagerAddress": r["NodeManagerAddress"].rsplit(":", 1)[0],
+                     "NodeManagerPort": int(r["NodeManagerAddress"].rsplit(":", 1)[1]),
+                     "Resources": dict(r["Resources"])} for r in self.nodes_seen.values()]
+
+    def resources(self, available: bool) -> dict:
+        self.nodes()
+        out: dict[str, float] = {}
+        with self._lock:
+            for r in self.nodes_seen.values():
+                if r["Alive"]:
+                    for k, v in r["Available" if available else "Resources"].items():
+                        out[k] = out.get(k, 0.0) + v
+        return out
+
+    # ------------------------------------------------------------------ the thread
+
+    def _loop(self) -> None:
+        next_registry = time.monotonic() + CLUSTER_HEARTBEAT_S
+        while not self._closed:
+            try:
+                self._flush()
+                busy = self.inflight or self._fetches or self._fetch_start
+                events = dict(self._poller.poll(1 if busy else 20))
+                for sock in events:
+                    self._drain(sock)
+                now = time.monotonic()
+                if now >= next_registry:
+                    next_registry = now + CLUSTER_HEARTBEAT_S
+                    self._head.send(("nodes",))
+                    if now - self._last_head > self.timeout:
+                        self._head_lost()
+            except zmq.ZMQError:
+                if self._closed:
+                    return
+                raise
+            except Exception as exc:  # never let the thread die: report it on every ref
+                self._broken(exc)
+
+    def _broken(self, exc: Exception) -> None:
+        with self._lock:
+            for tid in list(self.inflight):
+                del self.inflight[tid]
+                self.results[tid] = ("error", RepartirError(
+                    f"the cluster client failed: {type(exc).__name__}: {exc}"))
+            self._cv.notify_all()
+
+    def _head_lost(self) -> None:
+        with self._lock:
+            if self._failed is not None:
+                return
+            self._failed = (f"the head at {self.address} has not answered for "
+                            f"{self.timeout:g} s (REPARTIR_NODE_TIMEOUT): the cluster is "
+                            f"gone or cut off; call repartir.shutdown() and init() again")
+            for nid in list(self._eps):
+                self._node_died(nid, "became unreachable (the head stopped answering)")
+
+    def _flush(self) -> None:
+        with self._lock:
+            dead, self.dead[:] = list(self.dead), []
+            releases: dict[str, list] = {}
+            for tid in dead:
+                res = self.results.pop(tid, None)
+                if res is None and tid in self.inflight:
+                    self._dropped.add(tid)
+                elif res is not None and res[0] in ("stored", "fetched"):
+                    releases.setdefault(res[2 if res[0] == "fetched" else 1], []).append(tid)
+            batches = []
+            for nid, tids in self._outbox.items():
+                if not tids:
+                    continue
+                ep = self._eps.get(nid)
+                sent = self._fn_sent[nid]
+                for i in range(0, len(tids), CLUSTER_BATCH_TASKS):
+                    fns, items = {}, []
+                    for tid in tids[i:i + CLUSTER_BATCH_TASKS]:
+                        t = self.inflight.get(tid)
+                        if t is None:
+                            continue
+                        if t.key not in sent:
+                            fns[t.key] = t.blob
+                            sent.add(t.key)
+                        items.append((tid, t.key, t.payload))
+                    batches.append((ep, fns, items))
+            self._outbox.clear()
+            starts, self._fetch_start[:] = list(self._fetch_start), []
+            for tid in starts:
+                res = self.results.get(tid)
+                if res is not None and res[0] == "stored" and res[1] in self._eps:
+                    self._fetches[tid] = {"node": res[1], "sizes": None}
+                    batches.append((self._eps[res[1]], None, ("meta", tid)))
+        for ep, fns, items in batches:
+            if fns is None:
+                ep.send(items)
+            else:
+                ep.send(("tasks", fns, items))
+        for nid, tids in releases.items():
+            ep = self._eps.get(nid)
+            if ep is not None:
+                ep.send(("release", tids))
+
+    def _drain(self, sock: Any) -> None:
+        ep = self._head if sock is self._head.socket else self._eps.get(self._ep_node.get(sock))
+        if ep is None:
+            return
+        for _ in range(10000):
+            if not ep.poll(0):
+                return
+            try:
+                msg = ep.recv(timeout=1.0)
+            except WireTimeoutError:
+                return
+            if ep is self._head:
+                self._on_registry(msg.value)
+            else:
+                self._on_node(ep, self._ep_node[sock], msg.value)
+
+    def _on_registry(self, value: tuple) -> None:
+        if value[0] != "nodes":
+            return
+        with self._lock:
+            self._last_head = time.monotonic()
+            for nid in self._update_nodes(value[1]):
+                self._node_died(nid, "was declared dead by the head (no heartbeat for "
+                                     f"{self.timeout:g} s)")
+            self._registry_seq += 1
+            self._cv.notify_all()
+
+    def _on_node(self, ep: Endpoint, nid: str, value: tuple) -> None:
+        kind = value[0]
+        sends = []
+        with self._lock:
+            if kind == "done":
+                releases = []
+                for tid, what, payload in value[1]:
+                    task = self.inflight.pop(tid, None)
+                    if task is not None:
+                        self._used[nid] -= task.demand.get("CPU", 0.0)
+                        self._count[nid] -= 1
+                    if tid in self._dropped:
+                        self._dropped.discard(tid)
+                        if what == "stored":
+                            releases.append(tid)
+                        continue
+                    if what == "value":
+                        self.results[tid] = ("value", payload)
+                    elif what == "stored":
+                        self.results[tid] = ("stored", nid, payload)
+                    else:
+                        self.results[tid] = ("error", payload)
+                if releases:
+                    sends.append(("release", releases))
+            elif kind == "meta":
+                _, tid, sizes = value
+                f = self._fetches.get(tid)
+                if f is not None:
+                    if sizes is None:
+                        del self._fetches[tid]
+                        self.results[tid] = ("error", ObjectLostError(
+                            f"object {tid.hex()} is no longer on node {nid[:12]}"))
+                    else:
+                        f["sizes"] = sizes
+                        f["bufs"] = [bytearray(s) for s in sizes]
+                        f["todo"] = [(i, off, min(CLUSTER_CHUNK_BYTES, s - off))
+                                     for i, s in enumerate(sizes)
+                                     for off in range(0, s, CLUSTER_CHUNK_BYTES)]
+                        f["todo"].reverse()
+                        f["left"] = len(f["todo"])
+                        for _ in range(min(CLUSTER_CHUNKS_IN_FLIGHT, len(f["todo"]))):
+                            sends.append(("chunk", tid, *f["todo"].pop()))
+                        if f["left"] == 0:
+                            self._fetched(tid, nid, f)
+            elif kind == "chunk":
+                _, tid, frame, offset, data = value
+                f = self._fetches.get(tid)
+                if f is not None:
+                    if data is None:
+                        del self._fetches[tid]
+                        self.results[tid] = ("error", ObjectLostError(
+                            f"object {tid.hex()} is no longer on node {nid[:12]}"))
+                    else:
+                        view = memoryview(data).cast("B")
+                        f["bufs"][frame][offset:offset + view.nbytes] = view
+                        f["left"] -= 1
+                        if f["todo"]:
+                            sends.append(("chunk", tid, *f["todo"].pop()))
+                        if f["left"] == 0:
+                            self._fetched(tid, nid, f)
+            self._cv.notify_all()
+        for s in sends:
+            ep.send(s)
+
+    def _fetched(self, tid: bytes, nid: str, f: dict) -> None:
+        del self._fetches[tid]
+        bufs = f["bufs"]
+        try:
+            value = pickle.loads(bufs[0], buffers=bufs[1:])
+        except Exception as exc:
+            self.results[tid] = ("error", RepartirError(
+                f"object {tid.hex()} pulled from node {nid[:12]} could not be unpickled: "
+                f"{type(exc).__name__}: {exc}"))
+            return
+        if tid in self.results:
+            self.results[tid] = ("fetched", value, nid)
+
+    # ------------------------------------------------------------------ the end
+
+    def close(self) -> None:
+        """Release what this driver kept on the nodes, close every socket."""
+        if self._closed:
+            return
+        with self._lock:
+            self._fetch_start.clear()
+        self._closed = True
+        self._thread.join(2.0)
+        self._flush()
+        releases: dict[str, list] = {}
+        with self._lock:
+            for tid, res in self.results.items():
+                if res[0] in ("stored", "fetched"):
+                    releases.setdefault(res[2 if res[0] == "fetched" else 1], []).append(tid)
+        for nid, tids in releases.items():
+            ep = self._eps.get(nid)
+            if ep is not None:
+                try:
+                    ep.send(("release", tids))
+                except zmq.ZMQError:
+                    pass
+        time.sleep(0.05)  # let the releases leave (linger is 0)
+        for ep in [self._head, *self._eps.values()]:
+            ep.close()
+
+
+def connect(address: str | None, token: str | None = None) -> ClusterClient:
+    """Connect this process as a driver to the cluster whose head is at ``address``
+    (``"auto"``/``None``: ``REPARTIR_ADDRESS``, then the head started on this machine) and
+    make it the active cluster (``repartir.get`` and ``.remote()`` go there).
+
+    Raises:
+        RepartirError: no head known for ``"auto"``; the head does not answer.
+        TokenError: the head refused our token.
+        ValueError: an address not of the form ``HOST:PORT``.
+    """
+    client = ClusterClient(resolve_address(address), token)
+    context.set_cluster(client)
+    return client
+
+
+def active() -> ClusterClient | None:
+    """The cluster this process is connected to, or ``None``."""
+    return context.cluster
+
+
+def disconnect() -> None:
+    """Close the active cluster connection, if any."""
+    client = context.cluster
+    if client is not None:
+        context.set_cluster(None)
+        client.close()
+
+
+atexit.register(disconnect)  # what this driver kept on the nodes is released at exit

@@ -1,0 +1,371 @@
+"""A node daemon: ``python -m repartir.cluster.node`` (started by ``repartir start``;
+docs/cluster-nodes.md).
+
+The daemon is the driver of an ordinary local node: it calls :func:`repartir.init` in its own
+process (workers, arena) and serves a ROUTER :class:`~repartir.cluster.sockets.Endpoint`.
+Drivers send it batches of tasks (the function once per node, then ``(task id, function key,
+args, kwargs)`` with the argument values resolved); it submits them to its local node with
+the ordinary API and sends the completions back in batches: small results inline, larger
+ones kept here (the local ``ObjectRef`` holds them in the arena) and served in chunks until
+the driver releases them.
+
+The head's daemon also keeps the registry: every node (the head's own included) registers,
+then sends a heartbeat every ``CLUSTER_HEARTBEAT_S`` with its free resources and its tasks;
+a node silent for ``REPARTIR_NODE_TIMEOUT`` seconds is declared dead.  Drivers and
+``repartir status`` ask the head for the registry (``("nodes",)``).
+
+Messages (each value a tuple, the kind first):
+
+=============== ======================= ==================================================
+from            kind                    payload
+=============== ======================= ==================================================
+driver -> node  ``tasks``               ``functions`` {key: pickled (fn, options)}, ``tasks``:
+                                        ``(task id, key, pickled (args, kwargs))``
+node -> driver  ``done``                list of ``(task id, "value" | "stored" | "error",
+                                        value | size | exception)``
+driver -> node  ``meta``, ``chunk``     pull a stored object: its frame sizes, then
+                                        ``(id, frame, offset, length)`` pieces
+driver -> node  ``release``             ids of stored objects the driver no longer needs
+node -> head    ``register``,           the node's record (id, address, resources total
+                ``heartbeat``           and available, tasks queued and running)
+any -> head     ``nodes``               the registry, answered with ``("nodes", list)``
+=============== ======================= ==================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import pickle
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import zmq
+
+import repartir
+
+from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_INLINE_RESULT_BYTES, CLUSTER_PORT,
+                      CLUSTER_START_TIMEOUT_S, cluster_node_timeout)
+from ..errors import RepartirError, TokenError, WireTimeoutError
+from ..runtime.remote_function import RemoteFunction
+from .sockets import Endpoint
+from .state import StoredArg, host_port
+from .wire import encode
+
+__all__ = ["NodeDaemon", "main"]
+
+
+def _reachable_host(bind: str, head: str | None) -> str:
+    """The host other machines reach this node at: the bind address, or for a wildcard
+    bind, the local address of the route to the head (else this host name's address)."""
+    if bind not in ("0.0.0.0", "*", "", "::"):
+        return bind
+    if head is not None:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((host_port(head)[0], 9))
+                return s.getsockname()[0]
+        except OSError:
+            pass
+    return socket.gethostbyname(socket.gethostname())
+
+
+def _picklable_error(exc: BaseException) -> BaseException:
+    try:
+        pickle.loads(encode(exc)[0])
+        return exc
+    except Exception:
+        return RepartirError(f"{type(exc).__name__}: {exc}")
+
+
+class NodeDaemon:
+    """One node of a cluster (see the module's docstring).
+
+    Args:
+        head: ``None`` for the head, else the head's ``HOST:PORT``.
+        bind: the address to listen on (``127.0.0.1`` by default; any other needs a token).
+        port: the port (the head's default ``CLUSTER_PORT``; 0: one chosen by the OS).
+        init_kwargs: the local node's settings (``num_cpus``, ``num_gpus``, ``resources``,
+            ``object_store_memory``), as for :func:`repartir.init`.
+        token: the cluster token (default: ``REPARTIR_TOKEN``, then the token file).
+
+    Raises:
+        TokenError: a non-loopback bind without a token, or (joining) the head refused our
+            token.
+        WireTimeoutError: (joining) the head did not answer within
+            ``CLUSTER_START_TIMEOUT_S``.
+    """
+
+    def __init__(self, head: str | None, bind: str, port: int, init_kwargs: dict,
+                 token: str | None = None) -> None:
+        self.is_head = head is None
+        self.timeout = cluster_node_timeout()
+        self._stop = False
+        self.router = Endpoint.listen(f"tcp://{bind}:{port or '*'}", token=token)
+        self.head_ep: Endpoint | None = None
+        try:
+            real_port = int(self.router.address.rsplit(":", 1)[1])
+            self.address = f"{_reachable_host(bind, head)}:{real_port}"
+            if head is not None:
+                self.head_ep = Endpoint.connect(f"tcp://{head}", token=token)
+            repartir.init(**init_kwargs)
+        except BaseException:
+            self.close()
+            raise
+        self.node_id = repartir.get_runtime_context().get_node_id()
+        self.total = repartir.cluster_resources()
+        self.functions: dict[Any, RemoteFunction] = {}
+        self.pending: dict[bytes, tuple[bytes, Any]] = {}  # task id -> (peer, local ref)
+        self.done: collections.deque = collections.deque()  # (peer, task id, future)
+        self.stored: dict[bytes, list] = {}  # object id -> [local ref, frames or None]
+        self.registry: dict[str, dict] = {}  # the head's: node id -> record
+        self.started = time.time()
+        if head is not None:
+            self._join()
+        else:
+            self._heard(self._record())
+
+    # ------------------------------------------------------------------ registry
+
+    def _record(self) -> dict:
+        avail = repartir.available_resources()
+        cpus = self.total.get("CPU", 0.0)
+        running = min(len(self.pending), int(round(cpus - avail.get("CPU", cpus))))
+        return {"NodeID": self.node_id, "NodeManagerAddress": self.address,
+                "Resources": self.total, "Available": avail, "Running": running,
+                "Queued": len(self.pending) - running, "Stored": len(self.stored),
+                "Pid": os.getpid(), "Hostname": socket.gethostname(), "Head": self.is_head,
+                "Started": self.started}
+
+    def _heard(self, record: dict) -> None:
+        record = dict(record, Alive=True, LastHeard=time.monotonic())
+        self.registry[record["NodeID"]] = record
+
+    def _nodes(self) -> list[dict]:
+        now = time.monotonic()
+        out = []
+        for rec in self.registry.values():
+            if rec["Alive"] and now - rec["LastHeard"] > self.timeout:
+                rec["Alive"] = False
+                print(f"node {rec['NodeID'][:12]} at {rec['NodeManagerAddress']} declared "
+                      f"dead: no heartbeat for {self.timeout:g} s", file=sys.stderr, flush=True)
+            out.append({k: v for k, v in rec.items() if k != "LastHeard"})
+        return out
+
+    def _join(self) -> None:
+        assert self.head_ep is not None
+        self.head_ep.send(("register", self._record()))
+        deadline = time.monotonic() + CLUSTER_START_TIMEOUT_S
+        while True:
+            msg = self.head_ep.recv(timeout=max(deadline - time.monotonic(), 0.001))
+            if msg.value[0] == "welcome":
+                return
+
+    # ------------------------------------------------------------------ messages
+
+    def _on_router(self, peer: bytes, value: tuple) -> None:
+        kind = value[0]
+        if kind == "tasks":
+            self._run_tasks(peer, value[1], value[2])
+        elif kind == "meta":
+            self._send_meta(peer, value[1])
+        elif kind == "chunk":
+            self._send_chunk(peer, *value[1:])
+        elif kind == "release":
+            for oid in value[1]:
+                self.stored.pop(oid, None)
+        elif kind in ("register", "heartbeat") and self.is_head:
+            self._heard(value[1])
+            if kind == "register":
+                print(f"node {value[1]['NodeID'][:12]} joined from "
+                      f"{value[1]['NodeManagerAddress']}", file=sys.stderr, flush=True)
+                self.router.send(("welcome", self.node_id), to=peer)
+        elif kind == "nodes" and self.is_head:
+            self.router.send(("nodes", self._nodes()), to=peer)
+        else:
+            print(f"ignored a message of kind {kind!r}", file=sys.stderr, flush=True)
+
+    def _function(self, key: Any, functions: dict) -> RemoteFunction:
+        rf = self.functions.get(key)
+        if rf is None:
+            fn, options = pickle.loads(functions[key])
+            rf = self.functions[key] = RemoteFunction(fn, options)
+        return rf
+
+    def _run_tasks(self, peer: bytes, functions: dict, tasks: list) -> None:
+        done = self.done
+        out = []
+        for tid, key, payload in tasks:
+            try:
+                rf = self._function(key, functions)
+                args, kwargs = pickle.loads(payload[0], buffers=payload[1:])
+                args = [self._arg(a) for a in args]
+                kwargs = {k: self._arg(v) for k, v in kwargs.items()}
+                ref = rf.remote(*args, **kwargs)
+            except BaseException as exc:  # bad arguments, infeasible here
+                out.append((tid, "error", _picklable_error(exc)))
+                continue
+            self.pending[tid] = (peer, ref)
+            ref.future().add_done_callback(
+                lambda f, tid=tid, peer=peer: done.append((peer, tid, f)))
+        if out:
+            self.router.send(("done", out), to=peer)
+
+    def _arg(self, value: Any) -> Any:
+        if type(value) is StoredArg:
+            entry = self.stored.get(value.object_id)
+            if entry is None:
+                raise RepartirError(f"object {value.object_id.hex()} is no longer on node "
+                                    f"{self.node_id[:12]} (released)")
+            return entry[0]
+        return value
+
+    def _completions(self) -> None:
+        by_peer: dict[bytes, list] = {}
+        while self.done:
+            peer, tid, fut = self.done.popleft()
+            entry = self.pending.pop(tid, None)
+            exc = fut.exception()
+            if exc is not None:
+                item = (tid, "error", _picklable_error(exc))
+            else:
+                value = fut.result()
+                frames = encode(value)
+                size = sum(memoryview(f).nbytes for f in frames)
+                if size <= CLUSTER_INLINE_RESULT_BYTES:
+                    item = (tid, "value", value)
+                else:
+                    self.stored[tid] = [entry[1] if entry else None, frames]
+                    item = (tid, "stored", size)
+            by_peer.setdefault(peer, []).append(item)
+        for peer, items in by_peer.items():
+            self.router.send(("done", items), to=peer)
+
+    def _send_meta(self, peer: bytes, oid: bytes) -> None:
+        entry = self.stored.get(oid)
+        sizes = None if entry is None else [memoryview(f).nbytes for f in entry[1]]
+        self.router.send(("meta", oid, sizes), to=peer)
+
+    def _send_chunk(self, peer: bytes, oid: bytes, frame: int, offset: int,
+                    length: int) -> None:
+        entry = self.stored.get(oid)
+        if entry is None:
+            self.router.send(("chunk", oid, frame, offset, None), to=peer)
+            return
+        view = memoryview(entry[1][frame]).cast("B")[offset:offset + length]
+        self.router.send(("chunk", oid, frame, offset, pickle.PickleBuffer(view)), to=peer)
+
+    # ------------------------------------------------------------------ the loop
+
+    def stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def serve(self) -> None:
+        """Serve until :meth:`stop` (SIGTERM, SIGINT)."""
+        poller = zmq.Poller()
+        poller.register(self.router.socket, zmq.POLLIN)
+        if self.head_ep is not None:
+            poller.register(self.head_ep.socket, zmq.POLLIN)
+        next_beat = time.monotonic() + CLUSTER_HEARTBEAT_S
+        while not self._stop:
+            busy = self.pending or self.done
+            events = dict(poller.poll(1 if busy else 50))
+            if self.router.socket in events:
+                for _ in range(1000):
+                    if not self.router.poll(0):
+                        break
+                    try:
+                        msg = self.router.recv(timeout=1.0)
+                    except WireTimeoutError:
+                        break  # dropped (bad token, ...): logged by the endpoint
+                    self._on_router(msg.peer, msg.value)
+            if self.head_ep is not None and self.head_ep.socket in events:
+                try:
+                    self.head_ep.recv(timeout=1.0)  # welcome again after a head restart
+                except WireTimeoutError:
+                    pass
+            if self.done:
+                self._completions()
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + CLUSTER_HEARTBEAT_S
+                if self.head_ep is not None:
+                    self.head_ep.send(("heartbeat", self._record()))
+                else:
+                    self._heard(self._record())
+
+    def close(self) -> None:
+        """Close the sockets and shut the local node down.  Safe to call twice."""
+        for ep in (self.router, self.head_ep):
+            if ep is not None:
+                ep.close()
+        if repartir.is_initialized():
+            repartir.shutdown()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m repartir.cluster.node",
+                                description="a repartir node daemon (use `repartir start`)")
+    p.add_argument("--head", action="store_true", help="run the head (the registry)")
+    p.add_argument("--address", default=None, help="the head's HOST:PORT (to join)")
+    p.add_argument("--bind", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--num-gpus", type=float, default=None)
+    p.add_argument("--resources", default=None, help="custom resources as JSON")
+    p.add_argument("--object-store-memory", type=int, default=None)
+    p.add_argument("--ready-file", default=None,
+                   help="write {address, node_id, pid} (or {error}) here once up")
+    return p
+
+
+def _ready(path: str | None, value: dict) -> None:
+    if path:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(value, f)
+        os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.head == (args.address is not None):
+        print("give either --head or --address HOST:PORT", file=sys.stderr)
+        return 2
+    port = args.port if args.port is not None else (CLUSTER_PORT if args.head else 0)
+    init_kwargs = {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus,
+                   "object_store_memory": args.object_store_memory,
+                   "resources": json.loads(args.resources) if args.resources else None}
+    daemon = None
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop() if daemon else sys.exit(0))
+    signal.signal(signal.SIGINT, lambda *_: daemon.stop() if daemon else sys.exit(0))
+    try:
+        daemon = NodeDaemon(args.address, args.bind, port, init_kwargs)
+    except (TokenError, WireTimeoutError, RepartirError, ValueError, OSError,
+            zmq.ZMQError) as exc:
+        text = str(exc)
+        if isinstance(exc, WireTimeoutError):
+            text = (f"the head at {args.address} did not answer within "
+                    f"{CLUSTER_START_TIMEOUT_S:g} s: is it up, reachable, and does it use "
+                    f"the same cluster token? ({exc})")
+        print(f"repartir node: {text}", file=sys.stderr, flush=True)
+        _ready(args.ready_file, {"error": text})
+        return 1
+    try:
+        _ready(args.ready_file, {"address": daemon.address, "node_id": daemon.node_id,
+                                 "pid": os.getpid()})
+        print(f"node {daemon.node_id[:12]} serving on {daemon.address}"
+              f"{' (head)' if daemon.is_head else ''}", file=sys.stderr, flush=True)
+        daemon.serve()
+    finally:
+        daemon.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

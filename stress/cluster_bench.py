@@ -1,0 +1,139 @@
+"""repartir's own cluster workloads on hosts made by :mod:`stress.netns`, next to the
+references of :mod:`stress.netns_reference` (same shape: ``{workload: (value, extra)}``), for
+``stress/bench.py`` to call:
+
+- ``remote_tiny``: tiny tasks per second from a driver on the head's host (the head runs no
+  task: ``--num-cpus 0``) to nodes on two other hosts (one CPU each), all gathered with one
+  ``get``;
+- ``transfer``: GB/s (1e9 B/s) of a task on node C whose argument is a result kept on node B
+  (``mib`` MiB of float64).  In this slice the bytes go B -> driver (pulled in chunks) ->
+  C, two hops through the head's host; the figure counts the payload once.
+
+``python stress/cluster_bench.py [--quick]`` makes three hosts and prints the figures (root
+and iproute2 needed).  The driver runs this file inside host A (subcommand ``_driver``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from stress import netns  # noqa: E402
+
+PY = sys.executable
+FULL = {"mib": 256, "tiny_tasks": 10_000}
+QUICK = {"mib": 32, "tiny_tasks": 2_000}
+PORT = 6380
+
+
+def _driver(address: str, tiny_tasks: int, mib: int) -> None:
+    import numpy as np
+    import repartir
+
+    repartir.init(address=address)
+    deadline = time.monotonic() + 60
+    while sum(n["Alive"] for n in repartir.nodes()) < 3:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"nodes missing: {repartir.nodes()}")
+
+    @repartir.remote
+    def tiny(i):
+        return i
+
+    @repartir.remote(resources={"b": 1})
+    def make(n):
+        return np.ones(n // 8)
+
+    @repartir.remote(resources={"c": 1})
+    def total(a):
+        return float(a.sum()), a.nbytes
+
+    repartir.get([tiny.remote(i) for i in range(200)], timeout=60)  # warm the workers
+    t = time.perf_counter()
+    out = repartir.get([tiny.remote(i) for i in range(tiny_tasks)], timeout=300)
+    tiny_s = time.perf_counter() - t
+    assert out == list(range(tiny_tasks))
+    n = mib << 20
+    ref = make.remote(n)
+    repartir.wait([ref], timeout=120)
+    t = time.perf_counter()
+    s, nbytes = repartir.get(total.remote(ref), timeout=300)
+    transfer_s = time.perf_counter() - t
+    assert nbytes == n and s == n // 8
+    print(json.dumps({"tiny_per_s": tiny_tasks / tiny_s, "tiny_tasks": tiny_tasks,
+                      "transfer_gbs": n / transfer_s / 1e9, "mib": mib}), flush=True)
+    repartir.shutdown()
+
+
+def repartir_cluster(cluster: netns.Cluster, *, tiny_tasks: int = FULL["tiny_tasks"],
+                     mib: int = FULL["mib"], state_dir: str | None = None) -> dict[str, Any]:
+    """Head on host 0 (no CPU), nodes on hosts 1 and 2 (one CPU each; resources ``b`` and
+    ``c``), a driver on host 0.  Returns ``{"remote_tiny": (tasks/s, extra), "transfer":
+    (GB/s, extra)}``.
+
+    Raises:
+        RuntimeError: a process failed (its output in the message).
+    """
+    token = secrets.token_hex(32)
+    state_dir = state_dir or f"/tmp/repartir-cluster-bench-{os.getpid()}"
+    env = dict(os.environ, REPARTIR_TOKEN=token, PYTHONPATH=ROOT)
+    env.pop("REPARTIR_ADDRESS", None)
+    a, b, c = cluster.hosts[:3]
+    head = f"{a.addr}:{PORT}"
+    procs = []
+
+    def start(host, args):
+        e = dict(env, REPARTIR_CLUSTER_DIR=f"{state_dir}/h{host.index}")
+        procs.append(cluster.run_in(host, [PY, "-m", "repartir", "start", *args, "--block",
+                                           "--object-store-memory", str(max(4 * mib, 256) << 20)],
+                                    env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    try:
+        start(a, ["--head", "--bind", a.addr, "--port", str(PORT), "--num-cpus", "0"])
+        start(b, ["--address", head, "--bind", b.addr, "--num-cpus", "1",
+                  "--resources", '{"b": 1}'])
+        start(c, ["--address", head, "--bind", c.addr, "--num-cpus", "1",
+                  "--resources", '{"c": 1}'])
+        d = cluster.run_in(a, [PY, os.path.abspath(__file__), "_driver", head,
+                               str(tiny_tasks), str(mib)],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = d.communicate(timeout=600)
+        if d.returncode != 0:
+            raise RuntimeError(f"the driver failed: {err[-2000:]}")
+        r = json.loads(out.strip().splitlines()[-1])
+    finally:
+        for p in reversed(procs):
+            cluster.stop(p, grace_s=20)
+    return {"remote_tiny": (r["tiny_per_s"], {"tasks": tiny_tasks, "nodes": 2}),
+            "transfer": (r["transfer_gbs"], {"mib": mib, "path": "node B -> driver -> node C"})}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_driver"]:
+        _driver(argv[1], int(argv[2]), int(argv[3]))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    with netns.Cluster(3) as cluster:
+        figures = repartir_cluster(cluster, **sizes)
+    for name, (value, extra) in figures.items():
+        print(f"{name}: {value:,.2f}  {extra}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

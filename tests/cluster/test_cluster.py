@@ -1,0 +1,275 @@
+"""A cluster on loopback (docs/cluster-nodes.md): a head and a node started with the CLI, a driver
+connected with ``init(address=...)``.
+
+Each daemon is a process of its own (``repartir start`` detaches it), on 127.0.0.1 with ports
+chosen by the OS; the state directory, the token file and the node timeout are this module's
+own (``REPARTIR_CLUSTER_DIR``, ``REPARTIR_TOKEN_FILE``, ``REPARTIR_NODE_TIMEOUT=3``).  At the
+end ``repartir stop`` stops them, and the test checks that they are gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import repartir
+from repartir.cluster import client as cluster_client
+from repartir.errors import NodeDiedError, TokenError
+from repartir.runtime.session import sweep_dead_sessions
+from repartir.config import resolve
+
+STORE = str(256 << 20)
+NODE_TIMEOUT = 3.0
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "repartir", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env or dict(os.environ))
+
+
+def recorded() -> list[dict]:
+    with open(os.path.join(os.environ["REPARTIR_CLUSTER_DIR"], "processes.json")) as f:
+        return json.load(f)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, _leaves_nothing_behind):
+    """A head (1 CPU, ``on_head: 1``) and a node (1 CPU, ``big_mem: 1``), a driver connected
+    to them."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    saved = {k: os.environ.get(k) for k in ("REPARTIR_CLUSTER_DIR", "REPARTIR_TOKEN_FILE",
+                                            "REPARTIR_NODE_TIMEOUT", "REPARTIR_TOKEN",
+                                            "REPARTIR_ADDRESS")}
+    os.environ.update(REPARTIR_CLUSTER_DIR=str(tmp / "state"),
+                      REPARTIR_TOKEN_FILE=str(tmp / "token"),
+                      REPARTIR_NODE_TIMEOUT=str(NODE_TIMEOUT))
+    os.environ.pop("REPARTIR_TOKEN", None)
+    os.environ.pop("REPARTIR_ADDRESS", None)
+    if repartir.is_initialized():
+        repartir.shutdown()
+    info = {"tmp": tmp}
+    try:
+        head = cli("start", "--head", "--port", "0", "--num-cpus", "1",
+                   "--resources", '{"on_head": 1}', "--object-store-memory", STORE)
+        assert head.returncode == 0, head.stderr
+        info["head_out"] = head.stdout
+        address = recorded()[0]["address"]
+        node = cli("start", "--address", address, "--num-cpus", "1",
+                   "--resources", '{"big_mem": 1}', "--object-store-memory", STORE)
+        assert node.returncode == 0, node.stderr
+        info["address"] = address
+        info["pids"] = [r["pid"] for r in recorded()]
+        repartir.init(address="auto")
+        yield info
+    finally:
+        repartir.shutdown()
+        cli("stop")
+        sweep_dead_sessions(resolve(num_cpus=1, object_store_memory=64 << 20,
+                                    num_gpus=0).temp_dir, "/dev/shm")
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@repartir.remote
+def where(x, delay=0.0):
+    time.sleep(delay)
+    return repartir.get_runtime_context().get_node_id(), x * 2
+
+
+@repartir.remote
+def ident(a):
+    return a
+
+
+def test_start_prints_address_token_file_and_commands(cluster):
+    out = cluster["head_out"]
+    token_file = os.environ["REPARTIR_TOKEN_FILE"]
+    assert cluster["address"] in out
+    assert token_file in out and "0600" in out
+    assert f"repartir start --address {cluster['address']}" in out
+    assert f'repartir.init(address="{cluster["address"]}")' in out
+    assert os.stat(token_file).st_mode & 0o777 == 0o600
+
+
+def test_tasks_run_on_both_nodes(cluster):
+    ids = {n["NodeID"] for n in repartir.nodes() if n["Alive"]}
+    assert len(ids) == 2
+    out = repartir.get([where.remote(i, 0.2) for i in range(8)], timeout=60)
+    assert [v for _, v in out] == [2 * i for i in range(8)]
+    assert {nid for nid, _ in out} == ids
+
+
+def test_custom_resources_attract_tasks(cluster):
+    big = [n["NodeID"] for n in repartir.nodes() if n["Resources"].get("big_mem")]
+    assert len(big) == 1
+    out = repartir.get([where.options(resources={"big_mem": 1}).remote(i) for i in range(6)],
+                       timeout=60)
+    assert {nid for nid, _ in out} == set(big)
+    with pytest.raises(repartir.InfeasibleTaskError, match="no node of the cluster"):
+        where.options(resources={"huge_mem": 1}).remote(0)
+
+
+def test_resources_cover_the_cluster(cluster):
+    total = repartir.cluster_resources()
+    assert total["CPU"] == 2.0 and total["big_mem"] == 1.0
+    avail = repartir.available_resources()
+    assert 0 <= avail["CPU"] <= 2.0 and avail["big_mem"] in (0.0, 1.0)
+
+
+def test_large_array_round_trip(cluster):
+    a = np.random.default_rng(1).random(8 << 20)  # 64 MiB
+    b = repartir.get(ident.remote(a), timeout=90)
+    assert b.nbytes == 64 << 20 and np.array_equal(a, b)
+    ref = repartir.put(a)
+    total = repartir.get(repartir.remote(lambda x: float(x.sum())).remote(ref), timeout=90)
+    assert total == float(a.sum())
+
+
+def test_a_result_kept_on_a_node_feeds_a_task_there(cluster):
+    a = np.arange(1 << 20, dtype=np.float64)  # 8 MiB: kept on its node, not inline
+    ref = ident.remote(a)
+    s = repartir.get(repartir.remote(lambda x: float(x.sum())).remote(ref), timeout=60)
+    assert s == float(a.sum())
+    assert np.array_equal(repartir.get(ref, timeout=60), a)
+
+
+def test_a_result_kept_on_one_node_feeds_a_task_on_the_other(cluster):
+    a = np.arange(1 << 20, dtype=np.float64)  # 8 MiB: kept on the node that made it
+    ref = ident.options(resources={"big_mem": 1}).remote(a)
+    task = repartir.remote(resources={"on_head": 1})(
+        lambda x: (repartir.get_runtime_context().get_node_id(), float(x.sum())))
+    nid, s = repartir.get(task.remote(ref), timeout=60)
+    assert s == float(a.sum())
+    assert nid == [n["NodeID"] for n in repartir.nodes() if "on_head" in n["Resources"]][0]
+
+
+def test_errors_and_wait(cluster):
+    @repartir.remote(max_retries=0)
+    def boom():
+        raise KeyError("no such thing")
+
+    with pytest.raises(KeyError, match="no such thing"):
+        repartir.get(boom.remote(), timeout=60)
+    fast, slow = where.remote(1), where.remote(2, 5.0)
+    ready, not_ready = repartir.wait([slow, fast], num_returns=1, timeout=30)
+    assert ready == [fast] and not_ready == [slow]
+    with pytest.raises(repartir.GetTimeoutError):
+        repartir.get(slow, timeout=0.2)
+    assert repartir.get(slow, timeout=60)[1] == 4
+
+
+def test_what_this_slice_refuses_says_so(cluster):
+    @repartir.remote
+    class Counter:
+        def add(self):
+            return 1
+
+    with pytest.raises(repartir.RepartirError, match="connected to a cluster"):
+        Counter.remote()
+    with pytest.raises(repartir.RepartirError, match="num_returns=2"):
+        where.options(num_returns=2).remote(1)
+    ref = where.remote(1)
+    with pytest.raises(repartir.RepartirError, match="only as one of its arguments"):
+        ident.remote([ref])
+    assert repartir.get(ident.remote(ref), timeout=60)[1] == 2
+
+
+def test_status_lists_the_nodes(cluster):
+    r = cli("status")
+    assert r.returncode == 0, r.stderr
+    assert "2 node(s) alive, 0 dead" in r.stdout
+    for n in repartir.nodes():
+        assert n["NodeID"][:12] in r.stdout
+    assert "big_mem=1" in r.stdout
+
+
+def test_wrong_token_is_refused_on_both_sides(cluster):
+    other = "f" * 64
+    env = dict(os.environ, REPARTIR_TOKEN=other)
+    r = cli("start", "--address", cluster["address"], "--num-cpus", "1", env=env)
+    assert r.returncode == 1
+    assert "refused" in r.stderr and "token" in r.stderr
+    logs = [p for p in (cluster["tmp"] / "state").iterdir() if p.name.endswith(".log")]
+    head_log = [p.read_text() for p in logs if "(head)" in p.read_text()][0]
+    assert "does not verify" in head_log
+    code = ("import repartir, sys\n"
+            "try:\n"
+            f"    repartir.init(address={cluster['address']!r})\n"
+            "except repartir.errors.TokenError as e:\n"
+            "    print('TokenError:', e); sys.exit(3)\n")
+    d = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert d.returncode == 3, d.stdout + d.stderr
+    assert "refused" in d.stdout
+    assert issubclass(TokenError, PermissionError)
+
+
+def test_a_killed_node_tasks_are_retried_or_fail_clearly(cluster):
+    """A third node, killed while it runs tasks: tasks that fit elsewhere are retried there,
+    those that only it can run raise NodeDiedError within the node timeout."""
+    r = cli("start", "--address", cluster["address"], "--num-cpus", "1",
+            "--resources", '{"victim": 1}', "--object-store-memory", STORE)
+    assert r.returncode == 0, r.stderr
+    victim = recorded()[-1]
+    deadline = time.monotonic() + 10
+    while len([n for n in repartir.nodes() if n["Alive"]]) < 3:
+        assert time.monotonic() < deadline, "the third node did not show up"
+    victim_id = [n["NodeID"] for n in repartir.nodes()
+                 if n["NodeManagerPort"] == int(victim["address"].rsplit(":", 1)[1])][0]
+    only_there = where.options(resources={"victim": 1}, max_retries=3).remote(0, 30.0)
+    anywhere = [where.remote(i, 2.0) for i in range(6)]
+    client = cluster_client.active()
+    with client._lock:
+        placed = [client.inflight[r.binary()].node for r in anywhere]
+    assert victim_id in placed  # so some of them must be retried elsewhere
+    time.sleep(0.7)
+    os.kill(victim["pid"], signal.SIGKILL)
+    t0 = time.monotonic()
+    with pytest.raises(NodeDiedError, match=victim_id[:12]):
+        repartir.get(only_there, timeout=60)
+    assert time.monotonic() - t0 < 60
+    out = repartir.get(anywhere, timeout=90)
+    assert [v for _, v in out] == [2 * i for i in range(6)]
+    assert victim_id not in {nid for nid, _ in out}
+    dead = [n for n in repartir.nodes() if n["NodeID"] == victim_id]
+    assert dead and dead[0]["Alive"] is False
+    # what the killed daemon left in /dev/shm (its workers exit by themselves)
+    sweep_dead_sessions(resolve(num_cpus=1, object_store_memory=64 << 20, num_gpus=0).temp_dir,
+                        "/dev/shm")
+
+
+def test_stop_stops_exactly_the_recorded_processes(cluster):
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pids = [r["pid"] for r in recorded() if alive(r["pid"])]
+        assert set(cluster["pids"]) <= set(pids)
+        repartir.shutdown()
+        r = cli("stop")
+        assert r.returncode == 0, r.stderr
+        for pid in pids:
+            assert f"pid {pid}" in r.stdout
+            assert not alive(pid)
+        assert bystander.poll() is None
+        assert recorded() == []
+        assert "no repartir cluster process" in cli("stop").stdout
+    finally:
+        bystander.kill()
+        bystander.wait()
