@@ -1,0 +1,213 @@
+"""The background thread of a driver connected to a cluster (a part of
+:class:`~.client.ClusterClient`, whose state it shares; docs/cluster-nodes.md, "Drivers"): it
+owns the sockets, sends the batches of tasks, receives completions and chunks of results,
+and asks the head for the registry every ``CLUSTER_HEARTBEAT_S``."""
+
+from __future__ import annotations
+
+import pickle
+import time
+from typing import Any
+
+import zmq
+
+from ..config import (CLUSTER_BATCH_TASKS, CLUSTER_CHUNK_BYTES, CLUSTER_CHUNKS_IN_FLIGHT,
+                      CLUSTER_HEARTBEAT_S)
+from ..errors import (ObjectLostError,
+                      RepartirError, WireTimeoutError)
+from .sockets import Endpoint
+
+__all__ = ["ClientLoop"]
+
+
+class ClientLoop:
+    def _loop(self) -> None:
+        next_registry = time.monotonic() + CLUSTER_HEARTBEAT_S
+        while not self._closed:
+            try:
+                self._flush()
+                busy = self.inflight or self._fetches or self._fetch_start
+                events = dict(self._poller.poll(1 if busy else 20))
+                for sock in events:
+                    self._drain(sock)
+                now = time.monotonic()
+                if now >= next_registry:
+                    next_registry = now + CLUSTER_HEARTBEAT_S
+                    self._head.send(("nodes",))
+                    if now - self._last_head > self.timeout:
+                        self._head_lost()
+            except zmq.ZMQError:
+                if self._closed:
+                    return
+                raise
+            except Exception as exc:  # never let the thread die: report it on every ref
+                self._broken(exc)
+
+    def _broken(self, exc: Exception) -> None:
+        with self._lock:
+            for tid in list(self.inflight):
+                del self.inflight[tid]
+                self.results[tid] = ("error", RepartirError(
+                    f"the cluster client failed: {type(exc).__name__}: {exc}"))
+            self._cv.notify_all()
+
+    def _head_lost(self) -> None:
+        with self._lock:
+            if self._failed is not None:
+                return
+            self._failed = (f"the head at {self.address} has not answered for "
+                            f"{self.timeout:g} s (REPARTIR_NODE_TIMEOUT): the cluster is "
+                            f"gone or cut off; call repartir.shutdown() and init() again")
+            for nid in list(self._eps):
+                self._node_died(nid, "became unreachable (the head stopped answering)")
+
+    def _flush(self) -> None:
+        with self._lock:
+            dead, self.dead[:] = list(self.dead), []
+            releases: dict[str, list] = {}
+            for tid in dead:
+                res = self.results.pop(tid, None)
+                if res is None and tid in self.inflight:
+                    self._dropped.add(tid)
+                elif res is not None and res[0] in ("stored", "fetched"):
+                    releases.setdefault(res[2 if res[0] == "fetched" else 1], []).append(tid)
+            batches = []
+            for nid, tids in self._outbox.items():
+                if not tids:
+                    continue
+                ep = self._eps.get(nid)
+                sent = self._fn_sent[nid]
+                for i in range(0, len(tids), CLUSTER_BATCH_TASKS):
+                    fns, items = {}, []
+                    for tid in tids[i:i + CLUSTER_BATCH_TASKS]:
+                        t = self.inflight.get(tid)
+                        if t is None:
+                            continue
+                        if t.key not in sent:
+                            fns[t.key] = t.blob
+                            sent.add(t.key)
+                        items.append((tid, t.key, t.payload))
+                    batches.append((ep, fns, items))
+            self._outbox.clear()
+            starts, self._fetch_start[:] = list(self._fetch_start), []
+            for tid in starts:
+                res = self.results.get(tid)
+                if res is not None and res[0] == "stored" and res[1] in self._eps:
+                    self._fetches[tid] = {"node": res[1], "sizes": None}
+                    batches.append((self._eps[res[1]], None, ("meta", tid)))
+        for ep, fns, items in batches:
+            if fns is None:
+                ep.send(items)
+            else:
+                ep.send(("tasks", fns, items))
+        for nid, tids in releases.items():
+            ep = self._eps.get(nid)
+            if ep is not None:
+                ep.send(("release", tids))
+
+    def _drain(self, sock: Any) -> None:
+        ep = self._head if sock is self._head.socket else self._eps.get(self._ep_node.get(sock))
+        if ep is None:
+            return
+        for _ in range(10000):
+            if not ep.poll(0):
+                return
+            try:
+                msg = ep.recv(timeout=1.0)
+            except WireTimeoutError:
+                return
+            if ep is self._head:
+                self._on_registry(msg.value)
+            else:
+                self._on_node(ep, self._ep_node[sock], msg.value)
+
+    def _on_registry(self, value: tuple) -> None:
+        if value[0] != "nodes":
+            return
+        with self._lock:
+            self._last_head = time.monotonic()
+            for nid in self._update_nodes(value[1]):
+                self._node_died(nid, "was declared dead by the head (no heartbeat for "
+                                     f"{self.timeout:g} s)")
+            self._registry_seq += 1
+            self._cv.notify_all()
+
+    def _on_node(self, ep: Endpoint, nid: str, value: tuple) -> None:
+        kind = value[0]
+        sends = []
+        with self._lock:
+            if kind == "done":
+                releases = []
+                for tid, what, payload in value[1]:
+                    task = self.inflight.pop(tid, None)
+                    if task is not None:
+                        self._used[nid] -= task.demand.get("CPU", 0.0)
+                        self._count[nid] -= 1
+                    if tid in self._dropped:
+                        self._dropped.discard(tid)
+                        if what == "stored":
+                            releases.append(tid)
+                        continue
+                    if what == "value":
+                        self.results[tid] = ("value", payload)
+                    elif what == "stored":
+                        self.results[tid] = ("stored", nid, payload)
+                    else:
+                        self.results[tid] = ("error", payload)
+                if releases:
+                    sends.append(("release", releases))
+            elif kind == "meta":
+                _, tid, sizes = value
+                f = self._fetches.get(tid)
+                if f is not None:
+                    if sizes is None:
+                        del self._fetches[tid]
+                        self.results[tid] = ("error", ObjectLostError(
+                            f"object {tid.hex()} is no longer on node {nid[:12]}"))
+                    else:
+                        f["sizes"] = sizes
+                        f["bufs"] = [bytearray(s) for s in sizes]
+                        f["todo"] = [(i, off, min(CLUSTER_CHUNK_BYTES, s - off))
+                                     for i, s in enumerate(sizes)
+                                     for off in range(0, s, CLUSTER_CHUNK_BYTES)]
+                        f["todo"].reverse()
+                        f["left"] = len(f["todo"])
+                        for _ in range(min(CLUSTER_CHUNKS_IN_FLIGHT, len(f["todo"]))):
+                            sends.append(("chunk", tid, *f["todo"].pop()))
+                        if f["left"] == 0:
+                            self._fetched(tid, nid, f)
+            elif kind == "chunk":
+                _, tid, frame, offset, data = value
+                f = self._fetches.get(tid)
+                if f is not None:
+                    if data is None:
+                        del self._fetches[tid]
+                        self.results[tid] = ("error", ObjectLostError(
+                            f"object {tid.hex()} is no longer on node {nid[:12]}"))
+                    else:
+                        view = memoryview(data).cast("B")
+                        f["bufs"][frame][offset:offset + view.nbytes] = view
+                        f["left"] -= 1
+                        if f["todo"]:
+                            sends.append(("chunk", tid, *f["todo"].pop()))
+                        if f["left"] == 0:
+                            self._fetched(tid, nid, f)
+            self._cv.notify_all()
+        for s in sends:
+            ep.send(s)
+
+    def _fetched(self, tid: bytes, nid: str, f: dict) -> None:
+        del self._fetches[tid]
+        bufs = f["bufs"]
+        try:
+            value = pickle.loads(bufs[0], buffers=bufs[1:])
+        except Exception as exc:
+            self.results[tid] = ("error", RepartirError(
+                f"object {tid.hex()} pulled from node {nid[:12]} could not be unpickled: "
+                f"{type(exc).__name__}: {exc}"))
+            return
+        if tid in self.results:
+            self.results[tid] = ("fetched", value, nid)
+
+    # ------------------------------------------------------------------ the end
+
