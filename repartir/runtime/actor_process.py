@@ -6,9 +6,11 @@ Started by ``worker.main`` when the process's spec names an actor."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import inspect
 import os
 import pickle
+import sys
 import threading
 import time
 import traceback
@@ -156,16 +158,26 @@ class _Runner:
             self.active -= 1
 
     def _drain(self):
-        """The exit call: returns once no other call runs (threaded and async actors run
-        several at once); the owner then stops the process."""
+        """The exit call, queued when the actor's last handle is gone: returns once no other
+        call runs (threaded and async actors run several at once), having run the process's
+        ``atexit`` handlers (as an actor that ends on purpose does); the owner then stops
+        the process."""
         if self.is_async:
             async def wait() -> None:
                 while self.active > 1:
                     await asyncio.sleep(0.001)
+                self._run_atexit()
             return wait()
         while self.active > 1:
             time.sleep(0.001)
+        self._run_atexit()
         return None
+
+    def _run_atexit(self) -> None:
+        self.exiting = True  # no call starts after these
+        atexit._run_exitfuncs()  # (errors in handlers are printed, as at interpreter exit)
+        sys.stdout.flush()
+        sys.stderr.flush()
 
     @staticmethod
     def _terminate():

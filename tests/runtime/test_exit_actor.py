@@ -15,10 +15,12 @@ Blocking points wait for gate files, never for a fixed sleep.
 from __future__ import annotations
 
 import asyncio
+import gc
 import atexit
 import os
 from pathlib import Path
 
+import psutil
 import pytest
 
 import repartir
@@ -110,6 +112,20 @@ def test_exit_actor_ends_the_actor_and_runs_atexit(rt, tmp_path, kind):
     assert Path(atexit_file).read_text() == f"bye from {pid}"
     assert_exited(a.hello.remote(), r"exited on purpose: .*exit_actor")
     assert a.state == "DEAD"  # max_restarts=2, not restarted
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_atexit_runs_when_the_last_handle_is_dropped(rt, tmp_path, kind):
+    """An actor whose last handle is gone ends after its earlier calls, as one that exits
+    on purpose does: its ``atexit`` handlers run (newer Ray ends such actors gracefully)."""
+    atexit_file = str(tmp_path / "atexit")
+    a = make(kind, atexit_file)
+    pid = repartir.get(a.pid.remote(), timeout=LONG)
+    del a
+    gc.collect()
+    assert wait_until(lambda: not psutil.pid_exists(pid) or
+                      psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, LONG)
+    assert Path(atexit_file).read_text() == f"bye from {pid}"
 
 
 @pytest.mark.parametrize("kind", ["sync", "threaded"])
