@@ -28,6 +28,7 @@ import mmap
 import os
 import pickle
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -395,19 +396,30 @@ class Worker:
                 self._raise_stop(reason, self.calls[-1])
 
 
-def _watch_parent(fd: int) -> None:
+_segment: list = []  # this process's scheduler segment, once mapped (for _watch_parent)
+
+
+def _watch_parent(fd: int, spill_dir: str | None) -> None:
+    """Leave when the node's life pipe closes.  When the driver died without
+    ``shutdown()`` (which marks the segment as shutting down before it closes the pipe),
+    remove its spill directory too: its files can be large, and a ``REPARTIR_SPILL_DIR``
+    is swept only by a later session started with the same directory (every worker tries;
+    the first one wins)."""
     try:
         while os.read(fd, 1):
             pass
     except OSError:
         pass
+    if spill_dir and not (_segment and _segment[0].shutting_down):
+        shutil.rmtree(spill_dir, ignore_errors=True)
     os._exit(0)  # the node is gone: leave at once, also in the middle of a task
 
 
 def main() -> None:
     spec = json.loads(os.environ.pop("REPARTIR_WORKER_SPEC"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_watch_parent, args=(spec["life_fd"],), daemon=True,
+    threading.Thread(target=_watch_parent,
+                     args=(spec["life_fd"], spec.get("spill_dir")), daemon=True,
                      name="repartir-life-pipe").start()
     sys.path[:] = spec["sys_path"]
     # nested tasks run on this stack while their parents wait in get: allow deep recursion
@@ -417,6 +429,7 @@ def main() -> None:
     except OSError:
         pass
     seg = Segment(mmap.mmap(spec["sched_fd"], spec["sched_size"]))
+    _segment.append(seg)
     arena = Arena(spec["arena_fd"], spec["arena_size"], spill_dir=spec["spill_dir"])
     cfg = spec["config"]
     config = Config(**{**cfg, "resources": tuple(tuple(r) for r in cfg["resources"])})

@@ -313,7 +313,12 @@ DRIVER = textwrap.dedent(
     mode, markers = sys.argv[1], sys.argv[2]
     if mode == "start":
         print("STARTING", flush=True)
-    repartir.init(num_cpus=2)
+    store = {}
+    if mode == "spilled":  # a small store, spilling into a directory the test watches
+        os.environ["REPARTIR_SPILL_DIR"] = os.path.join(markers, os.pardir, "spill")
+        os.makedirs(os.environ["REPARTIR_SPILL_DIR"])
+        store = {"object_store_memory": 32 << 20}
+    repartir.init(num_cpus=2, **store)
 
     @repartir.remote
     def busy(kind, markers):
@@ -337,6 +342,12 @@ DRIVER = textwrap.dedent(
             time.sleep(0.02)
         print("READY", flush=True)
         repartir.get(refs)
+    elif mode == "spilled":  # 64 MiB put into a 32 MiB store: some of it on disk
+        import numpy as np
+        refs = [repartir.put(np.full(4 << 20, i, dtype=np.float32)) for i in range(4)]
+        assert quick.remote(1) is not None
+        print("READY", flush=True)
+        time.sleep(120)
     elif mode == "idle":
         assert repartir.get([quick.remote(i) for i in range(8)]) == list(range(8))
         print("READY", flush=True)
@@ -484,6 +495,23 @@ def test_driver_killed_mid_run_leaves_nothing(driver_factory, sig, task):
     d.proc.send_signal(sig)
     d.proc.wait(10)
     d.assert_cleaned_up()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_driver_leaves_no_spill_file(driver_factory, tmp_path, sig):
+    """Spill files can be large and ``REPARTIR_SPILL_DIR`` may be a directory no later
+    session sweeps: the workers of a driver that died remove its spill directory."""
+    d = driver_factory("spilled")
+    d.wait_ready()
+    d.snapshot()
+    spill = tmp_path / "d0" / "spill"
+    assert any(f for _, _, files in os.walk(spill) for f in files), "nothing was spilled"
+    d.proc.send_signal(sig)
+    d.proc.wait(10)
+    d.assert_cleaned_up()
+    assert wait_until(lambda: not any(f for _, _, fs in os.walk(spill) for f in fs), 30), \
+        list(os.walk(spill))
 
 
 @pytest.mark.timeout(90)
