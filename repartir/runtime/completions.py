@@ -101,11 +101,11 @@ class Completions:
                 f"slot {self.slot} received a message of unknown kind {kind!r}")
 
     def _on_done(self, msg: Done) -> None:
-        task_id, status, payload, pins = msg.task_id, msg.status, msg.payload, msg.pins
+        _, task_id, status, payload, pins = msg  # (unpacked: this runs once per task)
         manager = self.manager
         ok = status == Status.OK
         results = ok and isinstance(payload, list)
-        t = manager.get(task_id)
+        t = manager.tasks.get(task_id)
         if t is None:
             # A duplicate (a task retried after a crash reported too late), or a task of
             # an earlier process in this slot: nobody wants its results.
@@ -130,7 +130,8 @@ class Completions:
             self._finish(t, [])
             return
         if ok:
-            self._carry_out(self.objects.keep_pins(t.return_ids, pins))
+            if pins is not None:  # the result holds refs
+                self._carry_out(self.objects.keep_pins(t.return_ids, pins))
             self._finish(t, payload)
         else:
             if not t.return_ids:  # (num_returns=0: no ref would ever raise it)
@@ -183,16 +184,19 @@ class Completions:
         borrowers that asked are answered, tasks waiting on them go, futures resolve; its
         spec and argument blocks are freed."""
         objects, manager, carry_out = self.objects, self.manager, self._carry_out
+        futures = self.futures
         for rid, loc in zip(t.return_ids, locs):
             instrs = objects.resolve(rid, loc)
             if instrs:
                 carry_out(instrs)
-            instrs = manager.resolved(rid)
-            if instrs:
-                carry_out(instrs)
-            futures = self.futures.pop(rid, None)
+            if manager.waiting:  # (read: the common case has no task waiting at all)
+                instrs = manager.resolved(rid)
+                if instrs:
+                    carry_out(instrs)
             if futures:
-                self._resolve(futures, loc)
+                waiting = futures.pop(rid, None)
+                if waiting:
+                    self._resolve(waiting, loc)
         if t.spec_block is not None:
             self.arena.release(t.spec_block)
             t.spec_block = None

@@ -118,9 +118,12 @@ class CoreClient(Ownership, Submitting, Completions, Waiting, Cancelling, Spilli
     def _carry_out(self, instrs: list) -> None:
         """Do what the object table and the task manager decided (their instructions, in
         order)."""
-        handlers = self._handlers
         for i in instrs:
-            handlers[type(i)](self, i)
+            kind = type(i)
+            if kind is Push:  # (the common one: tested first, called directly)
+                self._push(i[0])
+            else:
+                self._handlers[kind](self, i)
 
     _handlers = {
         Reply: lambda self, i: self.post(i.slot, encode((MSG_OBJECT, i.object_id, i.loc))),
@@ -129,7 +132,6 @@ class CoreClient(Ownership, Submitting, Completions, Waiting, Cancelling, Spilli
         LetGo: lambda self, i: self.arena.let_go(i.offset),
         ReleaseLoan: lambda self, i: self.post(i.owner, encode((MSG_RELEASE, i.object_id))),
         Resolved: lambda self, i: self._resolved(i),
-        Push: lambda self, i: self._push(i.task),
         SendCall: lambda self, i: self._send_call(i.task),
         Retry: lambda self, i: self._retry(i.task),
         Fail: lambda self, i: self._fail(i.task, i.error),

@@ -77,6 +77,11 @@ class Push(NamedTuple):
     task: Task
 
 
+def _new_push(fields: tuple, _new=tuple.__new__) -> Push:
+    """``Push(*fields)`` without NamedTuple's ``__new__`` (one Push per task)."""
+    return _new(Push, fields)
+
+
 class SendCall(NamedTuple):
     """Send the actor call to its actor (check that the actor lives; note its epoch)."""
     task: Task
@@ -144,7 +149,7 @@ class TaskManager:
         if pending:
             return []
         t.state = TaskState.QUEUED
-        return [Push(t)]
+        return [_new_push((t,))]
 
     def resolved(self, object_id: bytes) -> list:
         """``object_id`` got its location: tasks whose last argument it was go."""
