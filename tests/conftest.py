@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, settings
 
 import repartir
 from rtsupport import Tracker, assert_nothing_left
+from sessionsupport import Sessions
 
 settings.register_profile(
     "repartir",
@@ -72,6 +73,15 @@ def rt(_leaves_nothing_behind):
     yield repartir
     _leaves_nothing_behind.record()
     repartir.shutdown()
+
+
+@pytest.fixture(scope="module")
+def node(_leaves_nothing_behind):
+    """Sessions a module starts and stops itself (``node(**init_kwargs)``), closed at
+    the module's end (tests/sessionsupport.py)."""
+    sessions = Sessions(_leaves_nothing_behind)
+    yield sessions
+    sessions.close()
 
 
 @pytest.fixture

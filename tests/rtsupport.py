@@ -14,6 +14,8 @@ from typing import Callable, Iterable
 
 import psutil
 
+from repartir.runtime import driver as _driver
+
 WORKER_MARK = "repartir.runtime.worker"
 SHM_DIR = Path("/dev/shm")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -226,3 +228,15 @@ def settled_used_bytes(timeout: float = 3.0) -> int:
         elif time.monotonic() - stable_since >= 0.3:
             break
     return last
+
+
+def kill_leftover_actors() -> None:
+    """Kill every actor the running session still has (tests that leave actors alive on
+    purpose: queues passed to tasks, handles held elsewhere); their processes must be gone
+    within 30 s."""
+    node = _driver._node
+    with node._lock:
+        procs = list(node.actor_procs.items())
+    for slot, _ in procs:
+        node.kill_actor(slot, no_restart=True)
+    assert wait_until(lambda: all(p.poll() is not None for _, p in procs), timeout=30)

@@ -23,7 +23,7 @@ from repartir.runtime import driver
 from repartir.util import ActorPool, Queue
 from repartir.util.queue import Empty, Full
 import rtsupport
-from rtsupport import wait_until
+from rtsupport import kill_leftover_actors, wait_until
 
 LONG = 60.0  # anything that must happen eventually (a shared, loaded machine)
 SHORT = 0.2  # a time-out that must expire
@@ -33,12 +33,7 @@ SHORT = 0.2  # a time-out that must expire
 def _no_actor_left(rt):
     """Kill every actor a test left alive (queues passed to tasks live until killed)."""
     yield
-    node = driver._node
-    with node._lock:
-        procs = list(node.actor_procs.items())
-    for slot, _ in procs:
-        node.kill_actor(slot, no_restart=True)
-    assert wait_until(lambda: all(p.poll() is not None for _, p in procs), timeout=30)
+    kill_leftover_actors()
 
 
 # --------------------------------------------------------------------------- remote code

@@ -21,7 +21,7 @@ import pytest
 import repartir
 from repartir import ActorDiedError, WorkerCrashedError
 from repartir.runtime import driver
-from rtsupport import is_gone, wait_file, wait_until
+from rtsupport import kill_leftover_actors, is_gone, wait_file, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,12 +32,7 @@ LONG = 60.0
 def _no_actor_left(rt):
     """Kill every actor a test left alive; its process must be gone."""
     yield
-    node = driver._node
-    with node._lock:
-        procs = list(node.actor_procs.items())
-    for slot, _ in procs:
-        node.kill_actor(slot, no_restart=True)
-    assert wait_until(lambda: all(p.poll() is not None for _, p in procs), timeout=30)
+    kill_leftover_actors()
 
 
 def gone(pid: int) -> bool:

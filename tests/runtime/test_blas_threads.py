@@ -20,16 +20,8 @@ import pytest
 
 import repartir
 from repartir.config import BLAS_THREAD_VARIABLES
-from sessionsupport import Sessions
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def node(_leaves_nothing_behind):
-    sessions = Sessions(_leaves_nothing_behind)
-    yield sessions
-    sessions.close()
 
 
 @pytest.fixture

@@ -33,18 +33,10 @@ import repartir
 from repartir.runtime import driver
 import rtsupport
 from rtsupport import settled_used_bytes, used_bytes_back_to, wait_until
-from sessionsupport import Sessions
 
 pytestmark = pytest.mark.timeout(180)
 
 LONG = 60
-
-
-@pytest.fixture(scope="module")
-def node(_leaves_nothing_behind):
-    sessions = Sessions(_leaves_nothing_behind)
-    yield sessions
-    sessions.close()
 
 
 def wait_file(path: str, timeout: float = LONG) -> bool:

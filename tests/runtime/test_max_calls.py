@@ -16,16 +16,8 @@ import pytest
 
 import repartir
 from rtsupport import wait_file, wait_until
-from sessionsupport import Sessions
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def node(_leaves_nothing_behind):
-    sessions = Sessions(_leaves_nothing_behind)
-    yield sessions
-    sessions.close()
 
 
 @repartir.remote(max_calls=2)

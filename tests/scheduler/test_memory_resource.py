@@ -15,20 +15,13 @@ import pytest
 import repartir
 from repartir import config
 from rtsupport import wait_until
-from sessionsupport import Sessions, max_overlap, rendezvous
+from sessionsupport import max_overlap, rendezvous
 
 pytestmark = pytest.mark.timeout(120)
 
 GiB = 1 << 30
 MiB = 1 << 20
 NODE = dict(num_cpus=2, memory=4 * GiB)
-
-
-@pytest.fixture(scope="module")
-def node(_leaves_nothing_behind):
-    sessions = Sessions(_leaves_nothing_behind)
-    yield sessions
-    sessions.close()
 
 
 @repartir.remote

@@ -27,7 +27,6 @@ from repartir.serialization import serialize
 from repartir.store.arena import HEADER_SIZE, Arena
 from repartir.store.spill import read_spill_file
 from rtsupport import wait_until
-from sessionsupport import Sessions
 from test_arena import check_invariants
 
 MIB = 1 << 20
@@ -247,13 +246,6 @@ def test_allocator_with_spills_matches_model(tmp_path_factory, ops):
 
 STORE = 32 * MIB  # the arena; objects of 4 MiB
 N = 16  # objects: twice the store
-
-
-@pytest.fixture(scope="module")
-def node(_leaves_nothing_behind):
-    sessions = Sessions(_leaves_nothing_behind)
-    yield sessions
-    sessions.close()
 
 
 def _spill_dir() -> str:
