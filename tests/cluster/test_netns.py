@@ -262,11 +262,13 @@ OWNER = textwrap.dedent("""
     from stress import netns
     c = netns.Cluster(2, lifetime_s=float(sys.argv[3]))
     p = c.run_in(0, ["sleep", "300"])
-    print(json.dumps({"names": c.namespaces, "pid": p.pid}), flush=True)
+    ready = json.dumps({"names": c.namespaces, "pid": p.pid})
     if sys.argv[2] == "exit":
+        print(ready, flush=True)
         os._exit(1)  # no atexit, no close(): what pytest-timeout's thread method does
     try:
         with c:
+            print(ready, flush=True)  # inside the block: the test's Ctrl-C comes after this
             time.sleep(300)
     except KeyboardInterrupt:  # Ctrl-C: the with block closed the cluster, not the reaper
         left = set(c.namespaces) & set(netns.list_namespaces())
