@@ -134,16 +134,18 @@ class Ownership:
 
     def _process_dead(self) -> None:
         """Refs that died (their ``__del__`` only queued them) leave the table."""
-        objects, dead, carry_out = self.objects, self.dead_refs, self._carry_out
-        while dead:
-            instrs = objects.decref(dead.popleft())
-            if instrs:
-                carry_out(instrs)
+        self._drain_dead(self.dead_refs, self.objects.decref)
 
     def _drop_borrowed(self) -> None:
-        objects, dead, carry_out = self.objects, self.dead_borrows, self._carry_out
+        """Borrowed refs that died end their borrows (and loans, with the last one)."""
+        self._drain_dead(self.dead_borrows, self.objects.unborrow)
+
+    def _drain_dead(self, dead, event) -> None:
+        """Feed each queued object id to the object table's ``event``; carry out what it
+        returns."""
+        carry_out = self._carry_out
         while dead:
-            instrs = objects.unborrow(dead.popleft())
+            instrs = event(dead.popleft())
             if instrs:
                 carry_out(instrs)
 

@@ -7,14 +7,12 @@ and ``available_resources()`` show it in bytes.
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 
 import pytest
 
 import repartir
 from repartir import config
-from rtsupport import wait_until
+from rtsupport import wait_file, wait_until
 from sessionsupport import max_overlap, rendezvous
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,14 +27,8 @@ def meet(directory: str, name: str, k: int, wait_s: float):
     return rendezvous(directory, name, k, wait_s)
 
 
-@repartir.remote(memory=GiB)
-def hold_until(flag: str, deadline_s: float) -> bool:
-    end = time.monotonic() + deadline_s
-    while not Path(flag).exists():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
+#: holds its GiB of memory until ``flag`` exists (True) or ``deadline_s`` passes (False)
+hold_until = repartir.remote(memory=GiB)(wait_file)
 
 
 def free_memory(rt) -> float:
