@@ -90,7 +90,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             described in :func:`repartir.runtime.driver.init` (no sockets).  ``"auto"``: the
             cluster of ``REPARTIR_ADDRESS``, else the head started on this machine by
             ``repartir start --head``; ``"HOST:PORT"``: that head.  A driver connected to a
-            cluster starts no node of its own (docs/cluster-nodes.md); the cluster token comes
+            cluster starts no node of its own (docs/cluster.md); the cluster token comes
             from ``REPARTIR_TOKEN`` or the token file.
         num_cpus, num_gpus, resources, object_store_memory, memory: the local node's
             settings (see :func:`repartir.runtime.driver.init`); not allowed with an

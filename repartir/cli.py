@@ -1,6 +1,6 @@
 """The ``repartir`` command (also ``python -m repartir``).
 
-    repartir start --head     start a cluster here (repartir start --help; docs/cluster-nodes.md)
+    repartir start --head     start a cluster here (repartir start --help; docs/cluster.md)
     repartir start --address HOST:PORT   join a node to a cluster
     repartir stop             stop the cluster processes started on this machine
     repartir version          print the version

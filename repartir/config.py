@@ -67,7 +67,7 @@ cluster's wire layer (``repartir/cluster/``, docs/cluster.md), ``REPARTIR_TOKEN`
 token itself; unset by default) and ``REPARTIR_TOKEN_FILE`` (default
 ``~/.config/repartir/token``: where the token is read when ``REPARTIR_TOKEN`` is unset, and
 where ``repartir token`` writes one).  The wire layer's other defaults are the ``CLUSTER_*``
-and ``WIRE_*`` constants below.  For the cluster's nodes and drivers (docs/cluster-nodes.md):
+and ``WIRE_*`` constants below.  For the cluster's nodes and drivers (docs/cluster.md):
 ``REPARTIR_NODE_TIMEOUT`` (seconds without a heartbeat before a node is declared dead, default
 10: :func:`cluster_node_timeout`), ``REPARTIR_ADDRESS`` (the head ``init()`` connects to when
 no ``address=`` is given; unset by default) and ``REPARTIR_CLUSTER_DIR`` (this machine's
@@ -420,7 +420,7 @@ def resolve(num_cpus: int | None = None, object_store_memory: int | None = None,
 
 
 # ----------------------------------------------------------------- the cluster's nodes
-# (repartir/cluster/node.py, client.py, commands.py; docs/cluster-nodes.md).
+# (repartir/cluster/node.py, client.py, commands.py; docs/cluster.md).
 # Variables read by the cluster's processes: REPARTIR_NODE_TIMEOUT (seconds, default
 # CLUSTER_NODE_TIMEOUT_S), REPARTIR_ADDRESS (the head a driver's init() connects to when
 # no address= is given; unset by default) and REPARTIR_CLUSTER_DIR (this machine's cluster

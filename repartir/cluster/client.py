@@ -1,5 +1,5 @@
 """A driver connected to a cluster: ``repartir.init(address="auto" | "HOST:PORT")``
-(docs/cluster-nodes.md, "Drivers").
+(docs/cluster.md, "Drivers").
 
 Such a driver starts no local node.  :class:`ClusterClient` asks the head for the nodes,
 connects a DEALER endpoint to each, places every task on a node whose total resources fit

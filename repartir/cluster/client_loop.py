@@ -1,5 +1,5 @@
 """The background thread of a driver connected to a cluster (a part of
-:class:`~.client.ClusterClient`, whose state it shares; docs/cluster-nodes.md, "Drivers"): it
+:class:`~.client.ClusterClient`, whose state it shares; docs/cluster.md, "Drivers"): it
 owns the sockets, sends the batches of tasks, receives completions and chunks of results,
 and asks the head for the registry every ``CLUSTER_HEARTBEAT_S``."""
 

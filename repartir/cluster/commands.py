@@ -1,5 +1,5 @@
 """``repartir start``, ``repartir stop`` and ``repartir status`` of a cluster
-(docs/cluster-nodes.md, "Start, join, connect").
+(docs/cluster.md, "Start, join, connect").
 
 - ``repartir start --head [--port 6380] [--bind ADDR] [--num-cpus N] [--num-gpus G]
   [--resources JSON] [--object-store-memory BYTES] [--block]``: starts a node daemon that is

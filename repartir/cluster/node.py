@@ -1,5 +1,5 @@
 """A node daemon: ``python -m repartir.cluster.node`` (started by ``repartir start``;
-docs/cluster-nodes.md).
+docs/cluster.md).
 
 The daemon is the driver of an ordinary local node: it calls :func:`repartir.init` in its own
 process (workers, arena) and serves a ROUTER :class:`~repartir.cluster.sockets.Endpoint`.

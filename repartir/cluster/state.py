@@ -1,4 +1,4 @@
-"""This machine's cluster state (docs/cluster-nodes.md, "Start, join, connect"): a directory
+"""This machine's cluster state (docs/cluster.md, "Start, join, connect"): a directory
 (``REPARTIR_CLUSTER_DIR``, default ``~/.config/repartir/cluster``, mode 0700) that holds
 
 - ``address``: the address of the head started on this machine (``init(address="auto")``

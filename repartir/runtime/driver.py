@@ -151,7 +151,7 @@ def client() -> CoreClient:
         raise RepartirError(
             "this driver is connected to a cluster (init(address=...)), where this version "
             "runs tasks, get, wait and put only: actors, cancel() and the like need a local "
-            "node (init() without address=); see docs/cluster-nodes.md")
+            "node (init() without address=); see docs/cluster.md")
     with _lock:
         if not is_initialized():
             init()

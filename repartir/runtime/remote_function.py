@@ -158,7 +158,7 @@ class RemoteFunction:
             check = self._check = arg_check(self._function, self._name)
         if kwargs or not check.min_pos <= len(args) <= check.max_pos:
             check.check(args, kwargs)
-        if context.cluster is not None:  # a driver connected to a cluster (docs/cluster-nodes.md)
+        if context.cluster is not None:  # a driver connected to a cluster (docs/cluster.md)
             return context.cluster.submit(self, args, kwargs)
         client = driver.client()
         opts = self._opts_for(client)

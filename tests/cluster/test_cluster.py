@@ -1,4 +1,4 @@
-"""A cluster on loopback (docs/cluster-nodes.md): a head and a node started with the CLI, a driver
+"""A cluster on loopback (docs/cluster.md): a head and a node started with the CLI, a driver
 connected with ``init(address=...)``.
 
 Each daemon is a process of its own (``repartir start`` detaches it), on 127.0.0.1 with ports
