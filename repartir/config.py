@@ -455,6 +455,12 @@ CLUSTER_INLINE_RESULT_BYTES = 256 * KiB
 CLUSTER_CHUNK_BYTES = 4 * MiB
 CLUSTER_CHUNKS_IN_FLIGHT = 4
 
+#: Bytes of pickled task arguments a driver keeps as lineage (to re-run the tasks whose
+#: results were kept on a node that died), at most; past it the oldest lineage is dropped
+#: and those results can no longer be rebuilt.  Lineage is kept only for results kept on a
+#: node, while their ref or the lineage of a task that took them lives.
+CLUSTER_LINEAGE_BYTES = 256 * MiB
+
 
 def cluster_node_timeout() -> float:
     """Seconds after which a silent node is declared dead: ``REPARTIR_NODE_TIMEOUT``, default

@@ -20,6 +20,7 @@ flight fails the same way.  ``get`` never waits past its ``timeout``.
 from __future__ import annotations
 
 import atexit
+import copy
 import os
 import pickle
 import threading
@@ -36,6 +37,7 @@ from ..runtime import context
 from ..runtime.objectref import ObjectRef
 from ..runtime.signature import arg_check
 from .client_loop import ClientLoop
+from .lineage import Lineage
 from .sockets import Endpoint
 from .state import StoredArg, resolve_address, tcp
 from .wire import encode
@@ -83,6 +85,17 @@ class _Task:
         self.node = ""
 
 
+def _fresh(exc: BaseException) -> BaseException:
+    """A copy of a stored error to raise: raising the stored one would tie the traceback,
+    and with it the frames holding the caller's refs, to the driver's table for ever."""
+    try:
+        new = copy.copy(exc)
+    except Exception:
+        return exc
+    new.__cause__ = exc.__cause__
+    return new
+
+
 def _pickled(value: Any) -> list:
     """``value`` pickled now (so that a later change to it does not travel, and an error
     is raised by ``.remote()``): the pickle, then each large buffer, sent out of band."""
@@ -123,6 +136,7 @@ class ClusterClient(ClientLoop):
         self._closed = False
         self._failed: str | None = None
         self._registry_seq = 0
+        self._lineage = Lineage(self)  # to rebuild results lost with their node
         self._head = Endpoint.connect(tcp(address), token=token)
         try:
             self._head.send(("nodes",))
@@ -156,6 +170,9 @@ class ClusterClient(ClientLoop):
                 self._connect_node(nid, rec["NodeManagerAddress"])
             if not rec["Alive"] and (old is None or old["Alive"]):
                 newly_dead.append(nid)
+            elif old is not None and old["Alive"] and \
+                    rec.get("Incarnation") != old.get("Incarnation"):
+                newly_dead.append(nid)  # declared dead and back since we last looked
         return newly_dead
 
     def _connect_node(self, nid: str, address: str) -> None:
@@ -182,6 +199,9 @@ class ClusterClient(ClientLoop):
                 continue
             if task.retries > 0 and self._failed is None:
                 task.retries -= 1
+                if tid in self._lineage.deps:  # its node-kept arguments died with it
+                    self._lineage.wait(tid, task)
+                    continue
                 try:
                     self._enqueue(tid, task, None)
                     continue
@@ -193,8 +213,11 @@ class ClusterClient(ClientLoop):
                 f"used up (or no other node fits it)"))
         for tid, res in list(self.results.items()):
             if res[0] == "stored" and res[1] == nid:
-                self.results[tid] = ("error", ObjectLostError(
-                    f"object {tid.hex()} was kept on {where}, which {why}"))
+                why_not = self._lineage.rebuild(tid)
+                if why_not is not None:
+                    self.results[tid] = ("error", ObjectLostError(
+                        f"object {tid.hex()} was kept on {where}, which {why}; it cannot be "
+                        f"rebuilt: {why_not}"))
         for tid in [t for t, f in self._fetches.items() if f["node"] == nid]:
             del self._fetches[tid]
         self._used[nid] = 0.0
@@ -268,6 +291,8 @@ class ClusterClient(ClientLoop):
         with self._lock:
             if self._failed is not None:
                 raise NodeDiedError(self._failed)
+            if prefer is not None:
+                self._lineage.submitted(tid, args, kwargs)
             self._enqueue(tid, task, prefer)
         return ClusterRef(tid, self)
 
@@ -349,7 +374,7 @@ class ClusterClient(ClientLoop):
                     self._cv.wait(0.05 if left is None else min(left, 0.05))
                     continue
                 if res[0] == "error":
-                    raise res[1]
+                    raise _fresh(res[1])
                 return res[1]
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:

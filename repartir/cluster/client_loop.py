@@ -25,6 +25,9 @@ class ClientLoop:
         next_registry = time.monotonic() + CLUSTER_HEARTBEAT_S
         while not self._closed:
             try:
+                if self._lineage.waiting:
+                    with self._lock:
+                        self._lineage.step()
                 self._flush()
                 busy = self.inflight or self._fetches or self._fetch_start
                 events = dict(self._poller.poll(1 if busy else 20))
@@ -71,6 +74,8 @@ class ClientLoop:
                     self._dropped.add(tid)
                 elif res is not None and res[0] in ("stored", "fetched"):
                     releases.setdefault(res[2 if res[0] == "fetched" else 1], []).append(tid)
+                if self._lineage.specs:
+                    self._lineage.ref_dropped(tid)
             batches = []
             for nid, tids in self._outbox.items():
                 if not tids:
@@ -129,6 +134,9 @@ class ClientLoop:
             for nid in self._update_nodes(value[1]):
                 self._node_died(nid, "was declared dead by the head (no heartbeat for "
                                      f"{self.timeout:g} s)")
+                rec = self.nodes_seen[nid]
+                if rec["Alive"] and nid not in self._eps:  # came back: a new incarnation
+                    self._connect_node(nid, rec["NodeManagerAddress"])
             self._registry_seq += 1
             self._cv.notify_all()
 
@@ -143,6 +151,8 @@ class ClientLoop:
                     if task is not None:
                         self._used[nid] -= task.demand.get("CPU", 0.0)
                         self._count[nid] -= 1
+                        if what == "stored" or self._lineage.deps:
+                            self._lineage.done(tid, what, task, tid not in self._dropped)
                     if tid in self._dropped:
                         self._dropped.discard(tid)
                         if what == "stored":

@@ -53,6 +53,7 @@ from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_INLINE_RESULT_BYTES, CLUSTER_
                       CLUSTER_START_TIMEOUT_S, cluster_node_timeout)
 from ..errors import RepartirError, TokenError, WireTimeoutError
 from ..runtime.remote_function import RemoteFunction
+from . import membership
 from .sockets import Endpoint
 from .state import StoredArg, host_port
 from .wire import encode
@@ -125,6 +126,7 @@ class NodeDaemon:
         self.stored: dict[bytes, list] = {}  # object id -> [local ref, frames or None]
         self.registry: dict[str, dict] = {}  # the head's: node id -> record
         self.started = time.time()
+        self.incarnation = 0  # times declared dead and back (membership.py)
         if head is not None:
             self._join()
         else:
@@ -140,7 +142,7 @@ class NodeDaemon:
                 "Resources": self.total, "Available": avail, "Running": running,
                 "Queued": len(self.pending) - running, "Stored": len(self.stored),
                 "Pid": os.getpid(), "Hostname": socket.gethostname(), "Head": self.is_head,
-                "Started": self.started}
+                "Started": self.started, "Incarnation": self.incarnation}
 
     def _heard(self, record: dict) -> None:
         record = dict(record, Alive=True, LastHeard=time.monotonic())
@@ -180,11 +182,7 @@ class NodeDaemon:
             for oid in value[1]:
                 self.stored.pop(oid, None)
         elif kind in ("register", "heartbeat") and self.is_head:
-            self._heard(value[1])
-            if kind == "register":
-                print(f"node {value[1]['NodeID'][:12]} joined from "
-                      f"{value[1]['NodeManagerAddress']}", file=sys.stderr, flush=True)
-                self.router.send(("welcome", self.node_id), to=peer)
+            membership.on_node_message(self, peer, kind, value[1])
         elif kind == "nodes" and self.is_head:
             self.router.send(("nodes", self._nodes()), to=peer)
         else:
@@ -230,6 +228,8 @@ class NodeDaemon:
         while self.done:
             peer, tid, fut = self.done.popleft()
             entry = self.pending.pop(tid, None)
+            if entry is None:
+                continue  # dropped when this node was declared dead (membership.py)
             exc = fut.exception()
             if exc is not None:
                 item = (tid, "error", _picklable_error(exc))
@@ -240,7 +240,7 @@ class NodeDaemon:
                 if size <= CLUSTER_INLINE_RESULT_BYTES:
                     item = (tid, "value", value)
                 else:
-                    self.stored[tid] = [entry[1] if entry else None, frames]
+                    self.stored[tid] = [entry[1], frames]
                     item = (tid, "stored", size)
             by_peer.setdefault(peer, []).append(item)
         for peer, items in by_peer.items():
@@ -285,10 +285,11 @@ class NodeDaemon:
                         break  # dropped (bad token, ...): logged by the endpoint
                     self._on_router(msg.peer, msg.value)
             if self.head_ep is not None and self.head_ep.socket in events:
-                try:
-                    self.head_ep.recv(timeout=1.0)  # welcome again after a head restart
-                except WireTimeoutError:
-                    pass
+                while self.head_ep.poll(0):  # a burst after a link came back: all of it
+                    try:
+                        membership.on_head_message(self, self.head_ep.recv(timeout=1.0).value)
+                    except WireTimeoutError:
+                        break
             if self.done:
                 self._completions()
             now = time.monotonic()

@@ -1,0 +1,111 @@
+"""Membership of the nodes in the head's registry: heartbeats, nodes declared dead, nodes that
+come back, a head that restarts (docs/cluster.md, "Failures").
+
+Both sides of it live here, as functions of a :class:`~.node.NodeDaemon`:
+
+::
+
+    node                                         head (its registry)
+    ────                                         ───────────────────
+    register (record, incarnation k)  ────────▶  alive; "welcome"
+    heartbeat (k) every CLUSTER_HEARTBEAT_S ───▶  alive: LastHeard = now
+                                                  silent > REPARTIR_NODE_TIMEOUT: dead
+    heartbeat (k) of a node declared dead ─────▶  "dead", k
+    drops what it held for drivers, k + 1  ◀────
+    register (k + 1)  ─────────────────────────▶  alive again, as incarnation k + 1
+    heartbeat (k) to a head that restarted ────▶  "unknown", k (it has no record of it)
+    register (k), keeping its state  ◀──────────
+
+- A node's **incarnation** counts the times it was declared dead and came back.  A node
+  declared dead (its heartbeats stopped: it was stopped, frozen or cut off) has had its tasks
+  resubmitted and its objects given up by every driver; when its heartbeats reach the head
+  again, the head answers ``dead`` instead of taking them, and the node drops everything it
+  held for drivers (the results it kept, the results of the tasks still running: they are
+  never delivered), then registers again with the next incarnation.  A driver that sees a
+  node's incarnation change treats it as a node that died and a new one that joined, so no
+  stale result can reach it: it connects to the new incarnation afresh, and the old
+  connection, which the results of the old one were addressed to, is closed.
+- A **head that restarts** (same address and token) knows no node: it answers their next
+  heartbeat with ``unknown`` and they register again, keeping their incarnation, their
+  tasks and their objects (a driver whose head came back within ``REPARTIR_NODE_TIMEOUT``
+  carries on; one that waited longer has failed its tasks and needs ``shutdown()`` and a
+  new ``init()``).
+- Heartbeats queued while a link was down may reach the head late, in a burst: one that
+  carries an older incarnation than the registry's is ignored, so a node drops its state
+  once per time it was declared dead.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from ..config import CLUSTER_HEARTBEAT_S
+
+
+__all__ = ["on_node_message", "on_head_message", "register"]
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def register(d: Any) -> None:
+    """Send the head this node's record as a registration (at most once per heartbeat
+    period: a burst of ``unknown`` answers makes one)."""
+    now = time.monotonic()
+    if now - getattr(d, "_registered_at", -1e9) < CLUSTER_HEARTBEAT_S:
+        return
+    d._registered_at = now
+    assert d.head_ep is not None
+    d.head_ep.send(("register", d._record()))
+
+
+# ------------------------------------------------------------------ the head's side
+
+def on_node_message(d: Any, peer: bytes, kind: str, record: dict) -> None:
+    """The head takes a node's ``register`` or ``heartbeat`` (see the module's docstring)."""
+    nid, inc = record["NodeID"], record.get("Incarnation", 0)
+    d._nodes()  # declare dead the nodes silent for too long, before judging this one
+    old = d.registry.get(nid)
+    known = -1 if old is None else old.get("Incarnation", 0)
+    if inc < known:
+        return  # a heartbeat or registration of an earlier incarnation, delivered late
+    if kind == "register":
+        d._heard(record)
+        if old is None:
+            _say(f"node {nid[:12]} joined from {record['NodeManagerAddress']}")
+        else:
+            _say(f"node {nid[:12]} at {record['NodeManagerAddress']} joined again "
+                 f"(incarnation {inc})")
+        d.router.send(("welcome", d.node_id, inc), to=peer)
+    elif old is None:
+        d.router.send(("unknown", inc), to=peer)  # this head restarted since
+    elif inc == known and not old["Alive"]:
+        d.router.send(("dead", inc), to=peer)
+    else:
+        d._heard(record)
+
+
+# ------------------------------------------------------------------ the node's side
+
+def on_head_message(d: Any, value: Any) -> None:
+    """A node takes the head's answer: ``welcome``, ``unknown`` (register again) or
+    ``dead`` (drop what was held for drivers, register as the next incarnation)."""
+    kind = value[0] if isinstance(value, tuple) and value else None
+    if kind == "unknown" and value[1] == d.incarnation:
+        _say("the head does not know this node (it restarted): registering again")
+        register(d)
+    elif kind == "dead" and value[1] == d.incarnation:
+        dropped, running = len(d.stored), len(d.pending)
+        d.stored.clear()
+        d.pending.clear()  # their completions are dropped as they come (no one waits)
+        d.done.clear()
+        d.incarnation += 1
+        d._registered_at = -1e9
+        _say(f"this node was declared dead by the head (no heartbeat reached it for "
+             f"{d.timeout:g} s): dropped {dropped} result(s) kept here and the results of "
+             f"{running} task(s) still running, which the drivers have resubmitted; "
+             f"registering again as incarnation {d.incarnation}")
+        register(d)

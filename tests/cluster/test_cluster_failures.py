@@ -1,0 +1,259 @@
+"""Failures of a cluster on loopback (docs/cluster.md, "Failures"): results lost with a killed
+node rebuilt from lineage; a frozen node (SIGSTOP: no heartbeat, no answer, as a node cut off)
+declared dead, its tasks resubmitted, and, once thawed, back as a new incarnation whose stale
+results never reach a driver; nodes that rejoin a restarted head.
+
+Each daemon is started with the CLI (``repartir start``) with ``REPARTIR_NODE_TIMEOUT=2``; the
+module's head has 1 CPU (``on_head``) and one node 1 CPU; each test adds the node it kills.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import repartir
+from repartir.cluster import client as cluster_client
+from repartir.config import resolve
+from repartir.errors import NodeDiedError, ObjectLostError
+from repartir.runtime.session import sweep_dead_sessions
+from rtsupport import wait_until
+from test_cluster import alive, cli, recorded
+
+STORE = str(128 << 20)
+NODE_TIMEOUT = 2.0
+BIG = 1 << 16  # float64 elements: 512 KiB, kept on the node that made it
+
+
+def _sweep() -> None:
+    """What a killed daemon left in /dev/shm (its workers exit by themselves)."""
+    sweep_dead_sessions(resolve(num_cpus=1, object_store_memory=64 << 20, num_gpus=0).temp_dir,
+                        "/dev/shm")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, _leaves_nothing_behind):
+    """This module's state directory, token file and node timeout, restored at the end; at
+    the end, every daemon recorded is stopped and must be gone."""
+    tmp = tmp_path_factory.mktemp("failures")
+    keys = ("REPARTIR_CLUSTER_DIR", "REPARTIR_TOKEN_FILE", "REPARTIR_NODE_TIMEOUT",
+            "REPARTIR_TOKEN", "REPARTIR_ADDRESS")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(REPARTIR_CLUSTER_DIR=str(tmp / "state"),
+                      REPARTIR_TOKEN_FILE=str(tmp / "token"),
+                      REPARTIR_NODE_TIMEOUT=str(NODE_TIMEOUT))
+    os.environ.pop("REPARTIR_TOKEN", None)
+    os.environ.pop("REPARTIR_ADDRESS", None)
+    if repartir.is_initialized():
+        repartir.shutdown()
+    try:
+        yield tmp
+    finally:
+        repartir.shutdown()
+        pids = [r["pid"] for r in recorded()] if (tmp / "state").exists() else []
+        cli("stop")
+        _sweep()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        assert not [p for p in pids if alive(p)], "daemons left running"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_head(port: int) -> str:
+    r = cli("start", "--head", "--port", str(port), "--num-cpus", "1",
+            "--resources", '{"on_head": 1}', "--object-store-memory", STORE)
+    assert r.returncode == 0, r.stderr
+    return f"127.0.0.1:{port}"
+
+
+def _join(address: str, resources: str = "{}") -> dict:
+    r = cli("start", "--address", address, "--num-cpus", "1", "--resources", resources,
+            "--object-store-memory", STORE)
+    assert r.returncode == 0, r.stderr
+    return recorded()[-1]
+
+
+def _node_id(rec: dict) -> str:
+    port = int(rec["address"].rsplit(":", 1)[1])
+    found = []
+    assert wait_until(lambda: found.extend(
+        n["NodeID"] for n in repartir.nodes() if n["NodeManagerPort"] == port and n["Alive"])
+        or found, 10), f"node {rec['address']} did not show up"
+    return found[0]
+
+
+def _log(tmp, address: str) -> str:
+    """The log of the latest daemon that served on ``address``."""
+    texts = [p.read_text() for p in sorted((tmp / "state").glob("node-*.log"))]
+    return [t for t in texts if f"serving on {address}" in t][-1]
+
+
+@pytest.fixture(scope="module")
+def cluster(env):
+    address = _start_head(_free_port())
+    _join(address)
+    repartir.init(address=address)
+    return {"address": address, "tmp": env}
+
+
+@repartir.remote
+def make(i):
+    return np.full(BIG, float(i))
+
+
+@repartir.remote
+def add_one(a):
+    return a + 1.0
+
+
+@repartir.remote
+def slow(i, seconds):
+    time.sleep(seconds)
+    return repartir.get_runtime_context().get_node_id(), i
+
+
+def _kept_on(refs, nid: str) -> list:
+    client = cluster_client.active()
+    with client._lock:
+        return [r for r in refs if client.results.get(r.binary(), ("",))[0] == "stored"
+                and client.results[r.binary()][1] == nid]
+
+
+def test_results_lost_with_a_killed_node_are_rebuilt_from_lineage(cluster):
+    victim = _join(cluster["address"], '{"victim": 1}')
+    vid = _node_id(victim)
+    made = [make.remote(i) for i in range(9)]
+    chained = [add_one.remote(r) for r in made]  # each runs where its argument is kept
+    twice = [add_one.remote(add_one.remote(make.remote(100 + i))) for i in range(3)]
+    fragile = [make.options(max_retries=0).remote(200 + i) for i in range(3)]
+    fragile += [make.options(max_retries=0, resources={"victim": 1}).remote(203 + i)
+                for i in range(3)]
+    every = made + chained + twice + fragile
+    assert len(repartir.wait(every, num_returns=len(every), timeout=60)[0]) == len(every)
+    on_victim = _kept_on(made + chained, vid)
+    fragile_lost = _kept_on(fragile, vid)
+    assert on_victim and fragile_lost, "the victim node kept none of the results"
+    del made[1::2]  # refs dropped: their lineage stays while a chained result needs it
+    os.kill(victim["pid"], signal.SIGKILL)
+    t0 = time.monotonic()
+    out = repartir.get(chained + twice, timeout=60)
+    assert time.monotonic() - t0 < 30
+    for i, a in enumerate(out[:9]):
+        assert a.shape == (BIG,) and np.all(a == i + 1.0)
+    for i, a in enumerate(out[9:]):
+        assert np.all(a == 100 + i + 2.0)
+    assert all(np.all(a == i) for i, a in zip(range(0, 9, 2), repartir.get(made, timeout=60)))
+    for r in fragile:
+        if r in fragile_lost:
+            with pytest.raises(ObjectLostError, match="max_retries are used up"):
+                repartir.get(r, timeout=30)
+        else:
+            assert repartir.get(r, timeout=30)[0] == 200 + fragile.index(r)
+    client = cluster_client.active()
+    assert client._lineage.rebuilt >= len(on_victim)
+    # no chained or rebuilt result is ever taken for another: a new task on them still works
+    assert repartir.get(add_one.remote(chained[0]), timeout=60)[0] == 2.0
+    del out, made, chained, twice, fragile, every, on_victim, fragile_lost, r
+    assert wait_until(lambda: not client._lineage.specs, 10), [
+        (s.ref, s.users) for s in client._lineage.specs.values()]
+    _sweep()
+
+
+def test_a_frozen_node_is_dead_in_time_and_comes_back_as_a_new_incarnation(cluster):
+    """SIGSTOP, as a node cut off: no heartbeat, no answer, connections stay open."""
+    frozen = _join(cluster["address"], '{"cold": 1}')
+    fid = _node_id(frozen)
+    kept = [make.remote(300 + i) for i in range(6)]
+    assert len(repartir.wait(kept, num_returns=6, timeout=60)[0]) == 6
+    stuck = [slow.options(max_retries=2).remote(i, 1.5) for i in range(6)]
+    only_there = slow.options(resources={"cold": 1}, max_retries=0).remote(-1, 30.0)
+    client = cluster_client.active()
+    with client._lock:
+        on_frozen = [i for i, r in enumerate(stuck) if client.inflight[r.binary()].node == fid]
+    assert on_frozen and _kept_on(kept, fid)
+    time.sleep(0.3)
+    os.kill(frozen["pid"], signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(repartir.GetTimeoutError):
+            repartir.get(only_there, timeout=0.5)
+        assert time.monotonic() - t0 < 2.0  # no get waits past its timeout
+        with pytest.raises(NodeDiedError, match=fid[:12]):
+            repartir.get(only_there, timeout=30)
+        assert time.monotonic() - t0 < NODE_TIMEOUT + 6
+        # a driver that exits while a node is cut off does not hang
+        code = textwrap.dedent(f"""
+            import time, repartir
+            repartir.init(address={cluster['address']!r})
+            t0 = time.monotonic()
+            repartir.shutdown()
+            print(time.monotonic() - t0)
+        """)
+        d = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=60)
+        assert d.returncode == 0, d.stderr
+        assert float(d.stdout.split()[-1]) < 5.0
+        out = repartir.get(stuck + kept, timeout=60)
+    finally:
+        os.kill(frozen["pid"], signal.SIGCONT)
+    assert [i for _, i in out[:6]] == list(range(6))
+    assert fid not in {out[i][0] for i in on_frozen}  # resubmitted elsewhere
+    assert all(np.all(a == 300 + i) for i, a in enumerate(out[6:]))
+    # thawed: the head says it was dead, it drops its state and joins again
+    assert wait_until(lambda: "joined again (incarnation 1)" in _log(cluster["tmp"],
+                                                                     cluster["address"]), 15)
+    assert "declared dead by the head" in _log(cluster["tmp"], frozen["address"])
+    assert wait_until(lambda: any(n["NodeID"] == fid and n["Alive"] for n in repartir.nodes()),
+                      10)
+    nid, _ = repartir.get(slow.options(resources={"cold": 1}).remote(0, 0.0), timeout=30)
+    assert nid == fid
+    # no stale completion replaced a result: everything reads the same again
+    again = repartir.get(stuck + kept, timeout=60)
+    assert [i for _, i in again[:6]] == list(range(6))
+    assert all(np.all(a == 300 + i) for i, a in enumerate(again[6:]))
+    os.kill(frozen["pid"], signal.SIGTERM)
+    assert wait_until(lambda: not alive(frozen["pid"]), 30)
+
+
+def _head_pid() -> int:
+    return [r["pid"] for r in recorded() if r["role"] == "head"][-1]
+
+
+def test_nodes_rejoin_a_restarted_head(cluster):
+    address = cluster["address"]
+    node = [r for r in recorded() if r["role"] != "head" and alive(r["pid"])][0]
+    nid = _node_id(node)
+    old_head = _head_pid()
+    os.kill(old_head, signal.SIGTERM)
+    assert wait_until(lambda: not alive(old_head), 30)
+    # the driver whose head is gone: a clear error, once REPARTIR_NODE_TIMEOUT has passed
+    time.sleep(NODE_TIMEOUT + 1.5)
+    with pytest.raises(NodeDiedError, match=r"has not answered .*shutdown\(\) and init"):
+        slow.remote(0, 0.0)
+    repartir.shutdown()
+    _start_head(int(address.rsplit(":", 1)[1]))
+    repartir.init(address=address)
+    assert wait_until(lambda: any(n["NodeID"] == nid and n["Alive"]
+                                  for n in repartir.nodes()), 15), repartir.nodes()
+    assert "registering again" in _log(cluster["tmp"], node["address"])
+    out = repartir.get([slow.options(resources={"on_head": 0}).remote(i, 0.3)
+                        for i in range(6)], timeout=60)
+    assert {n for n, _ in out} == {n["NodeID"] for n in repartir.nodes() if n["Alive"]}
+    status = cli("status")
+    assert status.returncode == 0 and "2 node(s) alive" in status.stdout, status.stdout
