@@ -20,8 +20,9 @@ Both sides of it live here, as functions of a :class:`~.node.NodeDaemon`:
   declared dead (its heartbeats stopped: it was stopped, frozen or cut off) has had its tasks
   resubmitted and its objects given up by every driver; when its heartbeats reach the head
   again, the head answers ``dead`` instead of taking them, and the node drops everything it
-  held for drivers (the results it kept, the results of the tasks still running: they are
-  never delivered), then registers again with the next incarnation.  A driver that sees a
+  held for drivers (the results it kept; the tasks still running are cancelled, as
+  ``repartir.cancel`` does, and their results never delivered), then registers again with
+  the next incarnation.  A driver that sees a
   node's incarnation change treats it as a node that died and a new one that joined, so no
   stale result can reach it: it connects to the new incarnation afresh, and the old
   connection, which the results of the old one were addressed to, is closed.
@@ -42,6 +43,7 @@ import time
 from typing import Any
 
 from ..config import CLUSTER_HEARTBEAT_S
+from ..runtime import driver
 
 
 __all__ = ["on_node_message", "on_head_message", "register"]
@@ -100,12 +102,17 @@ def on_head_message(d: Any, value: Any) -> None:
     elif kind == "dead" and value[1] == d.incarnation:
         dropped, running = len(d.stored), len(d.pending)
         d.stored.clear()
+        for _, ref in d.pending.values():  # as repartir.cancel: their CPUs come back
+            try:
+                driver.client().cancel(ref, False, True)
+            except Exception:  # noqa: BLE001 -- finished meanwhile, or not cancellable
+                pass
         d.pending.clear()  # their completions are dropped as they come (no one waits)
         d.done.clear()
         d.incarnation += 1
         d._registered_at = -1e9
         _say(f"this node was declared dead by the head (no heartbeat reached it for "
-             f"{d.timeout:g} s): dropped {dropped} result(s) kept here and the results of "
+             f"{d.timeout:g} s): dropped {dropped} result(s) kept here and cancelled "
              f"{running} task(s) still running, which the drivers have resubmitted; "
              f"registering again as incarnation {d.incarnation}")
         register(d)
