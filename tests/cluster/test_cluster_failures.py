@@ -175,6 +175,36 @@ def test_results_lost_with_a_killed_node_are_rebuilt_from_lineage(cluster):
     _sweep()
 
 
+def test_lineage_past_its_bound_is_dropped_and_says_so(cluster):
+    victim = _join(cluster["address"])
+    vid = _node_id(victim)
+    client = cluster_client.active()
+    probe = make.remote(-1)
+    repartir.get(probe, timeout=60)
+    with client._lock:
+        per_task = client._lineage.nbytes  # the pickled arguments of one task
+        bound, client._lineage.max_bytes = client._lineage.max_bytes, 2 * per_task
+    try:
+        refs = [make.remote(i) for i in range(12)]
+        assert len(repartir.wait(refs, num_returns=12, timeout=60)[0]) == 12
+        with client._lock:
+            assert client._lineage.nbytes <= 2 * per_task and client._lineage.evicted >= 10
+            evicted = {r for r in refs if r.binary() not in client._lineage.specs}
+        on_victim = _kept_on(refs, vid)
+        assert set(on_victim) & evicted
+        os.kill(victim["pid"], signal.SIGKILL)
+        for i, r in enumerate(refs):
+            if r in on_victim and r in evicted:
+                with pytest.raises(ObjectLostError, match="no lineage was kept"):
+                    repartir.get(r, timeout=30)
+            else:
+                assert repartir.get(r, timeout=30)[0] == i
+    finally:
+        with client._lock:
+            client._lineage.max_bytes = bound
+    _sweep()
+
+
 def test_a_frozen_node_is_dead_in_time_and_comes_back_as_a_new_incarnation(cluster):
     """SIGSTOP, as a node cut off: no heartbeat, no answer, connections stay open."""
     frozen = _join(cluster["address"], '{"cold": 1}')
