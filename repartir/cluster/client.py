@@ -12,7 +12,8 @@ flight), and are released there when the ref is dropped.
 One background thread owns the sockets: it sends the batches, receives completions and
 chunks, and asks the head for the registry every ``CLUSTER_HEARTBEAT_S``.  Tasks of a node
 the head declares dead are resubmitted elsewhere while their ``max_retries`` allow, else
-their refs raise :class:`NodeDiedError`; objects kept on it raise :class:`ObjectLostError`.
+their refs raise :class:`NodeDiedError`; objects kept on it are rebuilt by running their
+tasks again (``lineage.py``), else raise :class:`ObjectLostError`.
 If the head itself stops answering for ``REPARTIR_NODE_TIMEOUT`` seconds, every task in
 flight fails the same way.  ``get`` never waits past its ``timeout``.
 """

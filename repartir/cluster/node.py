@@ -11,7 +11,8 @@ the driver releases them.
 
 The head's daemon also keeps the registry: every node (the head's own included) registers,
 then sends a heartbeat every ``CLUSTER_HEARTBEAT_S`` with its free resources and its tasks;
-a node silent for ``REPARTIR_NODE_TIMEOUT`` seconds is declared dead.  Drivers and
+a node silent for ``REPARTIR_NODE_TIMEOUT`` seconds is declared dead (a node that comes
+back, and nodes rejoining a restarted head: ``membership.py``).  Drivers and
 ``repartir status`` ask the head for the registry (``("nodes",)``).
 
 Messages (each value a tuple, the kind first):
@@ -27,7 +28,10 @@ driver -> node  ``meta``, ``chunk``     pull a stored object: its frame sizes, t
                                         ``(id, frame, offset, length)`` pieces
 driver -> node  ``release``             ids of stored objects the driver no longer needs
 node -> head    ``register``,           the node's record (id, address, resources total
-                ``heartbeat``           and available, tasks queued and running)
+                ``heartbeat``           and available, tasks queued and running, its
+                                        incarnation)
+head -> node    ``welcome``,            registered; "register again" (a restarted head);
+                ``unknown``, ``dead``   "you were declared dead" (membership.py)
 any -> head     ``nodes``               the registry, answered with ``("nodes", list)``
 =============== ======================= ==================================================
 """
