@@ -39,6 +39,7 @@ from ..runtime.objectref import ObjectRef
 from ..runtime.signature import arg_check
 from .client_loop import ClientLoop
 from .lineage import Lineage
+from .membership import unlisted_nodes
 from .sockets import Endpoint
 from .state import StoredArg, resolve_address, tcp
 from .wire import encode
@@ -138,6 +139,8 @@ class ClusterClient(ClientLoop):
         self._failed: str | None = None
         self._registry_seq = 0
         self._lineage = Lineage(self)  # to rebuild results lost with their node
+        self._unlisted: dict[str, float] = {}  # node id -> since when the head omits it
+        self._senders: dict[str, bytes] = {}  # node id -> the sender id of its daemon
         self._head = Endpoint.connect(tcp(address), token=token)
         try:
             self._head.send(("nodes",))
@@ -174,7 +177,8 @@ class ClusterClient(ClientLoop):
             elif old is not None and old["Alive"] and \
                     rec.get("Incarnation") != old.get("Incarnation"):
                 newly_dead.append(nid)  # declared dead and back since we last looked
-        return newly_dead
+        return newly_dead + unlisted_nodes(self.nodes_seen, records, self._unlisted,
+                                           self.timeout)
 
     def _connect_node(self, nid: str, address: str) -> None:
         ep = Endpoint.connect(tcp(address), token=self._token)
@@ -294,6 +298,9 @@ class ClusterClient(ClientLoop):
                 raise NodeDiedError(self._failed)
             if prefer is not None:
                 self._lineage.submitted(tid, args, kwargs)
+                if prefer not in self._eps:  # died since: its arguments are being rebuilt
+                    self._lineage.wait(tid, task)
+                    return ClusterRef(tid, self)
             self._enqueue(tid, task, prefer)
         return ClusterRef(tid, self)
 

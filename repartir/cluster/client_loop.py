@@ -15,6 +15,7 @@ from ..config import (CLUSTER_BATCH_TASKS, CLUSTER_CHUNK_BYTES, CLUSTER_CHUNKS_I
                       CLUSTER_HEARTBEAT_S)
 from ..errors import (ObjectLostError,
                       RepartirError, WireTimeoutError)
+from .membership import restarted
 from .sockets import Endpoint
 
 __all__ = ["ClientLoop"]
@@ -123,6 +124,8 @@ class ClientLoop:
                 return
             if ep is self._head:
                 self._on_registry(msg.value)
+            elif restarted(self, self._ep_node[sock], msg.sender):
+                return  # that ep is closed now
             else:
                 self._on_node(ep, self._ep_node[sock], msg.value)
 
@@ -132,8 +135,8 @@ class ClientLoop:
         with self._lock:
             self._last_head = time.monotonic()
             for nid in self._update_nodes(value[1]):
-                self._node_died(nid, "was declared dead by the head (no heartbeat for "
-                                     f"{self.timeout:g} s)")
+                self._node_died(nid, "was declared dead (no heartbeat reached the head for "
+                                     f"{self.timeout:g} s, or the head lists it no more)")
                 rec = self.nodes_seen[nid]
                 if rec["Alive"] and nid not in self._eps:  # came back: a new incarnation
                     self._connect_node(nid, rec["NodeManagerAddress"])

@@ -31,6 +31,13 @@ Both sides of it live here, as functions of a :class:`~.node.NodeDaemon`:
   tasks and their objects (a driver whose head came back within ``REPARTIR_NODE_TIMEOUT``
   carries on; one that waited longer has failed its tasks and needs ``shutdown()`` and a
   new ``init()``).
+- A node that a driver knows but the head's registry no longer lists (its records are
+  gone with a head that restarted, and this one never registered again: it was the old
+  head's own node, or it died meanwhile) is dead to the driver once it has been missing for
+  ``REPARTIR_NODE_TIMEOUT`` (:func:`unlisted_nodes`).  A driver that hears another daemon
+  (another sender id) at a node's address, the head's own node restarted with the head,
+  takes that node for dead at its next look at the registry (:func:`restarted`): that
+  daemon knows none of its tasks, and what it says is dropped.
 - Heartbeats queued while a link was down may reach the head late, in a burst: one that
   carries an older incarnation than the registry's is ignored, so a node drops its state
   once per time it was declared dead.
@@ -46,7 +53,7 @@ from ..config import CLUSTER_HEARTBEAT_S
 from ..runtime import driver
 
 
-__all__ = ["on_node_message", "on_head_message", "register"]
+__all__ = ["on_node_message", "on_head_message", "register", "unlisted_nodes", "restarted"]
 
 
 def _say(text: str) -> None:
@@ -116,3 +123,39 @@ def on_head_message(d: Any, value: Any) -> None:
              f"{running} task(s) still running, which the drivers have resubmitted; "
              f"registering again as incarnation {d.incarnation}")
         register(d)
+
+
+# ------------------------------------------------------------------ a driver's side
+
+def unlisted_nodes(seen: dict[str, dict], records: list[dict], since: dict[str, float],
+                   timeout: float, now: float | None = None) -> list[str]:
+    """The nodes a driver takes for dead because the head's registry (``records``) has not
+    listed them for more than ``timeout`` seconds; they are marked not alive in ``seen``
+    (node id -> record).  ``since`` (node id -> the first time it was missing,
+    ``time.monotonic()`` seconds) is the state kept between calls."""
+    now = time.monotonic() if now is None else now
+    listed = {rec["NodeID"] for rec in records}
+    dead = []
+    for nid, rec in seen.items():
+        if nid in listed or not rec["Alive"]:
+            since.pop(nid, None)
+            continue
+        if now - since.setdefault(nid, now) > timeout:
+            seen[nid] = dict(rec, Alive=False)
+            del since[nid]
+            dead.append(nid)
+    return dead
+
+
+def restarted(c: Any, nid: str, sender: bytes) -> bool:
+    """Whether a message on driver ``c``'s connection to node ``nid`` comes from another
+    daemon than the first one heard there (``sender``: the signed sender id of its
+    endpoint, new for every process); such messages are to be dropped, and the node is
+    dead to the driver at its next look at the registry (by then the registry lists the
+    daemon that answers there now, when it is a restarted head, so that the tasks
+    resubmitted can go to its node)."""
+    known = c._senders.setdefault(nid, sender)
+    if known == sender:
+        return False
+    c._unlisted[nid] = float("-inf")  # see unlisted_nodes: dead when next not listed
+    return True

@@ -265,6 +265,40 @@ def _head_pid() -> int:
     return [r["pid"] for r in recorded() if r["role"] == "head"][-1]
 
 
+def test_a_driver_rides_out_a_quick_head_restart(cluster):
+    """The head (also a node) restarted within the driver's node timeout: the driver carries
+    on; the task that ran on the old head's node runs again on the new one."""
+    client = cluster_client.active()
+    client.timeout = 10.0  # this driver's REPARTIR_NODE_TIMEOUT: the restart fits in it
+    try:
+        old_id = [n["NodeID"] for n in repartir.nodes() if "on_head" in n["Resources"]
+                  and n["Alive"]][0]
+        repartir.get(slow.options(resources={"on_head": 1}).remote(0, 0.0), timeout=60)  # heard
+        on_head = slow.options(resources={"on_head": 1}, max_retries=2).remote(7, 3.0)
+        elsewhere = [slow.options(resources={"on_head": 0}).remote(i, 0.2) for i in range(4)]
+        time.sleep(0.5)
+        old_head = _head_pid()
+        os.kill(old_head, signal.SIGTERM)
+        assert wait_until(lambda: not alive(old_head), 30)
+        # placed on the old head's node, the only one with "on_head" now: the daemon that
+        # gets it at that address once the head is back never got its function, and answers
+        # with an error; the driver sees another daemon there, drops it, runs the task again
+        late = slow.options(resources={"on_head": 1}).remote(8, 0.0)
+        with client._lock:
+            assert client.inflight[late.binary()].node == old_id
+        _start_head(int(cluster["address"].rsplit(":", 1)[1]))
+        t_late = time.monotonic()
+        assert repartir.get(late, timeout=60)[1] == 8
+        assert time.monotonic() - t_late < 8.0  # before this driver's node timeout
+        nid, i = repartir.get(on_head, timeout=60)
+        assert i == 7 and nid != old_id
+        assert [i for _, i in repartir.get(elsewhere, timeout=60)] == list(range(4))
+        alive_ids = {n["NodeID"] for n in repartir.nodes() if n["Alive"]}
+        assert nid in alive_ids and old_id not in alive_ids and len(alive_ids) == 2
+    finally:
+        client.timeout = NODE_TIMEOUT
+
+
 def test_nodes_rejoin_a_restarted_head(cluster):
     address = cluster["address"]
     node = [r for r in recorded() if r["role"] != "head" and alive(r["pid"])][0]
