@@ -99,15 +99,16 @@ class Lineage:
         """Task ``tid`` finished: ``what`` is ``"stored"`` (kept on its node), ``"value"``
         or ``"error"``."""
         spec = self.specs.get(tid)
-        if what == "stored":
+        if what == "stored" and (spec is not None or ref_alive):
             if spec is None:
                 nbytes = sum(memoryview(f).nbytes for f in task.payload)
                 spec = self.specs[tid] = _Spec(task, ref_alive, nbytes)
                 self.nbytes += nbytes
                 if self.nbytes > self.max_bytes:
                     self._evict()
-            elif not spec.ref and spec.users <= 0:
-                self._drop(tid, release=True)
+            elif not spec.ref and spec.users <= 0:  # rebuilt for tasks that no longer need it
+                self._drop(tid, release=False)
+                self.c._dropped.add(tid)  # so the client releases it on its node
         elif spec is None:
             for d in self.deps.pop(tid, ()):
                 self._unuse(d)

@@ -170,6 +170,9 @@ def test_results_lost_with_a_killed_node_are_rebuilt_from_lineage(cluster):
     # no chained or rebuilt result is ever taken for another: a new task on them still works
     assert repartir.get(add_one.remote(chained[0]), timeout=60)[0] == 2.0
     del out, made, chained, twice, fragile, every, on_victim, fragile_lost, r
+    for i in range(3):
+        make.remote(i)  # its ref dropped at once, before the result is kept on a node
+    assert wait_until(lambda: not client.inflight, 30)
     assert wait_until(lambda: not client._lineage.specs, 10), [
         (s.ref, s.users) for s in client._lineage.specs.values()]
     _sweep()
