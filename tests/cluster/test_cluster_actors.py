@@ -24,6 +24,8 @@ from repartir.errors import ActorDiedError
 from repartir.runtime.session import sweep_dead_sessions
 from test_cluster import STORE, alive, cli, cluster, recorded  # noqa: F401 (the fixture)
 
+pytestmark = pytest.mark.usefixtures("cluster")
+
 
 def node_of(resource: str) -> str:
     return [n["NodeID"] for n in repartir.nodes() if n["Alive"] and resource in n["Resources"]][0]
@@ -108,7 +110,7 @@ def ident(a):
     return a
 
 
-def test_actors_are_placed_by_custom_resource(cluster):
+def test_actors_are_placed_by_custom_resource():
     on_head = Counter.options(resources={"on_head": 1}).remote()
     on_node = Counter.options(resources={"big_mem": 1}).remote()
     assert repartir.get(on_head.where.remote(), timeout=60)[0] == node_of("on_head")
@@ -117,21 +119,21 @@ def test_actors_are_placed_by_custom_resource(cluster):
         Counter.options(resources={"huge_mem": 1}).remote()
 
 
-def test_calls_run_in_submission_order(cluster):
+def test_calls_run_in_submission_order():
     c = Counter.remote(10)
     refs = [c.add.remote(i) for i in range(300)]
     assert repartir.get(refs, timeout=60) == list(range(11, 311))
     assert repartir.get(c.history.remote(), timeout=60) == list(range(300))
 
 
-def test_threaded_and_async_actors_run_calls_concurrently(cluster):
+def test_threaded_and_async_actors_run_calls_concurrently():
     t = Sleeper.options(max_concurrency=4).remote()
     assert max(repartir.get([t.nap.remote(0.5) for _ in range(8)], timeout=60)) > 1
     a = AsyncWaiter.remote()
     assert max(repartir.get([a.nap.remote(0.5) for _ in range(20)], timeout=60)) > 1
 
 
-def test_a_large_result_is_pulled_and_feeds_tasks_and_calls(cluster):
+def test_a_large_result_is_pulled_and_feeds_tasks_and_calls():
     c = Counter.options(resources={"big_mem": 1}).remote()
     other = Counter.options(resources={"on_head": 1}).remote()
     ref = c.big.remote(1 << 20)  # 8 MiB: kept on the actor's node
@@ -145,7 +147,7 @@ def test_a_large_result_is_pulled_and_feeds_tasks_and_calls(cluster):
     assert np.array_equal(repartir.get(ident.remote(ref), timeout=60), expect)
 
 
-def test_errors_and_what_is_refused(cluster):
+def test_errors_and_what_is_refused():
     @repartir.remote
     class Broken:
         def __init__(self):
@@ -166,7 +168,7 @@ def test_errors_and_what_is_refused(cluster):
         c.add.options(num_returns=2).remote(1)
 
 
-def test_named_actor_from_a_second_driver(cluster):
+def test_named_actor_from_a_second_driver():
     c = Counter.options(name="shared", namespace="team").remote()
     assert repartir.get(c.add.remote("driver 1"), timeout=60) == 1
     r = driver("""
@@ -196,7 +198,7 @@ def test_named_actor_from_a_second_driver(cluster):
         Counter.options(name="shared", namespace="team").remote()
 
 
-def test_kill_ends_the_actor_and_frees_its_name(cluster):
+def test_kill_ends_the_actor_and_frees_its_name():
     c = Counter.options(name="victim").remote()
     _, pid = repartir.get(c.where.remote(), timeout=60)
     slow = c.slow.remote(30)
@@ -213,7 +215,7 @@ def test_kill_ends_the_actor_and_frees_its_name(cluster):
     repartir.kill(d)
 
 
-def test_dropping_the_last_handle_ends_the_actor(cluster):
+def test_dropping_the_last_handle_ends_the_actor():
     client = cluster_client.active()
     nid = node_of("big_mem")
 
@@ -232,7 +234,7 @@ def test_dropping_the_last_handle_ends_the_actor(cluster):
     wait_until(lambda: actors_on_node() == before, "the node's actor count to go back")
 
 
-def test_a_driver_exit_ends_its_actors_but_not_detached_ones(cluster):
+def test_a_driver_exit_ends_its_actors_but_not_detached_ones():
     r = driver("""
         c = repartir.remote(type("C", (), {"pid": lambda self: os.getpid()})).remote()
         d = repartir.remote(type("D", (), {"pid": lambda self: os.getpid()})).options(
@@ -260,7 +262,7 @@ def _extra_node(resources: str) -> tuple[str, int]:
     return [n["NodeID"] for n in repartir.nodes() if n["NodeManagerPort"] == port][0], rec["pid"]
 
 
-def test_an_actor_restarts_on_another_node_when_its_node_dies(cluster):
+def test_an_actor_restarts_on_another_node_when_its_node_dies():
     """Two nodes with ``spare: 2``; the actor's is SIGKILLed: the actor comes back on the
     other one (constructor re-run, state lost), the call in flight fails; then, with
     max_restarts=0, the survivor's death makes the actor dead for good."""
