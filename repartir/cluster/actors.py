@@ -234,6 +234,12 @@ class ClusterActors:
                         payload: list | None = None, keep: bool = True) -> bytes:
         c = self.client
         tid = os.urandom(16)
+        if nid not in c._eps:  # the node died since it was chosen (its tasks were failed)
+            if keep:
+                c.results[tid] = ("error", ActorDiedError(
+                    f"node {nid[:12]} died before it got an operation on actor "
+                    f"{actor.class_name if actor is not None else '(a name)'}"))
+            return tid
         task = ActorTask(key, payload if payload is not None else
                          _pickled((args, kwargs or {})), retries, actor)
         task.node = nid
