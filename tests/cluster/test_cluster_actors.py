@@ -213,6 +213,14 @@ def test_kill_ends_the_actor_and_frees_its_name():
     d = Counter.options(name="victim").remote()  # the name is free again
     assert repartir.get(d.add.remote(0), timeout=60) == 1
     repartir.kill(d)
+    e = Counter.remote()
+    _, pid = repartir.get(e.where.remote(), timeout=60)
+    before = e.add.remote(1)
+    e.__ray_terminate__.remote()  # ends it after the calls made before
+    assert repartir.get(before, timeout=60) == 1
+    with pytest.raises(ActorDiedError):
+        repartir.get(e.add.remote(1), timeout=60)
+    wait_until(lambda: not alive(pid), "the terminated actor's process to end")
 
 
 def test_dropping_the_last_handle_ends_the_actor():
