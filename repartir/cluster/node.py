@@ -30,6 +30,10 @@ node -> head    ``register``,           the node's record (id, address, resource
                 ``heartbeat``           and available, tasks queued and running)
 any -> head     ``nodes``               the registry, answered with ``("nodes", list)``
 =============== ======================= ==================================================
+
+A task whose key is an :class:`~.node_actors.ActorKey` is an operation on the actors this node
+holds for drivers (create, call, end, kill; on the head, the names of actors): see
+``node_actors.py``.
 """
 
 from __future__ import annotations

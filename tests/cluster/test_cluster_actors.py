@@ -19,7 +19,7 @@ import pytest
 
 import repartir
 from repartir.cluster import client as cluster_client
-from repartir.config import resolve
+from repartir.config import cluster_state_dir, resolve
 from repartir.errors import ActorDiedError
 from repartir.runtime.session import sweep_dead_sessions
 from test_cluster import STORE, alive, cli, cluster, recorded  # noqa: F401 (the fixture)
@@ -273,19 +273,49 @@ def _extra_node(resources: str) -> tuple[str, int]:
 def test_an_actor_restarts_on_another_node_when_its_node_dies():
     """Two nodes with ``spare: 2``; the actor's is SIGKILLed: the actor comes back on the
     other one (constructor re-run, state lost), the call in flight is sent again
-    (max_task_retries=1); then, with max_restarts=0, the survivor's death makes an actor
-    dead for good: its call in flight and later calls raise ActorDiedError naming the node."""
+    (max_task_retries=1), and a second driver's handle (from get_actor) follows it; then,
+    with max_restarts=0, the survivor's death makes an actor dead for good: its call in
+    flight and later calls raise ActorDiedError naming the node."""
     nodes = dict([_extra_node('{"spare": 2}'), _extra_node('{"spare": 2}')])
-    c = Counter.options(resources={"spare": 1}, max_restarts=1, max_task_retries=1).remote(100)
+    c = Counter.options(resources={"spare": 1}, max_restarts=1, max_task_retries=1,
+                        name="mover").remote(100)
     assert repartir.get(c.add.remote(0), timeout=60) == 101
     first, _ = repartir.get(c.where.remote(), timeout=60)
-    in_flight = c.slow.remote(3)
-    time.sleep(0.5)
-    os.kill(nodes[first], signal.SIGKILL)
-    assert repartir.get(in_flight, timeout=60) == 3  # run again on the other node
-    second, _ = repartir.get(c.where.remote(), timeout=60)
-    assert second != first and second in nodes
-    assert repartir.get(c.add.remote(1), timeout=60) == 101  # a new instance
+    go = cluster_state_dir() + "/go"
+    other = subprocess.Popen(  # a second driver with a handle from get_actor
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import os, sys, time, repartir
+            repartir.init(address="auto")
+            h = repartir.get_actor("mover")
+            print(repartir.get(h.where.remote(), timeout=60)[0], flush=True)
+            while not os.path.exists({go!r}):
+                time.sleep(0.05)
+            deadline = time.monotonic() + 30
+            while True:  # until its owner has restarted it
+                try:
+                    print(repartir.get(h.where.remote(), timeout=60)[0], flush=True)
+                    break
+                except repartir.ActorDiedError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+        """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        assert other.stdout.readline().strip() == first
+        in_flight = c.slow.remote(3)
+        time.sleep(0.5)
+        os.kill(nodes[first], signal.SIGKILL)
+        assert repartir.get(in_flight, timeout=60) == 3  # run again on the other node
+        second, _ = repartir.get(c.where.remote(), timeout=60)
+        assert second != first and second in nodes
+        assert repartir.get(c.add.remote(1), timeout=60) == 101  # a new instance
+        open(go, "w").close()
+        out, err = other.communicate(timeout=90)
+        assert other.returncode == 0, err
+        assert out.strip() == second  # the other driver followed it
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
 
     last = Counter.options(resources={"spare": 1}, max_restarts=0).remote()
     assert repartir.get(last.where.remote(), timeout=60)[0] == second
