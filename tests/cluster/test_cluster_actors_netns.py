@@ -91,3 +91,17 @@ def test_an_actor_on_another_host(tmp_path):
     assert report["order"] and report["big"]
     assert report["far"] == [b_id, float(sum(range(4 << 20)))]
     assert report["second"] == b_id, report["second_err"]
+
+
+@pytest.mark.netns
+def test_the_actor_benchmark_runs():
+    """``stress/cluster_actor_bench.py`` on two hosts, small sizes: it must run to the end
+    (its figures are for docs/cluster.md, not checked here)."""
+    from stress import cluster_actor_bench
+
+    with netns.Cluster(2) as hosts:
+        figures = cluster_actor_bench.repartir_actors(hosts, calls=300, round_trips=10)
+    sweep_dead_sessions(resolve(num_cpus=1, object_store_memory=64 << 20, num_gpus=0).temp_dir,
+                        "/dev/shm")
+    assert set(figures) == {"actor_calls", "actor_round_trip"}
+    assert all(value > 0 for value, _ in figures.values())
