@@ -164,7 +164,9 @@ class ActorClass:
 
     def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
         """Start an actor; returns its handle at once (the constructor runs in the actor).
-        Works in the driver, in tasks and in actor methods alike.
+        Works in the driver, in tasks and in actor methods alike; in a driver connected
+        to a cluster, the actor is placed on a node (docs/cluster.md, "Actors on a
+        cluster").
 
         Raises:
             TypeError: the arguments do not fit the constructor's signature.
