@@ -430,7 +430,10 @@ class ClusterActors:
         actor = handle._actor
         if actor.dead is not None:
             return
-        self._ask(actor.node, _KILL, (actor.id, no_restart), f"killing {handle!r}")
+        try:
+            self._ask(actor.node, _KILL, (actor.id, no_restart), f"killing {handle!r}")
+        except ActorDiedError:  # its node died meanwhile: so did the actor
+            pass
         if no_restart:
             with self.client._lock:
                 self._gone_locked(actor, "it was killed (repartir.kill)", tell_node=False)
