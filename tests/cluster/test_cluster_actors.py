@@ -6,6 +6,7 @@ The cluster fixture is test_cluster.py's (its own instance for this module)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -203,7 +204,7 @@ def test_kill_ends_the_actor_and_frees_its_name():
     _, pid = repartir.get(c.where.remote(), timeout=60)
     slow = c.slow.remote(30)
     repartir.kill(c)
-    assert not alive(pid)
+    wait_until(lambda: not alive(pid), "the killed actor's process to be gone")
     with pytest.raises(ActorDiedError):
         repartir.get(slow, timeout=60)
     with pytest.raises(ActorDiedError, match="killed"):
@@ -231,6 +232,9 @@ def test_dropping_the_last_handle_ends_the_actor():
         client.nodes()  # a fresh registry (the node's heartbeat counts its actors)
         return client.nodes_seen[nid].get("Actors")
 
+    gc.collect()  # the handles earlier tests dropped: their actors end first
+    wait_until(lambda: actors_on_node() == client.actors._per_node.get(nid, 0),
+               "the node to count only this driver's live actors")
     before = actors_on_node()
     c = Counter.options(resources={"big_mem": 1}).remote()
     _, pid = repartir.get(c.where.remote(), timeout=60)
@@ -256,7 +260,7 @@ def test_a_driver_exit_ends_its_actors_but_not_detached_ones():
     keeper = repartir.get_actor("keeper")
     assert repartir.get(keeper.pid.remote(), timeout=60) == detached
     repartir.kill(keeper)
-    assert not alive(detached)
+    wait_until(lambda: not alive(detached), "the killed actor's process to be gone")
 
 
 def _extra_node(resources: str) -> tuple[str, int]:
