@@ -214,6 +214,10 @@ def test_kill_ends_the_actor_and_frees_its_name():
     d = Counter.options(name="victim").remote()  # the name is free again
     assert repartir.get(d.add.remote(0), timeout=60) == 1
     repartir.kill(d)
+    r = Counter.options(max_restarts=1).remote()
+    _, pid = repartir.get(r.where.remote(), timeout=60)
+    repartir.kill(r, no_restart=False)  # its node restarts its process
+    assert repartir.get(r.where.remote(), timeout=60)[1] != pid
     e = Counter.remote()
     _, pid = repartir.get(e.where.remote(), timeout=60)
     before = e.add.remote(1)
