@@ -30,6 +30,10 @@ node -> head    ``register``,           the node's record (id, address, resource
                 ``heartbeat``           and available, tasks queued and running)
 any -> head     ``nodes``               the registry, answered with ``("nodes", list)``
 =============== ======================= ==================================================
+
+A task whose key is an :class:`~.node_actors.ActorKey` is an operation on the actors this node
+holds for drivers (create, call, end, kill; on the head, the names of actors): see
+``node_actors.py``.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_INLINE_RESULT_BYTES, CLUSTER_
                       CLUSTER_START_TIMEOUT_S, cluster_node_timeout)
 from ..errors import RepartirError, TokenError, WireTimeoutError
 from ..runtime.remote_function import RemoteFunction
+from .node_actors import ActorKey, NodeActors
 from .sockets import Endpoint
 from .state import StoredArg, host_port
 from .wire import encode
@@ -124,6 +129,8 @@ class NodeDaemon:
         self.done: collections.deque = collections.deque()  # (peer, task id, future)
         self.stored: dict[bytes, list] = {}  # object id -> [local ref, frames or None]
         self.registry: dict[str, dict] = {}  # the head's: node id -> record
+        self.actors = NodeActors(self.node_id, self.registry if self.is_head else None,
+                                 self.timeout)  # actors held for drivers; named actors
         self.started = time.time()
         if head is not None:
             self._join()
@@ -139,6 +146,7 @@ class NodeDaemon:
         return {"NodeID": self.node_id, "NodeManagerAddress": self.address,
                 "Resources": self.total, "Available": avail, "Running": running,
                 "Queued": len(self.pending) - running, "Stored": len(self.stored),
+                "Actors": len(self.actors.handles),
                 "Pid": os.getpid(), "Hostname": socket.gethostname(), "Head": self.is_head,
                 "Started": self.started}
 
@@ -191,6 +199,8 @@ class NodeDaemon:
             print(f"ignored a message of kind {kind!r}", file=sys.stderr, flush=True)
 
     def _function(self, key: Any, functions: dict) -> RemoteFunction:
+        if type(key) is ActorKey:  # an actor operation (node_actors.py)
+            return self.actors.target(key)  # type: ignore[return-value]
         rf = self.functions.get(key)
         if rf is None:
             fn, options = pickle.loads(functions[key])
