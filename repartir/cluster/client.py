@@ -37,6 +37,7 @@ from ..errors import (GetTimeoutError, InfeasibleTaskError, NodeDiedError, Objec
 from ..runtime import context
 from ..runtime.objectref import ObjectRef
 from ..runtime.signature import arg_check
+from .actors import ClusterActors
 from .client_loop import ClientLoop
 from .lineage import Lineage
 from .membership import unlisted_nodes
@@ -154,6 +155,7 @@ class ClusterClient(ClientLoop):
             self._head.close()
             raise TokenError(f"the head at {address} refused this driver: {exc}") from None
         self._last_head = time.monotonic()
+        self.actors = ClusterActors(self, ClusterRef)  # actors on the nodes (actors.py)
         self._poller = zmq.Poller()
         self._poller.register(self._head.socket, zmq.POLLIN)
         self._update_nodes(msg.value[1])
@@ -199,6 +201,7 @@ class ClusterClient(ClientLoop):
             self._ep_node.pop(ep.socket, None)
             ep.close()
         self._outbox.pop(nid, None)
+        self.actors.node_died_locked(nid, where, why)  # restart, resend or fail (actors.py)
         for tid, task in list(self.inflight.items()):
             if task.node != nid:
                 continue
@@ -440,6 +443,8 @@ class ClusterClient(ClientLoop):
             self._fetch_start.clear()
         self._closed = True
         self._thread.join(2.0)
+        with self._lock:
+            self.actors.closing_locked()  # its actors that are not detached end
         self._flush()
         releases: dict[str, list] = {}
         with self._lock:

@@ -77,6 +77,7 @@ class ClientLoop:
                     releases.setdefault(res[2 if res[0] == "fetched" else 1], []).append(tid)
                 if self._lineage.specs:
                     self._lineage.ref_dropped(tid)
+            self.actors.flush_locked()  # actors whose last handle went end (actors.py)
             batches = []
             for nid, tids in self._outbox.items():
                 if not tids:

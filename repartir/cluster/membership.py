@@ -21,8 +21,9 @@ Both sides of it live here, as functions of a :class:`~.node.NodeDaemon`:
   resubmitted and its objects given up by every driver; when its heartbeats reach the head
   again, the head answers ``dead`` instead of taking them, and the node drops everything it
   held for drivers (the results it kept; the tasks still running are cancelled, as
-  ``repartir.cancel`` does, and their results never delivered), then registers again with
-  the next incarnation.  A driver that sees a
+  ``repartir.cancel`` does, and their results never delivered; the actors it held are
+  killed: their drivers have restarted them elsewhere, or given up on them), then
+  registers again with the next incarnation.  A driver that sees a
   node's incarnation change treats it as a node that died and a new one that joined, so no
   stale result can reach it: it connects to the new incarnation afresh, and the old
   connection, which the results of the old one were addressed to, is closed.
@@ -116,11 +117,19 @@ def on_head_message(d: Any, value: Any) -> None:
                 pass
         d.pending.clear()  # their completions are dropped as they come (no one waits)
         d.done.clear()
+        actors = getattr(d, "actors", None)  # the drivers restart them elsewhere, or gave up
+        ended = actors.ids() if actors is not None else []
+        for aid in ended:
+            try:
+                actors.kill(aid, True)
+            except Exception:  # noqa: BLE001 -- gone already
+                pass
         d.incarnation += 1
         d._registered_at = -1e9
         _say(f"this node was declared dead by the head (no heartbeat reached it for "
-             f"{d.timeout:g} s): dropped {dropped} result(s) kept here and cancelled "
-             f"{running} task(s) still running, which the drivers have resubmitted; "
+             f"{d.timeout:g} s): dropped {dropped} result(s) kept here, cancelled "
+             f"{running} task(s) still running and killed {len(ended)} actor(s), which the "
+             f"drivers have resubmitted or restarted elsewhere; "
              f"registering again as incarnation {d.incarnation}")
         register(d)
 

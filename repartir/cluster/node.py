@@ -34,6 +34,10 @@ head -> node    ``welcome``,            registered; "register again" (a restarte
                 ``unknown``, ``dead``   "you were declared dead" (membership.py)
 any -> head     ``nodes``               the registry, answered with ``("nodes", list)``
 =============== ======================= ==================================================
+
+A task whose key is an :class:`~.node_actors.ActorKey` is an operation on the actors this node
+holds for drivers (create, call, end, kill; on the head, the names of actors): see
+``node_actors.py``.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_INLINE_RESULT_BYTES, CLUSTER_
 from ..errors import RepartirError, TokenError, WireTimeoutError
 from ..runtime.remote_function import RemoteFunction
 from . import membership
+from .node_actors import ActorKey, NodeActors
 from .sockets import Endpoint
 from .state import StoredArg, host_port
 from .wire import encode
@@ -129,6 +134,8 @@ class NodeDaemon:
         self.done: collections.deque = collections.deque()  # (peer, task id, future)
         self.stored: dict[bytes, list] = {}  # object id -> [local ref, frames or None]
         self.registry: dict[str, dict] = {}  # the head's: node id -> record
+        self.actors = NodeActors(self.node_id, self.registry if self.is_head else None,
+                                 self.timeout)  # actors held for drivers; named actors
         self.started = time.time()
         self.incarnation = 0  # times declared dead and back (membership.py)
         if head is not None:
@@ -145,6 +152,7 @@ class NodeDaemon:
         return {"NodeID": self.node_id, "NodeManagerAddress": self.address,
                 "Resources": self.total, "Available": avail, "Running": running,
                 "Queued": len(self.pending) - running, "Stored": len(self.stored),
+                "Actors": len(self.actors.handles),
                 "Pid": os.getpid(), "Hostname": socket.gethostname(), "Head": self.is_head,
                 "Started": self.started, "Incarnation": self.incarnation}
 
@@ -193,6 +201,8 @@ class NodeDaemon:
             print(f"ignored a message of kind {kind!r}", file=sys.stderr, flush=True)
 
     def _function(self, key: Any, functions: dict) -> RemoteFunction:
+        if type(key) is ActorKey:  # an actor operation (node_actors.py)
+            return self.actors.target(key)  # type: ignore[return-value]
         rf = self.functions.get(key)
         if rf is None:
             fn, options = pickle.loads(functions[key])
