@@ -128,6 +128,12 @@ def slow(i, seconds):
     return repartir.get_runtime_context().get_node_id(), i
 
 
+@repartir.remote
+class Holder:
+    def node(self):
+        return repartir.get_runtime_context().get_node_id()
+
+
 def _kept_on(refs, nid: str) -> list:
     client = cluster_client.active()
     with client._lock:
@@ -216,6 +222,8 @@ def test_a_frozen_node_is_dead_in_time_and_comes_back_as_a_new_incarnation(clust
     assert len(repartir.wait(kept, num_returns=6, timeout=60)[0]) == 6
     stuck = [slow.options(max_retries=2).remote(i, 1.5) for i in range(6)]
     only_there = slow.options(resources={"cold": 1}, max_retries=0).remote(-1, 30.0)
+    holder = Holder.options(resources={"cold": 0.5}).remote()
+    assert repartir.get(holder.node.remote(), timeout=60) == fid
     client = cluster_client.active()
     with client._lock:
         on_frozen = [i for i, r in enumerate(stuck) if client.inflight[r.binary()].node == fid]
@@ -252,6 +260,9 @@ def test_a_frozen_node_is_dead_in_time_and_comes_back_as_a_new_incarnation(clust
     assert wait_until(lambda: "joined again (incarnation 1)" in _log(cluster["tmp"],
                                                                      cluster["address"]), 15)
     assert "declared dead by the head" in _log(cluster["tmp"], frozen["address"])
+    assert "killed 1 actor(s)" in _log(cluster["tmp"], frozen["address"])
+    with pytest.raises(repartir.ActorDiedError):  # it could not be restarted elsewhere
+        repartir.get(holder.node.remote(), timeout=30)
     assert wait_until(lambda: any(n["NodeID"] == fid and n["Alive"] for n in repartir.nodes()),
                       10)
     nid, _ = repartir.get(slow.options(resources={"cold": 1}).remote(0, 0.0), timeout=30)
