@@ -258,8 +258,11 @@ class Lineage:
         ref_alive = tid not in c._dropped
         c._dropped.discard(tid)
         self.done(tid, "error", task, ref_alive)
+        spec = self.specs.get(tid)
         if ref_alive:
             c.results[tid] = ("error", error)
+        elif spec is not None and spec.users <= 0:
+            self._drop(tid, release=False)
 
 
 def _repickle(payload: list, values: dict[bytes, Any]) -> list:
