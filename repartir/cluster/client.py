@@ -40,7 +40,7 @@ from ..runtime.signature import arg_check
 from .actors import ClusterActors
 from .client_loop import ClientLoop
 from .lineage import Lineage
-from .membership import unlisted_nodes
+from .membership import unlisted_nodes, writable
 from .sockets import Endpoint
 from .state import StoredArg, resolve_address, tcp
 from .wire import encode
@@ -453,7 +453,7 @@ class ClusterClient(ClientLoop):
                     releases.setdefault(res[2 if res[0] == "fetched" else 1], []).append(tid)
         for nid, tids in releases.items():
             ep = self._eps.get(nid)
-            if ep is not None:
+            if ep is not None and writable(ep):
                 try:
                     ep.send(("release", tids))
                 except zmq.ZMQError:

@@ -15,7 +15,7 @@ from ..config import (CLUSTER_BATCH_TASKS, CLUSTER_CHUNK_BYTES, CLUSTER_CHUNKS_I
                       CLUSTER_HEARTBEAT_S)
 from ..errors import (ObjectLostError,
                       RepartirError, WireTimeoutError)
-from .membership import restarted
+from .membership import requeue, restarted, writable
 from .sockets import Endpoint
 
 __all__ = ["ClientLoop"]
@@ -37,7 +37,8 @@ class ClientLoop:
                 now = time.monotonic()
                 if now >= next_registry:
                     next_registry = now + CLUSTER_HEARTBEAT_S
-                    self._head.send(("nodes",))
+                    if writable(self._head):
+                        self._head.send(("nodes",))
                     if now - self._last_head > self.timeout:
                         self._head_lost()
             except zmq.ZMQError:
@@ -102,14 +103,18 @@ class ClientLoop:
                 if res is not None and res[0] == "stored" and res[1] in self._eps:
                     self._fetches[tid] = {"node": res[1], "sizes": None}
                     batches.append((self._eps[res[1]], None, ("meta", tid)))
+        blocked = set()
         for ep, fns, items in batches:
-            if fns is None:
+            if ep in blocked or not writable(ep):  # its node takes nothing: a send would
+                blocked.add(ep)                    # block this thread; later, in order
+                requeue(self, ep, fns, items)
+            elif fns is None:
                 ep.send(items)
             else:
                 ep.send(("tasks", fns, items))
         for nid, tids in releases.items():
             ep = self._eps.get(nid)
-            if ep is not None:
+            if ep is not None and writable(ep):
                 ep.send(("release", tids))
 
     def _drain(self, sock: Any) -> None:

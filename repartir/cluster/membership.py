@@ -39,6 +39,10 @@ Both sides of it live here, as functions of a :class:`~.node.NodeDaemon`:
   (another sender id) at a node's address, the head's own node restarted with the head,
   takes that node for dead at its next look at the registry (:func:`restarted`): that
   daemon knows none of its tasks, and what it says is dropped.
+- A driver never blocks on a node that takes nothing (frozen, cut off): a connection whose
+  queue is full (the kernel's buffers, then ZeroMQ's high-water mark of 1,000 messages) is
+  not sent to (:func:`writable`); the batch waits in the driver (:func:`requeue`) until the
+  node takes messages again or is declared dead.
 - Heartbeats queued while a link was down may reach the head late, in a burst: one that
   carries an older incarnation than the registry's is ignored, so a node drops its state
   once per time it was declared dead.
@@ -50,11 +54,14 @@ import sys
 import time
 from typing import Any
 
+import zmq
+
 from ..config import CLUSTER_HEARTBEAT_S
 from ..runtime import driver
 
 
-__all__ = ["on_node_message", "on_head_message", "register", "unlisted_nodes", "restarted"]
+__all__ = ["on_node_message", "on_head_message", "register", "unlisted_nodes", "restarted",
+           "writable", "requeue"]
 
 
 def _say(text: str) -> None:
@@ -168,3 +175,25 @@ def restarted(c: Any, nid: str, sender: bytes) -> bool:
         return False
     c._unlisted[nid] = float("-inf")  # see unlisted_nodes: dead when next not listed
     return True
+
+
+def writable(ep: Any) -> bool:
+    """Whether a message can be sent on endpoint ``ep`` without blocking (a DEALER blocks
+    once its queue to a peer that takes nothing is full)."""
+    return bool(ep.socket.poll(0, zmq.POLLOUT))
+
+
+def requeue(c: Any, ep: Any, fns: dict | None, items: Any) -> None:
+    """Put back into driver ``c``'s queues what could not be sent on ``ep``: a batch of
+    tasks (and the functions that went with it), or the first request of a pull."""
+    with c._lock:
+        nid = c._ep_node.get(ep.socket)
+        if nid is None:
+            return  # its node died meanwhile: its tasks were resubmitted already
+        if fns is None:
+            tid = items[1]
+            c._fetches.pop(tid, None)
+            c._fetch_start.append(tid)
+        else:
+            c._fn_sent[nid].difference_update(fns)
+            c._outbox.setdefault(nid, []).extend(tid for tid, _, _ in items)

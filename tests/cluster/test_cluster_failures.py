@@ -19,9 +19,11 @@ import time
 
 import numpy as np
 import pytest
+import zmq
 
 import repartir
 from repartir.cluster import client as cluster_client
+from repartir.cluster.sockets import Endpoint
 from repartir.config import resolve
 from repartir.errors import NodeDiedError, ObjectLostError
 from repartir.runtime.session import sweep_dead_sessions
@@ -273,6 +275,59 @@ def test_a_frozen_node_is_dead_in_time_and_comes_back_as_a_new_incarnation(clust
     assert all(np.all(a == 300 + i) for i, a in enumerate(again[6:]))
     os.kill(frozen["pid"], signal.SIGTERM)
     assert wait_until(lambda: not alive(frozen["pid"]), 30)
+
+
+class _SmallQueue(Endpoint):
+    """An endpoint whose queue to its peer holds one message (ZeroMQ's high-water mark)
+    over small kernel buffers, so that a few 1 MiB messages to a peer that reads nothing
+    fill it."""
+
+    @classmethod
+    def connect(cls, address, *, token=None, **options):
+        ep = cls("dealer", token=token)
+        ep.socket.setsockopt(zmq.SNDHWM, 1)
+        ep.socket.setsockopt(zmq.SNDBUF, 4096)
+        ep.socket.connect(address)
+        ep.address = address
+        return ep
+
+
+def test_a_node_that_takes_nothing_never_blocks_the_driver(cluster, monkeypatch):
+    """The driver's connection to a frozen node (as cut off) fills up; the driver's thread
+    must not block in a send: other work goes on, and the node's tasks fail clearly once it
+    is declared dead."""
+    monkeypatch.setattr(cluster_client, "Endpoint", _SmallQueue)  # for this node only
+    frozen = _join(cluster["address"], '{"numb": 1}')
+    fid = _node_id(frozen)
+    monkeypatch.undo()
+    client = cluster_client.active()
+    assert type(client._eps[fid]) is _SmallQueue
+    os.kill(frozen["pid"], signal.SIGSTOP)
+    try:
+        big = np.ones(1 << 17)  # 1 MiB
+        numb = []
+        for _ in range(40):  # one by one: several batches
+            numb.append(ident.options(resources={"numb": 1}, max_retries=1).remote(big))
+            time.sleep(0.005)
+        with client._lock:  # the queue is full: the rest waits in the driver
+            assert client._outbox.get(fid)
+        t0 = time.monotonic()
+        on_head = slow.options(resources={"on_head": 1}).remote(5, 0.0)
+        assert repartir.get(on_head, timeout=20)[1] == 5  # the driver goes on
+        assert time.monotonic() - t0 < 5
+        for r in numb:
+            with pytest.raises(NodeDiedError, match=fid[:12]):
+                repartir.get(r, timeout=30)
+    finally:
+        os.kill(frozen["pid"], signal.SIGKILL)
+        os.kill(frozen["pid"], signal.SIGCONT)
+    assert wait_until(lambda: not alive(frozen["pid"]), 30)
+    _sweep()
+
+
+@repartir.remote
+def ident(a):
+    return a
 
 
 def _head_pid() -> int:
