@@ -56,6 +56,7 @@ import repartir
 from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_INLINE_RESULT_BYTES, CLUSTER_PORT,
                       CLUSTER_START_TIMEOUT_S, cluster_node_timeout)
 from ..errors import RepartirError, TokenError, WireTimeoutError
+from ..runtime import driver as local_driver
 from ..runtime.remote_function import RemoteFunction
 from .node_actors import ActorKey, NodeActors
 from .pull import BLOB_KINDS, BlobServer, Puller
@@ -154,9 +155,14 @@ class NodeDaemon:
                 "Queued": len(self.pending) - running, "Stored": len(self.stored),
                 "Actors": len(self.actors.handles),
                 "Cached": len(self.puller.cache), "PulledBytes": self.puller.pulled_bytes,
-                "ServedBytes": self.blobs.served_bytes,
+                "ServedBytes": self.blobs.served_bytes, "StoreUsedBytes": self._store_used(),
                 "Pid": os.getpid(), "Hostname": socket.gethostname(), "Head": self.is_head,
                 "Started": self.started}
+
+    @staticmethod
+    def _store_used() -> int:
+        """Bytes of this node's object store in use (blocks and their headers)."""
+        return local_driver.client().arena.statistics().used_bytes
 
     def _heard(self, record: dict) -> None:
         record = dict(record, Alive=True, LastHeard=time.monotonic())

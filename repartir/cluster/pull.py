@@ -92,7 +92,8 @@ class BlobServer:
         loc = client.location_for_export(ref._id)
         if loc is not None and loc[0] == ARENA and not client.arena.spilled(loc[1]) \
                 and client.arena.hold_if_generation(loc[1], loc[3]):
-            view = client.arena.view(loc[1], loc[2])  # keeps the hold while it lives
+            view = client.arena.view(loc[1], loc[2])  # holds the block while it lives
+            client.arena.let_go(loc[1])  # the view's hold is enough now
         elif loc is not None and loc[0] == INLINE:
             view = memoryview(loc[1])
         else:  # spilled: the value (from the daemon's frames), serialized again
