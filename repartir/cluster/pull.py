@@ -275,12 +275,12 @@ class Puller:
             if data is None:
                 self._lost(pull, "it no longer keeps it (released, or lost)")
                 return
+            if pull.todo:  # keep the peer busy while this chunk is copied
+                self.peers[node].send(("bchunk", oid, *pull.todo.pop()))
             view = memoryview(data).cast("B")
             pull.dst[offset:offset + view.nbytes] = view  # type: ignore[index]
             self.pulled_bytes += view.nbytes
             pull.left -= 1
-            if pull.todo:
-                self.peers[node].send(("bchunk", oid, *pull.todo.pop()))
             if pull.left == 0:
                 self._landed(pull)
 
