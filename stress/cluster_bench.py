@@ -6,12 +6,13 @@ references of :mod:`stress.netns_reference` (same shape: ``{workload: (value, ex
   task: ``--num-cpus 0``) to nodes on two other hosts (one CPU each), all gathered with one
   ``get``;
 - ``transfer``: GB/s (1e9 B/s) of a task on node C whose argument is a result kept on node B
-  (``mib`` MiB of float64), timed from submit to result: C pulls the array from B directly
-  (docs/cluster.md, "Objects between nodes"), then sums it.  One warm-up and ``reps`` rounds,
-  median.  Around the rounds the hosts' link counters must show that B sent every round's
-  bytes and the head's host (where the driver is) received less than one round's, and the
-  driver must have pulled nothing: the array went from B to C directly (``RuntimeError``
-  otherwise).
+  (``mib`` MiB of float64) and returns its size, timed from submit to result: C pulls the
+  array from B directly (docs/cluster.md, "Objects between nodes").  A second task on C,
+  submitted with it, sums the array (untimed) to check every element.  One warm-up and
+  ``reps`` rounds, median.  Around the rounds the hosts' link counters must show that B sent
+  every round's bytes and the head's host (where the driver is) received less than one
+  round's, and the driver must have pulled nothing: the array went from B to C directly
+  (``RuntimeError`` otherwise).
 
 ``python stress/cluster_bench.py [--quick]`` makes three hosts and prints the figures (root
 and iproute2 needed).  The driver runs this file inside host A (subcommand ``_driver``).
@@ -61,8 +62,12 @@ def _driver(address: str, tiny_tasks: int, mib: int, reps: int) -> None:
         return np.ones(n // 8)
 
     @repartir.remote(resources={"c": 1})
+    def size(a):
+        return a.nbytes
+
+    @repartir.remote(resources={"c": 1})
     def total(a):
-        return float(a.sum()), a.nbytes
+        return float(a.sum())
 
     repartir.get([tiny.remote(i) for i in range(200)], timeout=60)  # warm the workers
     t = time.perf_counter()
@@ -77,10 +82,13 @@ def _driver(address: str, tiny_tasks: int, mib: int, reps: int) -> None:
         ref = make.remote(n)
         repartir.wait([ref], timeout=120)
         t = time.perf_counter()
-        s, nbytes = repartir.get(total.remote(ref), timeout=300)
+        timed = size.remote(ref)
+        check = total.remote(ref)  # waits for the same pull, runs after: untimed
+        nbytes = repartir.get(timed, timeout=300)
         seconds.append(time.perf_counter() - t)
+        s = repartir.get(check, timeout=300)
         assert nbytes == n and s == n // 8, (nbytes, s)
-        del ref
+        del ref, timed, check
     from repartir.cluster import client as cluster_client
 
     print(json.dumps({"tiny_per_s": tiny_tasks / tiny_s, "tiny_tasks": tiny_tasks,

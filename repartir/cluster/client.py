@@ -3,8 +3,10 @@
 
 Such a driver starts no local node.  :class:`ClusterClient` asks the head for the nodes,
 connects a DEALER endpoint to each, places every task on a node whose total resources fit
-(custom resources included; a node that holds one of the task's arguments first, else the
-one with the most CPUs free of this driver's tasks), sends tasks to each node in batches and
+(custom resources included; the node that holds the most bytes of the task's arguments
+first, else the one with the most CPUs free of this driver's tasks), sends tasks to each node
+in batches (an argument kept on another node as a ``RemoteArg``: that node pulls it
+directly, and the object stays where it is kept until the tasks borrowing it end) and
 returns :class:`ClusterRef` s.  Small results come back with their completion; larger ones
 stay on their node until ``get`` pulls them, in chunks (``CLUSTER_CHUNK_BYTES``, several in
 flight), and are released there when the ref is dropped.

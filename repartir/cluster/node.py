@@ -7,7 +7,10 @@ Drivers send it batches of tasks (the function once per node, then ``(task id, f
 args, kwargs)`` with the argument values resolved); it submits them to its local node with
 the ordinary API and sends the completions back in batches: small results inline, larger
 ones kept here (the local ``ObjectRef`` holds them in the arena) and served in chunks until
-the driver releases them.
+the driver releases them.  A task's argument kept on another node comes as a ``RemoteArg``:
+the daemon's :class:`~repartir.cluster.pull.Puller` pulls it from that node first (and
+caches it while tasks here use it); its :class:`~repartir.cluster.pull.BlobServer` serves
+this node's objects to the others.
 
 The head's daemon also keeps the registry: every node (the head's own included) registers,
 then sends a heartbeat every ``CLUSTER_HEARTBEAT_S`` with its free resources and its tasks;
@@ -26,6 +29,9 @@ node -> driver  ``done``                list of ``(task id, "value" | "stored" |
 driver -> node  ``meta``, ``chunk``     pull a stored object: its frame sizes, then
                                         ``(id, frame, offset, length)`` pieces
 driver -> node  ``release``             ids of stored objects the driver no longer needs
+node -> node    ``bmeta``, ``bchunk``   pull a stored object's blob for a task's
+                                        ``RemoteArg``: its size, then ``(id, offset,
+                                        length)`` pieces (:mod:`~repartir.cluster.pull`)
 node -> head    ``register``,           the node's record (id, address, resources total
                 ``heartbeat``           and available, tasks queued and running)
 any -> head     ``nodes``               the registry, answered with ``("nodes", list)``
