@@ -9,6 +9,7 @@ bytes.  The pure rules (borrows, placement by bytes) are tested without a cluste
 from __future__ import annotations
 
 import gc
+import os
 import time
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 import repartir
 from repartir.cluster import client as cluster_client
 from repartir.cluster.borrows import Borrows, prefer_by_bytes
+from repartir.errors import ObjectLostError
 
 from test_cluster import cluster  # noqa: F401  (the module-scoped loopback cluster)
 
@@ -38,6 +40,14 @@ def make_on_node(n):
 def total_on_node(a, delay=0.0):
     time.sleep(delay)
     return repartir.get_runtime_context().get_node_id(), float(a.sum()), a.nbytes
+
+
+@repartir.remote(resources={"big_mem": 1})
+def total_when_gate(a, gate):
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return float(a.sum())
 
 
 @repartir.remote
@@ -95,6 +105,25 @@ def test_a_result_is_pulled_node_to_node_once_not_through_the_driver(cluster):  
                  and all(r[k]["StoreUsedBytes"] < used[k] + MIB for k in used))
 
 
+def test_a_copy_cached_while_a_task_holds_it_is_not_pulled_again(cluster):  # noqa: F811
+    n = 4 * MIB
+    gate = str(cluster["tmp"] / "transfer-gate")
+    ref = make_on_head.remote(n)
+    repartir.wait([ref], timeout=60)
+    first = total_when_gate.remote(ref, gate)  # holds the node's copy until the gate opens
+    held = wait_records(lambda r: r["node"]["Cached"] == 1)
+    second = total_on_node.remote(ref)  # arrives while the copy is cached
+    wait_records(lambda r: r["node"]["Running"] + r["node"]["Queued"] == 2)
+    open(gate, "w").close()
+    assert repartir.get(first, timeout=60) == expected_sum(n)
+    assert repartir.get(second, timeout=60)[1:] == (expected_sum(n), n)
+    after = wait_records(lambda r: r["node"]["Cached"] == 0)
+    assert after["node"]["PulledBytes"] == held["node"]["PulledBytes"]
+    del ref, first, second
+    gc.collect()
+    wait_records(lambda r: r["head"]["Stored"] == 0 and r["node"]["Stored"] == 0)
+
+
 def test_a_borrowed_object_outlives_the_drivers_ref_until_the_task_ends(cluster):  # noqa: F811
     n = 4 * MIB
     ref = make_on_head.remote(n)
@@ -125,6 +154,20 @@ def test_a_task_goes_to_the_node_holding_most_of_its_argument_bytes(cluster):  #
     gc.collect()
     wait_records(lambda r: r["head"]["Stored"] == 0 and r["node"]["Stored"] == 0
                  and r["node"]["Cached"] == 0 and r["head"]["Cached"] == 0)
+
+
+def test_an_object_its_node_no_longer_keeps_fails_the_task_clearly(cluster):  # noqa: F811
+    client = cluster_client.active()
+    head_id = records()["head"]["NodeID"]
+    lost = b"\x01" * 16  # a result the driver believes the head keeps, which it does not
+    with client._lock:
+        client.results[lost] = ("stored", head_id, 8 * MIB)
+    ref = cluster_client.ClusterRef(lost, client)
+    with pytest.raises(ObjectLostError, match="could not be pulled from node"):
+        repartir.get(total_on_node.remote(ref), timeout=60)
+    del ref
+    gc.collect()
+    wait_records(lambda r: r["node"]["Cached"] == 0 and r["head"]["Stored"] == 0)
 
 
 # ---------------------------------------------------------------- pure rules, no cluster
