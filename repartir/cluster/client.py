@@ -265,10 +265,12 @@ class ClusterClient(ClientLoop):
         key, demand, retries, check, blob = cached
         if kwargs or not check.min_pos <= len(args) <= check.max_pos:
             check.check(args, kwargs)
-        prefer = None
+        prefer, borrowed = None, None
         if any(isinstance(a, ObjectRef) for a in args) or \
                 any(isinstance(v, ObjectRef) for v in kwargs.values()):
             args, kwargs, prefer, error = self._resolve_args(args, kwargs, demand)
+            borrowed = [(a.object_id, a.node) for a in (*args, *kwargs.values())
+                        if type(a) is RemoteArg]
             if error is not None:
                 tid = os.urandom(16)
                 with self._lock:
@@ -280,9 +282,8 @@ class ClusterClient(ClientLoop):
             if self._failed is not None:
                 raise NodeDiedError(self._failed)
             self._enqueue(tid, task, prefer)
-            if prefer is not None or args or kwargs:
-                self.borrows.borrow(tid, [(a.object_id, a.node) for a in
-                                          (*args, *kwargs.values()) if type(a) is RemoteArg])
+            if borrowed:
+                self.borrows.borrow(tid, borrowed)
         return ClusterRef(tid, self)
 
     def _resolve_args(self, args: tuple, kwargs: dict, demand: dict):
