@@ -131,7 +131,7 @@ class _Pull:
     """One object being pulled: where from, where to, what is left, who waits."""
 
     __slots__ = ("oid", "node", "size", "dst", "off", "buf", "todo", "left", "waiting",
-                 "heard")
+                 "heard", "asked")
 
     def __init__(self, oid: bytes, node: str) -> None:
         self.oid, self.node = oid, node
@@ -139,7 +139,8 @@ class _Pull:
         self.dst: memoryview | None = None
         self.off = -1  # the arena block's payload offset (-1: a bytearray, see buf)
         self.buf: bytearray | None = None
-        self.todo: list[tuple[int, int]] = []
+        self.todo: list[tuple[int, int]] = []  # (offset, length) of chunks to ask for
+        self.asked: dict[int, int] = {}  # offset -> length of the chunks asked for
         self.left = 0
         self.waiting: list[tuple] = []  # (peer, tid, rf, args, kwargs)
         self.heard = time.monotonic()  # when the peer last answered
@@ -265,9 +266,8 @@ class Puller:
                 self._lost(pull, "it no longer keeps it (released, or lost)")
                 return
             self._allocate(pull, value[2])
-            ep = self.peers[node]
             for _ in range(min(CLUSTER_CHUNKS_IN_FLIGHT, len(pull.todo))):
-                ep.send(("bchunk", oid, *pull.todo.pop()))
+                self._ask(pull)
             if pull.left == 0:
                 self._landed(pull)
         elif kind == "bchunk":
@@ -275,14 +275,23 @@ class Puller:
             if data is None:
                 self._lost(pull, "it no longer keeps it (released, or lost)")
                 return
-            if pull.todo:  # keep the peer busy while this chunk is copied
-                self.peers[node].send(("bchunk", oid, *pull.todo.pop()))
             view = memoryview(data).cast("B")
+            if pull.asked.pop(offset, -1) != view.nbytes:  # not asked, or not what was asked
+                self._lost(pull, f"it sent {view.nbytes} bytes at offset {offset}, which "
+                                 f"this node did not ask for")
+                return
+            if pull.todo:  # keep the peer busy while this chunk is copied
+                self._ask(pull)
             pull.dst[offset:offset + view.nbytes] = view  # type: ignore[index]
             self.pulled_bytes += view.nbytes
             pull.left -= 1
             if pull.left == 0:
                 self._landed(pull)
+
+    def _ask(self, pull: _Pull) -> None:
+        offset, length = pull.todo.pop()
+        pull.asked[offset] = length
+        self.peers[pull.node].send(("bchunk", pull.oid, offset, length))
 
     def _allocate(self, pull: _Pull, size: int) -> None:
         pull.size = size
@@ -366,7 +375,15 @@ class Puller:
                 msg = ep.recv(timeout=1.0)
             except (WireTimeoutError, RepartirError):
                 return
-            self.on_message(node, msg.value)  # type: ignore[arg-type]
+            try:
+                self.on_message(node, msg.value)  # type: ignore[arg-type]
+            except Exception as exc:  # a malformed answer from a token holder: its pull fails
+                print(f"dropped a message from node {node[:12]}: {type(exc).__name__}: {exc}",
+                      file=sys.stderr, flush=True)
+                pull = self.pulls.get(msg.value[1]) if isinstance(msg.value, tuple) \
+                    and len(msg.value) > 1 and isinstance(msg.value[1], bytes) else None
+                if pull is not None:
+                    self._lost(pull, f"its answer could not be used ({exc})")
 
     def close(self) -> None:
         for ep in self.peers.values():
