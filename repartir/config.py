@@ -451,9 +451,17 @@ CLUSTER_BATCH_TASKS = 512
 #: larger ones stay on their node until a driver pulls them (in chunks).
 CLUSTER_INLINE_RESULT_BYTES = 256 * KiB
 
-#: Bytes of one chunk of an object pulled from a node, and chunks requested at once.
+#: Bytes of one chunk of an object pulled from a node, and chunks requested at once (by a
+#: driver's ``get``, and by a node pulling a task's argument from another node).  Larger
+#: chunks cost fewer messages (each ~50 us of Python and two HMACs of a small header) but
+#: more memory queued per pull; more in flight keep the link busy while the receiver verifies
+#: and copies (docs/cluster.md, "Measured", tuned with ``stress/cluster_bench.py``).
 CLUSTER_CHUNK_BYTES = 4 * MiB
 CLUSTER_CHUNKS_IN_FLIGHT = 4
+
+#: Seconds a node waits for another node to answer while it pulls an object from it; past
+#: them the tasks waiting for the object fail with ``ObjectLostError``.
+CLUSTER_PULL_TIMEOUT_S = 30.0
 
 
 def cluster_node_timeout() -> float:
