@@ -91,7 +91,7 @@ __all__ = ["Config", "resolve", "device_cache_dir", "detected_gpus", "STUCK_SPAW
            "EXTRA_IDLE_S", "EXTRA_WORKER_AFTER_S", "STUCK_WARNING_S", "STUCK_SPAWN_BATCH",
            "resource_names", "available_memory", "BLAS_THREAD_VARIABLES", "MIN_MAX_WORKERS",
            "ACTOR_OP_TIMEOUT_S", "CLUSTER_HOST", "CLUSTER_MIN_TOKEN_CHARS", "CLUSTER_KEY_NAME",
-           "cluster_token_file", "cluster_key_dir", "WIRE_MAX_SENDERS", "WIRE_INBAND_BYTES",
+           "cluster_token_file", "cluster_key_dir", "WIRE_MAX_SENDERS", "WIRE_INBAND_BYTES", "WIRE_DIGEST_BYTES",
            "WIRE_LINGER_MS", "WIRE_MAX_FRAME_BYTES", "WIRE_LOG_INTERVAL_S", "WIRE_REFUSALS_PER_S"]
 
 #: Seconds every worker must have been blocked in ``get``, with tasks queued that none of them
@@ -163,6 +163,11 @@ WIRE_MAX_SENDERS = 4096
 #: Out-of-band pickle buffers (numpy arrays) at least this large travel as frames of their
 #: own, zero-copy; smaller ones stay inside the pickle frame.
 WIRE_INBAND_BYTES = 64 * KiB
+
+#: Frames at least this large enter a message's HMAC-SHA256 as their BLAKE3 digest, not byte
+#: by byte (hash-then-MAC, docs/cluster.md, "Wire format"): a chunk of an object costs a
+#: quarter of the hashing.  Every endpoint of a cluster must use the same value.
+WIRE_DIGEST_BYTES = 64 * KiB
 
 #: Largest frame an endpoint accepts, in bytes (ZeroMQ's ``MAXMSGSIZE``: a peer sending a
 #: larger one is disconnected before anything is verified); -1: no limit.
