@@ -91,7 +91,7 @@ __all__ = ["Config", "resolve", "device_cache_dir", "detected_gpus", "STUCK_SPAW
            "EXTRA_IDLE_S", "EXTRA_WORKER_AFTER_S", "STUCK_WARNING_S", "STUCK_SPAWN_BATCH",
            "resource_names", "available_memory", "BLAS_THREAD_VARIABLES", "MIN_MAX_WORKERS",
            "ACTOR_OP_TIMEOUT_S", "CLUSTER_HOST", "CLUSTER_MIN_TOKEN_CHARS", "CLUSTER_KEY_NAME",
-           "cluster_token_file", "cluster_key_dir", "WIRE_MAX_SENDERS", "WIRE_INBAND_BYTES",
+           "cluster_token_file", "cluster_key_dir", "WIRE_MAX_SENDERS", "WIRE_INBAND_BYTES", "WIRE_DIGEST_BYTES",
            "WIRE_LINGER_MS", "WIRE_MAX_FRAME_BYTES", "WIRE_LOG_INTERVAL_S", "WIRE_REFUSALS_PER_S"]
 
 #: Seconds every worker must have been blocked in ``get``, with tasks queued that none of them
@@ -163,6 +163,11 @@ WIRE_MAX_SENDERS = 4096
 #: Out-of-band pickle buffers (numpy arrays) at least this large travel as frames of their
 #: own, zero-copy; smaller ones stay inside the pickle frame.
 WIRE_INBAND_BYTES = 64 * KiB
+
+#: Frames at least this large enter a message's HMAC-SHA256 as their BLAKE3 digest, not byte
+#: by byte (hash-then-MAC, docs/cluster.md, "Wire format"): a chunk of an object costs a
+#: quarter of the hashing.  Every endpoint of a cluster must use the same value.
+WIRE_DIGEST_BYTES = 64 * KiB
 
 #: Largest frame an endpoint accepts, in bytes (ZeroMQ's ``MAXMSGSIZE``: a peer sending a
 #: larger one is disconnected before anything is verified); -1: no limit.
@@ -451,7 +456,11 @@ CLUSTER_BATCH_TASKS = 512
 #: larger ones stay on their node until a driver pulls them (in chunks).
 CLUSTER_INLINE_RESULT_BYTES = 256 * KiB
 
-#: Bytes of one chunk of an object pulled from a node, and chunks requested at once.
+#: Bytes of one chunk of an object pulled from a node, and chunks requested at once (by a
+#: driver's ``get``, and by a node pulling a task's argument from another node).  Larger
+#: chunks cost fewer messages (each ~50 us of Python and two HMACs of a small header) but
+#: more memory queued per pull; more in flight keep the link busy while the receiver verifies
+#: and copies (docs/cluster.md, "Measured", tuned with ``stress/cluster_bench.py``).
 CLUSTER_CHUNK_BYTES = 4 * MiB
 CLUSTER_CHUNKS_IN_FLIGHT = 4
 
@@ -460,6 +469,10 @@ CLUSTER_CHUNKS_IN_FLIGHT = 4
 #: and those results can no longer be rebuilt.  Lineage is kept only for results kept on a
 #: node, while their ref or the lineage of a task that took them lives.
 CLUSTER_LINEAGE_BYTES = 256 * MiB
+
+#: Seconds a node waits for another node to answer while it pulls an object from it; past
+#: them the tasks waiting for the object fail with ``ObjectLostError``.
+CLUSTER_PULL_TIMEOUT_S = 30.0
 
 
 def cluster_node_timeout() -> float:

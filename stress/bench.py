@@ -75,8 +75,9 @@ from stress.adapters import (ADAPTERS, MIB, SYSTEM_MODULE, SYSTEM_ORDER,  # noqa
                              SYSTEM_TITLE, Config)
 from stress.tasks import rendezvous  # noqa: E402
 from stress.workloads import (CELL_SUFFIX, FOOTNOTES, GOALS, REGISTRY, WORKLOADS,  # noqa: E402
-                              does)
+                              WorkloadSkipped, does)
 import stress.devices_bench  # noqa: E402,F401  (registers gpu_vec, gpu_sgemm, tensor_cpu)
+import stress.cluster_workloads  # noqa: E402,F401  (registers remote_tiny, transfer, tcp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,6 +132,8 @@ def child_main(system: str, workloads: list[str], cfg: Config, out_path: str) ->
                 res = fn(s, cfg)
                 value, extra = res if isinstance(res, tuple) else (res, {})
                 emit(event="record", workload=w, value=float(value), extra=extra or {})
+            except WorkloadSkipped as e:
+                emit(event="skip", workload=w, reason=str(e))
             except Exception as e:  # noqa: BLE001 - one workload's failure is one cell
                 status = 1
                 emit(event="error", workload=w, error=_one_line(e), tb=traceback.format_exc())
@@ -286,6 +289,8 @@ def run_system(system: str, workloads: list[str], cfg: Config, workload_timeout:
                     current = "__between__"
                 elif kind == "skip":
                     cells[w] = Cell("skip", reason=ev.get("reason", ""))
+                    if cells[w].reason != "not applicable":
+                        _note(system, f"{w} skipped: {cells[w].reason}")
                 elif kind in ("error", "fatal"):
                     _log(f"{system}: {w} failed: {ev['error']}\n{ev.get('tb', '')}")
                     if kind == "error":
@@ -565,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         systems = [s for s in SYSTEM_ORDER if s != "memcpy" and (s == "repartir" or _available(s))]
     if "put" in workloads and "memcpy" not in systems and not a.no_memcpy:
         systems.insert(1 if systems and systems[0] == "repartir" else 0, "memcpy")
+    if "transfer" in workloads and "tcp" not in systems:
+        systems.append("tcp")  # the physical reference of transfer
     systems = ([s for s in SYSTEM_ORDER if s in systems]
                + [s for s in systems if s not in SYSTEM_ORDER])
 

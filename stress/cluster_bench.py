@@ -6,8 +6,13 @@ references of :mod:`stress.netns_reference` (same shape: ``{workload: (value, ex
   task: ``--num-cpus 0``) to nodes on two other hosts (one CPU each), all gathered with one
   ``get``;
 - ``transfer``: GB/s (1e9 B/s) of a task on node C whose argument is a result kept on node B
-  (``mib`` MiB of float64).  In this slice the bytes go B -> driver (pulled in chunks) ->
-  C, two hops through the head's host; the figure counts the payload once.
+  (``mib`` MiB of float64) and returns its size, timed from submit to result: C pulls the
+  array from B directly (docs/cluster.md, "Objects between nodes").  A second task on C,
+  submitted with it, sums the array (untimed) to check every element.  One warm-up and
+  ``reps`` rounds, median.  Around the rounds the hosts' link counters must show that B sent
+  every round's bytes and the head's host (where the driver is) received less than one
+  round's, and the driver must have pulled nothing: the array went from B to C directly
+  (``RuntimeError`` otherwise).
 
 ``python stress/cluster_bench.py [--quick]`` makes three hosts and prints the figures (root
 and iproute2 needed).  The driver runs this file inside host A (subcommand ``_driver``).
@@ -19,6 +24,7 @@ import argparse
 import json
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 import time
@@ -32,12 +38,12 @@ if ROOT not in sys.path:
 from stress import netns  # noqa: E402
 
 PY = sys.executable
-FULL = {"mib": 256, "tiny_tasks": 10_000}
-QUICK = {"mib": 32, "tiny_tasks": 2_000}
+FULL = {"mib": 256, "tiny_tasks": 10_000, "reps": 3}
+QUICK = {"mib": 32, "tiny_tasks": 2_000, "reps": 3}
 PORT = 6380
 
 
-def _driver(address: str, tiny_tasks: int, mib: int) -> None:
+def _driver(address: str, tiny_tasks: int, mib: int, reps: int) -> None:
     import numpy as np
     import repartir
 
@@ -56,8 +62,12 @@ def _driver(address: str, tiny_tasks: int, mib: int) -> None:
         return np.ones(n // 8)
 
     @repartir.remote(resources={"c": 1})
+    def size(a):
+        return a.nbytes
+
+    @repartir.remote(resources={"c": 1})
     def total(a):
-        return float(a.sum()), a.nbytes
+        return float(a.sum())
 
     repartir.get([tiny.remote(i) for i in range(200)], timeout=60)  # warm the workers
     t = time.perf_counter()
@@ -65,19 +75,31 @@ def _driver(address: str, tiny_tasks: int, mib: int) -> None:
     tiny_s = time.perf_counter() - t
     assert out == list(range(tiny_tasks))
     n = mib << 20
-    ref = make.remote(n)
-    repartir.wait([ref], timeout=120)
-    t = time.perf_counter()
-    s, nbytes = repartir.get(total.remote(ref), timeout=300)
-    transfer_s = time.perf_counter() - t
-    assert nbytes == n and s == n // 8
+    seconds = []
+    print("transfer", flush=True)  # the parent reads the link counters now
+    sys.stdin.readline()
+    for _ in range(reps + 1):
+        ref = make.remote(n)
+        repartir.wait([ref], timeout=120)
+        t = time.perf_counter()
+        timed = size.remote(ref)
+        check = total.remote(ref)  # waits for the same pull, runs after: untimed
+        nbytes = repartir.get(timed, timeout=300)
+        seconds.append(time.perf_counter() - t)
+        s = repartir.get(check, timeout=300)
+        assert nbytes == n and s == n // 8, (nbytes, s)
+        del ref, timed, check
+    from repartir.cluster import client as cluster_client
+
     print(json.dumps({"tiny_per_s": tiny_tasks / tiny_s, "tiny_tasks": tiny_tasks,
-                      "transfer_gbs": n / transfer_s / 1e9, "mib": mib}), flush=True)
+                      "transfer_s": seconds, "mib": mib,
+                      "driver_pulled": cluster_client.active().pulled_bytes}), flush=True)
     repartir.shutdown()
 
 
 def repartir_cluster(cluster: netns.Cluster, *, tiny_tasks: int = FULL["tiny_tasks"],
-                     mib: int = FULL["mib"], state_dir: str | None = None) -> dict[str, Any]:
+                     mib: int = FULL["mib"], reps: int = FULL["reps"],
+                     state_dir: str | None = None) -> dict[str, Any]:
     """Head on host 0 (no CPU), nodes on hosts 1 and 2 (one CPU each; resources ``b`` and
     ``c``), a driver on host 0.  Returns ``{"remote_tiny": (tasks/s, extra), "transfer":
     (GB/s, extra)}``.
@@ -106,23 +128,45 @@ def repartir_cluster(cluster: netns.Cluster, *, tiny_tasks: int = FULL["tiny_tas
         start(c, ["--address", head, "--bind", c.addr, "--num-cpus", "1",
                   "--resources", '{"c": 1}'])
         d = cluster.run_in(a, [PY, os.path.abspath(__file__), "_driver", head,
-                               str(tiny_tasks), str(mib)],
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               str(tiny_tasks), str(mib), str(reps)],
+                           env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+        assert d.stdin is not None and d.stdout is not None
+        first = d.stdout.readline()
+        before = {h.addr: cluster.link_bytes(h) for h in (a, b, c)}
+        if first.strip() == "transfer":
+            d.stdin.write("go\n")
+            d.stdin.flush()
         out, err = d.communicate(timeout=600)
+        after = {h.addr: cluster.link_bytes(h) for h in (a, b, c)}
         if d.returncode != 0:
             raise RuntimeError(f"the driver failed: {err[-2000:]}")
         r = json.loads(out.strip().splitlines()[-1])
     finally:
         for p in reversed(procs):
             cluster.stop(p, grace_s=20)
-    return {"remote_tiny": (r["tiny_per_s"], {"tasks": tiny_tasks, "nodes": 2}),
-            "transfer": (r["transfer_gbs"], {"mib": mib, "path": "node B -> driver -> node C"})}
+    n, rounds = mib << 20, reps + 1
+    b_sent = after[b.addr][1] - before[b.addr][1]
+    a_received = after[a.addr][0] - before[a.addr][0]
+    if b_sent < rounds * n or a_received >= n or r["driver_pulled"]:
+        raise RuntimeError(
+            f"the array did not go from node B to node C directly: B sent {b_sent} B, the "
+            f"driver's host received {a_received} B, the driver pulled {r['driver_pulled']} "
+            f"B over {rounds} rounds of {n} B")
+    gbps = [n / t / 1e9 for t in r["transfer_s"][1:]]
+    return {"remote_tiny": (r["tiny_per_s"], {"tasks": tiny_tasks, "nodes": 2,
+                                              "checked": "every result"}),
+            "transfer": (statistics.median(gbps),
+                         {"bytes": n, "rounds_GBps": [round(g, 3) for g in gbps],
+                          "warmup_s": r["transfer_s"][0], "path": "node B -> node C",
+                          "checked": "the sum of every element on C",
+                          "B_sent_bytes": b_sent, "driver_host_received_bytes": a_received})}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_driver"]:
-        _driver(argv[1], int(argv[2]), int(argv[3]))
+        _driver(argv[1], int(argv[2]), int(argv[3]), int(argv[4]))
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")

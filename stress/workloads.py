@@ -124,6 +124,11 @@ def does(workload_id: str, system: str) -> str | None:
     return text.format(threads=copy_threads()) if text and "{threads}" in text else text
 
 
+class WorkloadSkipped(Exception):
+    """Raised by a workload that cannot run here (no network namespaces, ...): its cell is
+    ``–`` and the message, the reason, is printed under the table."""
+
+
 WorkloadFn = Callable[[Any, Config], Any]
 REGISTRY: dict[str, dict[str, WorkloadFn]] = {name: {} for name in ADAPTERS}
 TASK_SYSTEMS = ("repartir", "multiprocessing", "ray", "dask", "loky")

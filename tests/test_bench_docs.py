@@ -25,6 +25,7 @@ from rtsupport import REPO_ROOT
 sys.path.insert(0, str(REPO_ROOT))
 from stress.tasks import checksum  # noqa: E402
 from stress.workloads import DOES, GOALS, REGISTRY, WORKLOADS, _threaded_copy  # noqa: E402
+import stress.cluster_workloads  # noqa: E402,F401  (adds remote_tiny and transfer, as bench.py does)
 
 DOC = Path(REPO_ROOT) / "docs" / "benchmarks.md"
 

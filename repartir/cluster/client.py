@@ -3,8 +3,10 @@
 
 Such a driver starts no local node.  :class:`ClusterClient` asks the head for the nodes,
 connects a DEALER endpoint to each, places every task on a node whose total resources fit
-(custom resources included; a node that holds one of the task's arguments first, else the
-one with the most CPUs free of this driver's tasks), sends tasks to each node in batches and
+(custom resources included; the node that holds the most bytes of the task's arguments
+first, else the one with the most CPUs free of this driver's tasks), sends tasks to each node
+in batches (an argument kept on another node as a ``RemoteArg``: that node pulls it
+directly, and the object stays where it is kept until the tasks borrowing it end) and
 returns :class:`ClusterRef` s.  Small results come back with their completion; larger ones
 stay on their node until ``get`` pulls them, in chunks (``CLUSTER_CHUNK_BYTES``, several in
 flight), and are released there when the ref is dropped.
@@ -38,6 +40,7 @@ from ..runtime import context
 from ..runtime.objectref import ObjectRef
 from ..runtime.signature import arg_check
 from .actors import ClusterActors
+from .borrows import Borrows, RemoteArg, prefer_by_bytes
 from .client_loop import ClientLoop
 from .lineage import Lineage
 from .membership import unlisted_nodes, writable
@@ -136,6 +139,9 @@ class ClusterClient(ClientLoop):
         self._fetch_start: list[bytes] = []
         self._fetches: dict[bytes, dict] = {}
         self._keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.borrows = Borrows()  # results kept on nodes that tasks elsewhere borrow
+        self._due: list[tuple[str, bytes]] = []  # (node id, object id) releases now due
+        self.pulled_bytes = 0  # bytes this driver pulled from nodes (get)
         self._closed = False
         self._failed: str | None = None
         self._registry_seq = 0
@@ -216,6 +222,7 @@ class ClusterClient(ClientLoop):
                 except InfeasibleTaskError:
                     pass
             del self.inflight[tid]
+            self._due.extend(self.borrows.task_ended(tid))
             self.results[tid] = ("error", NodeDiedError(
                 f"{where} {why} while it ran task {tid.hex()}, and its max_retries are "
                 f"used up (or no other node fits it)"))
@@ -228,6 +235,7 @@ class ClusterClient(ClientLoop):
                         f"rebuilt: {why_not}"))
         for tid in [t for t, f in self._fetches.items() if f["node"] == nid]:
             del self._fetches[tid]
+        self.borrows.node_died(nid)
         self._used[nid] = 0.0
         self._count[nid] = 0
         self._cv.notify_all()
@@ -285,10 +293,12 @@ class ClusterClient(ClientLoop):
         key, demand, retries, check, blob = cached
         if kwargs or not check.min_pos <= len(args) <= check.max_pos:
             check.check(args, kwargs)
-        prefer = None
+        prefer, borrowed = None, None
         if any(isinstance(a, ObjectRef) for a in args) or \
                 any(isinstance(v, ObjectRef) for v in kwargs.values()):
             args, kwargs, prefer, error = self._resolve_args(args, kwargs, demand)
+            borrowed = [(a.object_id, a.node) for a in (*args, *kwargs.values())
+                        if type(a) is RemoteArg]
             if error is not None:
                 tid = os.urandom(16)
                 with self._lock:
@@ -299,46 +309,69 @@ class ClusterClient(ClientLoop):
         with self._lock:
             if self._failed is not None:
                 raise NodeDiedError(self._failed)
-            if prefer is not None:
+            if prefer is not None or borrowed:
                 self._lineage.submitted(tid, args, kwargs)
-                if prefer not in self._eps:  # died since: its arguments are being rebuilt
+                if prefer is not None and prefer not in self._eps:  # died since: its arguments are being rebuilt
                     self._lineage.wait(tid, task)
                     return ClusterRef(tid, self)
             self._enqueue(tid, task, prefer)
+            if borrowed:
+                self.borrows.borrow(tid, borrowed)
         return ClusterRef(tid, self)
 
     def _resolve_args(self, args: tuple, kwargs: dict, demand: dict):
-        """Values for the refs among the arguments (waiting for pending ones); a ref kept
-        on the node the task will go to (one that keeps an argument, if it fits) becomes a
-        :class:`StoredArg`; the others are pulled here first."""
+        """Values for the refs among the arguments (waiting for pending ones).  The task
+        prefers the node that keeps the most bytes of its arguments, if it fits there; a ref
+        kept on the node the task goes to becomes a :class:`StoredArg`, one kept on another
+        node a :class:`RemoteArg` (that node pulls it from there), a value the driver
+        holds travels with the task."""
         refs = [a for a in (*args, *kwargs.values()) if isinstance(a, ObjectRef)]
         for r in refs:
             if not isinstance(r, ClusterRef) or r._cluster is not self:
                 raise RepartirError("this ObjectRef does not belong to the cluster this "
                                     "driver is connected to")
         self._wait_for([r._id for r in refs], None, len(refs))
-        prefer = None
+        holdings: dict[str, int] = {}
         with self._lock:
             for r in refs:
                 res = self.results[r._id]
                 if res[0] == "error":
                     return args, kwargs, None, res[1]
-                if res[0] == "stored" and prefer is None:
-                    try:
-                        if self._place(demand, res[1]) == res[1]:
-                            prefer = res[1]
-                    except InfeasibleTaskError:
-                        pass
+                kept = self._kept_on(res)
+                if kept is not None:
+                    holdings[kept[0]] = holdings.get(kept[0], 0) + kept[1]
+            prefer = prefer_by_bytes(holdings, lambda n: self._fits_on(demand, n))
 
         def sub(a: Any) -> Any:
             if not isinstance(a, ObjectRef):
                 return a
-            res = self.results[a._id]
-            if res[0] == "stored" and res[1] == prefer:
-                return StoredArg(a._id)
+            with self._lock:
+                res = self.results[a._id]
+                kept = self._kept_on(res)
+                if kept is not None and kept[0] == prefer:
+                    return StoredArg(a._id)
+                rec = self.nodes_seen.get(kept[0]) if kept is not None else None
+                if rec is not None and rec["Alive"]:
+                    return RemoteArg(a._id, kept[0], rec["NodeManagerAddress"], kept[1])
             return self._get_one(a._id, None)
 
         return tuple(sub(a) for a in args), {k: sub(v) for k, v in kwargs.items()}, prefer, None
+
+    @staticmethod
+    def _kept_on(res: tuple) -> tuple[str, int] | None:
+        """``(node id, bytes)`` of a result kept on a node (pulled here or not), else
+        ``None``."""
+        if res[0] == "stored":
+            return res[1], res[2]
+        if res[0] == "fetched":
+            return res[2], res[3] if len(res) > 3 else 0
+        return None
+
+    def _fits_on(self, demand: dict, nid: str) -> str | None:
+        try:
+            return self._place(demand, nid)
+        except InfeasibleTaskError:
+            return None
 
     # ------------------------------------------------------------------ values
 
@@ -451,6 +484,8 @@ class ClusterClient(ClientLoop):
             for tid, res in self.results.items():
                 if res[0] in ("stored", "fetched"):
                     releases.setdefault(res[2 if res[0] == "fetched" else 1], []).append(tid)
+            for tid, nid in self.borrows.deferred.items():
+                releases.setdefault(nid, []).append(tid)
         for nid, tids in releases.items():
             ep = self._eps.get(nid)
             if ep is not None and writable(ep):

@@ -75,9 +75,14 @@ class ClientLoop:
                 if res is None and tid in self.inflight:
                     self._dropped.add(tid)
                 elif res is not None and res[0] in ("stored", "fetched"):
-                    releases.setdefault(res[2 if res[0] == "fetched" else 1], []).append(tid)
+                    nid = res[2 if res[0] == "fetched" else 1]
+                    if self.borrows.dropped(tid, nid):  # else when its borrowers end
+                        releases.setdefault(nid, []).append(tid)
                 if self._lineage.specs:
                     self._lineage.ref_dropped(tid)
+            due, self._due[:] = list(self._due), []
+            for nid, tid in due:
+                releases.setdefault(nid, []).append(tid)
             self.actors.flush_locked()  # actors whose last handle went end (actors.py)
             batches = []
             for nid, tids in self._outbox.items():
@@ -157,6 +162,7 @@ class ClientLoop:
                 releases = []
                 for tid, what, payload in value[1]:
                     task = self.inflight.pop(tid, None)
+                    self._due.extend(self.borrows.task_ended(tid))
                     if task is not None:
                         self._used[nid] -= task.demand.get("CPU", 0.0)
                         self._count[nid] -= 1
@@ -225,8 +231,9 @@ class ClientLoop:
                 f"object {tid.hex()} pulled from node {nid[:12]} could not be unpickled: "
                 f"{type(exc).__name__}: {exc}"))
             return
+        self.pulled_bytes += sum(f["sizes"])
         if tid in self.results:
-            self.results[tid] = ("fetched", value, nid)
+            self.results[tid] = ("fetched", value, nid, sum(f["sizes"]))
 
     # ------------------------------------------------------------------ the end
 

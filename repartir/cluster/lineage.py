@@ -39,6 +39,7 @@ from typing import Any
 
 from ..config import CLUSTER_LINEAGE_BYTES
 from ..errors import InfeasibleTaskError, ObjectLostError
+from .borrows import RemoteArg, prefer_by_bytes
 from .state import StoredArg
 from .wire import encode
 
@@ -87,7 +88,8 @@ class Lineage:
     def submitted(self, tid: bytes, args: tuple, kwargs: dict) -> None:
         """Task ``tid`` was sent with these (resolved) arguments: its node-kept ones are
         its dependencies, whose lineage it holds."""
-        deps = tuple(a.object_id for a in (*args, *kwargs.values()) if type(a) is StoredArg)
+        deps = tuple(a.object_id for a in (*args, *kwargs.values())
+                     if type(a) is StoredArg or type(a) is RemoteArg)
         if deps:
             self.deps[tid] = deps
             for d in deps:
@@ -216,31 +218,31 @@ class Lineage:
                 elif res[0] == "stored":
                     if res[1] not in c._eps:
                         ready = False
-                    where[d] = res[1]
+                    where[d] = (res[1], res[2])
             if error is not None:
                 self._fail(tid, task, error)
                 continue
             if not ready:
                 continue
-            target = None
-            nodes = set(where.values())
-            if len(nodes) == 1:
-                nid = nodes.pop()
-                try:
-                    if c._place(task.demand, nid) == nid:
-                        target = nid
-                except InfeasibleTaskError:
-                    pass
-            if target is None and where:
-                for d in where:  # pull them here, then send them by value
-                    if d not in c._fetches and d not in c._fetch_start:
-                        c._fetch_start.append(d)
-                continue
-            values = {d: c.results[d][1] for d in deps if c.results[d][0] != "stored"}
-            if values:
-                task.payload = _repickle(task.payload, values)
-                self.deps[tid] = tuple(d for d in deps if d not in values)
-                for d in values:
+            holdings: dict[str, int] = {}
+            for d, (nid, size) in where.items():
+                holdings[nid] = holdings.get(nid, 0) + size
+            target = prefer_by_bytes(holdings, lambda n: c._fits_on(task.demand, n))
+            subst: dict[bytes, Any] = {}
+            borrowed = []
+            for d in deps:
+                if d in where and where[d][0] == target:
+                    subst[d] = StoredArg(d)
+                elif d in where:
+                    nid, size = where[d]
+                    subst[d] = RemoteArg(d, nid, c.nodes_seen[nid]["NodeManagerAddress"], size)
+                    borrowed.append((d, nid))
+                else:
+                    subst[d] = c.results[d][1]  # a value in the driver (put, small, pulled)
+            task.payload = _repickle(task.payload, subst)
+            self.deps[tid] = tuple(d for d in deps if d in where)
+            for d in deps:
+                if d not in where:
                     self._unuse(d)
             del self.waiting[tid]
             del c.inflight[tid]
@@ -249,12 +251,16 @@ class Lineage:
             except InfeasibleTaskError as exc:
                 self._fail(tid, task, ObjectLostError(
                     f"task {tid.hex()} cannot be run again: {exc}"))
+                continue
+            if borrowed:
+                c.borrows.borrow(tid, borrowed)
         c._cv.notify_all()
 
     def _fail(self, tid: bytes, task: Any, error: BaseException) -> None:
         c = self.c
         self.waiting.pop(tid, None)
         c.inflight.pop(tid, None)
+        c._due.extend(c.borrows.task_ended(tid))
         ref_alive = tid not in c._dropped
         c._dropped.discard(tid)
         self.done(tid, "error", task, ref_alive)
@@ -265,14 +271,14 @@ class Lineage:
             self._drop(tid, release=False)
 
 
-def _repickle(payload: list, values: dict[bytes, Any]) -> list:
-    """A task's pickled ``(args, kwargs)`` with the node-kept arguments in ``values``
-    replaced by their values."""
+def _repickle(payload: list, subst: dict[bytes, Any]) -> list:
+    """A task's pickled ``(args, kwargs)`` with its node-kept arguments (``StoredArg``,
+    ``RemoteArg``) replaced as ``subst`` says (object id -> what to send now)."""
     args, kwargs = pickle.loads(payload[0], buffers=payload[1:])
 
     def sub(a: Any) -> Any:
-        if type(a) is StoredArg and a.object_id in values:
-            return values[a.object_id]
+        if (type(a) is StoredArg or type(a) is RemoteArg) and a.object_id in subst:
+            return subst[a.object_id]
         return a
 
     frames = encode((tuple(sub(a) for a in args), {k: sub(v) for k, v in kwargs.items()}))

@@ -116,6 +116,9 @@ def on_head_message(d: Any, value: Any) -> None:
         register(d)
     elif kind == "dead" and value[1] == d.incarnation:
         dropped, running = len(d.stored), len(d.pending)
+        blobs = getattr(d, "blobs", None)  # what it served to other nodes (pull.py)
+        for oid in list(d.stored) if blobs is not None else ():
+            blobs.forget(oid)
         d.stored.clear()
         for _, ref in d.pending.values():  # as repartir.cancel: their CPUs come back
             try:
@@ -123,7 +126,6 @@ def on_head_message(d: Any, value: Any) -> None:
             except Exception:  # noqa: BLE001 -- finished meanwhile, or not cancellable
                 pass
         d.pending.clear()  # their completions are dropped as they come (no one waits)
-        d.done.clear()
         actors = getattr(d, "actors", None)  # the drivers restart them elsewhere, or gave up
         ended = actors.ids() if actors is not None else []
         for aid in ended:

@@ -7,7 +7,10 @@ Drivers send it batches of tasks (the function once per node, then ``(task id, f
 args, kwargs)`` with the argument values resolved); it submits them to its local node with
 the ordinary API and sends the completions back in batches: small results inline, larger
 ones kept here (the local ``ObjectRef`` holds them in the arena) and served in chunks until
-the driver releases them.
+the driver releases them.  A task's argument kept on another node comes as a ``RemoteArg``:
+the daemon's :class:`~repartir.cluster.pull.Puller` pulls it from that node first (and
+caches it while tasks here use it); its :class:`~repartir.cluster.pull.BlobServer` serves
+this node's objects to the others.
 
 The head's daemon also keeps the registry: every node (the head's own included) registers,
 then sends a heartbeat every ``CLUSTER_HEARTBEAT_S`` with its free resources and its tasks;
@@ -27,6 +30,9 @@ node -> driver  ``done``                list of ``(task id, "value" | "stored" |
 driver -> node  ``meta``, ``chunk``     pull a stored object: its frame sizes, then
                                         ``(id, frame, offset, length)`` pieces
 driver -> node  ``release``             ids of stored objects the driver no longer needs
+node -> node    ``bmeta``, ``bchunk``   pull a stored object's blob for a task's
+                                        ``RemoteArg``: its size, then ``(id, offset,
+                                        length)`` pieces (:mod:`~repartir.cluster.pull`)
 node -> head    ``register``,           the node's record (id, address, resources total
                 ``heartbeat``           and available, tasks queued and running, its
                                         incarnation)
@@ -60,9 +66,11 @@ import repartir
 from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_INLINE_RESULT_BYTES, CLUSTER_PORT,
                       CLUSTER_START_TIMEOUT_S, cluster_node_timeout)
 from ..errors import RepartirError, TokenError, WireTimeoutError
+from ..runtime import driver as local_driver
 from ..runtime.remote_function import RemoteFunction
 from . import membership
 from .node_actors import ActorKey, NodeActors
+from .pull import BLOB_KINDS, BlobServer, Puller
 from .sockets import Endpoint
 from .state import StoredArg, host_port
 from .wire import encode
@@ -136,6 +144,11 @@ class NodeDaemon:
         self.registry: dict[str, dict] = {}  # the head's: node id -> record
         self.actors = NodeActors(self.node_id, self.registry if self.is_head else None,
                                  self.timeout)  # actors held for drivers; named actors
+        self.poller = zmq.Poller()
+        self.blobs = BlobServer(self.stored, lambda v, peer: self.router.send(v, to=peer))
+        self.puller = Puller(self.node_id, self.stored, token,
+                             lambda ep: self.poller.register(ep.socket, zmq.POLLIN),
+                             self._start, self._failed)
         self.started = time.time()
         self.incarnation = 0  # times declared dead and back (membership.py)
         if head is not None:
@@ -153,8 +166,15 @@ class NodeDaemon:
                 "Resources": self.total, "Available": avail, "Running": running,
                 "Queued": len(self.pending) - running, "Stored": len(self.stored),
                 "Actors": len(self.actors.handles),
+                "Cached": len(self.puller.cache), "PulledBytes": self.puller.pulled_bytes,
+                "ServedBytes": self.blobs.served_bytes, "StoreUsedBytes": self._store_used(),
                 "Pid": os.getpid(), "Hostname": socket.gethostname(), "Head": self.is_head,
                 "Started": self.started, "Incarnation": self.incarnation}
+
+    @staticmethod
+    def _store_used() -> int:
+        """Bytes of this node's object store in use (blocks and their headers)."""
+        return local_driver.client().arena.statistics().used_bytes
 
     def _heard(self, record: dict) -> None:
         record = dict(record, Alive=True, LastHeard=time.monotonic())
@@ -190,9 +210,12 @@ class NodeDaemon:
             self._send_meta(peer, value[1])
         elif kind == "chunk":
             self._send_chunk(peer, *value[1:])
+        elif kind in BLOB_KINDS:
+            self.blobs.on_message(peer, value)
         elif kind == "release":
             for oid in value[1]:
                 self.stored.pop(oid, None)
+                self.blobs.forget(oid)
         elif kind in ("register", "heartbeat") and self.is_head:
             membership.on_node_message(self, peer, kind, value[1])
         elif kind == "nodes" and self.is_head:
@@ -210,23 +233,31 @@ class NodeDaemon:
         return rf
 
     def _run_tasks(self, peer: bytes, functions: dict, tasks: list) -> None:
-        done = self.done
         out = []
         for tid, key, payload in tasks:
             try:
                 rf = self._function(key, functions)
                 args, kwargs = pickle.loads(payload[0], buffers=payload[1:])
-                args = [self._arg(a) for a in args]
-                kwargs = {k: self._arg(v) for k, v in kwargs.items()}
-                ref = rf.remote(*args, **kwargs)
+                self.puller.submit(peer, tid, rf, args, kwargs)  # now, or once pulled
             except BaseException as exc:  # bad arguments, infeasible here
                 out.append((tid, "error", _picklable_error(exc)))
-                continue
-            self.pending[tid] = (peer, ref)
-            ref.future().add_done_callback(
-                lambda f, tid=tid, peer=peer: done.append((peer, tid, f)))
         if out:
             self.router.send(("done", out), to=peer)
+
+    def _start(self, peer: bytes, tid: bytes, rf: RemoteFunction, args: list,
+               kwargs: dict) -> None:
+        """Submit a task whose arguments are all on this node (raises what ``.remote()``
+        raises)."""
+        args = [self._arg(a) for a in args]
+        kwargs = {k: self._arg(v) for k, v in kwargs.items()}
+        ref = rf.remote(*args, **kwargs)
+        self.pending[tid] = (peer, ref)
+        done = self.done
+        ref.future().add_done_callback(
+            lambda f, tid=tid, peer=peer: done.append((peer, tid, f)))
+
+    def _failed(self, peer: bytes, tid: bytes, exc: BaseException) -> None:
+        self.router.send(("done", [(tid, "error", _picklable_error(exc))]), to=peer)
 
     def _arg(self, value: Any) -> Any:
         if type(value) is StoredArg:
@@ -242,6 +273,7 @@ class NodeDaemon:
         while self.done:
             peer, tid, fut = self.done.popleft()
             entry = self.pending.pop(tid, None)
+            self.puller.task_done(tid)
             if entry is None:
                 continue  # dropped when this node was declared dead (membership.py)
             exc = fut.exception()
@@ -281,13 +313,13 @@ class NodeDaemon:
 
     def serve(self) -> None:
         """Serve until :meth:`stop` (SIGTERM, SIGINT)."""
-        poller = zmq.Poller()
+        poller = self.poller
         poller.register(self.router.socket, zmq.POLLIN)
         if self.head_ep is not None:
             poller.register(self.head_ep.socket, zmq.POLLIN)
         next_beat = time.monotonic() + CLUSTER_HEARTBEAT_S
         while not self._stop:
-            busy = self.pending or self.done
+            busy = self.pending or self.done or self.puller.pulls
             events = dict(poller.poll(1 if busy else 50))
             if self.router.socket in events:
                 for _ in range(1000):
@@ -298,6 +330,9 @@ class NodeDaemon:
                     except WireTimeoutError:
                         break  # dropped (bad token, ...): logged by the endpoint
                     self._on_router(msg.peer, msg.value)
+            for sock in events:
+                if sock in self.puller.peer_of:
+                    self.puller.drain(sock)
             if self.head_ep is not None and self.head_ep.socket in events:
                 while self.head_ep.poll(0):  # a burst after a link came back: all of it
                     try:
@@ -309,6 +344,7 @@ class NodeDaemon:
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + CLUSTER_HEARTBEAT_S
+                self.puller.check()
                 if self.head_ep is not None:
                     self.head_ep.send(("heartbeat", self._record()))
                 else:
@@ -316,6 +352,9 @@ class NodeDaemon:
 
     def close(self) -> None:
         """Close the sockets and shut the local node down.  Safe to call twice."""
+        puller = getattr(self, "puller", None)
+        if puller is not None:
+            puller.close()
         for ep in (self.router, self.head_ep):
             if ep is not None:
                 ep.close()

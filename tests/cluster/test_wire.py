@@ -30,7 +30,8 @@ from repartir.cli import main as cli_main
 from repartir.cluster import (CurveKeys, Endpoint, Signer, Verifier, encode, find_token,
                               generate_keys, generate_token, is_local_address, load_key_file,
                               load_token_file, write_key_files, write_token_file)
-from repartir.cluster.wire import HEADER, MAC_BYTES, REFUSED
+from repartir.cluster.wire import HEADER, MAC_BYTES, REFUSED, VERSION
+from repartir.config import WIRE_DIGEST_BYTES
 from repartir.errors import TokenError, WireError, WireTimeoutError
 
 pytestmark = pytest.mark.timeout(60)
@@ -192,7 +193,7 @@ def test_a_forged_message_is_never_unpickled(pair, raw, tmp_path):
     altered = Signer(TOKEN).sign(encode("harmless"))               # right token, then altered
     altered[0] = payload[0]
     raw.send(altered)
-    header = HEADER.pack(b"RPW1", 1, 0, 0, 1, b"s" * 16, len(payload))
+    header = HEADER.pack(b"RPW1", VERSION, 0, 0, 1, b"s" * 16, len(payload))
     raw.send(payload + [header, b"\0" * MAC_BYTES])               # a made-up MAC
     with pytest.raises(WireTimeoutError):
         head.recv(timeout=0.5)
@@ -241,12 +242,33 @@ def test_the_replay_table_is_bounded():
     assert err.value.reason == "replay"
 
 
+@pytest.mark.parametrize("size", [WIRE_DIGEST_BYTES - 1, WIRE_DIGEST_BYTES, 4 * 1024 * 1024])
+@pytest.mark.parametrize("where", [0, "middle", -1])
+def test_one_byte_changed_in_a_frame_of_any_size_is_refused(size, where):
+    """Frames of WIRE_DIGEST_BYTES and more enter the MAC as their BLAKE3 digest, smaller ones
+    byte by byte (docs/cluster.md, "Wire format"): a change anywhere in either is caught, and
+    so is a byte moved from one frame to the next."""
+    data = bytearray(os.urandom(size))
+    signed = Signer(TOKEN).sign([b"pickle", data])
+    assert Verifier(TOKEN).verify(signed).frames[1] is data
+    i = size // 2 if where == "middle" else where
+    altered = bytearray(data)
+    altered[i] ^= 1
+    with pytest.raises(WireError) as err:
+        Verifier(TOKEN).verify([signed[0], altered, *signed[2:]])
+    assert err.value.reason == "bad_mac"
+    moved = [signed[0] + bytes(data[:1]), bytes(data[1:]), *signed[2:]]
+    with pytest.raises(WireError) as err:
+        Verifier(TOKEN).verify(moved)
+    assert err.value.reason == "bad_mac"
+
+
 # --------------------------------------------------------------------------- malformed frames
 
 
 @given(frames=st.lists(st.binary(max_size=200), min_size=1, max_size=6)
        | st.lists(st.sampled_from([b"", b"RPW1", b"\0" * HEADER.size, b"\1" * MAC_BYTES,
-                                   REFUSED, HEADER.pack(b"RPW1", 1, 0, 0, 5, b"s" * 16, 1)]),
+                                   REFUSED, HEADER.pack(b"RPW1", VERSION, 0, 0, 5, b"s" * 16, 1)]),
                   min_size=1, max_size=5))
 def test_random_frames_are_dropped_and_the_endpoint_keeps_working(pair, raw, frames):
     head, _ = pair
