@@ -91,7 +91,8 @@ __all__ = ["Config", "resolve", "device_cache_dir", "detected_gpus", "STUCK_SPAW
            "EXTRA_IDLE_S", "EXTRA_WORKER_AFTER_S", "STUCK_WARNING_S", "STUCK_SPAWN_BATCH",
            "resource_names", "available_memory", "BLAS_THREAD_VARIABLES", "MIN_MAX_WORKERS",
            "ACTOR_OP_TIMEOUT_S", "CLUSTER_HOST", "CLUSTER_MIN_TOKEN_CHARS", "CLUSTER_KEY_NAME",
-           "cluster_token_file", "cluster_key_dir", "WIRE_MAX_SENDERS", "WIRE_INBAND_BYTES", "WIRE_DIGEST_BYTES",
+           "cluster_token_file", "cluster_key_dir", "WIRE_MAX_SENDERS", "WIRE_INBAND_BYTES",
+           "WIRE_DIGEST_BYTES",
            "WIRE_LINGER_MS", "WIRE_MAX_FRAME_BYTES", "WIRE_LOG_INTERVAL_S", "WIRE_REFUSALS_PER_S"]
 
 #: Seconds every worker must have been blocked in ``get``, with tasks queued that none of them

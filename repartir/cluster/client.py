@@ -311,7 +311,8 @@ class ClusterClient(ClientLoop):
                 raise NodeDiedError(self._failed)
             if prefer is not None or borrowed:
                 self._lineage.submitted(tid, args, kwargs)
-                if prefer is not None and prefer not in self._eps:  # died since: its arguments are being rebuilt
+                if prefer is not None and prefer not in self._eps:  # died since: its
+                    # arguments are being rebuilt
                     self._lineage.wait(tid, task)
                     return ClusterRef(tid, self)
             self._enqueue(tid, task, prefer)
