@@ -186,6 +186,34 @@ def test_results_lost_with_a_killed_node_are_rebuilt_from_lineage(cluster):
     _sweep()
 
 
+def test_a_rebuilt_task_takes_its_arguments_where_they_are_kept_now(cluster):
+    """Two nodes with {"s": 1}; ``a`` kept on the head, ``b = add_one(a)`` on an "s" node
+    (``a`` pulled node to node, a RemoteArg), ``c = add_one(b)`` next to ``b``.  Killing
+    the node of ``b`` and ``c`` rebuilds ``b`` on the other "s" node (pulling ``a`` again)
+    and then ``c`` there."""
+    s1, s2 = _join(cluster["address"], '{"s": 1}'), _join(cluster["address"], '{"s": 1}')
+    ids = {_node_id(s1): s1, _node_id(s2): s2}
+    a = make.options(resources={"on_head": 1}).remote(40)
+    b = add_one.options(resources={"s": 1}).remote(a)
+    c = add_one.options(resources={"s": 1}).remote(b)
+    assert len(repartir.wait([a, b, c], num_returns=3, timeout=60)[0]) == 3
+    client = cluster_client.active()
+    with client._lock:
+        where_b, where_c = (client.results[r.binary()][1] for r in (b, c))
+    assert where_b == where_c and where_b in ids
+    victim = ids.pop(where_b)
+    os.kill(victim["pid"], signal.SIGKILL)
+    assert np.all(repartir.get(c, timeout=60) == 42.0)
+    assert np.all(repartir.get(b, timeout=60) == 41.0)
+    with client._lock:  # both made again on the other "s" node (and pulled here since)
+        kept = [client.results[r.binary()] for r in (b, c)]
+    assert {res[2] if res[0] == "fetched" else res[1] for res in kept} == set(ids)
+    for rec in ids.values():
+        os.kill(rec["pid"], signal.SIGTERM)
+        assert wait_until(lambda: not alive(rec["pid"]), 30)
+    _sweep()
+
+
 def test_lineage_past_its_bound_is_dropped_and_says_so(cluster):
     victim = _join(cluster["address"])
     vid = _node_id(victim)
