@@ -70,8 +70,10 @@ where ``repartir token`` writes one).  The wire layer's other defaults are the `
 and ``WIRE_*`` constants below.  For the cluster's nodes and drivers (docs/cluster.md):
 ``REPARTIR_NODE_TIMEOUT`` (seconds without a heartbeat before a node is declared dead, default
 10: :func:`cluster_node_timeout`), ``REPARTIR_ADDRESS`` (the head ``init()`` connects to when
-no ``address=`` is given; unset by default) and ``REPARTIR_CLUSTER_DIR`` (this machine's
-cluster state, default ``~/.config/repartir/cluster``: :func:`cluster_state_dir`).
+no ``address=`` is given; unset by default), ``REPARTIR_CLUSTER_DIR`` (this machine's
+cluster state, default ``~/.config/repartir/cluster``: :func:`cluster_state_dir`) and
+``REPARTIR_SERVER_KEY`` (the public key of a head started with ``--encrypt``, for drivers,
+``repartir status`` and joining nodes; unset by default: :func:`cluster_server_key`).
 
 The thread pools of BLAS and OpenMP libraries in workers and actors follow each task's
 ``num_cpus`` (:data:`BLAS_THREAD_VARIABLES`, ``repartir/runtime/threads.py``) unless one of
@@ -473,6 +475,14 @@ def cluster_node_timeout() -> float:
     if not value > 0:
         raise ValueError(f"REPARTIR_NODE_TIMEOUT must be a number of seconds > 0, got {text!r}")
     return value
+
+
+def cluster_server_key() -> str | None:
+    """The public key of an encrypted cluster's head (``REPARTIR_SERVER_KEY``: its 40
+    Z85 characters, or the path of its ``.key`` file), or ``None`` when unset: a driver,
+    ``repartir status`` and ``repartir start --address`` then connect without encryption
+    (unless the head was started on this machine, which recorded its key)."""
+    return os.environ.get("REPARTIR_SERVER_KEY", "").strip() or None
 
 
 def cluster_state_dir() -> str:

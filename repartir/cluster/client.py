@@ -36,6 +36,7 @@ from ..runtime import context
 from ..runtime.objectref import ObjectRef
 from ..runtime.signature import arg_check
 from .client_loop import ClientLoop
+from .encryption import ClusterKeys
 from .sockets import Endpoint
 from .state import StoredArg, resolve_address, tcp
 from .wire import encode
@@ -123,7 +124,8 @@ class ClusterClient(ClientLoop):
         self._closed = False
         self._failed: str | None = None
         self._registry_seq = 0
-        self._head = Endpoint.connect(tcp(address), token=token)
+        self._curve = ClusterKeys.for_driver(address)
+        self._head = Endpoint.connect(tcp(address), token=token, **self._curve.to_head())
         try:
             self._head.send(("nodes",))
             msg = self._head.recv(timeout=CLUSTER_START_TIMEOUT_S)
@@ -134,7 +136,7 @@ class ClusterClient(ClientLoop):
                 f"is `repartir start --head` running there, and reachable from here?") from None
         except TokenError as exc:
             self._head.close()
-            raise TokenError(f"the head at {address} refused this driver: {exc}") from None
+            raise type(exc)(f"the head at {address} refused this driver: {exc}") from None
         self._last_head = time.monotonic()
         self._poller = zmq.Poller()
         self._poller.register(self._head.socket, zmq.POLLIN)
@@ -159,7 +161,8 @@ class ClusterClient(ClientLoop):
         return newly_dead
 
     def _connect_node(self, nid: str, address: str) -> None:
-        ep = Endpoint.connect(tcp(address), token=self._token)
+        ep = Endpoint.connect(tcp(address), token=self._token,
+                              **self._curve.to_node(self.nodes_seen.get(nid, {})))
         self._eps[nid] = ep
         self._ep_node[ep.socket] = nid
         self._fn_sent[nid] = set()

@@ -53,6 +53,7 @@ from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_INLINE_RESULT_BYTES, CLUSTER_
                       CLUSTER_START_TIMEOUT_S, cluster_node_timeout)
 from ..errors import RepartirError, TokenError, WireTimeoutError
 from ..runtime.remote_function import RemoteFunction
+from .encryption import ClusterKeys
 from .sockets import Endpoint
 from .state import StoredArg, host_port
 from .wire import encode
@@ -93,6 +94,8 @@ class NodeDaemon:
         init_kwargs: the local node's settings (``num_cpus``, ``num_gpus``, ``resources``,
             ``object_store_memory``), as for :func:`repartir.init`.
         token: the cluster token (default: ``REPARTIR_TOKEN``, then the token file).
+        keys: the CurveZMQ keys (:class:`~.encryption.ClusterKeys`; default: none, the
+            cluster is not encrypted).
 
     Raises:
         TokenError: a non-loopback bind without a token, or (joining) the head refused our
@@ -102,17 +105,20 @@ class NodeDaemon:
     """
 
     def __init__(self, head: str | None, bind: str, port: int, init_kwargs: dict,
-                 token: str | None = None) -> None:
+                 token: str | None = None, keys: ClusterKeys | None = None) -> None:
         self.is_head = head is None
         self.timeout = cluster_node_timeout()
         self._stop = False
-        self.router = Endpoint.listen(f"tcp://{bind}:{port or '*'}", token=token)
+        self.keys = keys or ClusterKeys()
+        self.router = Endpoint.listen(f"tcp://{bind}:{port or '*'}", token=token,
+                                      **self.keys.listen())
         self.head_ep: Endpoint | None = None
         try:
             real_port = int(self.router.address.rsplit(":", 1)[1])
             self.address = f"{_reachable_host(bind, head)}:{real_port}"
             if head is not None:
-                self.head_ep = Endpoint.connect(f"tcp://{head}", token=token)
+                self.head_ep = Endpoint.connect(f"tcp://{head}", token=token,
+                                                **self.keys.to_head())
             repartir.init(**init_kwargs)
         except BaseException:
             self.close()
@@ -140,7 +146,7 @@ class NodeDaemon:
                 "Resources": self.total, "Available": avail, "Running": running,
                 "Queued": len(self.pending) - running, "Stored": len(self.stored),
                 "Pid": os.getpid(), "Hostname": socket.gethostname(), "Head": self.is_head,
-                "Started": self.started}
+                "Started": self.started, "CurveKey": self.keys.public()}
 
     def _heard(self, record: dict) -> None:
         record = dict(record, Alive=True, LastHeard=time.monotonic())
@@ -287,13 +293,16 @@ class NodeDaemon:
             if self.head_ep is not None and self.head_ep.socket in events:
                 try:
                     self.head_ep.recv(timeout=1.0)  # welcome again after a head restart
-                except WireTimeoutError:
-                    pass
+                except (WireTimeoutError, TokenError) as exc:
+                    if not isinstance(exc, WireTimeoutError):
+                        print(f"the head refused this node: {exc}", file=sys.stderr,
+                              flush=True)
             if self.done:
                 self._completions()
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + CLUSTER_HEARTBEAT_S
+                self.router.check_handshakes()  # logs peers refused for their encryption
                 if self.head_ep is not None:
                     self.head_ep.send(("heartbeat", self._record()))
                 else:
@@ -319,6 +328,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=float, default=None)
     p.add_argument("--resources", default=None, help="custom resources as JSON")
     p.add_argument("--object-store-memory", type=int, default=None)
+    p.add_argument("--key-file", default=None,
+                   help="the head's CurveZMQ .key_secret file: encrypt (with --head)")
+    p.add_argument("--server-key", default=None,
+                   help="the head's public key: encrypt (with --address)")
     p.add_argument("--ready-file", default=None,
                    help="write {address, node_id, pid} (or {error}) here once up")
     return p
@@ -345,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop() if daemon else sys.exit(0))
     signal.signal(signal.SIGINT, lambda *_: daemon.stop() if daemon else sys.exit(0))
     try:
-        daemon = NodeDaemon(args.address, args.bind, port, init_kwargs)
+        keys = (ClusterKeys.for_head(args.key_file) if args.head
+                else ClusterKeys.for_node(args.server_key))
+        daemon = NodeDaemon(args.address, args.bind, port, init_kwargs, keys=keys)
     except (TokenError, WireTimeoutError, RepartirError, ValueError, OSError,
             zmq.ZMQError) as exc:
         text = str(exc)
