@@ -12,10 +12,11 @@ to both ends::
       greeting: CURVE, wrong server key ──────────►  HELLO box does not open
       HANDSHAKE_FAILED_NO_DETAIL                       HANDSHAKE_FAILED_PROTOCOL (cryptographic)
 
-The client of a mismatch often sees only ``HANDSHAKE_FAILED_NO_DETAIL`` (the server closed
-the connection before the client read its greeting) and reconnects every 100 ms or so; so
-a client takes ``UNCLEAR_FAILURES`` such failures in a row, with no handshake succeeding
-between them, as a refusal too, named by what it most likely is.
+Either side of a mismatch may see only ``HANDSHAKE_FAILED_NO_DETAIL``: the other closed
+the connection first.  A client then reconnects every 100 ms or so (it stops once it sees
+the mismatch itself), so it takes ``UNCLEAR_FAILURES`` such failures in a row, with no
+handshake succeeding between them, as a refusal, named by what it most likely is; a server
+logs each one as such (rate-limited), since the client may never come back.
 
 A :class:`HandshakeMonitor` reads those events from an inproc PAIR socket and turns each
 into a sentence that says which side encrypts and what to change.  An
@@ -50,8 +51,8 @@ _SERVER_KEY_HINT = ("give the head's public key, printed by `repartir start --he
 class HandshakeFailure(NamedTuple):
     """One failed handshake: ``reason`` is ``"plaintext_peer"`` (we encrypt, the peer does
     not), ``"encrypted_peer"`` (the peer encrypts, we do not), ``"wrong_key"`` (the
-    client's server key is not the server's), ``"unclear"`` (a client's
-    ``UNCLEAR_FAILURES``-th failure in a row without detail: most likely one of those) or
+    client's server key is not the server's), ``"unclear"`` (a server's failure without
+    detail, or a client's ``UNCLEAR_FAILURES``-th in a row: most likely one of those) or
     ``"other"``; ``text`` says it in words."""
 
     reason: str
@@ -102,7 +103,7 @@ class HandshakeMonitor:
         if mismatch and self.listening and self.encrypted:
             return HandshakeFailure("plaintext_peer", (
                 f"refused a connection to {where}: the peer does not use CurveZMQ "
-                f"encryption, and this cluster requires it (started with --encrypt); the "
+                f"encryption, which this cluster requires (started with --encrypt); the "
                 f"peer must {_SERVER_KEY_HINT}"))
         if mismatch and self.listening:
             return HandshakeFailure("encrypted_peer", (
@@ -123,20 +124,27 @@ class HandshakeMonitor:
             return HandshakeFailure("wrong_key", (
                 f"refused a connection to {where}: the peer's CurveZMQ handshake does not "
                 f"decrypt, so it holds another server public key than this one's"))
-        if not self.listening:
-            self._unclear += 1
-            if self._unclear >= UNCLEAR_FAILURES and self.encrypted:
-                return HandshakeFailure("unclear", (
-                    f"the CurveZMQ handshake with {where} failed {self._unclear} times in a "
-                    f"row: the server key given is not its public key, or it does not use "
-                    f"encryption (its cluster was started without --encrypt); "
-                    f"{_SERVER_KEY_HINT}"))
-            if self._unclear >= UNCLEAR_FAILURES:
-                return HandshakeFailure("unclear", (
-                    f"the handshake with {where} failed {self._unclear} times in a row: it "
-                    f"closes the connection during the handshake, most likely because it "
-                    f"requires CurveZMQ encryption (its cluster was started with --encrypt) "
-                    f"and this side does not encrypt: {_SERVER_KEY_HINT}"))
+        if self.listening:  # most often the client saw the mismatch first and hung up
+            what = ("it does not use CurveZMQ encryption, which this cluster requires "
+                    "(started with --encrypt), or it holds another server public key"
+                    if self.encrypted else "it uses CurveZMQ encryption, which this cluster "
+                    "does not (started without --encrypt)")
+            return HandshakeFailure("unclear", (
+                f"a peer closed its connection to {where} during the handshake: most "
+                f"likely {what}"))
+        self._unclear += 1
+        if self._unclear >= UNCLEAR_FAILURES and self.encrypted:
+            return HandshakeFailure("unclear", (
+                f"the CurveZMQ handshake with {where} failed {self._unclear} times in a "
+                f"row: the server key given is not its public key, or it does not use "
+                f"encryption (its cluster was started without --encrypt); "
+                f"{_SERVER_KEY_HINT}"))
+        if self._unclear >= UNCLEAR_FAILURES:
+            return HandshakeFailure("unclear", (
+                f"the handshake with {where} failed {self._unclear} times in a row: it "
+                f"closes the connection during the handshake, most likely because it "
+                f"requires CurveZMQ encryption (its cluster was started with --encrypt) "
+                f"and this side does not encrypt: {_SERVER_KEY_HINT}"))
         return HandshakeFailure("other", (
             f"a handshake on {where} failed (ZeroMQ event {event:#x}, value {value:#x})"))
 
