@@ -143,6 +143,7 @@ def start(args: argparse.Namespace) -> int:
         if value is not None:
             cmd += ["--" + flag.replace("_", "-"), str(value)]
     env = dict(os.environ)
+    env.pop("REPARTIR_ADDRESS", None)  # the daemon runs a local node: init() must not connect
     if token is not None:
         env["REPARTIR_TOKEN"] = token
     log_path = os.path.join(sd, f"node-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
@@ -192,12 +193,15 @@ def start(args: argparse.Namespace) -> int:
         print(f"Node {info['node_id'][:12]} (pid {proc.pid}, serving on {address}) joined "
               f"the cluster at {args.address}. Log: {log_path}. Stop it with: repartir stop")
     sys.stdout.flush()
-    if args.block:
+    if args.block:  # SIGTERM to this process (a container's pid 1, srun) stops the node
+        previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
         try:
             proc.wait()
         except KeyboardInterrupt:
             proc.send_signal(signal.SIGTERM)
             proc.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         forget_processes({proc.pid})
     return 0
 
