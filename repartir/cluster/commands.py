@@ -34,7 +34,7 @@ from .state import (forget_processes, host_port, process_start_time, record_proc
                     remove_address)
 from .tokens import check_token, load_token_file, write_token_file
 
-__all__ = ["main", "add_parsers", "start", "stop", "status", "handles"]
+__all__ = ["main", "parser", "add_parsers", "start", "stop", "status", "handles"]
 
 COMMANDS = ("start", "stop")
 
@@ -334,10 +334,15 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
-    """Run ``start``, ``stop`` or ``status`` (cluster) with ``argv``."""
+def parser() -> argparse.ArgumentParser:
+    """The parser of ``repartir start``, ``stop`` and ``status`` (of a cluster)."""
     parser = argparse.ArgumentParser(prog="repartir")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parsers(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run ``start``, ``stop`` or ``status`` (cluster) with ``argv``."""
+    args = parser().parse_args(argv)
     return {"start": start, "stop": stop, "status": status}[args.command](args)
