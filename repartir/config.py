@@ -457,6 +457,19 @@ CLUSTER_INLINE_RESULT_BYTES = 256 * KiB
 CLUSTER_CHUNK_BYTES = 4 * MiB
 CLUSTER_CHUNKS_IN_FLIGHT = 4
 
+#: Tasks a node hands to its local runtime at once, per CPU; the others wait in its own
+#: queue, where idle nodes steal them (docs/cluster.md, "Work stealing").  Higher keeps its
+#: workers fed between completions at the price of tasks that cannot be stolen any more.
+CLUSTER_QUEUE_PER_CPU = 2
+
+#: Tasks a victim hands over in one steal at most (besides steal-half and an even share).
+CLUSTER_STEAL_CAP = 256
+
+#: Seconds an idle node waits for a victim's answer, and waits after an empty one before it
+#: asks again (the next victim is drawn at random: Blumofe & Leiserson).
+CLUSTER_STEAL_TIMEOUT_S = 1.0
+CLUSTER_STEAL_BACKOFF_S = 0.05
+
 
 def cluster_node_timeout() -> float:
     """Seconds after which a silent node is declared dead: ``REPARTIR_NODE_TIMEOUT``, default

@@ -125,6 +125,7 @@ class ClusterClient(ClientLoop):
         self._failed: str | None = None
         self._registry_seq = 0
         self._curve = ClusterKeys.for_driver(address)
+        self._driver_id = os.urandom(16)  # the routing id of every connection to a node
         self._head = Endpoint.connect(tcp(address), token=token, **self._curve.to_head())
         try:
             self._head.send(("nodes",))
@@ -161,8 +162,9 @@ class ClusterClient(ClientLoop):
         return newly_dead
 
     def _connect_node(self, nid: str, address: str) -> None:
-        ep = Endpoint.connect(tcp(address), token=self._token,
+        ep = Endpoint.connect(tcp(address), token=self._token, routing_id=self._driver_id,
                               **self._curve.to_node(self.nodes_seen.get(nid, {})))
+        ep.send(("driver",))  # so that a node that steals our tasks knows it reaches us
         self._eps[nid] = ep
         self._ep_node[ep.socket] = nid
         self._fn_sent[nid] = set()

@@ -54,6 +54,7 @@ from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_INLINE_RESULT_BYTES, CLUSTER_
 from ..errors import RepartirError, TokenError, WireTimeoutError
 from ..runtime.remote_function import RemoteFunction
 from .encryption import ClusterKeys
+from .stealing import NodeStealing
 from .sockets import Endpoint
 from .state import StoredArg, host_port
 from .wire import encode
@@ -84,7 +85,7 @@ def _picklable_error(exc: BaseException) -> BaseException:
         return RepartirError(f"{type(exc).__name__}: {exc}")
 
 
-class NodeDaemon:
+class NodeDaemon(NodeStealing):
     """One node of a cluster (see the module's docstring).
 
     Args:
@@ -110,6 +111,7 @@ class NodeDaemon:
         self.timeout = cluster_node_timeout()
         self._stop = False
         self.keys = keys or ClusterKeys()
+        self._token = token
         self.router = Endpoint.listen(f"tcp://{bind}:{port or '*'}", token=token,
                                       **self.keys.listen())
         self.head_ep: Endpoint | None = None
@@ -131,6 +133,7 @@ class NodeDaemon:
         self.stored: dict[bytes, list] = {}  # object id -> [local ref, frames or None]
         self.registry: dict[str, dict] = {}  # the head's: node id -> record
         self.started = time.time()
+        self._init_stealing()
         if head is not None:
             self._join()
         else:
@@ -144,7 +147,8 @@ class NodeDaemon:
         running = min(len(self.pending), int(round(cpus - avail.get("CPU", cpus))))
         return {"NodeID": self.node_id, "NodeManagerAddress": self.address,
                 "Resources": self.total, "Available": avail, "Running": running,
-                "Queued": len(self.pending) - running, "Stored": len(self.stored),
+                "Queued": len(self.pending) - running + len(self.queue),
+                "Waiting": len(self.queue), "Stored": len(self.stored),
                 "Pid": os.getpid(), "Hostname": socket.gethostname(), "Head": self.is_head,
                 "Started": self.started, "CurveKey": self.keys.public()}
 
@@ -177,7 +181,12 @@ class NodeDaemon:
     def _on_router(self, peer: bytes, value: tuple) -> None:
         kind = value[0]
         if kind == "tasks":
+            self.drivers.add(peer)
             self._run_tasks(peer, value[1], value[2])
+        elif kind == "driver":  # a driver's hello: this node can send it completions
+            self.drivers.add(peer)
+        elif kind == "steal":
+            self._on_steal(peer, *value[1:])
         elif kind == "meta":
             self._send_meta(peer, value[1])
         elif kind == "chunk":
@@ -201,26 +210,42 @@ class NodeDaemon:
         if rf is None:
             fn, options = pickle.loads(functions[key])
             rf = self.functions[key] = RemoteFunction(fn, options)
+            self.blobs[key] = functions[key]  # for a thief (stealing.py)
         return rf
 
     def _run_tasks(self, peer: bytes, functions: dict, tasks: list) -> None:
-        done = self.done
+        """Run the tasks, or queue them beyond ``capacity`` (see :mod:`.stealing`)."""
         out = []
         for tid, key, payload in tasks:
             try:
                 rf = self._function(key, functions)
                 args, kwargs = pickle.loads(payload[0], buffers=payload[1:])
-                args = [self._arg(a) for a in args]
-                kwargs = {k: self._arg(v) for k, v in kwargs.items()}
-                ref = rf.remote(*args, **kwargs)
-            except BaseException as exc:  # bad arguments, infeasible here
+            except BaseException as exc:  # unpicklable here
                 out.append((tid, "error", _picklable_error(exc)))
                 continue
-            self.pending[tid] = (peer, ref)
-            ref.future().add_done_callback(
-                lambda f, tid=tid, peer=peer: done.append((peer, tid, f)))
+            if self.queue or len(self.pending) >= self.capacity:
+                self._enqueue(peer, tid, key, payload, rf, args, kwargs)
+                continue
+            error = self._submit(peer, tid, rf, args, kwargs)
+            if error is not None:
+                out.append(error)
         if out:
             self.router.send(("done", out), to=peer)
+
+    def _submit(self, peer: bytes, tid: bytes, rf: RemoteFunction, args: Any,
+                kwargs: dict) -> tuple | None:
+        """Hand one task to the local runtime; its error item if that fails."""
+        try:
+            args = [self._arg(a) for a in args]
+            kwargs = {k: self._arg(v) for k, v in kwargs.items()}
+            ref = rf.remote(*args, **kwargs)
+        except BaseException as exc:  # bad arguments, infeasible here
+            return (tid, "error", _picklable_error(exc))
+        done = self.done
+        self.pending[tid] = (peer, ref)
+        ref.future().add_done_callback(
+            lambda f, tid=tid, peer=peer: done.append((peer, tid, f)))
+        return None
 
     def _arg(self, value: Any) -> Any:
         if type(value) is StoredArg:
@@ -251,6 +276,7 @@ class NodeDaemon:
             by_peer.setdefault(peer, []).append(item)
         for peer, items in by_peer.items():
             self.router.send(("done", items), to=peer)
+        self._admit()
 
     def _send_meta(self, peer: bytes, oid: bytes) -> None:
         entry = self.stored.get(oid)
@@ -279,7 +305,7 @@ class NodeDaemon:
             poller.register(self.head_ep.socket, zmq.POLLIN)
         next_beat = time.monotonic() + CLUSTER_HEARTBEAT_S
         while not self._stop:
-            busy = self.pending or self.done
+            busy = self.pending or self.done or self.queue or self._steal_out
             events = dict(poller.poll(1 if busy else 50))
             if self.router.socket in events:
                 for _ in range(1000):
@@ -292,24 +318,31 @@ class NodeDaemon:
                     self._on_router(msg.peer, msg.value)
             if self.head_ep is not None and self.head_ep.socket in events:
                 try:
-                    self.head_ep.recv(timeout=1.0)  # welcome again after a head restart
+                    msg = self.head_ep.recv(timeout=1.0)  # the registry (or a welcome)
+                    if msg.value[0] == "nodes":
+                        self._on_registry(msg.value[1])
                 except (WireTimeoutError, TokenError) as exc:
                     if not isinstance(exc, WireTimeoutError):
                         print(f"the head refused this node: {exc}", file=sys.stderr,
                               flush=True)
             if self.done:
                 self._completions()
+            self._steal_tick()
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + CLUSTER_HEARTBEAT_S
                 self.router.check_handshakes()  # logs peers refused for their encryption
                 if self.head_ep is not None:
                     self.head_ep.send(("heartbeat", self._record()))
+                    self.head_ep.send(("nodes",))  # the peers to steal from
                 else:
                     self._heard(self._record())
+                    self._on_registry(self._nodes())
 
     def close(self) -> None:
         """Close the sockets and shut the local node down.  Safe to call twice."""
+        if hasattr(self, "peer_eps"):
+            self._close_peers()
         for ep in (self.router, self.head_ep):
             if ep is not None:
                 ep.close()

@@ -260,7 +260,8 @@ class Endpoint:
     def connect(cls, address: str, *, socket_type: str = "dealer",
                 token: str | bytes | None = None, server_key: str | bytes | None = None,
                 client_keys: CurveKeys | None = None, context: zmq.Context | None = None,
-                watch_handshakes: bool = False, **options: Any) -> "Endpoint":
+                watch_handshakes: bool = False, routing_id: bytes | None = None,
+                **options: Any) -> "Endpoint":
         """Connect a new endpoint to ``address`` (ZeroMQ connects in the background and
         reconnects by itself: this returns at once, before the peer is reached).
 
@@ -273,6 +274,9 @@ class Endpoint:
                 the handshake fails (one side encrypts and the other does not, or the server
                 key is not the server's) instead of waiting for its timeout (default
                 ``False``).
+            routing_id: the id a ROUTER knows this connection by (1 to 255 bytes; default:
+                one ZeroMQ makes): a process that connects to several ROUTERs with the same
+                id can be reached by each of them under that id.
             token, context, options: as for the constructor.
 
         Raises:
@@ -291,6 +295,8 @@ class Endpoint:
                 raise ValueError("client_keys without server_key: CURVE needs the server's "
                                  "public key")
             ep.address = address
+            if routing_id is not None:
+                ep._socket.setsockopt(zmq.ROUTING_ID, routing_id)
             if watch_handshakes:
                 ep._watch(ep._curve_client, listening=False)
             ep._socket.connect(address)
