@@ -243,6 +243,7 @@ class NodeDaemon(NodeStealing):
             return (tid, "error", _picklable_error(exc))
         done = self.done
         self.pending[tid] = (peer, ref)
+        self._started(tid)
         ref.future().add_done_callback(
             lambda f, tid=tid, peer=peer: done.append((peer, tid, f)))
         return None
@@ -258,9 +259,11 @@ class NodeDaemon(NodeStealing):
 
     def _completions(self) -> None:
         by_peer: dict[bytes, list] = {}
+        now = time.monotonic()
         while self.done:
             peer, tid, fut = self.done.popleft()
             entry = self.pending.pop(tid, None)
+            self._finished(tid, now)
             exc = fut.exception()
             if exc is not None:
                 item = (tid, "error", _picklable_error(exc))

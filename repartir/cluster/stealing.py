@@ -1,8 +1,10 @@
 """Work stealing between nodes: a part of :class:`~.node.NodeDaemon` (docs/cluster.md,
 "Work stealing").
 
-A node hands a driver's tasks to its local runtime only up to ``CLUSTER_QUEUE_PER_CPU``
-tasks per CPU; the others wait in its **queue** (oldest first).  A node with a CPU free and
+A node hands a driver's tasks to its local runtime only up to its **capacity**: enough
+tasks for ``CLUSTER_QUEUE_TARGET_S`` (50 ms) of work per CPU, by the service time its tasks
+have shown so far (:func:`capacity_for`), between 2 and 512 tasks per CPU; the others wait
+in its **queue** (oldest first).  A node with a CPU free and
 nothing queued is **idle**: it asks one peer, a **victim** drawn at random among those whose
 last heartbeat showed tasks in their queue (:func:`~repartir.scheduler.policy.victim_order`, the
 policy of the processes of one node), for a batch.  The victim takes the batch from the top
@@ -36,13 +38,17 @@ import random
 import time
 from typing import Any, NamedTuple
 
-from ..config import (CLUSTER_QUEUE_PER_CPU, CLUSTER_STEAL_BACKOFF_S, CLUSTER_STEAL_CAP,
+from ..config import (CLUSTER_QUEUE_MAX_PER_CPU, CLUSTER_QUEUE_MIN_PER_CPU,
+                      CLUSTER_QUEUE_TARGET_S, CLUSTER_STEAL_BACKOFF_S, CLUSTER_STEAL_CAP,
                       CLUSTER_STEAL_TIMEOUT_S)
 from ..scheduler.policy import steal_batch, victim_order
 from .sockets import Endpoint
 from .state import StoredArg, tcp
 
-__all__ = ["NodeStealing", "QueuedTask", "demand_of", "fits"]
+__all__ = ["NodeStealing", "QueuedTask", "demand_of", "fits", "capacity_for"]
+
+#: Weight of the latest task in the running estimate of the service time.
+_EWMA = 0.1
 
 
 class QueuedTask(NamedTuple):
@@ -72,6 +78,18 @@ def fits(demand: dict, total: dict) -> bool:
     return all(total.get(k, 0.0) >= v for k, v in demand.items() if v > 0)
 
 
+def capacity_for(cpus: float, service_s: float | None) -> int:
+    """Tasks a node of ``cpus`` CPUs keeps in its local runtime when a task takes
+    ``service_s`` seconds of a CPU (``None``: not known yet, the minimum): enough for
+    ``CLUSTER_QUEUE_TARGET_S`` of work per CPU, between ``CLUSTER_QUEUE_MIN_PER_CPU`` and
+    ``CLUSTER_QUEUE_MAX_PER_CPU`` per CPU, and at least one."""
+    per_cpu = CLUSTER_QUEUE_MIN_PER_CPU
+    if service_s is not None:
+        per_cpu = min(max(CLUSTER_QUEUE_TARGET_S / max(service_s, 1e-6), per_cpu),
+                      CLUSTER_QUEUE_MAX_PER_CPU)
+    return max(1, int(per_cpu * cpus))
+
+
 def _forwardable(payload: list) -> list:
     """A received payload made sendable again (its buffers out of band, without a copy)."""
     return [payload[0], *(pickle.PickleBuffer(b) for b in payload[1:])]
@@ -85,7 +103,9 @@ class NodeStealing:
     def _init_stealing(self) -> None:
         cpus = self.total.get("CPU", 0.0)
         self.cpus = cpus
-        self.capacity = max(1, int(CLUSTER_QUEUE_PER_CPU * cpus))
+        self.capacity = capacity_for(cpus, None)
+        self.service_s: float | None = None  # running estimate of a task's CPU time
+        self._admitted: dict[bytes, tuple[float, int]] = {}  # tid -> (when, in flight)
         self.queue: collections.deque[QueuedTask] = collections.deque()
         self.blobs: dict[Any, bytes] = {}  # function key -> pickled (fn, options)
         self.drivers: set[bytes] = set()  # routing ids of the drivers connected here
@@ -104,6 +124,21 @@ class NodeStealing:
         stealable = not any(type(a) is StoredArg for a in (*args, *kwargs.values()))
         self.queue.append(QueuedTask(owner, tid, key, payload, args, kwargs,
                                      demand_of(rf._options), stealable))
+
+    def _started(self, tid: bytes) -> None:
+        """A task went to the local runtime (called by ``_submit``)."""
+        self._admitted[tid] = (time.monotonic(), len(self.pending))
+
+    def _finished(self, tid: bytes, now: float) -> None:
+        """A task of the local runtime completed: update the service time, by Little's law
+        (``k`` tasks in flight that took ``latency`` s: each ``latency * cpus / k``)."""
+        start = self._admitted.pop(tid, None)
+        if start is None or self.cpus <= 0:
+            return
+        sample = (now - start[0]) * self.cpus / max(start[1], 1)
+        self.service_s = sample if self.service_s is None \
+            else (1 - _EWMA) * self.service_s + _EWMA * sample
+        self.capacity = capacity_for(self.cpus, self.service_s)
 
     def _admit(self) -> None:
         """Hand queued tasks to the local runtime while it has room."""

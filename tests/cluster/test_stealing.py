@@ -22,7 +22,7 @@ import pytest
 import repartir
 from repartir.cluster import client as cluster_client
 from repartir.cluster.state import StoredArg
-from repartir.cluster.stealing import NodeStealing, QueuedTask, demand_of, fits
+from repartir.cluster.stealing import NodeStealing, QueuedTask, capacity_for, demand_of, fits
 from repartir.config import resolve
 from repartir.runtime.session import sweep_dead_sessions
 
@@ -208,3 +208,25 @@ def test_tasks_a_killed_thief_had_stolen_are_resubmitted(cluster, tmp_path):
     assert [n for n in repartir.nodes() if n["NodeID"] == thief][0]["Alive"] is False
     sweep_dead_sessions(resolve(num_cpus=1, object_store_memory=64 << 20, num_gpus=0).temp_dir,
                         "/dev/shm")
+
+
+def test_capacity_follows_the_service_time():
+    assert capacity_for(4, None) == 8  # unknown: the minimum, two per CPU
+    assert capacity_for(4, 0.5) == 8  # long tasks: the minimum too
+    assert capacity_for(1, 0.001) == 50  # 50 ms of 1 ms tasks
+    assert capacity_for(2, 1e-5) == 1024  # tiny ones: capped at 512 per CPU
+    assert capacity_for(0, None) == 1
+
+
+def test_a_node_learns_the_service_time_of_its_tasks():
+    v = Victim(cpus=2)
+    for i in range(50):  # two in flight at a time, each done 2 ms after it started
+        for tid in (b"a%d" % i, b"b%d" % i):
+            v.pending[tid] = None
+            v._started(tid)
+        t0 = v._admitted[b"a%d" % i][0]
+        for tid in (b"a%d" % i, b"b%d" % i):
+            del v.pending[tid]
+            v._finished(tid, t0 + 0.002)
+    assert 0.0015 < v.service_s < 0.0045  # ~2 ms x 2 CPUs / 1-2 in flight
+    assert v.capacity == capacity_for(2, v.service_s) > 2 * 2
