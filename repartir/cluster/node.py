@@ -5,7 +5,8 @@ The daemon is the driver of an ordinary local node: it calls :func:`repartir.ini
 process (workers, arena) and serves a ROUTER :class:`~repartir.cluster.sockets.Endpoint`.
 Drivers send it batches of tasks (the function once per node, then ``(task id, function key,
 args, kwargs)`` with the argument values resolved); it submits them to its local node with
-the ordinary API and sends the completions back in batches: small results inline, larger
+the ordinary API, up to its capacity, and queues the rest for idle peers to steal
+(:mod:`.stealing`), and sends the completions back in batches: small results inline, larger
 ones kept here (the local ``ObjectRef`` holds them in the arena) and served in chunks until
 the driver releases them.
 
@@ -29,6 +30,9 @@ driver -> node  ``release``             ids of stored objects the driver no long
 node -> head    ``register``,           the node's record (id, address, resources total
                 ``heartbeat``           and available, tasks queued and running)
 any -> head     ``nodes``               the registry, answered with ``("nodes", list)``
+driver -> node  ``driver``              hello: the node reaches this driver by its id
+node -> node    ``steal``, ``stolen``   a batch of queued tasks asked for and handed over
+node -> driver  ``moved``               ``(thief id, task ids)``: stolen (stealing.py)
 =============== ======================= ==================================================
 """
 
