@@ -204,8 +204,12 @@ def cluster(tmp_path_factory, _leaves_nothing_behind):
         yield info
     finally:
         repartir.shutdown()
+        try:
+            pids = [r["pid"] for r in recorded()]  # the nodes tests started too
+        except OSError:
+            pids = []
         stopped = cli("stop")
-        for pid in info.get("pids", []):
+        for pid in pids:
             assert not alive(pid), stopped.stdout + stopped.stderr
         sweep_dead_sessions(resolve(num_cpus=1, object_store_memory=64 << 20,
                                     num_gpus=0).temp_dir, "/dev/shm")
@@ -288,3 +292,24 @@ def test_the_registry_crosses_the_wire_encrypted(cluster):
     assert r.returncode == 0, r.stderr
     assert f"{MARKER}=1" in r.stdout and "2 node(s) alive" in r.stdout
     assert len(proxy.seen) > 1000 and MARKER.encode() not in proxy.seen
+
+
+@repartir.remote
+def slow(i):
+    time.sleep(0.4)
+    return repartir.get_runtime_context().get_node_id(), i
+
+
+def test_a_node_steals_over_an_encrypted_connection(cluster):
+    """A third node joins while the two others have queues: it connects to them with the
+    keys of the registry and steals (node-to-node, encrypted)."""
+    refs = [slow.remote(i) for i in range(24)]
+    r = cli("start", "--address", cluster["address"], "--num-cpus", "1", "--server-key",
+            cluster["key"], "--object-store-memory", STORE)
+    assert r.returncode == 0, r.stderr
+    third = recorded()[-1]
+    out = repartir.get(refs, timeout=120)
+    assert [i for _, i in out] == list(range(24))
+    third_id = [n["NodeID"] for n in repartir.nodes()
+                if n["NodeManagerPort"] == _port(third["address"])][0]
+    assert third_id in {nid for nid, _ in out}
