@@ -457,15 +457,16 @@ CLUSTER_INLINE_RESULT_BYTES = 256 * KiB
 CLUSTER_CHUNK_BYTES = 4 * MiB
 CLUSTER_CHUNKS_IN_FLIGHT = 4
 
-#: A node hands its local runtime enough tasks for this many seconds of work per CPU (as
-#: its tasks' service times so far say), but at least ``CLUSTER_QUEUE_MIN_PER_CPU`` and at
-#: most ``CLUSTER_QUEUE_MAX_PER_CPU`` tasks per CPU; the others wait in its own queue, where
-#: idle nodes steal them (docs/cluster.md, "Work stealing").  More keeps its workers fed
-#: between completions (tiny tasks need hundreds in flight), at the price of tasks that
-#: can no longer be stolen.
+#: A node hands its local runtime enough tasks for this many seconds of work per CPU (by
+#: the shortest service time its tasks showed over the last ``CLUSTER_QUEUE_WINDOW_S``), but
+#: at least ``CLUSTER_QUEUE_MIN_PER_CPU`` and at most ``CLUSTER_QUEUE_MAX_PER_CPU`` tasks per
+#: CPU; the others wait in its own queue, where idle nodes steal them (docs/cluster.md, "Work
+#: stealing").  More keeps its workers fed between completions (tiny tasks need hundreds in
+#: flight), at the price of tasks that can no longer be stolen.
 CLUSTER_QUEUE_TARGET_S = 0.05
 CLUSTER_QUEUE_MIN_PER_CPU = 2
 CLUSTER_QUEUE_MAX_PER_CPU = 512
+CLUSTER_QUEUE_WINDOW_S = 1.0
 
 #: Tasks a victim hands over in one steal at most (besides steal-half and an even share).
 CLUSTER_STEAL_CAP = 256

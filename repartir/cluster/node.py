@@ -152,7 +152,8 @@ class NodeDaemon(NodeStealing):
         return {"NodeID": self.node_id, "NodeManagerAddress": self.address,
                 "Resources": self.total, "Available": avail, "Running": running,
                 "Queued": len(self.pending) - running + len(self.queue),
-                "Waiting": len(self.queue), "Stored": len(self.stored),
+                "Waiting": len(self.queue), "Capacity": self.capacity,
+                "Stored": len(self.stored),
                 "Pid": os.getpid(), "Hostname": socket.gethostname(), "Head": self.is_head,
                 "Started": self.started, "CurveKey": self.keys.public()}
 

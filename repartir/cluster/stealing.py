@@ -2,9 +2,12 @@
 "Work stealing").
 
 A node hands a driver's tasks to its local runtime only up to its **capacity**: enough
-tasks for ``CLUSTER_QUEUE_TARGET_S`` (50 ms) of work per CPU, by the service time its tasks
-have shown so far (:func:`capacity_for`), between 2 and 512 tasks per CPU; the others wait
-in its **queue** (oldest first).  A node with a CPU free and
+tasks for ``CLUSTER_QUEUE_TARGET_S`` (50 ms) of work per CPU (:func:`capacity_for`), between
+2 and 512 tasks per CPU, by the service time of its tasks: by Little's law, a task admitted
+with ``k`` tasks in flight and completed ``latency`` seconds later took ``latency * cpus / k``
+of a CPU, or less (the daemon's own delays and stalls of the machine only add to it), so
+the node takes the shortest such figure of the last ``CLUSTER_QUEUE_WINDOW_S`` (a sliding
+window minimum).  The others wait in its **queue** (oldest first).  A node with a CPU free and
 nothing queued is **idle**: it asks one peer, a **victim** drawn at random among those whose
 last heartbeat showed tasks in their queue (:func:`~repartir.scheduler.policy.victim_order`, the
 policy of the processes of one node), for a batch.  The victim takes the batch from the top
@@ -39,16 +42,13 @@ import time
 from typing import Any, NamedTuple
 
 from ..config import (CLUSTER_QUEUE_MAX_PER_CPU, CLUSTER_QUEUE_MIN_PER_CPU,
-                      CLUSTER_QUEUE_TARGET_S, CLUSTER_STEAL_BACKOFF_S, CLUSTER_STEAL_CAP,
-                      CLUSTER_STEAL_TIMEOUT_S)
+                      CLUSTER_QUEUE_TARGET_S, CLUSTER_QUEUE_WINDOW_S, CLUSTER_STEAL_BACKOFF_S,
+                      CLUSTER_STEAL_CAP, CLUSTER_STEAL_TIMEOUT_S)
 from ..scheduler.policy import steal_batch, victim_order
 from .sockets import Endpoint
 from .state import StoredArg, tcp
 
 __all__ = ["NodeStealing", "QueuedTask", "demand_of", "fits", "capacity_for"]
-
-#: Weight of the latest task in the running estimate of the service time.
-_EWMA = 0.1
 
 
 class QueuedTask(NamedTuple):
@@ -104,10 +104,12 @@ class NodeStealing:
         cpus = self.total.get("CPU", 0.0)
         self.cpus = cpus
         self.capacity = capacity_for(cpus, None)
-        self.service_s: float | None = None  # running estimate of a task's CPU time
+        self.service_s: float | None = None  # a task's CPU time: the window's minimum
+        self._samples: collections.deque[tuple[float, float]] = collections.deque()
         self._admitted: dict[bytes, tuple[float, int]] = {}  # tid -> (when, in flight)
         self.queue: collections.deque[QueuedTask] = collections.deque()
         self.blobs: dict[Any, bytes] = {}  # function key -> pickled (fn, options)
+        self._demands: dict[Any, dict] = {}  # function key -> demand_of its options
         self.drivers: set[bytes] = set()  # routing ids of the drivers connected here
         self.peers: dict[str, dict] = {}  # node id -> registry record (others, alive)
         self.peer_eps: dict[str, Endpoint] = {}
@@ -121,23 +123,32 @@ class NodeStealing:
 
     def _enqueue(self, owner: bytes, tid: bytes, key: Any, payload: list, rf: Any,
                  args: list, kwargs: dict) -> None:
-        stealable = not any(type(a) is StoredArg for a in (*args, *kwargs.values()))
-        self.queue.append(QueuedTask(owner, tid, key, payload, args, kwargs,
-                                     demand_of(rf._options), stealable))
+        stealable = not any(type(a) is StoredArg for a in args) and \
+            not any(type(a) is StoredArg for a in kwargs.values())
+        demand = self._demands.get(key)
+        if demand is None:
+            demand = self._demands[key] = demand_of(rf._options)
+        self.queue.append(QueuedTask(owner, tid, key, payload, args, kwargs, demand,
+                                     stealable))
 
     def _started(self, tid: bytes) -> None:
         """A task went to the local runtime (called by ``_submit``)."""
         self._admitted[tid] = (time.monotonic(), len(self.pending))
 
     def _finished(self, tid: bytes, now: float) -> None:
-        """A task of the local runtime completed: update the service time, by Little's law
-        (``k`` tasks in flight that took ``latency`` s: each ``latency * cpus / k``)."""
+        """A task of the local runtime completed: its service time by Little's law, and the
+        minimum of the window (a deque of increasing samples: amortized O(1))."""
         start = self._admitted.pop(tid, None)
         if start is None or self.cpus <= 0:
             return
         sample = (now - start[0]) * self.cpus / max(start[1], 1)
-        self.service_s = sample if self.service_s is None \
-            else (1 - _EWMA) * self.service_s + _EWMA * sample
+        window = self._samples
+        while window and window[-1][1] >= sample:
+            window.pop()
+        window.append((now, sample))
+        while window[0][0] < now - CLUSTER_QUEUE_WINDOW_S:
+            window.popleft()
+        self.service_s = window[0][1]
         self.capacity = capacity_for(self.cpus, self.service_s)
 
     def _admit(self) -> None:

@@ -220,13 +220,21 @@ def test_capacity_follows_the_service_time():
 
 def test_a_node_learns_the_service_time_of_its_tasks():
     v = Victim(cpus=2)
-    for i in range(50):  # two in flight at a time, each done 2 ms after it started
-        for tid in (b"a%d" % i, b"b%d" % i):
-            v.pending[tid] = None
-            v._started(tid)
-        t0 = v._admitted[b"a%d" % i][0]
-        for tid in (b"a%d" % i, b"b%d" % i):
-            del v.pending[tid]
-            v._finished(tid, t0 + 0.002)
-    assert 0.0015 < v.service_s < 0.0045  # ~2 ms x 2 CPUs / 1-2 in flight
-    assert v.capacity == capacity_for(2, v.service_s) > 2 * 2
+    t = 1000.0
+
+    def run(k: int, latency: float) -> None:  # k tasks admitted at t, done at t + latency
+        tids = [os.urandom(8) for _ in range(k)]
+        for i, tid in enumerate(tids):
+            v._admitted[tid] = (t, i + 1)
+        for tid in tids:
+            v._finished(tid, t + latency)
+
+    run(4, 0.004)  # the last admitted with 4 in flight: 4 ms x 2 CPUs / 4 = 2 ms
+    assert v.service_s == pytest.approx(0.002)
+    assert v.capacity == capacity_for(2, v.service_s) and 49 <= v.capacity <= 50
+    t += 0.1
+    run(1, 0.05)  # a stall (50 ms for one task): an upper bound, the window keeps 2 ms
+    assert v.service_s == pytest.approx(0.002)
+    t += 2.0  # past the window: long tasks now (1 s each, 2 in flight)
+    run(2, 1.0)
+    assert v.service_s == pytest.approx(1.0) and v.capacity == 2 * 2
