@@ -322,11 +322,14 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     ``ActorDiedError``.  With ``no_restart=False`` it is restarted if ``max_restarts``
     allows.  Works in the driver, in tasks and in actor methods; with ``no_restart`` it
     returns once the actor is dead (its name is free then).  Killing a dead actor does
-    nothing.
+    nothing.  In a driver connected to a cluster, the actor's node kills it
+    (docs/cluster.md, "Actors on a cluster").
 
     Raises:
         TypeError: ``actor`` is not an ActorHandle.
-        RepartirError: outside the driver, the node did not answer.
+        RepartirError: outside the driver, the node did not answer; on a cluster, the
+            actor's node (or the head, for its name) did not answer within
+            ``CLUSTER_START_TIMEOUT_S`` (60 s), or the handle is of another cluster.
     """
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() takes an ActorHandle, got {type(actor).__qualname__}")
@@ -335,11 +338,13 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """The handle of the live actor created with ``name=`` (in ``namespace``, by default
-    ``"default"``), from the driver, a task or an actor method.
+    ``"default"``), from the driver, a task or an actor method.  In a driver connected to
+    a cluster, the head's registry answers: any driver finds the actors named by others.
 
     Raises:
         ValueError: no live actor has that name (or its last handle is gone: it is ending).
-        RepartirError: outside the driver, the node did not answer.
+        RepartirError: outside the driver, the node did not answer; on a cluster, the head
+            is not alive or did not answer within ``CLUSTER_START_TIMEOUT_S`` (60 s).
     """
     return _get_actor(name, namespace)
 

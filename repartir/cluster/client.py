@@ -35,6 +35,7 @@ from ..errors import (GetTimeoutError, InfeasibleTaskError, NodeDiedError, Objec
 from ..runtime import context
 from ..runtime.objectref import ObjectRef
 from ..runtime.signature import arg_check
+from .actors import ClusterActors
 from .client_loop import ClientLoop
 from .encryption import ClusterKeys
 from .sockets import Endpoint
@@ -139,6 +140,7 @@ class ClusterClient(ClientLoop):
             self._head.close()
             raise type(exc)(f"the head at {address} refused this driver: {exc}") from None
         self._last_head = time.monotonic()
+        self.actors = ClusterActors(self, ClusterRef)  # actors on the nodes (actors.py)
         self._poller = zmq.Poller()
         self._poller.register(self._head.socket, zmq.POLLIN)
         self._update_nodes(msg.value[1])
@@ -182,6 +184,7 @@ class ClusterClient(ClientLoop):
             self._ep_node.pop(ep.socket, None)
             ep.close()
         self._outbox.pop(nid, None)
+        self.actors.node_died_locked(nid, where, why)  # restart, resend or fail (actors.py)
         for tid, task in list(self.inflight.items()):
             if task.node != nid:
                 continue
@@ -412,6 +415,8 @@ class ClusterClient(ClientLoop):
             self._fetch_start.clear()
         self._closed = True
         self._thread.join(2.0)
+        with self._lock:
+            self.actors.closing_locked()  # its actors that are not detached end
         self._flush()
         releases: dict[str, list] = {}
         with self._lock:

@@ -71,6 +71,7 @@ class ClientLoop:
                     self._dropped.add(tid)
                 elif res is not None and res[0] in ("stored", "fetched"):
                     releases.setdefault(res[2 if res[0] == "fetched" else 1], []).append(tid)
+            self.actors.flush_locked()  # actors whose last handle went end (actors.py)
             batches = []
             for nid, tids in self._outbox.items():
                 if not tids:

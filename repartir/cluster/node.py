@@ -34,6 +34,10 @@ driver -> node  ``driver``              hello: the node reaches this driver by i
 node -> node    ``steal``, ``stolen``   a batch of queued tasks asked for and handed over
 node -> driver  ``moved``               ``(thief id, task ids)``: stolen (stealing.py)
 =============== ======================= ==================================================
+
+A task whose key is an :class:`~.node_actors.ActorKey` is an operation on the actors this node
+holds for drivers (create, call, end, kill; on the head, the names of actors): see
+``node_actors.py``.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_INLINE_RESULT_BYTES, CLUSTER_
 from ..errors import RepartirError, TokenError, WireTimeoutError
 from ..runtime.remote_function import RemoteFunction
 from .encryption import ClusterKeys
+from .node_actors import ActorKey, NodeActors
 from .stealing import NodeStealing
 from .sockets import Endpoint
 from .state import StoredArg, host_port
@@ -136,6 +141,8 @@ class NodeDaemon(NodeStealing):
         self.done: collections.deque = collections.deque()  # (peer, task id, future)
         self.stored: dict[bytes, list] = {}  # object id -> [local ref, frames or None]
         self.registry: dict[str, dict] = {}  # the head's: node id -> record
+        self.actors = NodeActors(self.node_id, self.registry if self.is_head else None,
+                                 self.timeout)  # actors held for drivers; named actors
         self.started = time.time()
         self._init_stealing()
         if head is not None:
@@ -153,7 +160,7 @@ class NodeDaemon(NodeStealing):
                 "Resources": self.total, "Available": avail, "Running": running,
                 "Queued": len(self.pending) - running + len(self.queue),
                 "Waiting": len(self.queue), "Capacity": self.capacity,
-                "Stored": len(self.stored),
+                "Stored": len(self.stored), "Actors": len(self.actors.handles),
                 "Pid": os.getpid(), "Hostname": socket.gethostname(), "Head": self.is_head,
                 "Started": self.started, "CurveKey": self.keys.public()}
 
@@ -211,6 +218,8 @@ class NodeDaemon(NodeStealing):
             print(f"ignored a message of kind {kind!r}", file=sys.stderr, flush=True)
 
     def _function(self, key: Any, functions: dict) -> RemoteFunction:
+        if type(key) is ActorKey:  # an actor operation (node_actors.py)
+            return self.actors.target(key)  # type: ignore[return-value]
         rf = self.functions.get(key)
         if rf is None:
             fn, options = pickle.loads(functions[key])
@@ -228,18 +237,20 @@ class NodeDaemon(NodeStealing):
             except BaseException as exc:  # unpicklable here
                 out.append((tid, "error", _picklable_error(exc)))
                 continue
-            if self.queue or len(self.pending) >= self.capacity:
+            task = type(key) is not ActorKey  # actor operations are neither queued nor stolen
+            if task and (self.queue or len(self._admitted) >= self.capacity):
                 self._enqueue(peer, tid, key, payload, rf, args, kwargs)
                 continue
-            error = self._submit(peer, tid, rf, args, kwargs)
+            error = self._submit(peer, tid, rf, args, kwargs, counted=task)
             if error is not None:
                 out.append(error)
         if out:
             self.router.send(("done", out), to=peer)
 
     def _submit(self, peer: bytes, tid: bytes, rf: RemoteFunction, args: Any,
-                kwargs: dict) -> tuple | None:
-        """Hand one task to the local runtime; its error item if that fails."""
+                kwargs: dict, counted: bool = True) -> tuple | None:
+        """Hand one task to the local runtime (``counted``: against its capacity); its
+        error item if that fails."""
         try:
             args = [self._arg(a) for a in args]
             kwargs = {k: self._arg(v) for k, v in kwargs.items()}
@@ -248,7 +259,8 @@ class NodeDaemon(NodeStealing):
             return (tid, "error", _picklable_error(exc))
         done = self.done
         self.pending[tid] = (peer, ref)
-        self._started(tid)
+        if counted:
+            self._started(tid)
         ref.future().add_done_callback(
             lambda f, tid=tid, peer=peer: done.append((peer, tid, f)))
         return None

@@ -98,7 +98,8 @@ def _forwardable(payload: list) -> list:
 class NodeStealing:
     """The queue and the stealing of a node daemon (see the module's docstring); mixed into
     :class:`~.node.NodeDaemon`, whose ``router``, ``keys``, ``node_id``, ``total``,
-    ``pending``, ``registry`` and ``_function`` it uses."""
+    ``pending``, ``functions`` and ``_submit`` it uses.  The capacity counts the tasks of
+    :attr:`_admitted`, not actor operations (``node_actors.py``), which never wait here."""
 
     def _init_stealing(self) -> None:
         cpus = self.total.get("CPU", 0.0)
@@ -132,8 +133,9 @@ class NodeStealing:
                                      stealable))
 
     def _started(self, tid: bytes) -> None:
-        """A task went to the local runtime (called by ``_submit``)."""
-        self._admitted[tid] = (time.monotonic(), len(self.pending))
+        """A task went to the local runtime (called by ``_submit``; actor operations are
+        not counted)."""
+        self._admitted[tid] = (time.monotonic(), len(self._admitted) + 1)
 
     def _finished(self, tid: bytes, now: float) -> None:
         """A task of the local runtime completed: its service time by Little's law, and the
@@ -153,7 +155,7 @@ class NodeStealing:
 
     def _admit(self) -> None:
         """Hand queued tasks to the local runtime while it has room."""
-        while self.queue and len(self.pending) < self.capacity:
+        while self.queue and len(self._admitted) < self.capacity:
             t = self.queue.popleft()
             error = self._submit(t.owner, t.tid, self.functions[t.key], t.args, t.kwargs)
             if error is not None:
@@ -234,7 +236,7 @@ class NodeStealing:
         if not order:
             return
         victim = ids[order[0]]
-        want = self.capacity - len(self.pending)
+        want = max(self.capacity - len(self._admitted), 1)
         self._peer_ep(victim).send(("steal", self.node_id, self.total, want,
                                     sorted(self.drivers)))
         self._steal_out = (victim, now + CLUSTER_STEAL_TIMEOUT_S)

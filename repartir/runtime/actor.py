@@ -164,7 +164,9 @@ class ActorClass:
 
     def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
         """Start an actor; returns its handle at once (the constructor runs in the actor).
-        Works in the driver, in tasks and in actor methods alike.
+        Works in the driver, in tasks and in actor methods alike; in a driver connected
+        to a cluster, the actor is placed on a node (docs/cluster.md, "Actors on a
+        cluster").
 
         Raises:
             TypeError: the arguments do not fit the constructor's signature.
@@ -175,6 +177,8 @@ class ActorClass:
                 or, outside the driver, the node did not answer.
         """
         self._check.check(args, kwargs)
+        if context.cluster is not None:  # a driver connected to a cluster (docs/cluster.md)
+            return context.cluster.actors.create(self, args, kwargs)
         client = driver.client()
         opts = self._options
         demand = client.demand_vector(opts.get("num_cpus", 0), opts.get("num_gpus", 0),
@@ -235,6 +239,8 @@ def get_actor(name: str, namespace: str | None = None) -> "ActorHandle":
         ValueError: no live actor has that name.
         RepartirError: outside the driver, the node did not answer.
     """
+    if context.cluster is not None:  # a driver connected to a cluster (docs/cluster.md)
+        return context.cluster.actors.get_actor(name, namespace)
     client = driver.client()
     namespace = namespace or "default"
     node = client.node
@@ -249,6 +255,8 @@ def get_actor(name: str, namespace: str | None = None) -> "ActorHandle":
 def kill_actor(actor: "ActorHandle", no_restart: bool = True) -> None:
     """Kill ``actor``'s process at once, from any process (see ``repartir.kill``); with
     ``no_restart``, return once it is dead (within 10 s)."""
+    if context.cluster is not None:  # a driver connected to a cluster (docs/cluster.md)
+        return context.cluster.actors.kill(actor, no_restart)
     client = driver.client()
     node = client.node
     if node is not None:

@@ -150,7 +150,7 @@ def client() -> CoreClient:
     if context.cluster is not None:
         raise RepartirError(
             "this driver is connected to a cluster (init(address=...)), where this version "
-            "runs tasks, get, wait and put only: actors, cancel() and the like need a local "
+            "runs tasks, actors, get, wait and put only: cancel() and the like need a local "
             "node (init() without address=); see docs/cluster.md")
     with _lock:
         if not is_initialized():
