@@ -76,6 +76,10 @@ class RecordingProxy:
                 pass
 
     def close(self) -> None:
+        try:  # wakes the accepting thread (closing alone does not)
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._listener.close()
         for c in self._conns:
             c.close()
