@@ -224,6 +224,24 @@ def cluster(tmp_path_factory, _leaves_nothing_behind):
                 os.environ[k] = v
 
 
+@pytest.mark.parametrize("args, words", [
+    (["--address", "127.0.0.1:1", "--encrypt"], "needs the head's public key: --server-key"),
+    (["--head", "--server-key", "x" * 40], "--server-key is for a node joining"),
+    (["--head", "--key-file", "k.key_secret"], "add --encrypt"),
+    (["--head", "--encrypt", "--key-file", "missing.key_secret"], "repartir keygen"),
+    (["--address", "127.0.0.1:1", "--server-key", "nonsense"], "40-character Z85"),
+    (["--address", "127.0.0.1:1", "--key-file", "k"], "--key-file is for the head"),
+])
+def test_encryption_options_misused_are_refused_before_anything_starts(tmp_path, args, words):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPARTIR_")}
+    env.update(REPARTIR_CLUSTER_DIR=str(tmp_path / "state"),
+               REPARTIR_TOKEN_FILE=str(tmp_path / "token"))
+    r = subprocess.run([sys.executable, "-m", "repartir", "start", *args], capture_output=True,
+                       text=True, timeout=60, env=env, cwd=tmp_path)
+    assert r.returncode == 1 and words in r.stderr, r.stderr
+    assert not (tmp_path / "state" / "processes.json").exists()
+
+
 def head_log(cluster) -> str:
     logs = [p.read_text() for p in (cluster["tmp"] / "state").iterdir()
             if p.name.endswith(".log")]
