@@ -40,6 +40,7 @@ from ..runtime.signature import arg_check
 from .actors import ClusterActors
 from .borrows import Borrows, RemoteArg, prefer_by_bytes
 from .client_loop import ClientLoop
+from .encryption import ClusterKeys
 from .sockets import Endpoint
 from .state import StoredArg, resolve_address, tcp
 from .wire import encode
@@ -130,7 +131,9 @@ class ClusterClient(ClientLoop):
         self._closed = False
         self._failed: str | None = None
         self._registry_seq = 0
-        self._head = Endpoint.connect(tcp(address), token=token)
+        self._curve = ClusterKeys.for_driver(address)
+        self._driver_id = os.urandom(16)  # the routing id of every connection to a node
+        self._head = Endpoint.connect(tcp(address), token=token, **self._curve.to_head())
         try:
             self._head.send(("nodes",))
             msg = self._head.recv(timeout=CLUSTER_START_TIMEOUT_S)
@@ -141,7 +144,7 @@ class ClusterClient(ClientLoop):
                 f"is `repartir start --head` running there, and reachable from here?") from None
         except TokenError as exc:
             self._head.close()
-            raise TokenError(f"the head at {address} refused this driver: {exc}") from None
+            raise type(exc)(f"the head at {address} refused this driver: {exc}") from None
         self._last_head = time.monotonic()
         self.actors = ClusterActors(self, ClusterRef)  # actors on the nodes (actors.py)
         self._poller = zmq.Poller()
@@ -167,7 +170,9 @@ class ClusterClient(ClientLoop):
         return newly_dead
 
     def _connect_node(self, nid: str, address: str) -> None:
-        ep = Endpoint.connect(tcp(address), token=self._token)
+        ep = Endpoint.connect(tcp(address), token=self._token, routing_id=self._driver_id,
+                              **self._curve.to_node(self.nodes_seen.get(nid, {})))
+        ep.send(("driver",))  # so that a node that steals our tasks knows it reaches us
         self._eps[nid] = ep
         self._ep_node[ep.socket] = nid
         self._fn_sent[nid] = set()
