@@ -324,7 +324,8 @@ class ClusterClient(ClientLoop):
                     return StoredArg(a._id)
                 rec = self.nodes_seen.get(kept[0]) if kept is not None else None
                 if rec is not None and rec["Alive"]:
-                    return RemoteArg(a._id, kept[0], rec["NodeManagerAddress"], kept[1])
+                    return RemoteArg(a._id, kept[0], rec["NodeManagerAddress"], kept[1],
+                                     rec.get("CurveKey"))
             return self._get_one(a._id, None)
 
         return tuple(sub(a) for a in args), {k: sub(v) for k, v in kwargs.items()}, prefer, None

@@ -292,10 +292,13 @@ class NodeDaemon(NodeStealing):
         ref.future().add_done_callback(
             lambda f, tid=tid, peer=peer: done.append((peer, tid, f)))
 
-    def _peer_keywords(self, node: str) -> dict:
-        """``Endpoint.connect`` keywords for a connection to another node (its CurveZMQ
-        key, from the registry, in an encrypted cluster)."""
-        return self.keys.to_node(self.peers.get(node, {"NodeID": node}))
+    def _peer_keywords(self, arg: Any) -> dict:
+        """``Endpoint.connect`` keywords for a connection to the node that keeps the
+        ``RemoteArg`` ``arg``: its CurveZMQ key in an encrypted cluster, from this node's
+        copy of the registry, else from the driver's (which came with ``arg``)."""
+        record = self.peers.get(arg.node) or {"NodeID": arg.node, "CurveKey": arg.key,
+                                               "NodeManagerAddress": arg.address}
+        return self.keys.to_node(record)
 
     def _failed(self, peer: bytes, tid: bytes, exc: BaseException) -> None:
         """A task that could not start: no longer counted, its error sent to its driver."""

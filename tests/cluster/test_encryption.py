@@ -220,7 +220,8 @@ def cluster(tmp_path_factory, _leaves_nothing_behind):
         info["head_out"] = head.stdout
         info["address"] = address = recorded()[0]["address"]
         node = cli("start", "--address", address, "--num-cpus", "1", "--server-key",
-                   info["key"], "--object-store-memory", STORE)
+                   info["key"], "--object-store-memory", STORE,
+                   "--resources", json.dumps({"joined": 1}))
         assert node.returncode == 0, node.stderr
         info["pids"] = [r["pid"] for r in recorded()]
         repartir.init(address="auto")
@@ -270,6 +271,25 @@ def head_log(cluster) -> str:
 @repartir.remote
 def where(x):
     return repartir.get_runtime_context().get_node_id(), x
+
+
+@repartir.remote
+def ones(n):
+    return np.ones(n, dtype=np.float64)
+
+
+@repartir.remote
+def total(a):
+    return repartir.get_runtime_context().get_node_id(), float(a.sum())
+
+
+def test_a_node_pulls_from_another_over_an_encrypted_connection(cluster):
+    """An 8 MiB result kept on the head, taken by a task on the joined node: the joined node
+    pulls it straight from the head with the head's CurveZMQ key from the registry."""
+    made = ones.options(resources={MARKER: 1}).remote(1 << 20)
+    node, value = repartir.get(total.options(resources={"joined": 1}).remote(made), timeout=60)
+    joined = [n["NodeID"] for n in repartir.nodes() if n["Alive"] and "joined" in n["Resources"]]
+    assert [node] == joined and value == float(1 << 20)
 
 
 def test_start_prints_what_to_copy(cluster):
