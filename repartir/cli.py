@@ -65,10 +65,9 @@ def _secrets(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if cluster_commands.handles(argv):  # start, stop; status of a cluster
-        return cluster_commands.main(argv)
+def parser() -> argparse.ArgumentParser:
+    """The parser of the commands other than a cluster's (``start``, ``stop``, ``status``
+    of a cluster: :func:`repartir.cluster.commands.parser`)."""
     parser = argparse.ArgumentParser(prog="repartir", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("version", help="print the version")
@@ -87,7 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=CLUSTER_KEY_NAME,
                    help="base name: NAME.key (public) and NAME.key_secret (mode 0600)")
     p.add_argument("--force", action="store_true", help="replace existing key files")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if cluster_commands.handles(argv):  # start, stop; status of a cluster
+        return cluster_commands.main(argv)
+    args = parser().parse_args(argv)
     if args.command in ("token", "keygen"):
         return _secrets(args)
     cfg = resolve(num_cpus=1, object_store_memory=64 << 20, num_gpus=0)

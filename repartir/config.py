@@ -70,8 +70,10 @@ where ``repartir token`` writes one).  The wire layer's other defaults are the `
 and ``WIRE_*`` constants below.  For the cluster's nodes and drivers (docs/cluster.md):
 ``REPARTIR_NODE_TIMEOUT`` (seconds without a heartbeat before a node is declared dead, default
 10: :func:`cluster_node_timeout`), ``REPARTIR_ADDRESS`` (the head ``init()`` connects to when
-no ``address=`` is given; unset by default) and ``REPARTIR_CLUSTER_DIR`` (this machine's
-cluster state, default ``~/.config/repartir/cluster``: :func:`cluster_state_dir`).
+no ``address=`` is given; unset by default), ``REPARTIR_CLUSTER_DIR`` (this machine's
+cluster state, default ``~/.config/repartir/cluster``: :func:`cluster_state_dir`) and
+``REPARTIR_SERVER_KEY`` (the public key of a head started with ``--encrypt``, for drivers,
+``repartir status`` and joining nodes; unset by default: :func:`cluster_server_key`).
 
 The thread pools of BLAS and OpenMP libraries in workers and actors follow each task's
 ``num_cpus`` (:data:`BLAS_THREAD_VARIABLES`, ``repartir/runtime/threads.py``) unless one of
@@ -92,8 +94,8 @@ __all__ = ["Config", "resolve", "device_cache_dir", "detected_gpus", "STUCK_SPAW
            "resource_names", "available_memory", "BLAS_THREAD_VARIABLES", "MIN_MAX_WORKERS",
            "ACTOR_OP_TIMEOUT_S", "CLUSTER_HOST", "CLUSTER_MIN_TOKEN_CHARS", "CLUSTER_KEY_NAME",
            "cluster_token_file", "cluster_key_dir", "WIRE_MAX_SENDERS", "WIRE_INBAND_BYTES",
-           "WIRE_DIGEST_BYTES",
-           "WIRE_LINGER_MS", "WIRE_MAX_FRAME_BYTES", "WIRE_LOG_INTERVAL_S", "WIRE_REFUSALS_PER_S"]
+           "WIRE_DIGEST_BYTES", "WIRE_LINGER_MS", "WIRE_MAX_FRAME_BYTES", "WIRE_LOG_INTERVAL_S",
+           "WIRE_REFUSALS_PER_S", "WIRE_SEND_TIMEOUT_S"]
 
 #: Seconds every worker must have been blocked in ``get``, with tasks queued that none of them
 #: may run on its stack, before the node starts a worker beyond ``max_workers``.  Shorter
@@ -173,6 +175,10 @@ WIRE_DIGEST_BYTES = 64 * KiB
 #: Largest frame an endpoint accepts, in bytes (ZeroMQ's ``MAXMSGSIZE``: a peer sending a
 #: larger one is disconnected before anything is verified); -1: no limit.
 WIRE_MAX_FRAME_BYTES = -1
+
+#: Seconds a connecting endpoint's ``send`` waits at most for room to queue a message (no
+#: connection yet, or the peer's queue full) before it raises ``WireTimeoutError``.
+WIRE_SEND_TIMEOUT_S = 30.0
 
 #: Milliseconds a closed endpoint keeps trying to send what is still queued (0: dropped).
 WIRE_LINGER_MS = 0
@@ -475,6 +481,25 @@ CLUSTER_LINEAGE_BYTES = 256 * MiB
 #: them the tasks waiting for the object fail with ``ObjectLostError``.
 CLUSTER_PULL_TIMEOUT_S = 30.0
 
+#: A node hands its local runtime enough tasks for this many seconds of work per CPU (by
+#: the shortest service time its tasks showed over the last ``CLUSTER_QUEUE_WINDOW_S``), but
+#: at least ``CLUSTER_QUEUE_MIN_PER_CPU`` and at most ``CLUSTER_QUEUE_MAX_PER_CPU`` tasks per
+#: CPU; the others wait in its own queue, where idle nodes steal them (docs/cluster.md, "Work
+#: stealing").  More keeps its workers fed between completions (tiny tasks need hundreds in
+#: flight), at the price of tasks that can no longer be stolen.
+CLUSTER_QUEUE_TARGET_S = 0.05
+CLUSTER_QUEUE_MIN_PER_CPU = 2
+CLUSTER_QUEUE_MAX_PER_CPU = 512
+CLUSTER_QUEUE_WINDOW_S = 1.0
+
+#: Tasks a victim hands over in one steal at most (besides steal-half and an even share).
+CLUSTER_STEAL_CAP = 256
+
+#: Seconds an idle node waits for a victim's answer, and waits after an empty one before it
+#: asks again (the next victim is drawn at random: Blumofe & Leiserson).
+CLUSTER_STEAL_TIMEOUT_S = 1.0
+CLUSTER_STEAL_BACKOFF_S = 0.05
+
 
 def cluster_node_timeout() -> float:
     """Seconds after which a silent node is declared dead: ``REPARTIR_NODE_TIMEOUT``, default
@@ -493,6 +518,14 @@ def cluster_node_timeout() -> float:
     if not value > 0:
         raise ValueError(f"REPARTIR_NODE_TIMEOUT must be a number of seconds > 0, got {text!r}")
     return value
+
+
+def cluster_server_key() -> str | None:
+    """The public key of an encrypted cluster's head (``REPARTIR_SERVER_KEY``: its 40
+    Z85 characters, or the path of its ``.key`` file), or ``None`` when unset: a driver,
+    ``repartir status`` and ``repartir start --address`` then connect without encryption
+    (unless the head was started on this machine, which recorded its key)."""
+    return os.environ.get("REPARTIR_SERVER_KEY", "").strip() or None
 
 
 def cluster_state_dir() -> str:

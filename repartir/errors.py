@@ -33,6 +33,7 @@ __all__ = [
     "WireError",
     "WireTimeoutError",
     "TokenError",
+    "EncryptionError",
     "RemoteTraceback",
     "Empty",
     "Full",
@@ -298,6 +299,13 @@ class TokenError(RepartirError, PermissionError):
     """The cluster token is missing where one is required (listening on or connecting to a
     non-loopback address), unsafe (a token file readable by group or others, too short), or
     differs from the peer's (the peer refused our messages).  The message says what to do."""
+
+
+class EncryptionError(TokenError):
+    """A connection's CurveZMQ handshake failed: one side encrypts (``--encrypt``) and the
+    other does not, or the client holds another server public key than the server's.  The
+    message says which, and what to pass (``--server-key``, ``REPARTIR_SERVER_KEY``).  A
+    :class:`TokenError`, so that code refusing a peer's token refuses this too."""
 
 
 class Empty(RepartirError, _queue.Empty):

@@ -29,6 +29,9 @@ class RemoteArg(NamedTuple):
     node: str  #: the id of the node that keeps it
     address: str  #: that node's ``HOST:PORT``
     size: int  #: its encoded size in bytes, as the node reported at completion
+    #: that node's CurveZMQ public key in an encrypted cluster (from the driver's registry,
+    #: so that a node that joined a moment ago need not wait for its own copy), else None
+    key: str | None = None
 
 
 class Borrows:

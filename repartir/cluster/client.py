@@ -44,6 +44,7 @@ from .borrows import Borrows, RemoteArg, prefer_by_bytes
 from .client_loop import ClientLoop
 from .lineage import Lineage
 from .membership import unlisted_nodes, writable
+from .encryption import ClusterKeys
 from .sockets import Endpoint
 from .state import StoredArg, resolve_address, tcp
 from .wire import encode
@@ -148,7 +149,9 @@ class ClusterClient(ClientLoop):
         self._lineage = Lineage(self)  # to rebuild results lost with their node
         self._unlisted: dict[str, float] = {}  # node id -> since when the head omits it
         self._senders: dict[str, bytes] = {}  # node id -> the sender id of its daemon
-        self._head = Endpoint.connect(tcp(address), token=token)
+        self._curve = ClusterKeys.for_driver(address)
+        self._driver_id = os.urandom(16)  # the routing id of every connection to a node
+        self._head = Endpoint.connect(tcp(address), token=token, **self._curve.to_head())
         try:
             self._head.send(("nodes",))
             msg = self._head.recv(timeout=CLUSTER_START_TIMEOUT_S)
@@ -159,7 +162,7 @@ class ClusterClient(ClientLoop):
                 f"is `repartir start --head` running there, and reachable from here?") from None
         except TokenError as exc:
             self._head.close()
-            raise TokenError(f"the head at {address} refused this driver: {exc}") from None
+            raise type(exc)(f"the head at {address} refused this driver: {exc}") from None
         self._last_head = time.monotonic()
         self.actors = ClusterActors(self, ClusterRef)  # actors on the nodes (actors.py)
         self._poller = zmq.Poller()
@@ -189,7 +192,9 @@ class ClusterClient(ClientLoop):
                                            self.timeout)
 
     def _connect_node(self, nid: str, address: str) -> None:
-        ep = Endpoint.connect(tcp(address), token=self._token)
+        ep = Endpoint.connect(tcp(address), token=self._token, routing_id=self._driver_id,
+                              **self._curve.to_node(self.nodes_seen.get(nid, {})))
+        ep.send(("driver",))  # so that a node that steals our tasks knows it reaches us
         self._eps[nid] = ep
         self._ep_node[ep.socket] = nid
         self._fn_sent[nid] = set()
@@ -353,7 +358,8 @@ class ClusterClient(ClientLoop):
                     return StoredArg(a._id)
                 rec = self.nodes_seen.get(kept[0]) if kept is not None else None
                 if rec is not None and rec["Alive"]:
-                    return RemoteArg(a._id, kept[0], rec["NodeManagerAddress"], kept[1])
+                    return RemoteArg(a._id, kept[0], rec["NodeManagerAddress"], kept[1],
+                                     rec.get("CurveKey"))
             return self._get_one(a._id, None)
 
         return tuple(sub(a) for a in args), {k: sub(v) for k, v in kwargs.items()}, prefer, None

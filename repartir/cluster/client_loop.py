@@ -163,9 +163,9 @@ class ClientLoop:
                 for tid, what, payload in value[1]:
                     task = self.inflight.pop(tid, None)
                     self._due.extend(self.borrows.task_ended(tid))
-                    if task is not None:
-                        self._used[nid] -= task.demand.get("CPU", 0.0)
-                        self._count[nid] -= 1
+                    if task is not None:  # nid ran it; task.node is where we last knew it
+                        self._used[task.node] -= task.demand.get("CPU", 0.0)
+                        self._count[task.node] -= 1
                         if what == "stored" or self._lineage.deps:
                             self._lineage.done(tid, what, task, tid not in self._dropped)
                     if tid in self._dropped:
@@ -181,6 +181,8 @@ class ClientLoop:
                         self.results[tid] = ("error", payload)
                 if releases:
                     sends.append(("release", releases))
+            elif kind == "moved":  # stolen by another node (stealing.py)
+                self._moved(value[1], value[2])
             elif kind == "meta":
                 _, tid, sizes = value
                 f = self._fetches.get(tid)
@@ -220,6 +222,21 @@ class ClientLoop:
             self._cv.notify_all()
         for s in sends:
             ep.send(s)
+
+    def _moved(self, thief: str, tids: list) -> None:
+        """Tasks now on ``thief``: a thief's death resubmits them.  Holds the lock."""
+        if thief not in self._eps:
+            return
+        for tid in tids:
+            task = self.inflight.get(tid)
+            if task is None or task.node == thief:
+                continue
+            cpu = task.demand.get("CPU", 0.0)
+            self._used[task.node] -= cpu
+            self._count[task.node] -= 1
+            self._used[thief] += cpu
+            self._count[thief] += 1
+            task.node = thief
 
     def _fetched(self, tid: bytes, nid: str, f: dict) -> None:
         del self._fetches[tid]

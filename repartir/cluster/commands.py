@@ -26,13 +26,15 @@ import time
 from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_PORT, CLUSTER_START_TIMEOUT_S,
                       CLUSTER_STOP_GRACE_S, cluster_token_file)
 from ..errors import RepartirError, TokenError, WireTimeoutError
+from .curve import public_key
+from .encryption import ClusterKeys, head_key_pair, record_head_key
 from .sockets import Endpoint, is_local_address
 from .state import (forget_processes, host_port, process_start_time, record_process,
                     recorded_processes, resolve_address, state_dir, tcp, write_address,
                     remove_address)
 from .tokens import check_token, load_token_file, write_token_file
 
-__all__ = ["main", "add_parsers", "start", "stop", "status", "handles"]
+__all__ = ["main", "parser", "add_parsers", "start", "stop", "status", "handles"]
 
 COMMANDS = ("start", "stop")
 
@@ -72,6 +74,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resources", default=None,
                    help='custom resources as JSON, e.g. \'{"big_mem": 1}\'')
     p.add_argument("--object-store-memory", type=int, default=None, help="bytes")
+    p.add_argument("--encrypt", action="store_true",
+                   help="encrypt every connection with CurveZMQ (on top of the token's "
+                        "signatures): the head makes or loads its key pair, a joining node "
+                        "needs the head's public key (--server-key)")
+    p.add_argument("--key-file", default=None,
+                   help="with --head --encrypt: the head's .key_secret file (default: "
+                        "~/.config/repartir/keys/repartir.key_secret, made when missing)")
+    p.add_argument("--server-key", default=None,
+                   help="with --address: the public key of a head started with --encrypt "
+                        "(40 characters, or its .key file; default: REPARTIR_SERVER_KEY)")
     p.add_argument("--block", action="store_true",
                    help="stay in the foreground until the node stops (Ctrl-C stops it)")
     sub.add_parser("stop", help="stop the cluster processes started on this machine")
@@ -110,7 +122,8 @@ def start(args: argparse.Namespace) -> int:
             if not isinstance(res, dict):
                 raise ValueError("--resources is a JSON object, e.g. '{\"big_mem\": 1}'")
         token, where = _token(args)
-    except (ValueError, TokenError) as exc:
+        key_file, head_key, server_key, made = _keys(args)
+    except (ValueError, TokenError, FileNotFoundError) as exc:
         return _err(str(exc))
     target = args.address or args.bind
     if token is None and not (is_local_address(tcp(f"{target}:1"))
@@ -123,11 +136,14 @@ def start(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "repartir.cluster.node", "--bind", args.bind,
            "--ready-file", ready]
     cmd += ["--head"] if args.head else ["--address", args.address]
+    cmd += ["--key-file", key_file] if key_file else []
+    cmd += ["--server-key", server_key.decode()] if server_key else []
     for flag in ("port", "num_cpus", "num_gpus", "resources", "object_store_memory"):
         value = getattr(args, flag)
         if value is not None:
             cmd += ["--" + flag.replace("_", "-"), str(value)]
     env = dict(os.environ)
+    env.pop("REPARTIR_ADDRESS", None)  # the daemon runs a local node: init() must not connect
     if token is not None:
         env["REPARTIR_TOKEN"] = token
     log_path = os.path.join(sd, f"node-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
@@ -155,31 +171,77 @@ def start(args: argparse.Namespace) -> int:
     record_process(proc.pid, "head" if args.head else "node", address)
     if args.head:
         write_address(address)
+        record_head_key(address, head_key)
         print(f"Started the head of a repartir cluster at {address} (node "
               f"{info['node_id'][:12]}, pid {proc.pid}; log {log_path}).\n"
               f"The cluster token is in {where}" + (" (mode 0600)." if os.sep in where else ".")
               + "\n\nTo join a node from another machine: copy that token file there (mode "
               f"0600, same path or REPARTIR_TOKEN_FILE), then run\n"
               f"    repartir start --address {address}"
+              + (f" --server-key '{head_key.decode()}'" if head_key else "")
               + ("" if args.bind != "127.0.0.1" else
                  "\n(this head listens on 127.0.0.1 only: start it with --bind ADDR to "
                  "reach it from other machines)")
               + "\nTo connect a driver:\n"
               f"    repartir.init(address=\"{address}\")   # or address=\"auto\" on this "
-              f"machine, or REPARTIR_ADDRESS={address}\n"
-              f"To see the nodes: repartir status    To stop: repartir stop")
+              f"machine, or REPARTIR_ADDRESS={address}"
+              + (f"\n    with REPARTIR_SERVER_KEY='{head_key.decode()}' in its environment "
+                 f"(not needed on this machine)" if head_key else "")
+              + "\nTo see the nodes: repartir status    To stop: repartir stop"
+              + (_encryption_note(key_file, head_key, made) if head_key else ""))
     else:
         print(f"Node {info['node_id'][:12]} (pid {proc.pid}, serving on {address}) joined "
               f"the cluster at {args.address}. Log: {log_path}. Stop it with: repartir stop")
     sys.stdout.flush()
-    if args.block:
+    if args.block:  # SIGTERM to this process (a container's pid 1, srun) stops the node
+        previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
         try:
             proc.wait()
         except KeyboardInterrupt:
             proc.send_signal(signal.SIGTERM)
             proc.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         forget_processes({proc.pid})
     return 0
+
+
+def _keys(args: argparse.Namespace) -> tuple[str | None, bytes | None, bytes | None, bool]:
+    """(the head's key file, its public key, a joining node's server key, whether the key
+    file was made now) for ``start``; all ``None`` without encryption."""
+    if args.head:
+        if args.server_key:
+            raise ValueError("--server-key is for a node joining an encrypted head "
+                             "(--address); the head itself takes --encrypt [--key-file F]")
+        if not args.encrypt:
+            if args.key_file:
+                raise ValueError("--key-file is the key of an encrypted head: add --encrypt")
+            return None, None, None, False
+        path, keys, made = head_key_pair(args.key_file)
+        return path, keys.public, None, made
+    if args.key_file:
+        raise ValueError("--key-file is for the head (--head --encrypt); a joining node "
+                         "takes the head's public key with --server-key")
+    given = args.server_key or os.environ.get("REPARTIR_SERVER_KEY", "").strip() or None
+    if given is None:
+        if args.encrypt:
+            raise ValueError("a node joining an encrypted cluster needs the head's public "
+                             "key: --server-key KEY (printed by `repartir start --head "
+                             "--encrypt`), or REPARTIR_SERVER_KEY")
+        return None, None, None, False
+    return None, None, public_key(given), False
+
+
+def _encryption_note(key_file: str, public: bytes, made: bool) -> str:
+    public_file = key_file[:-len("_secret")] if key_file.endswith(".key_secret") else ""
+    return (f"\n\nEncryption (CurveZMQ) is on for every connection of this cluster. The "
+            f"head's key pair is in {key_file}" + (" (made now)" if made else "")
+            + " (mode 0600: keep it on this machine). Copy to the other machines, with the "
+            f"token file, the head's public key (not a secret, but give it over a channel "
+            f"you trust):\n    {public.decode()}"
+            + (f"\n(also in {public_file})" if public_file and os.path.exists(public_file)
+               else "")
+            + "\nNodes learn each other's keys from the head.")
 
 
 def _tail(path: str, lines: int = 15) -> str:
@@ -231,7 +293,7 @@ def query_nodes(address: str, timeout: float = 5.0) -> list[dict]:
         RepartirError: the head did not answer within ``timeout``.
         TokenError: the head refused our token.
     """
-    with Endpoint.connect(tcp(address)) as ep:
+    with Endpoint.connect(tcp(address), **ClusterKeys.for_driver(address).to_head()) as ep:
         ep.send(("nodes",))
         try:
             return ep.recv(timeout=timeout).value[1]
@@ -272,10 +334,15 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
-    """Run ``start``, ``stop`` or ``status`` (cluster) with ``argv``."""
+def parser() -> argparse.ArgumentParser:
+    """The parser of ``repartir start``, ``stop`` and ``status`` (of a cluster)."""
     parser = argparse.ArgumentParser(prog="repartir")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parsers(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run ``start``, ``stop`` or ``status`` (cluster) with ``argv``."""
+    args = parser().parse_args(argv)
     return {"start": start, "stop": stop, "status": status}[args.command](args)

@@ -126,6 +126,10 @@ def on_head_message(d: Any, value: Any) -> None:
             except Exception:  # noqa: BLE001 -- finished meanwhile, or not cancellable
                 pass
         d.pending.clear()  # their completions are dropped as they come (no one waits)
+        queue = getattr(d, "queue", None)  # tasks queued here, not yet run (stealing.py)
+        if queue:
+            running += len(queue)
+            queue.clear()
         actors = getattr(d, "actors", None)  # the drivers restart them elsewhere, or gave up
         ended = actors.ids() if actors is not None else []
         for aid in ended:
@@ -137,7 +141,7 @@ def on_head_message(d: Any, value: Any) -> None:
         d._registered_at = -1e9
         _say(f"this node was declared dead by the head (no heartbeat reached it for "
              f"{d.timeout:g} s): dropped {dropped} result(s) kept here, cancelled "
-             f"{running} task(s) still running and killed {len(ended)} actor(s), which the "
+             f"{running} task(s) queued or running and killed {len(ended)} actor(s), which the "
              f"drivers have resubmitted or restarted elsewhere; "
              f"registering again as incarnation {d.incarnation}")
         register(d)

@@ -5,7 +5,8 @@ The daemon is the driver of an ordinary local node: it calls :func:`repartir.ini
 process (workers, arena) and serves a ROUTER :class:`~repartir.cluster.sockets.Endpoint`.
 Drivers send it batches of tasks (the function once per node, then ``(task id, function key,
 args, kwargs)`` with the argument values resolved); it submits them to its local node with
-the ordinary API and sends the completions back in batches: small results inline, larger
+the ordinary API, up to its capacity, and queues the rest for idle peers to steal
+(:mod:`.stealing`), and sends the completions back in batches: small results inline, larger
 ones kept here (the local ``ObjectRef`` holds them in the arena) and served in chunks until
 the driver releases them.  A task's argument kept on another node comes as a ``RemoteArg``:
 the daemon's :class:`~repartir.cluster.pull.Puller` pulls it from that node first (and
@@ -39,6 +40,9 @@ node -> head    ``register``,           the node's record (id, address, resource
 head -> node    ``welcome``,            registered; "register again" (a restarted head);
                 ``unknown``, ``dead``   "you were declared dead" (membership.py)
 any -> head     ``nodes``               the registry, answered with ``("nodes", list)``
+driver -> node  ``driver``              hello: the node reaches this driver by its id
+node -> node    ``steal``, ``stolen``   a batch of queued tasks asked for and handed over
+node -> driver  ``moved``               ``(thief id, task ids)``: stolen (stealing.py)
 =============== ======================= ==================================================
 
 A task whose key is an :class:`~.node_actors.ActorKey` is an operation on the actors this node
@@ -69,8 +73,10 @@ from ..errors import RepartirError, TokenError, WireTimeoutError
 from ..runtime import driver as local_driver
 from ..runtime.remote_function import RemoteFunction
 from . import membership
+from .encryption import ClusterKeys
 from .node_actors import ActorKey, NodeActors
 from .pull import BLOB_KINDS, BlobServer, Puller
+from .stealing import NodeStealing
 from .sockets import Endpoint
 from .state import StoredArg, host_port
 from .wire import encode
@@ -101,7 +107,7 @@ def _picklable_error(exc: BaseException) -> BaseException:
         return RepartirError(f"{type(exc).__name__}: {exc}")
 
 
-class NodeDaemon:
+class NodeDaemon(NodeStealing):
     """One node of a cluster (see the module's docstring).
 
     Args:
@@ -111,6 +117,8 @@ class NodeDaemon:
         init_kwargs: the local node's settings (``num_cpus``, ``num_gpus``, ``resources``,
             ``object_store_memory``), as for :func:`repartir.init`.
         token: the cluster token (default: ``REPARTIR_TOKEN``, then the token file).
+        keys: the CurveZMQ keys (:class:`~.encryption.ClusterKeys`; default: none, the
+            cluster is not encrypted).
 
     Raises:
         TokenError: a non-loopback bind without a token, or (joining) the head refused our
@@ -120,17 +128,21 @@ class NodeDaemon:
     """
 
     def __init__(self, head: str | None, bind: str, port: int, init_kwargs: dict,
-                 token: str | None = None) -> None:
+                 token: str | None = None, keys: ClusterKeys | None = None) -> None:
         self.is_head = head is None
         self.timeout = cluster_node_timeout()
         self._stop = False
-        self.router = Endpoint.listen(f"tcp://{bind}:{port or '*'}", token=token)
+        self.keys = keys or ClusterKeys()
+        self._token = token
+        self.router = Endpoint.listen(f"tcp://{bind}:{port or '*'}", token=token,
+                                      **self.keys.listen())
         self.head_ep: Endpoint | None = None
         try:
             real_port = int(self.router.address.rsplit(":", 1)[1])
             self.address = f"{_reachable_host(bind, head)}:{real_port}"
             if head is not None:
-                self.head_ep = Endpoint.connect(f"tcp://{head}", token=token)
+                self.head_ep = Endpoint.connect(f"tcp://{head}", token=token,
+                                                **self.keys.to_head())
             repartir.init(**init_kwargs)
         except BaseException:
             self.close()
@@ -148,9 +160,10 @@ class NodeDaemon:
         self.blobs = BlobServer(self.stored, lambda v, peer: self.router.send(v, to=peer))
         self.puller = Puller(self.node_id, self.stored, token,
                              lambda ep: self.poller.register(ep.socket, zmq.POLLIN),
-                             self._start, self._failed)
+                             self._start, self._failed, self._peer_keywords)
         self.started = time.time()
         self.incarnation = 0  # times declared dead and back (membership.py)
+        self._init_stealing()
         if head is not None:
             self._join()
         else:
@@ -164,12 +177,14 @@ class NodeDaemon:
         running = min(len(self.pending), int(round(cpus - avail.get("CPU", cpus))))
         return {"NodeID": self.node_id, "NodeManagerAddress": self.address,
                 "Resources": self.total, "Available": avail, "Running": running,
-                "Queued": len(self.pending) - running, "Stored": len(self.stored),
-                "Actors": len(self.actors.handles),
+                "Queued": len(self.pending) - running + len(self.queue),
+                "Waiting": len(self.queue), "Capacity": self.capacity,
+                "Stored": len(self.stored), "Actors": len(self.actors.handles),
                 "Cached": len(self.puller.cache), "PulledBytes": self.puller.pulled_bytes,
                 "ServedBytes": self.blobs.served_bytes, "StoreUsedBytes": self._store_used(),
                 "Pid": os.getpid(), "Hostname": socket.gethostname(), "Head": self.is_head,
-                "Started": self.started, "Incarnation": self.incarnation}
+                "Started": self.started, "CurveKey": self.keys.public(),
+                "Incarnation": self.incarnation}
 
     @staticmethod
     def _store_used() -> int:
@@ -205,7 +220,12 @@ class NodeDaemon:
     def _on_router(self, peer: bytes, value: tuple) -> None:
         kind = value[0]
         if kind == "tasks":
+            self.drivers.add(peer)
             self._run_tasks(peer, value[1], value[2])
+        elif kind == "driver":  # a driver's hello: this node can send it completions
+            self.drivers.add(peer)
+        elif kind == "steal":
+            self._on_steal(peer, *value[1:])
         elif kind == "meta":
             self._send_meta(peer, value[1])
         elif kind == "chunk":
@@ -230,19 +250,38 @@ class NodeDaemon:
         if rf is None:
             fn, options = pickle.loads(functions[key])
             rf = self.functions[key] = RemoteFunction(fn, options)
+            self.fn_blobs[key] = functions[key]  # for a thief (stealing.py)
         return rf
 
     def _run_tasks(self, peer: bytes, functions: dict, tasks: list) -> None:
+        """Run the tasks, or queue them beyond ``capacity`` (see :mod:`.stealing`)."""
         out = []
         for tid, key, payload in tasks:
             try:
                 rf = self._function(key, functions)
                 args, kwargs = pickle.loads(payload[0], buffers=payload[1:])
-                self.puller.submit(peer, tid, rf, args, kwargs)  # now, or once pulled
-            except BaseException as exc:  # bad arguments, infeasible here
+            except BaseException as exc:  # unpicklable here
                 out.append((tid, "error", _picklable_error(exc)))
+                continue
+            task = type(key) is not ActorKey  # actor operations are neither queued nor stolen
+            if task and (self.queue or len(self._admitted) >= self.capacity):
+                self._enqueue(peer, tid, key, payload, rf, args, kwargs)
+                continue
+            self._submit(peer, tid, rf, args, kwargs, counted=task)
         if out:
             self.router.send(("done", out), to=peer)
+
+    def _submit(self, peer: bytes, tid: bytes, rf: RemoteFunction, args: Any,
+                kwargs: dict, counted: bool = True) -> None:
+        """Hand one task to the local runtime (``counted``: against its capacity), now, or
+        once the arguments it takes from other nodes are pulled (:mod:`.pull`); a task that
+        cannot start gets its error sent back."""
+        if counted:
+            self._started(tid)
+        try:
+            self.puller.submit(peer, tid, rf, args, kwargs)
+        except BaseException as exc:  # bad arguments, infeasible here
+            self._failed(peer, tid, exc)
 
     def _start(self, peer: bytes, tid: bytes, rf: RemoteFunction, args: list,
                kwargs: dict) -> None:
@@ -256,7 +295,17 @@ class NodeDaemon:
         ref.future().add_done_callback(
             lambda f, tid=tid, peer=peer: done.append((peer, tid, f)))
 
+    def _peer_keywords(self, arg: Any) -> dict:
+        """``Endpoint.connect`` keywords for a connection to the node that keeps the
+        ``RemoteArg`` ``arg``: its CurveZMQ key in an encrypted cluster, from this node's
+        copy of the registry, else from the driver's (which came with ``arg``)."""
+        record = self.peers.get(arg.node) or {"NodeID": arg.node, "CurveKey": arg.key,
+                                               "NodeManagerAddress": arg.address}
+        return self.keys.to_node(record)
+
     def _failed(self, peer: bytes, tid: bytes, exc: BaseException) -> None:
+        """A task that could not start: no longer counted, its error sent to its driver."""
+        self._admitted.pop(tid, None)
         self.router.send(("done", [(tid, "error", _picklable_error(exc))]), to=peer)
 
     def _arg(self, value: Any) -> Any:
@@ -270,10 +319,12 @@ class NodeDaemon:
 
     def _completions(self) -> None:
         by_peer: dict[bytes, list] = {}
+        now = time.monotonic()
         while self.done:
             peer, tid, fut = self.done.popleft()
             entry = self.pending.pop(tid, None)
             self.puller.task_done(tid)
+            self._finished(tid, now)
             if entry is None:
                 continue  # dropped when this node was declared dead (membership.py)
             exc = fut.exception()
@@ -291,6 +342,7 @@ class NodeDaemon:
             by_peer.setdefault(peer, []).append(item)
         for peer, items in by_peer.items():
             self.router.send(("done", items), to=peer)
+        self._admit()
 
     def _send_meta(self, peer: bytes, oid: bytes) -> None:
         entry = self.stored.get(oid)
@@ -319,7 +371,8 @@ class NodeDaemon:
             poller.register(self.head_ep.socket, zmq.POLLIN)
         next_beat = time.monotonic() + CLUSTER_HEARTBEAT_S
         while not self._stop:
-            busy = self.pending or self.done or self.puller.pulls
+            busy = self.pending or self.done or self.queue or self._steal_out or \
+                self.puller.pulls
             events = dict(poller.poll(1 if busy else 50))
             if self.router.socket in events:
                 for _ in range(1000):
@@ -336,25 +389,38 @@ class NodeDaemon:
             if self.head_ep is not None and self.head_ep.socket in events:
                 while self.head_ep.poll(0):  # a burst after a link came back: all of it
                     try:
-                        membership.on_head_message(self, self.head_ep.recv(timeout=1.0).value)
-                    except WireTimeoutError:
+                        msg = self.head_ep.recv(timeout=1.0)  # the registry, or membership
+                        if msg.value[0] == "nodes":
+                            self._on_registry(msg.value[1])
+                        else:
+                            membership.on_head_message(self, msg.value)
+                    except (WireTimeoutError, TokenError) as exc:
+                        if not isinstance(exc, WireTimeoutError):
+                            print(f"the head refused this node: {exc}", file=sys.stderr,
+                                  flush=True)
                         break
             if self.done:
                 self._completions()
+            self._steal_tick()
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + CLUSTER_HEARTBEAT_S
                 self.puller.check()
+                self.router.check_handshakes()  # logs peers refused for their encryption
                 if self.head_ep is not None:
                     self.head_ep.send(("heartbeat", self._record()))
+                    self.head_ep.send(("nodes",))  # the peers to steal from
                 else:
                     self._heard(self._record())
+                    self._on_registry(self._nodes())
 
     def close(self) -> None:
         """Close the sockets and shut the local node down.  Safe to call twice."""
         puller = getattr(self, "puller", None)
         if puller is not None:
             puller.close()
+        if hasattr(self, "peer_eps"):
+            self._close_peers()
         for ep in (self.router, self.head_ep):
             if ep is not None:
                 ep.close()
@@ -373,6 +439,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=float, default=None)
     p.add_argument("--resources", default=None, help="custom resources as JSON")
     p.add_argument("--object-store-memory", type=int, default=None)
+    p.add_argument("--key-file", default=None,
+                   help="the head's CurveZMQ .key_secret file: encrypt (with --head)")
+    p.add_argument("--server-key", default=None,
+                   help="the head's public key: encrypt (with --address)")
     p.add_argument("--ready-file", default=None,
                    help="write {address, node_id, pid} (or {error}) here once up")
     return p
@@ -399,7 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop() if daemon else sys.exit(0))
     signal.signal(signal.SIGINT, lambda *_: daemon.stop() if daemon else sys.exit(0))
     try:
-        daemon = NodeDaemon(args.address, args.bind, port, init_kwargs)
+        keys = (ClusterKeys.for_head(args.key_file) if args.head
+                else ClusterKeys.for_node(args.server_key))
+        daemon = NodeDaemon(args.address, args.bind, port, init_kwargs, keys=keys)
     except (TokenError, WireTimeoutError, RepartirError, ValueError, OSError,
             zmq.ZMQError) as exc:
         text = str(exc)

@@ -158,6 +158,9 @@ class Puller:
         start: ``start(peer, tid, rf, args, kwargs)`` submits a task whose arguments are
             now all here; it raises what ``.remote()`` raises.
         fail: ``fail(peer, tid, exc)`` reports a task that cannot run.
+        peer_keywords: ``peer_keywords(arg)`` gives the extra ``Endpoint.connect``
+            keywords for the node that keeps the :class:`RemoteArg` ``arg`` (its CurveZMQ
+            server key in an encrypted cluster); default none.
 
     Attributes:
         cache: ``{object id: [local ref, tasks using it]}``.
@@ -165,11 +168,12 @@ class Puller:
     """
 
     def __init__(self, node_id: str, stored: dict, token: Any,
-                 on_endpoint: Callable[[Endpoint], None], start: Callable, fail: Callable
-                 ) -> None:
+                 on_endpoint: Callable[[Endpoint], None], start: Callable, fail: Callable,
+                 peer_keywords: Callable[[RemoteArg], dict] = lambda arg: {}) -> None:
         self.node_id = node_id
         self._stored = stored
         self._token = token
+        self._peer_keywords = peer_keywords
         self._on_endpoint = on_endpoint
         self._start = start
         self._fail = fail
@@ -243,7 +247,8 @@ class Puller:
     def _peer(self, arg: RemoteArg) -> Endpoint:
         ep = self.peers.get(arg.node)
         if ep is None:
-            ep = Endpoint.connect(tcp(arg.address), token=self._token)
+            ep = Endpoint.connect(tcp(arg.address), token=self._token,
+                                  **self._peer_keywords(arg))
             self.peers[arg.node] = ep
             self.peer_of[ep.socket] = arg.node
             self._on_endpoint(ep)

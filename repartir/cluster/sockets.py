@@ -28,9 +28,11 @@ from typing import Any, NamedTuple
 import zmq
 
 from ..config import (CLUSTER_HOST, WIRE_INBAND_BYTES, WIRE_LINGER_MS, WIRE_LOG_INTERVAL_S,
-                      WIRE_MAX_FRAME_BYTES, WIRE_MAX_SENDERS, WIRE_REFUSALS_PER_S)
-from ..errors import TokenError, WireError, WireTimeoutError
+                      WIRE_MAX_FRAME_BYTES, WIRE_MAX_SENDERS, WIRE_REFUSALS_PER_S,
+                      WIRE_SEND_TIMEOUT_S)
+from ..errors import EncryptionError, TokenError, WireError, WireTimeoutError
 from .curve import CurveKeys, generate_keys, public_key
+from .handshakes import HandshakeMonitor
 from .tokens import check_token, find_token
 from .wire import REFUSED, Signer, Verifier, decode, encode
 
@@ -124,6 +126,8 @@ class Endpoint:
         dropped: ``collections.Counter`` of dropped messages by reason (``"malformed"``,
             ``"bad_mac"``, ``"replay"``, ``"reflected"``, ``"undecodable"``).
         authenticated: whether a token keys the MACs (``False``: loopback without a token).
+        refused_handshakes: ``collections.Counter`` of failed handshakes by reason, when
+            made with ``watch_handshakes=True`` (see :mod:`.handshakes`).
     """
 
     def __init__(self, socket_type: str, *, token: str | bytes | None = None,
@@ -178,6 +182,9 @@ class Endpoint:
         self._refusal_time = time.monotonic()
         self.address = ""
         self._curve_client = False
+        self._monitor: HandshakeMonitor | None = None
+        self._handshakes = _DropLog(log_interval)
+        self.refused_handshakes = self._handshakes.counts
         self._closed = False
         if not self.authenticated:
             log.warning("no cluster token (REPARTIR_TOKEN, token file or token=): messages "
@@ -196,10 +203,18 @@ class Endpoint:
                 f"Make a token with `repartir token` (or set REPARTIR_TOKEN) on every node, "
                 f"or {verb} 127.0.0.1 only")
 
+    def _watch(self, encrypted: bool, listening: bool) -> None:
+        self._monitor = HandshakeMonitor(self._socket, encrypted=encrypted,
+                                         listening=listening, address=self.address)
+        self._watch_poller = zmq.Poller()
+        self._watch_poller.register(self._socket, zmq.POLLIN)
+        self._watch_poller.register(self._monitor.socket, zmq.POLLIN)
+
     @classmethod
     def listen(cls, address: str | None = None, *, socket_type: str = "router",
                token: str | bytes | None = None, server_keys: CurveKeys | None = None,
-               context: zmq.Context | None = None, **options: Any) -> "Endpoint":
+               context: zmq.Context | None = None, watch_handshakes: bool = False,
+               **options: Any) -> "Endpoint":
         """Bind a new endpoint to ``address`` (default ``tcp://127.0.0.1:*``: loopback, a
         free port; :attr:`address` then holds the real one).
 
@@ -207,6 +222,11 @@ class Endpoint:
             server_keys: a CurveZMQ key pair with its secret (``load_key_file`` of a
                 ``.key_secret`` file, or ``generate_keys()``): the socket is a CURVE server,
                 every connection encrypted; clients must give its public key.
+            watch_handshakes: log (rate-limited) and count in :attr:`refused_handshakes`
+                the connections whose handshake fails: a client without encryption to an
+                encrypting endpoint, or the other way round, or one holding another server
+                key (default ``False``).  Checked by :meth:`recv` and
+                :meth:`check_handshakes`.
             token, context, options: as for the constructor.
 
         Raises:
@@ -226,8 +246,12 @@ class Endpoint:
                 ep._socket.curve_secretkey = server_keys.secret
                 ep._socket.curve_publickey = server_keys.public
                 ep._socket.curve_server = True
+            if watch_handshakes:
+                ep._watch(server_keys is not None, listening=True)
             ep._socket.bind(address)
             ep.address = ep._socket.getsockopt_string(zmq.LAST_ENDPOINT) or address
+            if ep._monitor is not None:
+                ep._monitor.address = ep.address
         except BaseException:
             ep.close()
             raise
@@ -237,6 +261,7 @@ class Endpoint:
     def connect(cls, address: str, *, socket_type: str = "dealer",
                 token: str | bytes | None = None, server_key: str | bytes | None = None,
                 client_keys: CurveKeys | None = None, context: zmq.Context | None = None,
+                watch_handshakes: bool = False, routing_id: bytes | None = None,
                 **options: Any) -> "Endpoint":
         """Connect a new endpoint to ``address`` (ZeroMQ connects in the background and
         reconnects by itself: this returns at once, before the peer is reached).
@@ -246,6 +271,13 @@ class Endpoint:
                 ``.key`` file): the connection is encrypted and the server authenticated by
                 its key; a server with another key never answers (the handshake fails).
             client_keys: this client's key pair (default: a new one per endpoint).
+            watch_handshakes: make :meth:`recv` raise :class:`EncryptionError` as soon as
+                the handshake fails (one side encrypts and the other does not, or the server
+                key is not the server's) instead of waiting for its timeout (default
+                ``False``).
+            routing_id: the id a ROUTER knows this connection by (1 to 255 bytes; default:
+                one ZeroMQ makes): a process that connects to several ROUTERs with the same
+                id can be reached by each of them under that id.
             token, context, options: as for the constructor.
 
         Raises:
@@ -263,8 +295,12 @@ class Endpoint:
             elif client_keys is not None:
                 raise ValueError("client_keys without server_key: CURVE needs the server's "
                                  "public key")
-            ep._socket.connect(address)
             ep.address = address
+            if routing_id is not None:
+                ep._socket.setsockopt(zmq.ROUTING_ID, routing_id)
+            if watch_handshakes:
+                ep._watch(ep._curve_client, listening=False)
+            ep._socket.connect(address)
         except BaseException:
             ep.close()
             raise
@@ -284,15 +320,45 @@ class Endpoint:
         Raises:
             ValueError: ``to`` missing on a ROUTER, or given on a DEALER.
             SerializationError: ``value`` cannot be pickled.
+            WireTimeoutError: (DEALER) the message could not be queued within
+                ``WIRE_SEND_TIMEOUT_S``: the peer is gone and its queue full, or the
+                connection failed for good.
+            EncryptionError: (DEALER made with ``watch_handshakes``) meanwhile, the
+                handshake failed (a socket whose handshake failed has no connection left,
+                and a plain send on it would block for ever).
             zmq.ZMQError: the socket is closed.
         """
         if (to is None) == (self.socket_type == "router"):
             raise ValueError("a ROUTER endpoint sends to a peer: pass to=message.peer"
                              if to is None else "a DEALER endpoint has one peer: leave out to=")
         frames = self._signer.sign(encode(value, self._inband))
-        if to is not None:
+        if to is not None:  # a ROUTER drops what it cannot route: it never blocks
             frames.insert(0, to)
-        self._socket.send_multipart(frames, copy=False)
+            self._socket.send_multipart(frames, copy=False)
+            return
+        try:
+            self._socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self._send_when_writable(frames)
+
+    def _send_when_writable(self, frames: list) -> None:
+        """A DEALER's send that could not be queued at once (no connection, or a full
+        queue): wait until it can, at most ``WIRE_SEND_TIMEOUT_S``, watching the handshake.
+        (libzmq queues the parts of a message all or none.)"""
+        deadline = time.monotonic() + WIRE_SEND_TIMEOUT_S
+        while True:
+            self.check_handshakes()
+            if self._socket.poll(50, zmq.POLLOUT):
+                try:
+                    self._socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+                    return
+                except zmq.Again:
+                    pass
+            if time.monotonic() >= deadline:
+                raise WireTimeoutError(
+                    f"could not send to {self.address} for {WIRE_SEND_TIMEOUT_S:g} s "
+                    f"(WIRE_SEND_TIMEOUT_S): no connection to it (is it up and reachable, "
+                    f"with the same encryption settings?) or its queue is full")
 
     def poll(self, timeout: float | None = None) -> bool:
         """Whether a message is waiting, after waiting up to ``timeout`` seconds (``None``:
@@ -309,12 +375,14 @@ class Endpoint:
             WireTimeoutError: nothing verified came within ``timeout``; the message names
                 the drops meanwhile and what to check (the token, the server key).
             TokenError: (DEALER) the peer refused our messages: its token differs.
+            EncryptionError: (DEALER made with ``watch_handshakes``) the handshake failed:
+                one side encrypts and the other does not, or the server key is wrong.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         dropped_before = sum(self.dropped.values())
         while True:
             left = None if deadline is None else deadline - time.monotonic()
-            if (left is not None and left <= 0) or not self.poll(left):
+            if (left is not None and left <= 0) or not self._wait(left):
                 raise self._timeout_error(timeout, sum(self.dropped.values()) - dropped_before)
             try:
                 frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -323,6 +391,42 @@ class Endpoint:
             msg = self._accept(frames)
             if msg is not None:
                 return msg
+
+    def _wait(self, timeout: float | None) -> bool:
+        """:meth:`poll`, also woken (and checked) by a failed handshake when watched."""
+        if self._monitor is None or self._socket.poll(0, zmq.POLLIN):
+            return self.poll(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            events = dict(self._watch_poller.poll(None if left is None else int(left * 1000)))
+            if self._monitor.socket in events:
+                self.check_handshakes()
+            if self._socket in events:
+                return True
+            if left is not None and left <= 0:
+                return False
+
+    def check_handshakes(self) -> int:
+        """Read the handshake failures reported since the last check (see
+        ``watch_handshakes``); a listening endpoint logs them (at most one record per
+        kind every ``log_interval``) and returns how many there were.
+
+        Raises:
+            EncryptionError: (connecting endpoint) its handshake failed; the message says
+                which side encrypts and what to pass.
+        """
+        if self._monitor is None:
+            return 0
+        failures = self._monitor.failures()
+        for f in failures:
+            if self.socket_type == "dealer" and f.reason != "other":
+                raise EncryptionError(f.text)
+            if f.reason == "other":  # a peer gone mid-handshake, say: counted, not logged
+                self.refused_handshakes["other"] += 1
+            else:
+                self._handshakes.drop(f.reason, f.text)
+        return len(failures)
 
     def _accept(self, frames: list) -> Message | None:
         peer = None
@@ -383,6 +487,8 @@ class Endpoint:
         if self._closed:
             return
         self._closed = True
+        if self._monitor is not None:
+            self._monitor.close()
         self._socket.close(WIRE_LINGER_MS if linger_ms is None else linger_ms)
         if self._own_context:
             self._context.term()
