@@ -471,6 +471,12 @@ CLUSTER_INLINE_RESULT_BYTES = 256 * KiB
 CLUSTER_CHUNK_BYTES = 4 * MiB
 CLUSTER_CHUNKS_IN_FLIGHT = 4
 
+#: Bytes of pickled task arguments a driver keeps as lineage (to re-run the tasks whose
+#: results were kept on a node that died), at most; past it the oldest lineage is dropped
+#: and those results can no longer be rebuilt.  Lineage is kept only for results kept on a
+#: node, while their ref or the lineage of a task that took them lives.
+CLUSTER_LINEAGE_BYTES = 256 * MiB
+
 #: Seconds a node waits for another node to answer while it pulls an object from it; past
 #: them the tasks waiting for the object fail with ``ObjectLostError``.
 CLUSTER_PULL_TIMEOUT_S = 30.0

@@ -14,7 +14,8 @@ flight), and are released there when the ref is dropped.
 One background thread owns the sockets: it sends the batches, receives completions and
 chunks, and asks the head for the registry every ``CLUSTER_HEARTBEAT_S``.  Tasks of a node
 the head declares dead are resubmitted elsewhere while their ``max_retries`` allow, else
-their refs raise :class:`NodeDiedError`; objects kept on it raise :class:`ObjectLostError`.
+their refs raise :class:`NodeDiedError`; objects kept on it are rebuilt by running their
+tasks again (``lineage.py``), else raise :class:`ObjectLostError`.
 If the head itself stops answering for ``REPARTIR_NODE_TIMEOUT`` seconds, every task in
 flight fails the same way.  ``get`` never waits past its ``timeout``.
 """
@@ -22,6 +23,7 @@ flight fails the same way.  ``get`` never waits past its ``timeout``.
 from __future__ import annotations
 
 import atexit
+import copy
 import os
 import pickle
 import threading
@@ -40,6 +42,8 @@ from ..runtime.signature import arg_check
 from .actors import ClusterActors
 from .borrows import Borrows, RemoteArg, prefer_by_bytes
 from .client_loop import ClientLoop
+from .lineage import Lineage
+from .membership import unlisted_nodes, writable
 from .encryption import ClusterKeys
 from .sockets import Endpoint
 from .state import StoredArg, resolve_address, tcp
@@ -88,6 +92,17 @@ class _Task:
         self.node = ""
 
 
+def _fresh(exc: BaseException) -> BaseException:
+    """A copy of a stored error to raise: raising the stored one would tie the traceback,
+    and with it the frames holding the caller's refs, to the driver's table for ever."""
+    try:
+        new = copy.copy(exc)
+    except Exception:
+        return exc
+    new.__cause__ = exc.__cause__
+    return new
+
+
 def _pickled(value: Any) -> list:
     """``value`` pickled now (so that a later change to it does not travel, and an error
     is raised by ``.remote()``): the pickle, then each large buffer, sent out of band."""
@@ -131,6 +146,9 @@ class ClusterClient(ClientLoop):
         self._closed = False
         self._failed: str | None = None
         self._registry_seq = 0
+        self._lineage = Lineage(self)  # to rebuild results lost with their node
+        self._unlisted: dict[str, float] = {}  # node id -> since when the head omits it
+        self._senders: dict[str, bytes] = {}  # node id -> the sender id of its daemon
         self._curve = ClusterKeys.for_driver(address)
         self._driver_id = os.urandom(16)  # the routing id of every connection to a node
         self._head = Endpoint.connect(tcp(address), token=token, **self._curve.to_head())
@@ -167,7 +185,11 @@ class ClusterClient(ClientLoop):
                 self._connect_node(nid, rec["NodeManagerAddress"])
             if not rec["Alive"] and (old is None or old["Alive"]):
                 newly_dead.append(nid)
-        return newly_dead
+            elif old is not None and old["Alive"] and \
+                    rec.get("Incarnation") != old.get("Incarnation"):
+                newly_dead.append(nid)  # declared dead and back since we last looked
+        return newly_dead + unlisted_nodes(self.nodes_seen, records, self._unlisted,
+                                           self.timeout)
 
     def _connect_node(self, nid: str, address: str) -> None:
         ep = Endpoint.connect(tcp(address), token=self._token, routing_id=self._driver_id,
@@ -196,6 +218,9 @@ class ClusterClient(ClientLoop):
                 continue
             if task.retries > 0 and self._failed is None:
                 task.retries -= 1
+                if tid in self._lineage.deps:  # its node-kept arguments died with it
+                    self._lineage.wait(tid, task)
+                    continue
                 try:
                     self._enqueue(tid, task, None)
                     continue
@@ -208,8 +233,11 @@ class ClusterClient(ClientLoop):
                 f"used up (or no other node fits it)"))
         for tid, res in list(self.results.items()):
             if res[0] == "stored" and res[1] == nid:
-                self.results[tid] = ("error", ObjectLostError(
-                    f"object {tid.hex()} was kept on {where}, which {why}"))
+                why_not = self._lineage.rebuild(tid)
+                if why_not is not None:
+                    self.results[tid] = ("error", ObjectLostError(
+                        f"object {tid.hex()} was kept on {where}, which {why}; it cannot be "
+                        f"rebuilt: {why_not}"))
         for tid in [t for t, f in self._fetches.items() if f["node"] == nid]:
             del self._fetches[tid]
         self.borrows.node_died(nid)
@@ -286,6 +314,12 @@ class ClusterClient(ClientLoop):
         with self._lock:
             if self._failed is not None:
                 raise NodeDiedError(self._failed)
+            if prefer is not None or borrowed:
+                self._lineage.submitted(tid, args, kwargs)
+                if prefer is not None and prefer not in self._eps:  # died since: its
+                    # arguments are being rebuilt
+                    self._lineage.wait(tid, task)
+                    return ClusterRef(tid, self)
             self._enqueue(tid, task, prefer)
             if borrowed:
                 self.borrows.borrow(tid, borrowed)
@@ -391,7 +425,7 @@ class ClusterClient(ClientLoop):
                     self._cv.wait(0.05 if left is None else min(left, 0.05))
                     continue
                 if res[0] == "error":
-                    raise res[1]
+                    raise _fresh(res[1])
                 return res[1]
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
@@ -461,7 +495,7 @@ class ClusterClient(ClientLoop):
                 releases.setdefault(nid, []).append(tid)
         for nid, tids in releases.items():
             ep = self._eps.get(nid)
-            if ep is not None:
+            if ep is not None and writable(ep):
                 try:
                     ep.send(("release", tids))
                 except zmq.ZMQError:

@@ -15,6 +15,7 @@ from ..config import (CLUSTER_BATCH_TASKS, CLUSTER_CHUNK_BYTES, CLUSTER_CHUNKS_I
                       CLUSTER_HEARTBEAT_S)
 from ..errors import (ObjectLostError,
                       RepartirError, WireTimeoutError)
+from .membership import requeue, restarted, writable
 from .sockets import Endpoint
 
 __all__ = ["ClientLoop"]
@@ -25,6 +26,9 @@ class ClientLoop:
         next_registry = time.monotonic() + CLUSTER_HEARTBEAT_S
         while not self._closed:
             try:
+                if self._lineage.waiting:
+                    with self._lock:
+                        self._lineage.step()
                 self._flush()
                 busy = self.inflight or self._fetches or self._fetch_start
                 events = dict(self._poller.poll(1 if busy else 20))
@@ -33,7 +37,8 @@ class ClientLoop:
                 now = time.monotonic()
                 if now >= next_registry:
                     next_registry = now + CLUSTER_HEARTBEAT_S
-                    self._head.send(("nodes",))
+                    if writable(self._head):
+                        self._head.send(("nodes",))
                     if now - self._last_head > self.timeout:
                         self._head_lost()
             except zmq.ZMQError:
@@ -73,6 +78,8 @@ class ClientLoop:
                     nid = res[2 if res[0] == "fetched" else 1]
                     if self.borrows.dropped(tid, nid):  # else when its borrowers end
                         releases.setdefault(nid, []).append(tid)
+                if self._lineage.specs:
+                    self._lineage.ref_dropped(tid)
             due, self._due[:] = list(self._due), []
             for nid, tid in due:
                 releases.setdefault(nid, []).append(tid)
@@ -101,14 +108,18 @@ class ClientLoop:
                 if res is not None and res[0] == "stored" and res[1] in self._eps:
                     self._fetches[tid] = {"node": res[1], "sizes": None}
                     batches.append((self._eps[res[1]], None, ("meta", tid)))
+        blocked = set()
         for ep, fns, items in batches:
-            if fns is None:
+            if ep in blocked or not writable(ep):  # its node takes nothing: a send would
+                blocked.add(ep)                    # block this thread; later, in order
+                requeue(self, ep, fns, items)
+            elif fns is None:
                 ep.send(items)
             else:
                 ep.send(("tasks", fns, items))
         for nid, tids in releases.items():
             ep = self._eps.get(nid)
-            if ep is not None:
+            if ep is not None and writable(ep):
                 ep.send(("release", tids))
 
     def _drain(self, sock: Any) -> None:
@@ -124,6 +135,8 @@ class ClientLoop:
                 return
             if ep is self._head:
                 self._on_registry(msg.value)
+            elif restarted(self, self._ep_node[sock], msg.sender):
+                return  # that ep is closed now
             else:
                 self._on_node(ep, self._ep_node[sock], msg.value)
 
@@ -133,8 +146,11 @@ class ClientLoop:
         with self._lock:
             self._last_head = time.monotonic()
             for nid in self._update_nodes(value[1]):
-                self._node_died(nid, "was declared dead by the head (no heartbeat for "
-                                     f"{self.timeout:g} s)")
+                self._node_died(nid, "was declared dead (no heartbeat reached the head for "
+                                     f"{self.timeout:g} s, or the head lists it no more)")
+                rec = self.nodes_seen[nid]
+                if rec["Alive"] and nid not in self._eps:  # came back: a new incarnation
+                    self._connect_node(nid, rec["NodeManagerAddress"])
             self._registry_seq += 1
             self._cv.notify_all()
 
@@ -150,6 +166,8 @@ class ClientLoop:
                     if task is not None:  # nid ran it; task.node is where we last knew it
                         self._used[task.node] -= task.demand.get("CPU", 0.0)
                         self._count[task.node] -= 1
+                        if what == "stored" or self._lineage.deps:
+                            self._lineage.done(tid, what, task, tid not in self._dropped)
                     if tid in self._dropped:
                         self._dropped.discard(tid)
                         if what == "stored":

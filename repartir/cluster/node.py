@@ -15,7 +15,8 @@ this node's objects to the others.
 
 The head's daemon also keeps the registry: every node (the head's own included) registers,
 then sends a heartbeat every ``CLUSTER_HEARTBEAT_S`` with its free resources and its tasks;
-a node silent for ``REPARTIR_NODE_TIMEOUT`` seconds is declared dead.  Drivers and
+a node silent for ``REPARTIR_NODE_TIMEOUT`` seconds is declared dead (a node that comes
+back, and nodes rejoining a restarted head: ``membership.py``).  Drivers and
 ``repartir status`` ask the head for the registry (``("nodes",)``).
 
 Messages (each value a tuple, the kind first):
@@ -34,7 +35,10 @@ node -> node    ``bmeta``, ``bchunk``   pull a stored object's blob for a task's
                                         ``RemoteArg``: its size, then ``(id, offset,
                                         length)`` pieces (:mod:`~repartir.cluster.pull`)
 node -> head    ``register``,           the node's record (id, address, resources total
-                ``heartbeat``           and available, tasks queued and running)
+                ``heartbeat``           and available, tasks queued and running, its
+                                        incarnation)
+head -> node    ``welcome``,            registered; "register again" (a restarted head);
+                ``unknown``, ``dead``   "you were declared dead" (membership.py)
 any -> head     ``nodes``               the registry, answered with ``("nodes", list)``
 driver -> node  ``driver``              hello: the node reaches this driver by its id
 node -> node    ``steal``, ``stolen``   a batch of queued tasks asked for and handed over
@@ -68,6 +72,7 @@ from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_INLINE_RESULT_BYTES, CLUSTER_
 from ..errors import RepartirError, TokenError, WireTimeoutError
 from ..runtime import driver as local_driver
 from ..runtime.remote_function import RemoteFunction
+from . import membership
 from .encryption import ClusterKeys
 from .node_actors import ActorKey, NodeActors
 from .pull import BLOB_KINDS, BlobServer, Puller
@@ -157,6 +162,7 @@ class NodeDaemon(NodeStealing):
                              lambda ep: self.poller.register(ep.socket, zmq.POLLIN),
                              self._start, self._failed, self._peer_keywords)
         self.started = time.time()
+        self.incarnation = 0  # times declared dead and back (membership.py)
         self._init_stealing()
         if head is not None:
             self._join()
@@ -177,7 +183,8 @@ class NodeDaemon(NodeStealing):
                 "Cached": len(self.puller.cache), "PulledBytes": self.puller.pulled_bytes,
                 "ServedBytes": self.blobs.served_bytes, "StoreUsedBytes": self._store_used(),
                 "Pid": os.getpid(), "Hostname": socket.gethostname(), "Head": self.is_head,
-                "Started": self.started, "CurveKey": self.keys.public()}
+                "Started": self.started, "CurveKey": self.keys.public(),
+                "Incarnation": self.incarnation}
 
     @staticmethod
     def _store_used() -> int:
@@ -230,11 +237,7 @@ class NodeDaemon(NodeStealing):
                 self.stored.pop(oid, None)
                 self.blobs.forget(oid)
         elif kind in ("register", "heartbeat") and self.is_head:
-            self._heard(value[1])
-            if kind == "register":
-                print(f"node {value[1]['NodeID'][:12]} joined from "
-                      f"{value[1]['NodeManagerAddress']}", file=sys.stderr, flush=True)
-                self.router.send(("welcome", self.node_id), to=peer)
+            membership.on_node_message(self, peer, kind, value[1])
         elif kind == "nodes" and self.is_head:
             self.router.send(("nodes", self._nodes()), to=peer)
         else:
@@ -322,6 +325,8 @@ class NodeDaemon(NodeStealing):
             entry = self.pending.pop(tid, None)
             self.puller.task_done(tid)
             self._finished(tid, now)
+            if entry is None:
+                continue  # dropped when this node was declared dead (membership.py)
             exc = fut.exception()
             if exc is not None:
                 item = (tid, "error", _picklable_error(exc))
@@ -332,7 +337,7 @@ class NodeDaemon(NodeStealing):
                 if size <= CLUSTER_INLINE_RESULT_BYTES:
                     item = (tid, "value", value)
                 else:
-                    self.stored[tid] = [entry[1] if entry else None, frames]
+                    self.stored[tid] = [entry[1], frames]
                     item = (tid, "stored", size)
             by_peer.setdefault(peer, []).append(item)
         for peer, items in by_peer.items():
@@ -382,14 +387,18 @@ class NodeDaemon(NodeStealing):
                 if sock in self.puller.peer_of:
                     self.puller.drain(sock)
             if self.head_ep is not None and self.head_ep.socket in events:
-                try:
-                    msg = self.head_ep.recv(timeout=1.0)  # the registry (or a welcome)
-                    if msg.value[0] == "nodes":
-                        self._on_registry(msg.value[1])
-                except (WireTimeoutError, TokenError) as exc:
-                    if not isinstance(exc, WireTimeoutError):
-                        print(f"the head refused this node: {exc}", file=sys.stderr,
-                              flush=True)
+                while self.head_ep.poll(0):  # a burst after a link came back: all of it
+                    try:
+                        msg = self.head_ep.recv(timeout=1.0)  # the registry, or membership
+                        if msg.value[0] == "nodes":
+                            self._on_registry(msg.value[1])
+                        else:
+                            membership.on_head_message(self, msg.value)
+                    except (WireTimeoutError, TokenError) as exc:
+                        if not isinstance(exc, WireTimeoutError):
+                            print(f"the head refused this node: {exc}", file=sys.stderr,
+                                  flush=True)
+                        break
             if self.done:
                 self._completions()
             self._steal_tick()
