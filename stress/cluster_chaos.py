@@ -38,7 +38,7 @@ The run fails (exit status 1) on any of:
 * a wrong value; a ``small``, ``kept`` or ``chained`` task that does not come back right
   (they have retries to spare); a ``fragile`` one that fails with anything but
   ``NodeDiedError`` or ``ObjectLostError``;
-* a result not back by the deadline (``--duration`` + 90 s), a driver that does not exit, a
+* a result not back by the deadline (``--duration`` + 60 s), a driver that does not exit, a
   driver ``shutdown()`` that takes over 5 s (the streaming driver's at the end, and that of
   a second driver started while B is cut off, which sends tasks, some to B, and shuts
   down);
@@ -126,7 +126,7 @@ def drive(address: str, duration: float, inflight: int, seed: int) -> dict:
     held: list = []  # (ref, i) of recent kept results, read again at the end
     i = 0
     t0 = time.monotonic()
-    end, hard_end = t0 + duration, t0 + duration + 90
+    end, hard_end = t0 + duration, t0 + duration + 60
 
     def take(kind: str, n: int, get) -> None:
         try:
@@ -165,10 +165,10 @@ def drive(address: str, duration: float, inflight: int, seed: int) -> dict:
             kind, n = outstanding.pop(ref)
             take(kind, n, lambda ref=ref: repartir.get(ref, timeout=60))
     if outstanding:
-        problems.append(f"{len(outstanding)} task(s) not back {duration + 90:g} s after the "
+        problems.append(f"{len(outstanding)} task(s) not back {duration + 60:g} s after the "
                         f"start: {sorted(set(k for k, _ in outstanding.values()))}")
     for ref, n in held:  # some were kept on the killed node: rebuilt from lineage
-        take("kept", n, lambda ref=ref: repartir.get(ref, timeout=60))
+        take("kept", n, lambda ref=ref: repartir.get(ref, timeout=10))
     client = repartir.cluster.client.active()
     rebuilt = client._lineage.rebuilt if client is not None else 0
     nodes = repartir.nodes()

@@ -18,11 +18,13 @@ def _check(report: dict) -> None:
     assert report["sessions_checked"] == 3 and report["workers_checked"] >= 3
 
 
+@pytest.mark.timeout(300)  # a failing run ends by its own deadlines, within about 200 s
 def test_chaos_on_loopback():
     _check(cluster_chaos.run("loopback", duration=14.0, node_timeout=2.0, inflight=10,
                              seed=1))
 
 
 @pytest.mark.netns
+@pytest.mark.timeout(300)
 def test_chaos_on_namespace_hosts():
     _check(cluster_chaos.run("netns", duration=14.0, node_timeout=2.0, inflight=10, seed=2))
