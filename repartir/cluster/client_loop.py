@@ -13,8 +13,8 @@ import zmq
 
 from ..config import (CLUSTER_BATCH_TASKS, CLUSTER_CHUNK_BYTES, CLUSTER_CHUNKS_IN_FLIGHT,
                       CLUSTER_HEARTBEAT_S)
-from ..errors import (ObjectLostError,
-                      RepartirError, WireTimeoutError)
+from ..errors import (InfeasibleTaskError, NodeDiedError, ObjectLostError, RepartirError,
+                      WireTimeoutError)
 from .membership import requeue, restarted, writable
 from .sockets import Endpoint
 
@@ -224,8 +224,25 @@ class ClientLoop:
             ep.send(s)
 
     def _moved(self, thief: str, tids: list) -> None:
-        """Tasks now on ``thief``: a thief's death resubmits them.  Holds the lock."""
+        """Tasks now on ``thief``: a thief's death resubmits them.  A thief this driver
+        holds for dead (or has no connection to) cannot send their results here: they run
+        again elsewhere at once (the victim no longer has them), without using a retry.
+        Holds the lock."""
         if thief not in self._eps:
+            for tid in tids:
+                task = self.inflight.get(tid)
+                if task is None:
+                    continue
+                self._used[task.node] -= task.demand.get("CPU", 0.0)
+                self._count[task.node] -= 1
+                try:
+                    self._enqueue(tid, task, None)
+                except InfeasibleTaskError:
+                    del self.inflight[tid]
+                    self.results[tid] = ("error", NodeDiedError(
+                        f"task {tid.hex()} was taken by node {thief[:12]}, which this driver "
+                        f"holds for dead, and no other node fits it"))
+            self._cv.notify_all()
             return
         for tid in tids:
             task = self.inflight.get(tid)

@@ -248,6 +248,11 @@ class Endpoint:
                 ep._socket.curve_server = True
             if watch_handshakes:
                 ep._watch(server_keys is not None, listening=True)
+            if socket_type == "router":
+                # a peer that connects again under its routing id (a driver's, after a cut
+                # link, whose old connection this side never saw close) takes it over: else
+                # the new connection is ignored and replies go to the dead one
+                ep._socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
             ep._socket.bind(address)
             ep.address = ep._socket.getsockopt_string(zmq.LAST_ENDPOINT) or address
             if ep._monitor is not None:
@@ -277,7 +282,8 @@ class Endpoint:
                 ``False``).
             routing_id: the id a ROUTER knows this connection by (1 to 255 bytes; default:
                 one ZeroMQ makes): a process that connects to several ROUTERs with the same
-                id can be reached by each of them under that id.
+                id can be reached by each of them under that id.  A listening endpoint hands
+                the id over to the newest connection that claims it (``ROUTER_HANDOVER``).
             token, context, options: as for the constructor.
 
         Raises:
