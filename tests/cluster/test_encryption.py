@@ -25,6 +25,7 @@ from repartir.cluster import Endpoint, generate_keys
 from repartir.config import resolve
 from repartir.errors import EncryptionError, TokenError
 from repartir.runtime.session import sweep_dead_sessions
+from test_cluster import alive, cli, recorded
 
 TOKEN = "e" * 64
 MARKER = "plaintext_marker_5f3a"  # a custom resource name: it travels in the registry
@@ -173,24 +174,6 @@ def test_the_bytes_on_the_wire_hold_the_plaintext_only_without_encryption(encryp
 
 
 # --------------------------------------------------------------------------- a cluster
-
-
-def cli(*args: str, env: dict | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "repartir", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env or dict(os.environ))
-
-
-def recorded() -> list[dict]:
-    with open(os.path.join(os.environ["REPARTIR_CLUSTER_DIR"], "processes.json")) as f:
-        return json.load(f)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")

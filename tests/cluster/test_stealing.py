@@ -10,11 +10,8 @@ had stolen are resubmitted and every result arrives.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -25,6 +22,7 @@ from repartir.cluster.state import StoredArg
 from repartir.cluster.stealing import NodeStealing, QueuedTask, capacity_for, demand_of, fits
 from repartir.config import resolve
 from repartir.runtime.session import sweep_dead_sessions
+from test_cluster import alive, cli, recorded
 
 STORE = str(256 << 20)
 
@@ -85,24 +83,6 @@ def test_a_task_with_a_stored_argument_is_not_stealable():
 
 
 # --------------------------------------------------------------------------- a cluster
-
-
-def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "repartir", *args], capture_output=True,
-                          text=True, timeout=timeout, env=dict(os.environ))
-
-
-def recorded() -> list[dict]:
-    with open(os.path.join(os.environ["REPARTIR_CLUSTER_DIR"], "processes.json")) as f:
-        return json.load(f)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
