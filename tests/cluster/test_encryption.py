@@ -339,21 +339,37 @@ def test_the_registry_crosses_the_wire_encrypted(cluster):
 
 
 @repartir.remote
-def slow(i):
-    time.sleep(0.4)
+def gated(i, gate):
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.02)
     return repartir.get_runtime_context().get_node_id(), i
 
 
-def test_a_node_steals_over_an_encrypted_connection(cluster):
+def test_a_node_steals_over_an_encrypted_connection(cluster, tmp_path):
     """A third node joins while the two others have queues: it connects to them with the
-    keys of the registry and steals (node-to-node, encrypted)."""
-    refs = [slow.remote(i) for i in range(24)]
+    keys of the registry and steals (node-to-node, encrypted).  The tasks wait for a gate
+    file the test makes once the driver knows a steal happened, so that a slow start of
+    the third node cannot let the others finish them all first."""
+    gate = str(tmp_path / "gate")
+    refs = [gated.remote(i, gate) for i in range(24)]
     r = cli("start", "--address", cluster["address"], "--num-cpus", "1", "--server-key",
             cluster["key"], "--object-store-memory", STORE)
     assert r.returncode == 0, r.stderr
     third = recorded()[-1]
+    deadline = time.monotonic() + 60
+    while not (third_id := [n["NodeID"] for n in repartir.nodes()
+                            if n["NodeManagerPort"] == _port(third["address"])]):
+        assert time.monotonic() < deadline, "the third node never showed in the registry"
+    third_id = third_id[0]
+    client = repartir.cluster.client.active()
+    while True:
+        with client._lock:
+            if any(t.node == third_id for t in client.inflight.values()):
+                break
+        assert time.monotonic() < deadline, "the third node stole nothing"
+        time.sleep(0.05)
+    open(gate, "w").close()
     out = repartir.get(refs, timeout=120)
     assert [i for _, i in out] == list(range(24))
-    third_id = [n["NodeID"] for n in repartir.nodes()
-                if n["NodeManagerPort"] == _port(third["address"])][0]
     assert third_id in {nid for nid, _ in out}
