@@ -276,16 +276,7 @@ class ClusterActors:
 
     def _place_locked(self, demand: dict) -> str:
         c = self.client
-        fits = [nid for nid, rec in c.nodes_seen.items()
-                if rec["Alive"] and nid in c._eps
-                and all(rec["Resources"].get(k, 0.0) >= v for k, v in demand.items() if v > 0)]
-        if not fits:
-            alive = {n[:12]: r["Resources"] for n, r in c.nodes_seen.items() if r["Alive"]}
-            raise InfeasibleTaskError(
-                f"no node of the cluster at {c.address} can hold an actor that asks for "
-                f"{demand}; the live nodes have {alive}. Start a node with those resources "
-                f"(repartir start --address {c.address} --resources '{{...}}'), or ask for "
-                f"less")
+        fits = c._fitting(demand, "hold an actor")
         return min(fits, key=lambda n: (self._per_node.get(n, 0),
                                         -(c.nodes_seen[n]["Resources"].get("CPU", 0.0)
                                           - c._used.get(n, 0.0))))

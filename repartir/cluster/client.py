@@ -46,6 +46,7 @@ from .lineage import Lineage
 from .membership import unlisted_nodes, writable
 from .encryption import ClusterKeys
 from .sockets import Endpoint
+from .stealing import fits as fits_in
 from .state import StoredArg, resolve_address, tcp
 from .wire import encode
 
@@ -247,21 +248,25 @@ class ClusterClient(ClientLoop):
 
     # ------------------------------------------------------------------ placing
 
-    def _place(self, demand: dict, prefer: str | None) -> str:
-        fits = []
-        for nid, rec in self.nodes_seen.items():
-            if not rec["Alive"] or nid not in self._eps:
-                continue
-            total = rec["Resources"]
-            if all(total.get(k, 0.0) >= v for k, v in demand.items() if v > 0):
-                fits.append(nid)
+    def _fitting(self, demand: dict, what: str = "run a task") -> list[str]:
+        """The live, connected nodes whose total resources fit ``demand``.
+
+        Raises:
+            InfeasibleTaskError: none; the message names the live nodes' resources.
+        """
+        fits = [nid for nid, rec in self.nodes_seen.items()
+                if rec["Alive"] and nid in self._eps and fits_in(demand, rec["Resources"])]
         if not fits:
             alive = {n[:12]: r["Resources"] for n, r in self.nodes_seen.items() if r["Alive"]}
             raise InfeasibleTaskError(
-                f"no node of the cluster at {self.address} can run a task that asks for "
+                f"no node of the cluster at {self.address} can {what} that asks for "
                 f"{demand}; the live nodes have {alive}. Start a node with those resources "
                 f"(repartir start --address {self.address} --resources '{{...}}'), or ask "
                 f"for less")
+        return fits
+
+    def _place(self, demand: dict, prefer: str | None) -> str:
+        fits = self._fitting(demand)
         if prefer in fits:
             return prefer  # type: ignore[return-value]
         return max(fits, key=lambda n: (self.nodes_seen[n]["Resources"].get("CPU", 0.0)
