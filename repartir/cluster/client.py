@@ -150,6 +150,7 @@ class ClusterClient(ClientLoop):
         self._lineage = Lineage(self)  # to rebuild results lost with their node
         self._unlisted: dict[str, float] = {}  # node id -> since when the head omits it
         self._senders: dict[str, bytes] = {}  # node id -> the sender id of its daemon
+        self._superseded: set[str] = set()  # nodes whose address another node took
         self._curve = ClusterKeys.for_driver(address)
         self._driver_id = os.urandom(16)  # the routing id of every connection to a node
         self._head = Endpoint.connect(tcp(address), token=token, **self._curve.to_head())
@@ -180,9 +181,13 @@ class ClusterClient(ClientLoop):
         newly_dead = []
         for rec in records:
             nid = rec["NodeID"]
+            if nid in self._superseded:  # listed still, by a head that has not timed it out
+                self.nodes_seen[nid] = dict(rec, Alive=False)
+                continue
             old = self.nodes_seen.get(nid)
             self.nodes_seen[nid] = rec
             if rec["Alive"] and nid not in self._eps:
+                newly_dead.extend(self._replaced_at(nid, rec["NodeManagerAddress"]))
                 self._connect_node(nid, rec["NodeManagerAddress"])
             if not rec["Alive"] and (old is None or old["Alive"]):
                 newly_dead.append(nid)
@@ -191,6 +196,25 @@ class ClusterClient(ClientLoop):
                 newly_dead.append(nid)  # declared dead and back since we last looked
         return newly_dead + unlisted_nodes(self.nodes_seen, records, self._unlisted,
                                            self.timeout)
+
+    def _replaced_at(self, nid: str, address: str) -> list[str]:
+        """The nodes this driver is connected to at ``address``, where node ``nid`` now
+        listens: their daemon is gone (one address, one daemon; a head restarted at its
+        port brings a new node there).  Their connections close now, before ``nid``'s
+        opens: both carry this driver's routing id, and two connections with one id to
+        one ROUTER take it from each other (``ROUTER_HANDOVER``), so the new node's
+        answers would arrive on the old connection and be dropped there.  The caller
+        declares them dead.  Holds the lock."""
+        gone = [n for n in self._eps if n != nid
+                and self.nodes_seen.get(n, {}).get("NodeManagerAddress") == address]
+        for n in gone:
+            ep = self._eps.pop(n)
+            self._poller.unregister(ep.socket)
+            self._ep_node.pop(ep.socket, None)
+            ep.close()
+            self.nodes_seen[n] = dict(self.nodes_seen[n], Alive=False)
+            self._superseded.add(n)
+        return gone
 
     def _connect_node(self, nid: str, address: str) -> None:
         ep = Endpoint.connect(tcp(address), token=self._token, routing_id=self._driver_id,

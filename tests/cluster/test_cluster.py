@@ -9,6 +9,7 @@ end ``repartir stop`` stops them, and the test checks that they are gone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -47,23 +48,52 @@ def alive(pid: int) -> bool:
         return False
 
 
+ENV_NAMES = ("REPARTIR_CLUSTER_DIR", "REPARTIR_TOKEN_FILE", "REPARTIR_TOKEN", "REPARTIR_ADDRESS",
+             "REPARTIR_SERVER_KEY", "REPARTIR_NODE_TIMEOUT")
+
+
+@contextlib.contextmanager
+def cluster_env(tmp, node_timeout: float):
+    """A test module's own cluster: its state directory and token file under ``tmp``, its
+    ``REPARTIR_NODE_TIMEOUT`` (seconds), no token, address or server key from outside, and
+    no driver connected.  At the end: the driver disconnected, every daemon that ``start``
+    recorded stopped (``repartir stop``) and checked gone, what killed daemons left in
+    /dev/shm swept, and the environment as it was."""
+    saved = {k: os.environ.get(k) for k in ENV_NAMES}
+    for k in ENV_NAMES:
+        os.environ.pop(k, None)
+    os.environ.update(REPARTIR_CLUSTER_DIR=str(tmp / "state"),
+                      REPARTIR_TOKEN_FILE=str(tmp / "token"),
+                      REPARTIR_NODE_TIMEOUT=str(node_timeout))
+    if repartir.is_initialized():
+        repartir.shutdown()
+    try:
+        yield
+    finally:
+        repartir.shutdown()
+        try:
+            pids = [r["pid"] for r in recorded()]  # the nodes the tests started too
+        except OSError:
+            pids = []
+        stopped = cli("stop")
+        sweep_dead_sessions(resolve(num_cpus=1, object_store_memory=64 << 20,
+                                    num_gpus=0).temp_dir, "/dev/shm")
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        left = [pid for pid in pids if alive(pid)]
+        assert not left, f"daemons left running: {left}\n{stopped.stdout}{stopped.stderr}"
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, _leaves_nothing_behind):
     """A head (1 CPU, ``on_head: 1``) and a node (1 CPU, ``big_mem: 1``), a driver connected
     to them."""
     tmp = tmp_path_factory.mktemp("cluster")
-    saved = {k: os.environ.get(k) for k in ("REPARTIR_CLUSTER_DIR", "REPARTIR_TOKEN_FILE",
-                                            "REPARTIR_NODE_TIMEOUT", "REPARTIR_TOKEN",
-                                            "REPARTIR_ADDRESS")}
-    os.environ.update(REPARTIR_CLUSTER_DIR=str(tmp / "state"),
-                      REPARTIR_TOKEN_FILE=str(tmp / "token"),
-                      REPARTIR_NODE_TIMEOUT=str(NODE_TIMEOUT))
-    os.environ.pop("REPARTIR_TOKEN", None)
-    os.environ.pop("REPARTIR_ADDRESS", None)
-    if repartir.is_initialized():
-        repartir.shutdown()
     info = {"tmp": tmp}
-    try:
+    with cluster_env(tmp, NODE_TIMEOUT):
         head = cli("start", "--head", "--port", "0", "--num-cpus", "1",
                    "--resources", '{"on_head": 1}', "--object-store-memory", STORE)
         assert head.returncode == 0, head.stderr
@@ -76,16 +106,6 @@ def cluster(tmp_path_factory, _leaves_nothing_behind):
         info["pids"] = [r["pid"] for r in recorded()]
         repartir.init(address="auto")
         yield info
-    finally:
-        repartir.shutdown()
-        cli("stop")
-        sweep_dead_sessions(resolve(num_cpus=1, object_store_memory=64 << 20,
-                                    num_gpus=0).temp_dir, "/dev/shm")
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @repartir.remote

@@ -22,10 +22,8 @@ import pytest
 
 import repartir
 from repartir.cluster import Endpoint, generate_keys
-from repartir.config import resolve
 from repartir.errors import EncryptionError, TokenError
-from repartir.runtime.session import sweep_dead_sessions
-from test_cluster import alive, cli, recorded
+from test_cluster import cli, cluster_env, recorded
 
 TOKEN = "e" * 64
 MARKER = "plaintext_marker_5f3a"  # a custom resource name: it travels in the registry
@@ -181,17 +179,8 @@ def cluster(tmp_path_factory, _leaves_nothing_behind):
     """An encrypted head (1 CPU, the marker resource) and an encrypted node (1 CPU), the
     driver of this process connected to them with ``address="auto"``."""
     tmp = tmp_path_factory.mktemp("encrypted")
-    names = ("REPARTIR_CLUSTER_DIR", "REPARTIR_TOKEN_FILE", "REPARTIR_TOKEN",
-             "REPARTIR_ADDRESS", "REPARTIR_SERVER_KEY", "REPARTIR_NODE_TIMEOUT")
-    saved = {k: os.environ.get(k) for k in names}
-    for k in names:
-        os.environ.pop(k, None)
-    os.environ.update(REPARTIR_CLUSTER_DIR=str(tmp / "state"),
-                      REPARTIR_TOKEN_FILE=str(tmp / "token"), REPARTIR_NODE_TIMEOUT="5")
-    if repartir.is_initialized():
-        repartir.shutdown()
     info = {"tmp": tmp}
-    try:
+    with cluster_env(tmp, 5):
         keygen = cli("keygen", str(tmp / "keys"))
         assert keygen.returncode == 0, keygen.stderr
         with open(tmp / "keys" / "repartir.key") as f:
@@ -209,22 +198,6 @@ def cluster(tmp_path_factory, _leaves_nothing_behind):
         info["pids"] = [r["pid"] for r in recorded()]
         repartir.init(address="auto")
         yield info
-    finally:
-        repartir.shutdown()
-        try:
-            pids = [r["pid"] for r in recorded()]  # the nodes tests started too
-        except OSError:
-            pids = []
-        stopped = cli("stop")
-        for pid in pids:
-            assert not alive(pid), stopped.stdout + stopped.stderr
-        sweep_dead_sessions(resolve(num_cpus=1, object_store_memory=64 << 20,
-                                    num_gpus=0).temp_dir, "/dev/shm")
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.mark.parametrize("args, words", [

@@ -22,7 +22,7 @@ from repartir.cluster.state import StoredArg
 from repartir.cluster.stealing import NodeStealing, QueuedTask, capacity_for, demand_of, fits
 from repartir.config import resolve
 from repartir.runtime.session import sweep_dead_sessions
-from test_cluster import alive, cli, recorded
+from test_cluster import cli, cluster_env, recorded
 
 STORE = str(256 << 20)
 
@@ -89,36 +89,14 @@ def test_a_task_with_a_stored_argument_is_not_stealable():
 def cluster(tmp_path_factory, _leaves_nothing_behind):
     """A head of one CPU alone, and a driver connected to it; tests add nodes."""
     tmp = tmp_path_factory.mktemp("stealing")
-    names = ("REPARTIR_CLUSTER_DIR", "REPARTIR_TOKEN_FILE", "REPARTIR_TOKEN",
-             "REPARTIR_ADDRESS", "REPARTIR_SERVER_KEY", "REPARTIR_NODE_TIMEOUT")
-    saved = {k: os.environ.get(k) for k in names}
-    for k in names:
-        os.environ.pop(k, None)
-    os.environ.update(REPARTIR_CLUSTER_DIR=str(tmp / "state"),
-                      REPARTIR_TOKEN_FILE=str(tmp / "token"), REPARTIR_NODE_TIMEOUT="3")
-    if repartir.is_initialized():
-        repartir.shutdown()
     info = {"tmp": tmp}
-    try:
+    with cluster_env(tmp, 3):
         head = cli("start", "--head", "--port", "0", "--num-cpus", "1",
                    "--object-store-memory", STORE)
         assert head.returncode == 0, head.stderr
         info["address"] = recorded()[0]["address"]
         repartir.init(address="auto")
         yield info
-    finally:
-        repartir.shutdown()
-        pids = [r["pid"] for r in recorded()]
-        stopped = cli("stop")
-        for pid in pids:
-            assert not alive(pid), stopped.stdout + stopped.stderr
-        sweep_dead_sessions(resolve(num_cpus=1, object_store_memory=64 << 20,
-                                    num_gpus=0).temp_dir, "/dev/shm")
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @repartir.remote(max_retries=3)
