@@ -155,7 +155,7 @@ class ClusterClient(ClientLoop):
         self._driver_id = os.urandom(16)  # the routing id of every connection to a node
         self._head = Endpoint.connect(tcp(address), token=token, **self._curve.to_head())
         try:
-            self._head.send(("nodes",))
+            self._head.send(("nodes", self._driver_id))  # also its lease (leases.py)
             msg = self._head.recv(timeout=CLUSTER_START_TIMEOUT_S)
         except WireTimeoutError:
             self._head.close()

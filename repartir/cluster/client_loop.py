@@ -38,7 +38,7 @@ class ClientLoop:
                 if now >= next_registry:
                     next_registry = now + CLUSTER_HEARTBEAT_S
                     if writable(self._head):
-                        self._head.send(("nodes",))
+                        self._head.send(("nodes", self._driver_id))
                     if now - self._last_head > self.timeout:
                         self._head_lost()
             except zmq.ZMQError:

@@ -39,7 +39,9 @@ node -> head    ``register``,           the node's record (id, address, resource
                                         incarnation)
 head -> node    ``welcome``,            registered; "register again" (a restarted head);
                 ``unknown``, ``dead``   "you were declared dead" (membership.py)
-any -> head     ``nodes``               the registry, answered with ``("nodes", list)``
+any -> head     ``nodes``               the registry, answered with ``("nodes", list,
+                                        live driver ids)``; a driver adds its id (its
+                                        lease: leases.py)
 driver -> node  ``driver``              hello: the node reaches this driver by its id
 node -> node    ``steal``, ``stolen``   a batch of queued tasks asked for and handed over
 node -> driver  ``moved``               ``(thief id, task ids)``: stolen (stealing.py)
@@ -73,6 +75,7 @@ from ..errors import RepartirError, TokenError, WireTimeoutError
 from ..runtime import driver as local_driver
 from ..runtime.remote_function import RemoteFunction
 from . import membership
+from .leases import DriverLeases, Holdings, drop_driver
 from .encryption import ClusterKeys
 from .node_actors import ActorKey, NodeActors
 from .pull import BLOB_KINDS, BlobServer, Puller
@@ -163,6 +166,8 @@ class NodeDaemon(NodeStealing):
                              self._start, self._failed, self._peer_keywords)
         self.started = time.time()
         self.incarnation = 0  # times declared dead and back (membership.py)
+        self.leases = DriverLeases(self.timeout)  # the head's: drivers heard (leases.py)
+        self.holdings = Holdings(self.timeout)  # who each kept result is for (leases.py)
         self._init_stealing()
         if head is not None:
             self._join()
@@ -236,10 +241,13 @@ class NodeDaemon(NodeStealing):
             for oid in value[1]:
                 self.stored.pop(oid, None)
                 self.blobs.forget(oid)
+                self.holdings.released(oid)
         elif kind in ("register", "heartbeat") and self.is_head:
             membership.on_node_message(self, peer, kind, value[1])
         elif kind == "nodes" and self.is_head:
-            self.router.send(("nodes", self._nodes()), to=peer)
+            if len(value) > 1:  # a driver's request, with its id (leases.py)
+                self.leases.heard(value[1])
+            self.router.send(("nodes", self._nodes(), self.leases.live()), to=peer)
         else:
             print(f"ignored a message of kind {kind!r}", file=sys.stderr, flush=True)
 
@@ -338,6 +346,7 @@ class NodeDaemon(NodeStealing):
                     item = (tid, "value", value)
                 else:
                     self.stored[tid] = [entry[1], frames]
+                    self.holdings.kept(tid, peer)
                     item = (tid, "stored", size)
             by_peer.setdefault(peer, []).append(item)
         for peer, items in by_peer.items():
@@ -357,6 +366,11 @@ class NodeDaemon(NodeStealing):
             return
         view = memoryview(entry[1][frame]).cast("B")[offset:offset + length]
         self.router.send(("chunk", oid, frame, offset, pickle.PickleBuffer(view)), to=peer)
+
+    def _drivers_listed(self, live: Any) -> None:
+        """The head's list of live drivers: drop what is held for those gone (leases.py)."""
+        for driver_id in self.holdings.gone(self.drivers, live):
+            drop_driver(self, driver_id)
 
     # ------------------------------------------------------------------ the loop
 
@@ -392,6 +406,7 @@ class NodeDaemon(NodeStealing):
                         msg = self.head_ep.recv(timeout=1.0)  # the registry, or membership
                         if msg.value[0] == "nodes":
                             self._on_registry(msg.value[1])
+                            self._drivers_listed(msg.value[2] if len(msg.value) > 2 else None)
                         else:
                             membership.on_head_message(self, msg.value)
                     except (WireTimeoutError, TokenError) as exc:
@@ -413,6 +428,7 @@ class NodeDaemon(NodeStealing):
                 else:
                     self._heard(self._record())
                     self._on_registry(self._nodes())
+                    self._drivers_listed(self.leases.live())
 
     def close(self) -> None:
         """Close the sockets and shut the local node down.  Safe to call twice."""

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -25,6 +26,7 @@ from repartir.cluster import client as cluster_client
 from repartir.errors import NodeDiedError, TokenError
 from repartir.runtime.session import sweep_dead_sessions
 from repartir.config import resolve
+from rtsupport import wait_until
 
 STORE = str(256 << 20)
 NODE_TIMEOUT = 3.0
@@ -236,6 +238,51 @@ def test_wrong_token_is_refused_on_both_sides(cluster):
     assert "refused" in d.stdout
     assert issubclass(TokenError, PermissionError)
 
+
+def _held() -> dict[str, int]:
+    """The live nodes' results kept, and tasks queued or running, from the registry."""
+    repartir.nodes()  # a fresh look at the registry
+    recs = [r for r in cluster_client.active().nodes_seen.values() if r["Alive"]]
+    return {k: sum(r[k] for r in recs) for k in ("Stored", "Queued", "Running")}
+
+
+def test_what_a_killed_driver_kept_on_the_nodes_is_dropped(cluster):
+    """A driver killed with SIGKILL cannot release what it kept: once the head has not
+    heard from it for REPARTIR_NODE_TIMEOUT, the nodes drop the results they kept for it
+    and its queued and running tasks (docs/cluster.md, "Failures"); another driver's are
+    kept."""
+    mine = ident.options(resources={"big_mem": 1}).remote(np.ones(1 << 20))  # kept there
+    repartir.wait([mine], timeout=60)
+    before = _held()
+    code = textwrap.dedent(f"""
+        import time
+        import numpy as np
+        import repartir
+        repartir.init(address={cluster["address"]!r})
+        big = repartir.remote(lambda i: np.full(1 << 20, float(i)))  # 8 MiB: kept on a node
+        refs = [big.remote(i) for i in range(4)]
+        assert len(repartir.wait(refs, num_returns=4, timeout=60)[0]) == 4
+        nap = repartir.remote(lambda: time.sleep(60))
+        naps = [nap.remote() for _ in range(6)]  # running on both nodes, and queued
+        print("READY", flush=True)
+        time.sleep(120)
+    """)
+    d = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert d.stdout.readline().strip() == "READY"
+        assert wait_until(lambda: _held()["Stored"] >= before["Stored"] + 4
+                          and _held()["Running"] >= 2, 20), _held()
+        d.kill()
+        d.wait(30)
+        t_kill = time.monotonic()
+        assert wait_until(lambda: _held() == before, 4 * NODE_TIMEOUT + 10), _held()
+        assert time.monotonic() - t_kill > NODE_TIMEOUT - 0.5  # not before its timeout
+    finally:
+        d.kill()
+        d.wait(30)
+    assert float(repartir.get(mine, timeout=60).sum()) == float(1 << 20)
+    logs = [p.read_text() for p in (cluster["tmp"] / "state").glob("node-*.log")]
+    assert any("taken for gone; dropped" in t for t in logs)
 
 def test_a_killed_node_tasks_are_retried_or_fail_clearly(cluster):
     """A third node, killed while it runs tasks: tasks that fit elsewhere are retried there,
