@@ -26,6 +26,7 @@ from .errors import (ActorDiedError, ActorExit, DeviceError, GetTimeoutError, In
 from .runtime import context as _context
 from .runtime import driver as _driver
 from .cluster import client as _cluster
+from .cluster import inner as _inner
 from .runtime.objectref import ObjectRef
 from .runtime.actor import ActorClass, ActorHandle, method
 from .runtime.actor import get_actor as _get_actor, kill_actor as _kill_actor
@@ -238,6 +239,10 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
     if cluster is not None:
         values = cluster.get(refs, timeout)
         return values[0] if single else values
+    if _context.inner is not None:  # a task on a cluster's node: cluster refs among them?
+        values = _inner.get(refs, timeout)
+        if values is not None:
+            return values[0] if single else values
     values = _driver.client().get(refs, timeout)
     return values[0] if single else values
 
@@ -268,7 +273,10 @@ def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
         raise ValueError(f"num_returns must be between 1 and {len(refs)}, got {num_returns}")
     cluster = _context.cluster
     client = cluster if cluster is not None else _driver.client()
-    ready_mask = client.wait(refs, num_returns, timeout)
+    ready_mask = _inner.wait(refs, num_returns, timeout) if _context.inner is not None \
+        else None
+    if ready_mask is None:
+        ready_mask = client.wait(refs, num_returns, timeout)
     ready, not_ready = [], []
     for r, ok in zip(refs, ready_mask):
         (ready if ok and len(ready) < num_returns else not_ready).append(r)

@@ -14,8 +14,11 @@ a named creation registers there first (a live duplicate raises ``ValueError``, 
 Lifetime.  The driver that creates an actor is its **owner**: it counts its own handles
 (one :class:`_Life` shared by them), and when the last one is dropped, or the driver shuts
 down or exits, it asks the node to end the actor (after the calls made before) unless the
-actor is ``lifetime="detached"``.  Handles another driver got from :func:`get_actor` do not
-keep an actor alive.  ``repartir.kill`` kills it at once.
+actor is ``lifetime="detached"``.  A handle passed to a task or an actor, or returned by
+one, keeps the actor alive while the process that received it holds it (``handoff.py``:
+holds counted by the actor's node); the owner's shutdown or exit ends it all the same.
+Handles another driver got from :func:`get_actor` do not keep an actor alive.
+``repartir.kill`` kills it at once.
 
 Failures.  When the head declares an actor's node dead, its owner restarts it on another
 node that fits, while ``max_restarts`` allows (-1: for ever): the constructor runs again
@@ -44,14 +47,15 @@ from ..errors import (ActorDiedError, GetTimeoutError, InfeasibleTaskError, Node
 from ..runtime.actor import ActorHandle, ActorMethod
 from ..runtime.objectref import ObjectRef
 from ..runtime.streaming import parse_num_returns
+from .handoff import rebuild_handle
 from .node_actors import ActorKey
 from .state import StoredArg
 from .wire import encode
 
 __all__ = ["ClusterActors", "ClusterActorHandle", "ActorTask"]
 
-_CREATE, _CALL, _END, _KILL, _NAME = (ActorKey(op) for op in
-                                      ("create", "call", "end", "kill", "name"))
+_CREATE, _CALL, _END, _KILL, _NAME, _HOLD, _UNHOLD = (
+    ActorKey(op) for op in ("create", "call", "end", "kill", "name", "hold", "unhold"))
 #: The options a node's local actor is created with (the others are the cluster's).
 _LOCAL_OPTIONS = ("num_cpus", "num_gpus", "memory", "resources", "max_restarts",
                   "max_task_retries", "max_concurrency")
@@ -104,7 +108,7 @@ class _Actor:
 
     __slots__ = ("id", "class_name", "methods", "max_task_retries", "demand", "spec",
                  "args", "restarts_left", "node", "dead", "owner", "detached", "name",
-                 "namespace", "creation", "__weakref__")
+                 "namespace", "creation", "held", "__weakref__")
 
     def __init__(self, record: dict, owner: bool) -> None:
         self.id: bytes = record["id"]
@@ -122,6 +126,7 @@ class _Actor:
         self.restarts_left = 0
         self.dead: str | None = None  # why it is dead (calls raise ActorDiedError)
         self.creation: Any = None  # the ref of its (last) creation on a node
+        self.held: set[bytes] = set()  # hold ids of the handles passed to this process
 
     def record(self) -> dict:
         """What the head keeps for a named actor."""
@@ -148,9 +153,10 @@ class _Life:
 
 
 class ClusterActorHandle(ActorHandle):
-    """A handle, in a connected driver, to an actor that lives on a node of the cluster.
-    ``handle.method.remote(...)`` returns a ``ClusterRef``.  It cannot be passed to tasks or
-    other actors in this version (a clear ``RepartirError`` says so)."""
+    """A handle, in a connected driver (or a task or actor running on a node), to an actor
+    that lives on a node of the cluster.  ``handle.method.remote(...)`` returns a
+    ``ClusterRef``.  Passed to a task or an actor (or returned by one), it becomes a handle
+    of the receiving process, which calls the actor directly (``handoff.py``)."""
 
     def __init__(self, actors: "ClusterActors", actor: _Actor, life: _Life) -> None:
         super().__init__(actor.id, -1, actor.class_name, actor.methods,
@@ -172,11 +178,7 @@ class ClusterActorHandle(ActorHandle):
         return "DEAD" if self._actors.dead_why(self._actor) else "ALIVE"
 
     def __reduce__(self):
-        raise RepartirError(
-            f"a handle to actor {self._class_name} of a driver connected to a cluster cannot "
-            f"be passed to a task or an actor in this version: call the actor from the "
-            f"driver, or have the task look it up with a name (create it with "
-            f"options(name=...); repartir.get_actor(name) in a driver)")
+        return (rebuild_handle, (self._actor.record(), self._actors.lend(self._actor)))
 
 
 class ClusterActorMethod(ActorMethod):
@@ -314,6 +316,33 @@ class ClusterActors:
                 return f"its creation on node {actor.node[:12]} failed: {res[1]}"
         return actor.dead
 
+    def lend(self, actor: _Actor) -> bytes | None:
+        """A new hold id for a handle of ``actor`` leaving this process, its ``hold`` sent
+        to the actor's node first (``handoff.py``); ``None`` for a detached or dead actor."""
+        if actor.detached or actor.dead is not None:
+            return None
+        hold = os.urandom(12)
+        with self.client._lock:
+            self._enqueue_locked(actor.node, _HOLD, (actor.id, hold), None, None, keep=False)
+        return hold
+
+    def adopt(self, record: dict, hold: bytes | None) -> ClusterActorHandle:
+        """The handle of an actor whose handle was passed to this process under ``hold``
+        (released when this process drops its last handle, or shuts down)."""
+        with self.client._lock:
+            actor = self._known(record)
+            handle = self._handle(actor)
+            if hold is not None:
+                actor.held.add(hold)
+        return handle
+
+    def _release_locked(self, actor: _Actor) -> None:
+        """Send the ``unhold`` of every hold this process adopted for ``actor``."""
+        for hold in actor.held:
+            self._enqueue_locked(actor.node, _UNHOLD, (actor.id, hold), None, None,
+                                 keep=False)
+        actor.held.clear()
+
     # ------------------------------------------------------------------ the API
 
     def create(self, ac: Any, args: tuple, kwargs: dict) -> ClusterActorHandle:
@@ -337,7 +366,8 @@ class ClusterActors:
                         "detached": opts.get("lifetime") == "detached",
                         "name": opts.get("name"),
                         "namespace": opts.get("namespace") or "default"}, owner=True)
-        actor.demand, actor.spec = demand, {"id": aid, "class": blob}
+        actor.demand, actor.spec = demand, {"id": aid, "class": blob,
+                                            "detached": actor.detached}
         actor.restarts_left = opts.get("max_restarts", 0)
         args, kwargs, error = self._resolve(actor, args, kwargs)
         payload = _pickled(((actor.spec, *args), kwargs))  # raises before anything is sent
@@ -437,15 +467,18 @@ class ClusterActors:
 
     # ------------------------------------------------------------------ the loop's hooks
 
-    def _gone_locked(self, actor: _Actor, why: str, tell_node: bool) -> None:
-        """``actor`` is dead or ended: end it on its node (``tell_node``), free its name."""
+    def _gone_locked(self, actor: _Actor, why: str, tell_node: bool,
+                     force: bool = False) -> None:
+        """``actor`` is dead or ended: end it on its node (``tell_node``: the owner's hold
+        ends; ``force``: the actor ends whoever holds it), free its name."""
         if actor.dead is not None:
             return
         actor.dead = why
         if actor.owner:
             self._per_node[actor.node] = self._per_node.get(actor.node, 1) - 1
             if tell_node and actor.node in self.client._eps:
-                self._enqueue_locked(actor.node, _END, (actor.id,), None, actor, keep=False)
+                self._enqueue_locked(actor.node, _END, (actor.id, force), None, actor,
+                                     keep=False)
             if tell_node and actor.name is not None:
                 head = next((n for n, r in self.client.nodes_seen.items()
                              if r.get("Head") and r["Alive"] and n in self.client._eps), None)
@@ -460,6 +493,8 @@ class ClusterActors:
             if aid in self._lives:  # a new handle appeared since
                 continue
             actor = self.actors.pop(aid, None)
+            if actor is not None and actor.held and actor.node in self.client._eps:
+                self._release_locked(actor)
             if actor is not None and actor.owner and not actor.detached:
                 self._gone_locked(actor, "it ended: its last handle was dropped",
                                   tell_node=True)
@@ -467,8 +502,10 @@ class ClusterActors:
     def closing_locked(self) -> None:
         """The driver shuts down: end its actors that are not detached."""
         for actor in list(self.actors.values()):
+            if actor.held and actor.node in self.client._eps:
+                self._release_locked(actor)
             if actor.owner and not actor.detached:
-                self._gone_locked(actor, "its driver shut down", tell_node=True)
+                self._gone_locked(actor, "its driver shut down", tell_node=True, force=True)
 
     def node_died_locked(self, nid: str, where: str, why: str) -> None:
         """Node ``nid`` is dead: restart its actors elsewhere while ``max_restarts`` allow,

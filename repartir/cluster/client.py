@@ -125,7 +125,8 @@ class ClusterClient(ClientLoop):
         self.address = address
         self.timeout = cluster_node_timeout()
         self._token = token
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: unpickling a result under it may
+        # adopt an actor handle (handoff.py), which takes it again
         self._cv = threading.Condition(self._lock)
         self.results: dict[bytes, tuple] = {}
         self.inflight: dict[bytes, _Task] = {}

@@ -74,7 +74,7 @@ from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_INLINE_RESULT_BYTES, CLUSTER_
 from ..errors import RepartirError, TokenError, WireTimeoutError
 from ..runtime import driver as local_driver
 from ..runtime.remote_function import RemoteFunction
-from . import membership
+from . import handoff, membership
 from .leases import DriverLeases, Holdings, drop_driver
 from .encryption import ClusterKeys
 from .node_actors import ActorKey, NodeActors
@@ -146,6 +146,8 @@ class NodeDaemon(NodeStealing):
             if head is not None:
                 self.head_ep = Endpoint.connect(f"tcp://{head}", token=token,
                                                 **self.keys.to_head())
+            # its workers and actors reach the cluster through the head (inner.py)
+            handoff.prepare_workers(head or self.address, self.keys.head, token)
             repartir.init(**init_kwargs)
         except BaseException:
             self.close()

@@ -20,8 +20,14 @@ op          arguments                              does
             ``(cls, options)``), constructor args  the local node; the daemon holds the handle
 ``call``    actor id, method name, the call's args ``handle.method.remote(...)``; the result is
                                                    the call's
-``end``     actor id                               drops the daemon's handle: the local node
+``end``     actor id, ``force``                    the owner's hold ends (its last handle is
+                                                   gone; ``force``: it shut down, the actor ends
+                                                   whoever else holds it); once no hold is left
+                                                   the daemon drops its handle: the local node
                                                    ends the actor after the calls made before
+``hold``    actor id, hold id                      a handle was passed to another process
+                                                   (``handoff.py``): it keeps the actor alive
+``unhold``  actor id, hold id                      that process dropped its last handle
 ``kill``    actor id, ``no_restart``               ``repartir.kill`` of the local actor
 ``name``    ``"add"``/``"get"``/``"del"``/         (the head only) the registry of named
             ``"move"``, namespace, name, ...       actors: ``(namespace, name) -> record``
@@ -45,8 +51,11 @@ from ..runtime.actor import ActorClass, kill_actor
 
 __all__ = ["ActorKey", "NodeActors", "Ready"]
 
-#: How many ended actors a node remembers, to say why a late call finds none.
+#: How many ended actors a node remembers, to say why a late call finds none; also how many
+#: hold ids released before their ``hold`` arrived it remembers (``handoff.py``).
 _GONE_KEPT = 1024
+#: The hold of the actor's owner (the process that created it).
+OWNER_HOLD = b"owner"
 
 
 class ActorKey(NamedTuple):
@@ -97,9 +106,14 @@ class NodeActors:
         self._timeout = timeout
         self.handles: dict[bytes, Any] = {}  #: cluster actor id -> the local ActorHandle
         self._gone: collections.OrderedDict[bytes, str] = collections.OrderedDict()
+        #: cluster actor id -> the holds that keep it alive (its owner's, and one per hold
+        #: id handed out with a handle passed to another process); detached actors: none
+        self.holds: dict[bytes, set[bytes]] = {}
+        self._released: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.names: dict[tuple[str, str], dict] = {}  #: (namespace, name) -> record (head)
         self._ops = {"create": _Op(self.create), "call": _Op(self.call),
-                     "end": _Op(self.end), "kill": _Op(self.kill), "name": _Op(self.name)}
+                     "end": _Op(self.end), "kill": _Op(self.kill), "name": _Op(self.name),
+                     "hold": _Op(self.hold), "unhold": _Op(self.unhold)}
 
     def target(self, key: ActorKey) -> _Op:
         """The operation of ``key``.
@@ -126,6 +140,7 @@ class NodeActors:
         self._gone[actor_id] = why
         while len(self._gone) > _GONE_KEPT:
             self._gone.popitem(last=False)
+        self.holds.pop(actor_id, None)
         return self.handles.pop(actor_id, None)
 
     # ------------------------------------------------------------------ operations
@@ -139,6 +154,8 @@ class NodeActors:
             self._forget(aid, f"its creation on this node failed: {type(exc).__name__}: {exc}")
             raise
         self._gone.pop(aid, None)
+        if not spec.get("detached"):
+            self.holds.setdefault(aid, set()).add(OWNER_HOLD)
         return Ready(None)
 
     def call(self, actor_id: bytes, method: str, /, *args: Any, **kwargs: Any) -> Any:
@@ -149,8 +166,40 @@ class NodeActors:
                                  f"{self.node_id[:12]}: {why}")
         return getattr(h, method).remote(*args, **kwargs)
 
-    def end(self, actor_id: bytes) -> Ready:
-        self._forget(actor_id, "it ended (its owner dropped its last handle, or exited)")
+    def end(self, actor_id: bytes, force: bool = False) -> Ready:
+        """The owner's hold ends: the actor ends once no other process holds a handle
+        passed to it, or at once with ``force`` (its owner shut down, as in Ray)."""
+        holds = self.holds.get(actor_id)
+        if holds is not None and not force:
+            holds.discard(OWNER_HOLD)
+            if holds:
+                return Ready(None)
+        self._forget(actor_id, "it ended (its owner dropped its last handle, or exited, "
+                               "and no other process holds a handle)")
+        return Ready(None)
+
+    def hold(self, actor_id: bytes, hold_id: bytes) -> Ready:
+        """A handle of ``actor_id`` was passed to another process under ``hold_id``."""
+        if self._released.pop(hold_id, 0) is None:
+            return Ready(None)  # its process let go before this arrived
+        holds = self.holds.get(actor_id)
+        if holds is not None:
+            holds.add(hold_id)
+        return Ready(None)
+
+    def unhold(self, actor_id: bytes, hold_id: bytes) -> Ready:
+        """The process holding ``hold_id`` dropped its last handle of ``actor_id``; the
+        actor ends when that was the last hold (non-detached actors only)."""
+        holds = self.holds.get(actor_id)
+        if holds is None or hold_id not in holds:
+            if holds is not None:  # detached actors keep no holds
+                self._released[hold_id] = None
+                while len(self._released) > _GONE_KEPT:
+                    self._released.popitem(last=False)
+            return Ready(None)
+        holds.discard(hold_id)
+        if not holds:
+            self._forget(actor_id, "it ended: no process holds a handle any more")
         return Ready(None)
 
     def kill(self, actor_id: bytes, no_restart: bool) -> Ready:

@@ -179,6 +179,8 @@ class ActorClass:
         self._check.check(args, kwargs)
         if context.cluster is not None:  # a driver connected to a cluster (docs/cluster.md)
             return context.cluster.actors.create(self, args, kwargs)
+        if context.inner is not None:  # a task or actor on a cluster's node (cluster/inner.py)
+            return context.inner.create_actor(self, args, kwargs)
         client = driver.client()
         opts = self._options
         demand = client.demand_vector(opts.get("num_cpus", 0), opts.get("num_gpus", 0),
@@ -241,6 +243,8 @@ def get_actor(name: str, namespace: str | None = None) -> "ActorHandle":
     """
     if context.cluster is not None:  # a driver connected to a cluster (docs/cluster.md)
         return context.cluster.actors.get_actor(name, namespace)
+    if context.inner is not None:  # a task or actor on a cluster's node (cluster/inner.py)
+        return context.inner.get_actor(name, namespace)
     client = driver.client()
     namespace = namespace or "default"
     node = client.node
@@ -257,6 +261,8 @@ def kill_actor(actor: "ActorHandle", no_restart: bool = True) -> None:
     ``no_restart``, return once it is dead (within 10 s)."""
     if context.cluster is not None:  # a driver connected to a cluster (docs/cluster.md)
         return context.cluster.actors.kill(actor, no_restart)
+    if context.inner is not None and context.inner.kill(actor, no_restart):
+        return None  # a cluster actor, killed by its node (cluster/inner.py)
     client = driver.client()
     node = client.node
     if node is not None:

@@ -14,14 +14,19 @@ from typing import Any
 
 from ..errors import RepartirError
 
-__all__ = ["current_client", "set_client", "set_cluster", "set_starter", "client_or_start",
-           "set_node_id", "set_actor", "running_task", "RuntimeContext", "JOB_ID"]
+__all__ = ["current_client", "set_client", "set_cluster", "set_inner", "set_starter",
+           "client_or_start", "set_node_id", "set_actor", "running_task", "RuntimeContext",
+           "JOB_ID"]
 
 _client: Any = None
 #: The cluster this process is connected to as a driver (``init(address=...)``:
 #: ``repartir.cluster.client.ClusterClient``), or ``None``: tasks, ``get`` and the rest go
 #: there instead of to a local node.
 cluster: Any = None
+#: In a worker or actor process of a cluster's node: its way to the rest of the cluster
+#: (``repartir.cluster.inner.InnerCluster``), or ``None``: a task's ``.remote()`` that does
+#: not fit this node, actors, ``get_actor`` and cluster refs go there.
+inner: Any = None
 _starter: Any = None  # () -> client: the driver's client(), which may call init()
 _node_id: str | None = None  # hex, 28 bytes: the node this process belongs to
 _actor_id: bytes | None = None  # in an actor's process: the actor it runs
@@ -50,6 +55,11 @@ def set_client(client: Any) -> None:
 def set_cluster(client: Any) -> None:
     global cluster
     cluster = client
+
+
+def set_inner(inner_cluster: Any) -> None:
+    global inner
+    inner = inner_cluster
 
 
 def set_starter(starter: Any) -> None:

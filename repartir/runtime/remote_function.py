@@ -160,6 +160,10 @@ class RemoteFunction:
             check.check(args, kwargs)
         if context.cluster is not None:  # a driver connected to a cluster (docs/cluster.md)
             return context.cluster.submit(self, args, kwargs)
+        if context.inner is not None:  # a task on a cluster's node (cluster/inner.py)
+            ref = context.inner.submit(self, args, kwargs)
+            if ref is not None:  # else it fits this node: run it here
+                return ref
         client = driver.client()
         opts = self._opts_for(client)
         loc = client.functions.get(self._key) or client.export_function(self._key, self._code)
