@@ -2,9 +2,11 @@
 actors that submit work"): nested tasks placed by resources, actors created inside tasks,
 actor handles passed to tasks and actors and returned by them, ``get_actor`` in a task.
 
-A head (``on_head: 1``) and two nodes (``big_mem: 1``, ``side: 1``), each with one CPU,
+A head (``on_head: 1``) and two nodes (``big_mem: 4``, ``side: 1``), each with one CPU,
 started with the CLI on loopback; a driver in the test process, second drivers as
-subprocesses.  At the end ``repartir stop`` stops the daemons, and the fixture checks that
+subprocesses.  The daemons can import this module (``PYTHONPATH``), as nodes import a
+program's modules: a task sent by value refers to the module's actor classes and helpers by
+name.  At the end ``repartir stop`` stops the daemons, and the fixture checks that
 no daemon, worker or actor process of theirs is left, nor any of their /dev/shm entries.
 """
 
@@ -68,8 +70,10 @@ def cluster3(tmp_path_factory, _leaves_nothing_behind):
     tmp = tmp_path_factory.mktemp("cluster3")
     saved = {k: os.environ.get(k) for k in ("REPARTIR_CLUSTER_DIR", "REPARTIR_TOKEN_FILE",
                                             "REPARTIR_NODE_TIMEOUT", "REPARTIR_TOKEN",
-                                            "REPARTIR_ADDRESS")}
-    os.environ.update(REPARTIR_CLUSTER_DIR=str(tmp / "state"),
+                                            "REPARTIR_ADDRESS", "PYTHONPATH")}
+    here_dir = os.path.dirname(os.path.abspath(__file__))
+    os.environ.update(PYTHONPATH=os.pathsep.join([here_dir, os.path.dirname(here_dir)]),
+                      REPARTIR_CLUSTER_DIR=str(tmp / "state"),
                       REPARTIR_TOKEN_FILE=str(tmp / "token"),
                       REPARTIR_NODE_TIMEOUT=str(NODE_TIMEOUT))
     os.environ.pop("REPARTIR_TOKEN", None)
@@ -82,7 +86,7 @@ def cluster3(tmp_path_factory, _leaves_nothing_behind):
                    "--resources", '{"on_head": 1}', "--object-store-memory", STORE)
         assert head.returncode == 0, head.stderr
         address = recorded()[0]["address"]
-        for res in ('{"big_mem": 1}', '{"side": 1}'):
+        for res in ('{"big_mem": 4}', '{"side": 1}'):
             node = cli("start", "--address", address, "--num-cpus", "1",
                        "--resources", res, "--object-store-memory", STORE)
             assert node.returncode == 0, node.stderr
