@@ -25,7 +25,6 @@ from __future__ import annotations
 import atexit
 import threading
 import time
-import weakref
 from typing import Any, Sequence
 
 from ..errors import InfeasibleTaskError
@@ -51,8 +50,6 @@ class InnerCluster:
         self.head = head
         self._client: ClusterClient | None = None
         self._lock = threading.Lock()
-        #: RemoteFunction -> whether it fits this node's total resources
-        self._fits_here: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def client(self) -> ClusterClient:
         """This process's connection to the cluster, made on first use (closed at exit:
@@ -74,17 +71,18 @@ class InnerCluster:
         if self._client is not None:
             self._client.close()
 
-    def _here(self, rf: Any) -> bool:
-        here = self._fits_here.get(rf)
-        if here is None:
-            o = rf._options
-            try:
-                driver.client().demand_vector(o.get("num_cpus", 1), o.get("num_gpus", 0),
-                                              o.get("resources") or {}, o.get("memory") or 0)
-                here = True
-            except InfeasibleTaskError:
-                here = False
-            self._fits_here[rf] = here
+    @staticmethod
+    def _here(rf: Any) -> bool:
+        """Whether ``rf``'s tasks fit this node's total resources (kept on ``rf``: this is
+        on the path of every nested task)."""
+        o = rf._options
+        try:
+            driver.client().demand_vector(o.get("num_cpus", 1), o.get("num_gpus", 0),
+                                          o.get("resources") or {}, o.get("memory") or 0)
+            here = True
+        except InfeasibleTaskError:
+            here = False
+        rf._fits_this_node = here
         return here
 
     def submit(self, rf: Any, args: tuple, kwargs: dict) -> Any:
@@ -94,9 +92,16 @@ class InnerCluster:
         Raises:
             InfeasibleTaskError: no node of the cluster fits it.
         """
-        if self._here(rf) and not any(type(a) is ClusterRef for a in args) \
-                and not any(type(v) is ClusterRef for v in kwargs.values()):
-            return None
+        here = rf.__dict__.get("_fits_this_node")
+        if here is None:
+            here = self._here(rf)
+        if here:
+            for a in args:
+                if type(a) is ClusterRef:
+                    break
+            else:
+                if not kwargs or ClusterRef not in map(type, kwargs.values()):
+                    return None
         args, kwargs = _values_of_local_refs(args, kwargs)
         return self.client().submit(rf, args, kwargs)
 

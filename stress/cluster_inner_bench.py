@@ -1,0 +1,114 @@
+"""Tasks submitted by a task running on a node of a loopback cluster (docs/cluster.md,
+"Tasks and actors that submit work"): a head (2 CPUs, ``{"a": 1}``) and, unless
+``--workloads nested_local`` only, a node (1 CPU, ``{"b": 1000}``), started with the CLI in a
+state directory of their own; a driver connected to them runs one task on the head that
+submits tiny tasks and gathers them with one ``get``, timed inside that task.
+
+- ``nested_local``: tasks that fit the head's node: they run on its local runtime (the fast
+  path, as on a single machine); tasks per second;
+- ``nested_far``: tasks that ask for ``{"b": 1}``: the task's worker sends them to the other
+  node through its own connection to the cluster; tasks per second.
+
+``python stress/cluster_inner_bench.py [--quick] [--workloads nested_local,nested_far]``
+prints one line of JSON per workload (best of ``--repeat`` runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+FULL = {"tasks": 5_000, "repeat": 5}
+QUICK = {"tasks": 1_000, "repeat": 3}
+
+
+def _noop(i):
+    return i
+
+
+def _submitter(n: int, far: bool):
+    import repartir
+
+    noop = repartir.remote(_noop)
+    if far:
+        noop = noop.options(resources={"b": 1}, num_cpus=0)
+    repartir.get([noop.remote(i) for i in range(50)], timeout=120)  # warm up
+    start = time.perf_counter()
+    out = repartir.get([noop.remote(i) for i in range(n)], timeout=600)
+    elapsed = time.perf_counter() - start
+    assert out == list(range(n))
+    return n / elapsed
+
+
+def _cli(env: dict, *args: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "repartir", *args], capture_output=True,
+                       text=True, env=env, timeout=120)
+    if r.returncode != 0:
+        raise SystemExit(f"repartir {' '.join(args)} failed: {r.stderr}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer tasks and repeats")
+    p.add_argument("--workloads", default="nested_local,nested_far")
+    p.add_argument("--repeat", type=int, default=None)
+    args = p.parse_args(argv)
+    sizes = dict(QUICK if args.quick else FULL)
+    if args.repeat:
+        sizes["repeat"] = args.repeat
+    workloads = args.workloads.split(",")
+    with tempfile.TemporaryDirectory(prefix="repartir-inner-bench-") as tmp:
+        env = dict(os.environ, REPARTIR_CLUSTER_DIR=os.path.join(tmp, "state"),
+                   REPARTIR_TOKEN_FILE=os.path.join(tmp, "token"))
+        env.pop("REPARTIR_ADDRESS", None)
+        env.pop("REPARTIR_TOKEN", None)
+        here = os.path.dirname(os.path.abspath(__file__))
+        env["PYTHONPATH"] = os.pathsep.join(
+            [os.path.dirname(here), *filter(None, [env.get("PYTHONPATH")])])
+        os.environ.update({k: env[k] for k in ("REPARTIR_CLUSTER_DIR", "REPARTIR_TOKEN_FILE")})
+        os.environ.pop("REPARTIR_TOKEN", None)
+        _cli(env, "start", "--head", "--port", "0", "--num-cpus", "2",
+             "--resources", '{"a": 1}')
+        try:
+            if "nested_far" in workloads:
+                with open(os.path.join(tmp, "state", "address.json")) as f:
+                    address = json.load(f)["address"]
+                _cli(env, "start", "--address", address, "--num-cpus", "1",
+                     "--resources", '{"b": 1000}')
+            import repartir
+
+            from stress.cluster_inner_bench import _submitter
+            repartir.init(address="auto")
+            deadline = time.monotonic() + 30
+            want = 2 if "nested_far" in workloads else 1
+            while sum(n["Alive"] for n in repartir.nodes()) < want:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the node did not join in 30 s")
+            task = repartir.remote(_submitter).options(resources={"a": 1})
+            for w in workloads:
+                rates = [repartir.get(task.remote(sizes["tasks"], w == "nested_far"),
+                                      timeout=600) for _ in range(sizes["repeat"])]
+                print(json.dumps({"workload": w, "tasks": sizes["tasks"],
+                                  "tasks_per_s": round(max(rates)),
+                                  "runs": [round(r) for r in rates]}), flush=True)
+        finally:
+            try:
+                import repartir
+                repartir.shutdown()
+            finally:
+                _cli(env, "stop")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
