@@ -23,6 +23,7 @@ to a task sent to the cluster travels as its value.
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import time
 from typing import Any, Sequence
@@ -33,7 +34,7 @@ from ..runtime import driver
 from ..runtime.objectref import ObjectRef
 from .actors import ClusterActorHandle
 from .client import ClusterClient, ClusterRef
-from .handoff import node_head
+from .handoff import HEAD_ENV, node_head
 
 __all__ = ["InnerCluster", "get", "wait", "install"]
 
@@ -204,6 +205,8 @@ def install() -> None:
     head = node_head()
     if head is not None and context.inner is None:
         context.set_inner(InnerCluster(head))
+        # a program this task starts is no worker of the node (its own init() stays local)
+        os.environ.pop(HEAD_ENV, None)
 
 
 install()

@@ -115,9 +115,16 @@ def cluster3(tmp_path_factory, _leaves_nothing_behind):
 pytestmark = pytest.mark.usefixtures("cluster3")
 
 
+_NODES: dict[str, str] = {}
+
+
 def node_of(resource: str) -> str:
-    return [n["NodeID"] for n in repartir.nodes()
-            if n["Alive"] and resource in n["Resources"]][0]
+    """The id of the live node with ``resource`` (``nodes()`` waits for a fresh registry:
+    asked once per resource)."""
+    if resource not in _NODES:
+        _NODES[resource] = [n["NodeID"] for n in repartir.nodes()
+                            if n["Alive"] and resource in n["Resources"]][0]
+    return _NODES[resource]
 
 
 def here() -> str:
@@ -167,6 +174,17 @@ def make_counter():
     c = Counter.options(resources={"big_mem": 1}).remote()
     assert repartir.get(c.add.remote("made in a task"), timeout=60) == 1
     return c
+
+
+@repartir.remote(resources={"side": 1})
+def make_and_drop():
+    c = Counter.options(resources={"big_mem": 1}).remote()
+    return repartir.get(c.where.remote(), timeout=60)[1]
+
+
+def test_an_actor_created_in_a_task_ends_with_its_last_handle():
+    pid = repartir.get(make_and_drop.remote(), timeout=90)
+    wait_until(lambda: not alive(pid), "the actor to end with the task's handle")
 
 
 def test_an_actor_created_in_a_task_is_placed_by_resources_and_returned():
