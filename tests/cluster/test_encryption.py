@@ -346,3 +346,16 @@ def test_a_node_steals_over_an_encrypted_connection(cluster, tmp_path):
     out = repartir.get(refs, timeout=120)
     assert [i for _, i in out] == list(range(24))
     assert third_id in {nid for nid, _ in out}
+
+
+@repartir.remote(resources={MARKER: 1})
+def _from_the_head_to_the_other_node():
+    far = repartir.remote(lambda: repartir.get_runtime_context().get_node_id())
+    return repartir.get(far.options(resources={"joined": 1}).remote(), timeout=60)
+
+
+def test_a_task_reaches_another_node_over_encrypted_connections(cluster):
+    """A worker's own connection to the cluster (docs/cluster.md, "Tasks and actors that
+    submit work") takes the head's key from its daemon."""
+    joined = [n["NodeID"] for n in repartir.nodes() if n["Alive"] and "joined" in n["Resources"]]
+    assert repartir.get(_from_the_head_to_the_other_node.remote(), timeout=90) == joined[0]
