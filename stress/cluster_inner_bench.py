@@ -10,7 +10,13 @@ submits tiny tasks and gathers them with one ``get``, timed inside that task.
   node through its own connection to the cluster; tasks per second.
 
 ``python stress/cluster_inner_bench.py [--quick] [--workloads nested_local,nested_far]``
-prints one line of JSON per workload (best of ``--repeat`` runs).
+prints one line of JSON per workload (best of ``--repeat`` runs, and every run).
+
+``--hook-ab`` measures instead what the cluster's hook costs a nested task on the fast path,
+without a cluster and with less of the machine's noise: on a local node of 2 CPUs, the
+``nested_local`` task run ``2 x --repeat`` times, alternately with and without the hook a
+worker of a cluster's node has (``context.inner``, an ``InnerCluster`` that never connects:
+every task fits), in the same session; median and best of each.
 """
 
 from __future__ import annotations
@@ -50,6 +56,38 @@ def _submitter(n: int, far: bool):
     return n / elapsed
 
 
+def _hooked_submitter(n: int, hooked: bool):
+    from repartir.cluster.inner import InnerCluster
+    from repartir.runtime import context
+
+    context.set_inner(InnerCluster("127.0.0.1:1") if hooked else None)
+    try:
+        return _submitter(n, False)
+    finally:
+        context.set_inner(None)
+
+
+def hook_ab(tasks: int, repeat: int) -> dict:
+    """Nested tasks per second with and without the hook (see the module's docstring)."""
+    import statistics
+
+    import repartir
+
+    from stress.cluster_inner_bench import _hooked_submitter
+    repartir.init(num_cpus=2)
+    try:
+        task = repartir.remote(_hooked_submitter)
+        rates: dict[bool, list] = {False: [], True: []}
+        for k in range(repeat):
+            for hooked in ((False, True) if k % 2 else (True, False)):
+                rates[hooked].append(repartir.get(task.remote(tasks, hooked), timeout=600))
+    finally:
+        repartir.shutdown()
+    return {name: {"median": round(statistics.median(rates[h])), "best": round(max(rates[h])),
+                   "runs": [round(r) for r in rates[h]]}
+            for name, h in (("without_hook", False), ("with_hook", True))}
+
+
 def _cli(env: dict, *args: str) -> None:
     r = subprocess.run([sys.executable, "-m", "repartir", *args], capture_output=True,
                        text=True, env=env, timeout=120)
@@ -62,10 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer tasks and repeats")
     p.add_argument("--workloads", default="nested_local,nested_far")
     p.add_argument("--repeat", type=int, default=None)
+    p.add_argument("--hook-ab", action="store_true",
+                   help="the hook's cost on a local node, with and without it (no cluster)")
     args = p.parse_args(argv)
     sizes = dict(QUICK if args.quick else FULL)
     if args.repeat:
         sizes["repeat"] = args.repeat
+    if args.hook_ab:
+        print(json.dumps({"workload": "hook_ab", "tasks": sizes["tasks"],
+                          **hook_ab(sizes["tasks"], 2 * sizes["repeat"])}), flush=True)
+        return 0
     workloads = args.workloads.split(",")
     with tempfile.TemporaryDirectory(prefix="repartir-inner-bench-") as tmp:
         env = dict(os.environ, REPARTIR_CLUSTER_DIR=os.path.join(tmp, "state"),
