@@ -361,9 +361,12 @@ def nodes() -> list[dict]:
     """The nodes of the cluster (this version: the local node), as dicts in Ray's shape.
     ``Resources`` holds ``CPU``, ``GPU`` (each only when the node has some, as in Ray),
     ``memory`` and ``object_store_memory`` (bytes) and the custom resources.  Connected to a
-    cluster: every node the head knows, dead ones with ``"Alive": False``."""
+    cluster, or in a task or actor on one of its nodes: every node the head knows, dead ones
+    with ``"Alive": False``."""
     if _context.cluster is not None:
         return _context.cluster.nodes()
+    if _context.inner is not None:  # a task on a cluster's node: the whole cluster
+        return _context.inner.client().nodes()
     c = _driver.client()
     cfg = c.config
     resources = {}
@@ -391,18 +394,24 @@ def get_runtime_context() -> RuntimeContext:
 def cluster_resources() -> dict:
     """Total resources, in Ray's units: ``{"CPU": n, "GPU": n, "memory": bytes,
     "object_store_memory": bytes, <custom>: n}`` (``CPU`` and ``GPU`` only when the node has
-    some).  Connected to a cluster: the sum over its live nodes."""
+    some).  Connected to a cluster (or in a task or actor on one of its nodes): the sum over
+    its live nodes."""
     if _context.cluster is not None:
         return _context.cluster.resources(available=False)
+    if _context.inner is not None:
+        return _context.inner.client().resources(available=False)
     return dict(nodes()[0]["Resources"])
 
 
 def available_resources() -> dict:
     """Resources not reserved by running tasks and live actors now, in Ray's units (CPU, GPU,
     ``memory`` in bytes, custom), and free arena bytes as ``object_store_memory``.  Connected
-    to a cluster: the sum over its live nodes, as of their last heartbeat (about 1 s old)."""
+    to a cluster (or in a task or actor on one of its nodes): the sum over its live nodes, as
+    of their last heartbeat (about 1 s old)."""
     if _context.cluster is not None:
         return _context.cluster.resources(available=True)
+    if _context.inner is not None:
+        return _context.inner.client().resources(available=True)
     c = _driver.client()
     names = resource_names(c.config)
     avail = list(c.segment.available())

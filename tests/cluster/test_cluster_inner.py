@@ -169,6 +169,18 @@ def test_a_nested_task_lands_on_another_node_by_resources():
     assert ready == 4 and side == [(node_of("side"), i) for i in range(4)]
 
 
+@repartir.remote(resources={"side": 1})
+def what_a_task_sees():
+    return ({n["NodeID"] for n in repartir.nodes() if n["Alive"]},
+            repartir.cluster_resources()["CPU"], repartir.available_resources().get("big_mem"))
+
+
+def test_a_task_sees_the_whole_cluster():
+    ids, cpus, big_mem = repartir.get(what_a_task_sees.remote(), timeout=90)
+    assert ids == {node_of("on_head"), node_of("big_mem"), node_of("side")}
+    assert cpus == 3.0 and big_mem is not None
+
+
 @repartir.remote(resources={"on_head": 1})
 def make_counter():
     c = Counter.options(resources={"big_mem": 1}).remote()
