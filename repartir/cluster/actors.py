@@ -334,6 +334,9 @@ class ClusterActors:
             handle = self._handle(actor)
             if hold is not None:
                 actor.held.add(hold)
+                if actor.dead is None:  # the hold is this process's now (leases.py)
+                    self._enqueue_locked(actor.node, _HOLD, (actor.id, hold, True), None,
+                                         None, keep=False)
         return handle
 
     def _release_locked(self, actor: _Actor) -> None:

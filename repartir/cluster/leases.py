@@ -25,7 +25,8 @@ those running (as ``repartir.cancel``); their completions are not sent.  A
 head that restarted lists no driver until their next request, one heartbeat later: well
 inside the timeout.  A driver cut off from the head for longer than the timeout has failed
 its own work already (the head is gone, to it), so nothing it could still use is dropped.
-The actors of a killed driver are not ended this way (docs/cluster.md, "Not done yet").
+The daemon then also ends the actors the driver owned and drops its holds on actors
+(``node_actors.NodeActors.driver_gone``).
 """
 
 from __future__ import annotations

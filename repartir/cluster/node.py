@@ -274,6 +274,8 @@ class NodeDaemon(NodeStealing):
                 out.append((tid, "error", _picklable_error(exc)))
                 continue
             task = type(key) is not ActorKey  # actor operations are neither queued nor stolen
+            if not task:
+                self.actors.received(peer, key.op, args)  # who owns, holds (node_actors.py)
             if task and (self.queue or len(self._admitted) >= self.capacity):
                 self._enqueue(peer, tid, key, payload, rf, args, kwargs)
                 continue
@@ -373,6 +375,7 @@ class NodeDaemon(NodeStealing):
         """The head's list of live drivers: drop what is held for those gone (leases.py)."""
         for driver_id in self.holdings.gone(self.drivers, live):
             drop_driver(self, driver_id)
+            self.actors.driver_gone(driver_id)  # its actors and holds (node_actors.py)
 
     # ------------------------------------------------------------------ the loop
 

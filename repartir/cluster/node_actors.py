@@ -25,13 +25,20 @@ op          arguments                              does
                                                    whoever else holds it); once no hold is left
                                                    the daemon drops its handle: the local node
                                                    ends the actor after the calls made before
-``hold``    actor id, hold id                      a handle was passed to another process
-                                                   (``handoff.py``): it keeps the actor alive
+``hold``    actor id, hold id, ``claim``           a handle was passed to another process
+                                                   (``handoff.py``): it keeps the actor alive;
+                                                   sent by the lender, then ``claim``-ed by
+                                                   the process that received it
 ``unhold``  actor id, hold id                      that process dropped its last handle
 ``kill``    actor id, ``no_restart``               ``repartir.kill`` of the local actor
 ``name``    ``"add"``/``"get"``/``"del"``/         (the head only) the registry of named
             ``"move"``, namespace, name, ...       actors: ``(namespace, name) -> record``
 =========== ====================================== ============================================
+
+Each hold (the owner's, and those of handles passed on) belongs to the process that sent
+it: when the head no longer lists a driver (``leases.py``: a driver or a node's worker
+killed without closing its connection), :meth:`NodeActors.driver_gone` drops its holds,
+ends the actors it owned (not detached) and, on the head, frees the names it registered.
 
 The local actor is an ordinary, non-detached actor of the node: its process, restarts after
 a crash of that process (``max_restarts``), threads and event loop are the local node's.  Its
@@ -106,11 +113,14 @@ class NodeActors:
         self._timeout = timeout
         self.handles: dict[bytes, Any] = {}  #: cluster actor id -> the local ActorHandle
         self._gone: collections.OrderedDict[bytes, str] = collections.OrderedDict()
-        #: cluster actor id -> the holds that keep it alive (its owner's, and one per hold
-        #: id handed out with a handle passed to another process); detached actors: none
-        self.holds: dict[bytes, set[bytes]] = {}
+        #: cluster actor id -> {hold id: the driver (routing id) holding it}: the owner's
+        #: hold, and one per handle passed to another process; detached actors: none
+        self.holds: dict[bytes, dict[bytes, bytes | None]] = {}
         self._released: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.names: dict[tuple[str, str], dict] = {}  #: (namespace, name) -> record (head)
+        self._name_peers: dict[tuple[str, str], bytes | None] = {}  # who registered each
+        self._owners: dict[bytes, bytes] = {}  # actor id -> its owner, until created
+        self.peer: bytes | None = None  # the driver whose operation runs now
         self._ops = {"create": _Op(self.create), "call": _Op(self.call),
                      "end": _Op(self.end), "kill": _Op(self.kill), "name": _Op(self.name),
                      "hold": _Op(self.hold), "unhold": _Op(self.unhold)}
@@ -131,6 +141,33 @@ class NodeActors:
         rec = (self._registry or {}).get(node_id)
         return (rec is not None and rec["Alive"]
                 and time.monotonic() - rec["LastHeard"] <= self._timeout)
+
+    def received(self, peer: bytes, op: str, args: Any) -> None:
+        """The daemon got operation ``op`` from driver ``peer`` (before it runs it)."""
+        self.peer = peer
+        if op == "create" and args and not args[0].get("detached"):
+            self._owners[args[0]["id"]] = peer
+
+    def driver_gone(self, peer: bytes) -> int:
+        """Driver ``peer`` is gone without closing (``leases.py``): its holds go, the
+        actors it owned end (not detached ones), the names it registered are free (head).
+        Returns how many actors ended."""
+        ended = 0
+        for aid, holds in list(self.holds.items()):
+            if holds.get(OWNER_HOLD, b"") == peer:
+                holds.clear()  # its owner is gone: as an owner's exit, whoever holds it
+            for hid in [h for h, p in holds.items() if p == peer]:
+                del holds[hid]
+            if not holds:
+                self._forget(aid, "its owner, or the last process that held a handle, "
+                                  "is gone (killed)")
+                ended += 1
+        for key, who in list(self._name_peers.items()):
+            rec = self.names.get(key)
+            if who == peer and rec is not None and not rec.get("detached"):
+                del self.names[key]
+                del self._name_peers[key]
+        return ended
 
     def ids(self) -> list[bytes]:
         """The cluster ids of the actors this node holds."""
@@ -155,7 +192,8 @@ class NodeActors:
             raise
         self._gone.pop(aid, None)
         if not spec.get("detached"):
-            self.holds.setdefault(aid, set()).add(OWNER_HOLD)
+            self.holds.setdefault(aid, {})[OWNER_HOLD] = self._owners.get(aid)
+        self._owners.pop(aid, None)
         return Ready(None)
 
     def call(self, actor_id: bytes, method: str, /, *args: Any, **kwargs: Any) -> Any:
@@ -171,35 +209,41 @@ class NodeActors:
         passed to it, or at once with ``force`` (its owner shut down, as in Ray)."""
         holds = self.holds.get(actor_id)
         if holds is not None and not force:
-            holds.discard(OWNER_HOLD)
+            holds.pop(OWNER_HOLD, None)
             if holds:
                 return Ready(None)
         self._forget(actor_id, "it ended (its owner dropped its last handle, or exited, "
                                "and no other process holds a handle)")
         return Ready(None)
 
-    def hold(self, actor_id: bytes, hold_id: bytes) -> Ready:
-        """A handle of ``actor_id`` was passed to another process under ``hold_id``."""
-        if self._released.pop(hold_id, 0) is None:
-            return Ready(None)  # its process let go before this arrived
+    def hold(self, actor_id: bytes, hold_id: bytes, claim: bool = False) -> Ready:
+        """A handle of ``actor_id`` was passed to another process under ``hold_id``: sent
+        by the lender, then with ``claim`` by the process that received it (the hold is
+        then that process's: it goes if that process is killed)."""
         holds = self.holds.get(actor_id)
-        if holds is not None:
-            holds.add(hold_id)
+        if holds is None:
+            return Ready(None)
+        if claim:
+            holds[hold_id] = self.peer
+        elif self._released.pop(hold_id, 0) is None:
+            pass  # its process let go before this arrived
+        else:
+            holds.setdefault(hold_id, self.peer)
         return Ready(None)
 
     def unhold(self, actor_id: bytes, hold_id: bytes) -> Ready:
         """The process holding ``hold_id`` dropped its last handle of ``actor_id``; the
         actor ends when that was the last hold (non-detached actors only)."""
         holds = self.holds.get(actor_id)
-        if holds is None or hold_id not in holds:
-            if holds is not None:  # detached actors keep no holds
-                self._released[hold_id] = None
-                while len(self._released) > _GONE_KEPT:
-                    self._released.popitem(last=False)
+        if holds is None:  # detached, or ended
             return Ready(None)
-        holds.discard(hold_id)
-        if not holds:
-            self._forget(actor_id, "it ended: no process holds a handle any more")
+        self._released[hold_id] = None  # the lender's hold may still be on its way
+        while len(self._released) > _GONE_KEPT:
+            self._released.popitem(last=False)
+        if hold_id in holds:
+            del holds[hold_id]
+            if not holds:
+                self._forget(actor_id, "it ended: no process holds a handle any more")
         return Ready(None)
 
     def kill(self, actor_id: bytes, no_restart: bool) -> Ready:
@@ -237,12 +281,14 @@ class NodeActors:
                                  f"{namespace!r}: pick another name, kill it first, or pass "
                                  f"get_if_exists=True")
             self.names[key] = dict(record, time=time.time())
+            self._name_peers[key] = self.peer
             return Ready(None)
         if what == "get":
             return Ready(rec if live else None)
         if what == "del":
             if rec is not None and rec["id"] == rest[0]:
                 del self.names[key]
+                self._name_peers.pop(key, None)
             return Ready(None)
         if what == "move":
             if rec is not None and rec["id"] == rest[0]:

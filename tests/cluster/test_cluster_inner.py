@@ -345,3 +345,38 @@ def test_a_caller_whose_actor_node_dies_gets_actor_died_error(tmp_path):
                                for n in repartir.nodes()), "the doomed node to be dead")
     sweep_dead_sessions(resolve(num_cpus=1, object_store_memory=64 << 20,
                                 num_gpus=0).temp_dir, "/dev/shm")
+
+
+def test_a_killed_driver_leaves_no_actor_and_no_name():
+    """A driver killed with SIGKILL closes nothing: once the head has not listed it for the
+    node timeout (docs/cluster.md, "Failures"), the actor it owned ends and its name is
+    free, and so does an actor a task created whose handle only that driver held."""
+    code = "import repartir, os, sys, time\nrepartir.init(address='auto')\n" + \
+        textwrap.dedent("""
+        from test_cluster_inner import Counter, make_counter
+        held = repartir.get(make_counter.remote(), timeout=90)  # the task's handle is gone
+        own = Counter.options(name="of_a_killed_driver").remote()
+        print(repartir.get(held.where.remote(), timeout=60)[1],
+              repartir.get(own.where.remote(), timeout=60)[1], flush=True)
+        time.sleep(120)
+    """)
+    d = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                         env=dict(os.environ), cwd=os.path.dirname(__file__))
+    try:
+        pids = [int(p) for p in d.stdout.readline().split()]
+        assert len(pids) == 2
+        assert repartir.get(repartir.get_actor("of_a_killed_driver").where.remote(),
+                            timeout=60)[1] == pids[1]
+        time.sleep(2.5)  # the nodes judge a driver the head has listed to them (heartbeats)
+        d.kill()
+        d.wait(10)
+        t_kill = time.monotonic()
+        wait_until(lambda: not any(alive(p) for p in pids), "the killed driver's actors to end",
+                   timeout=4 * NODE_TIMEOUT + 15)
+        assert time.monotonic() - t_kill > NODE_TIMEOUT - 0.5  # not before its timeout
+        with pytest.raises(ValueError, match="no live actor"):
+            repartir.get_actor("of_a_killed_driver")
+    finally:
+        if d.poll() is None:
+            d.kill()
+        d.wait(10)
