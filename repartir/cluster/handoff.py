@@ -16,8 +16,9 @@ handle that left a process.
 ::
 
     lender (pickles a handle)      the actor's node               borrower (unpickles it)
-      ── hold(actor, hid) ─────────▶ holds += hid
+      ── hold(actor, hid) ─────────▶ holds[hid] = lender
       ── the handle travels (task argument, actor call argument, task result) ──▶ adopt hid
+                                     holds[hid] = borrower ◀── hold(actor, hid, claim)
                                      holds -= hid ◀── unhold(actor, hid) ── last handle gone
     owner's last handle gone ─ end ▶ holds -= owner; no hold left: the actor ends
 
@@ -25,6 +26,9 @@ The ``hold`` goes out before the pickle leaves the lender, on the lender's conne
 the actor's node; an ``unhold`` that still arrives first (another connection) is
 remembered, so the late ``hold`` is ignored.  An owner that shuts down or exits ends its
 actors whoever holds them (``end`` with ``force``), as in Ray; detached actors keep no holds.
+Each hold belongs to the driver (connection) that sent it, the lender's until the receiver
+claims it: when the head stops listing a driver (killed: ``leases.py``), the nodes drop its
+holds and end the actors it owned (``NodeActors.driver_gone``).
 """
 
 from __future__ import annotations
