@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any, Sequence
 
-from ..errors import InfeasibleTaskError
+from ..errors import GetTimeoutError, InfeasibleTaskError
 from ..runtime import context
 from ..runtime import driver
 from ..runtime.objectref import ObjectRef
@@ -146,6 +146,62 @@ def _split(refs: Sequence[ObjectRef]) -> tuple[list[int], list[int]] | None:
     return [i for i in range(len(refs)) if type(refs[i]) is not ClusterRef], cluster
 
 
+#: How long a worker waiting for cluster refs blocks at a time before it looks for a local
+#: task to run on its stack (and at local refs): shorter reacts sooner, longer costs less.
+_NAP_S = 0.005
+
+
+def _ready(refs: Sequence[ObjectRef], local: list[int], remote: list[int]) -> list[bool]:
+    """Which of ``refs`` are ready now (a look, no wait)."""
+    mask = [False] * len(refs)
+    by_client: dict[Any, list[int]] = {}
+    for i in remote:
+        by_client.setdefault(refs[i]._cluster, []).append(i)
+    for client, idx in by_client.items():
+        for i, ok in zip(idx, client.wait([refs[i] for i in idx], len(idx), 0)):
+            mask[i] = ok
+    if local:
+        core = driver.client()
+        core.poll()  # completions of tasks this worker ran on its stack meanwhile
+        for i, ok in zip(local, core.wait([refs[i] for i in local], len(local), 0)):
+            mask[i] = ok
+    return mask
+
+
+def _wait(refs: Sequence[ObjectRef], local: list[int], remote: list[int], num: int,
+          deadline: float | None) -> list[bool]:
+    """Wait until ``num`` of ``refs`` are ready or ``deadline`` passes.  A worker lends its
+    task's resources to its node meanwhile and runs the node's queued tasks on its stack,
+    as a wait for local refs does (``runtime/waiting.py``): a task waiting for the cluster
+    never holds the CPU a task it waits for needs (one sent back to this node, or a local
+    one among ``refs``)."""
+    core = driver.client()
+    helper = core.helper  # None in an actor's process: it runs nothing else meanwhile
+    first = refs[remote[0]]._cluster
+    mine = [r for r in refs if type(r) is ClusterRef and r._cluster is first]
+    while True:
+        mask = _ready(refs, local, remote)
+        now = time.monotonic()
+        if sum(mask) >= num or (deadline is not None and now >= deadline):
+            return mask
+        nap = _NAP_S if deadline is None else min(_NAP_S, deadline - now)
+        if helper is None:
+            first.wait(mine, len(mine), nap)
+            continue
+        helper.lend()
+        try:
+            if helper.help():
+                helper.raise_pending_stop()
+                continue
+            core.segment.set_blocked(core.slot, True)  # all blocked: the node adds a worker
+            try:
+                first.wait(mine, len(mine), nap)
+            finally:
+                core.segment.set_blocked(core.slot, False)
+        finally:
+            helper.unlend()
+
+
 def get(refs: Sequence[ObjectRef], timeout: float | None) -> list | None:
     """``repartir.get`` of refs among which some are cluster refs (local ones may be mixed
     in), or ``None``: none is.
@@ -158,6 +214,11 @@ def get(refs: Sequence[ObjectRef], timeout: float | None) -> list | None:
         return None
     local, remote = parts
     deadline = None if timeout is None else time.monotonic() + timeout
+    if local or driver.client().helper is not None:
+        ready = _wait(refs, local, remote, len(refs), deadline)
+        if not all(ready):
+            raise GetTimeoutError(f"get() timed out after {timeout} s: {ready.count(False)} "
+                                  f"of {len(refs)} object(s) not ready")
     out: list = [None] * len(refs)
     by_client: dict[Any, list[int]] = {}
     for i in remote:
@@ -176,28 +237,13 @@ def get(refs: Sequence[ObjectRef], timeout: float | None) -> list | None:
 def wait(refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
          ) -> list[bool] | None:
     """``repartir.wait``'s readiness mask of refs among which some are cluster refs, or
-    ``None``: none is.  Local and cluster refs mixed: looked at every 5 ms."""
+    ``None``: none is."""
     parts = _split(refs)
     if parts is None:
         return None
     local, remote = parts
-    clients = {refs[i]._cluster for i in remote}
-    if not local and len(clients) == 1:
-        return clients.pop().wait(refs, num_returns, timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        mask = [False] * len(refs)
-        for client in clients:
-            idx = [i for i in remote if refs[i]._cluster is client]
-            for i, ok in zip(idx, client.wait([refs[i] for i in idx], len(idx), 0)):
-                mask[i] = ok
-        if local:
-            for i, ok in zip(local, driver.client().wait([refs[i] for i in local],
-                                                         len(local), 0)):
-                mask[i] = ok
-        if sum(mask) >= num_returns or (deadline is not None and time.monotonic() >= deadline):
-            return mask
-        time.sleep(0.005)
+    return _wait(refs, local, remote, num_returns, deadline)
 
 
 def install() -> None:

@@ -158,15 +158,25 @@ def nested_on_head():
     far = repartir.get(where.options(resources={"big_mem": 1}).remote("far"), timeout=60)
     refs = [where.options(resources={"side": 1}).remote(i) for i in range(4)]
     ready, _ = repartir.wait(refs, num_returns=4, timeout=60)
-    return here(), local, far, len(ready), repartir.get(refs, timeout=60)
+    mixed = [where.remote("mixed"), where.options(resources={"big_mem": 1}).remote("mixed")]
+    both, _ = repartir.wait(mixed, num_returns=2, timeout=60)  # local and cluster refs
+    assert both == mixed
+    # takes a cluster ref: sent to the cluster, which can only place it here, where this
+    # task holds the one CPU and on_head while it waits: it lends them meanwhile
+    back = repartir.get(where.options(resources={"on_head": 1}).remote(mixed[1]), timeout=60)
+    return (here(), local, far, len(ready), repartir.get(refs, timeout=60),
+            repartir.get(mixed, timeout=60), back)
 
 
 def test_a_nested_task_lands_on_another_node_by_resources():
-    outer, local, far, ready, side = repartir.get(nested_on_head.remote(), timeout=90)
+    outer, local, far, ready, side, mixed, back = repartir.get(nested_on_head.remote(),
+                                                               timeout=90)
     assert outer == node_of("on_head")
     assert local == (outer, "local")  # fits its own node: runs there (the local runtime)
     assert far == (node_of("big_mem"), "far")
     assert ready == 4 and side == [(node_of("side"), i) for i in range(4)]
+    assert mixed == [(outer, "mixed"), (node_of("big_mem"), "mixed")]
+    assert back == (outer, (node_of("big_mem"), "mixed"))
 
 
 @repartir.remote(resources={"side": 1})
