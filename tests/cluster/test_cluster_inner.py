@@ -13,6 +13,7 @@ no daemon, worker or actor process of theirs is left, nor any of their /dev/shm 
 from __future__ import annotations
 
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -390,3 +391,18 @@ def test_a_killed_driver_leaves_no_actor_and_no_name():
         if d.poll() is None:
             d.kill()
         d.wait(10)
+
+
+def test_the_nested_task_benchmark_runs():
+    """``stress/cluster_inner_bench.py`` with small sizes, its own cluster: it must run to
+    the end and stop what it started (its figures are for docs/cluster.md, not checked)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("REPARTIR_CLUSTER_DIR", "REPARTIR_TOKEN_FILE", "REPARTIR_ADDRESS")}
+    r = subprocess.run([sys.executable, os.path.join(root, "stress", "cluster_inner_bench.py"),
+                        "--quick", "--repeat", "1"], capture_output=True, text=True,
+                       timeout=300, env=env, cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [x["workload"] for x in lines] == ["nested_local", "nested_far"]
+    assert all(x["tasks_per_s"] > 0 for x in lines)
