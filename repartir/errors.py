@@ -111,6 +111,43 @@ class TaskError(RepartirError):
 _dual_classes: dict[type, type] = {}
 
 
+def exception_state(exc: BaseException) -> tuple:
+    """``(type, args, __dict__)`` of ``exc``: enough to make it again with
+    :func:`exception_from_state` without calling its ``__init__``, for exceptions whose
+    ``__init__`` takes other arguments than their ``args`` (which ordinary pickling of an
+    exception cannot make again: it calls ``type(*args)``)."""
+    return (type(exc), tuple(exc.args), dict(getattr(exc, "__dict__", {})))
+
+
+def exception_from_state(state: tuple) -> BaseException | None:
+    """The exception of an :func:`exception_state`, or ``None`` when it cannot be made."""
+    t, args, attrs = state
+    for make in (lambda: t.__new__(t, *args), lambda: BaseException.__new__(t)):
+        try:
+            exc = make()
+            exc.args = args
+            if attrs:
+                exc.__dict__.update(attrs)
+            return exc
+        except Exception:
+            continue
+    return None
+
+
+def _task_error(function_name: str, type_name: str, message: str, traceback_str: str,
+                state: tuple | None) -> "TaskError":
+    cause = exception_from_state(state) if state is not None else None
+    return TaskError.build(function_name, type_name, message, traceback_str, cause)
+
+
+def _reduce_dual(self: "TaskError") -> tuple:
+    """How a ``TaskError(UserType)`` pickles: by its fields and its cause's state, so it
+    unpickles whatever the user type's ``__init__`` takes."""
+    state = exception_state(self.cause) if self.cause is not None else None
+    return (_task_error, (self.function_name, self.type_name, self.message,
+                          self.traceback_str, state))
+
+
 def _dual_instance(user_type: type, cause: BaseException) -> TaskError | None:
     """An object that is both a TaskError and a ``user_type``, carrying ``cause``'s state."""
     dual = _dual_classes.get(user_type)
@@ -119,7 +156,8 @@ def _dual_instance(user_type: type, cause: BaseException) -> TaskError | None:
             dual = type(
                 f"TaskError({user_type.__name__})",
                 (TaskError, user_type),
-                {"__module__": __name__, "__str__": TaskError.__str__},
+                {"__module__": __name__, "__str__": TaskError.__str__,
+                 "__reduce__": _reduce_dual},
             )
         except TypeError:  # final type or incompatible layout
             return None

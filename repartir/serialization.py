@@ -39,7 +39,8 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
-from .errors import SerializationError, TaskCancelledError, TaskError, TaskTimeoutError
+from .errors import (SerializationError, TaskCancelledError, TaskError, TaskTimeoutError,
+                     exception_from_state, exception_state)
 
 __all__ = [
     "Serialized",
@@ -519,9 +520,14 @@ def error_payload(exc: BaseException, function_name: str) -> bytes:
         pickled = cloudpickle.dumps(exc, protocol=5)
     except Exception:
         pickled = None
+    try:  # for an exception whose __init__ takes other arguments than its args
+        state = cloudpickle.dumps(exception_state(exc), protocol=5)
+    except Exception:
+        state = None
     t = type(exc)
     return pickle.dumps(
-        (pickled, f"{t.__module__}.{t.__qualname__}", _safe_str(exc), tb, function_name),
+        (pickled, f"{t.__module__}.{t.__qualname__}", _safe_str(exc), tb, function_name,
+         state),
         protocol=5,
     )
 
@@ -545,11 +551,16 @@ def _safe_str(exc: BaseException) -> str:
 
 def error_from_payload(payload: bytes) -> TaskError:
     """The :class:`TaskError` ``get`` raises for a payload made by :func:`error_payload`."""
-    pickled, type_name, message, tb, function_name = pickle.loads(payload)
+    pickled, type_name, message, tb, function_name, state = pickle.loads(payload)
     cause = None
     if pickled is not None:
         try:
             cause = pickle.loads(pickled)
+        except Exception:
+            cause = None
+    if cause is None and state is not None:  # its __init__ does not take its args
+        try:
+            cause = exception_from_state(pickle.loads(state))
         except Exception:
             cause = None
     if isinstance(cause, TaskError):  # a nested task's error re-raised: keep it whole

@@ -18,10 +18,12 @@ from repartir.runtime.worker import Worker
 
 
 class TwoArgError(Exception):
-    """Cannot be unpickled: ``pickle`` calls ``TwoArgError(*args)`` with one argument."""
+    """Cannot be unpickled as such: ``pickle`` calls ``TwoArgError(*args)`` with one
+    argument; it arrives made again from its state (``errors.exception_state``)."""
 
     def __init__(self, a, b):
         super().__init__(f"{a}-{b}")
+        self.a, self.b = a, b
 
 
 class LockHoldingError(Exception):
@@ -229,11 +231,13 @@ def test_unpicklable_value_in_put(rt):
 
 
 @pytest.mark.timeout(60)
-def test_unpicklable_exception_arrives_promptly(rt):
+def test_exception_whose_init_takes_other_arguments_keeps_its_type(rt):
     start = time.monotonic()
-    with pytest.raises(repartir.TaskError) as info:
+    with pytest.raises(TwoArgError) as info:
         repartir.get(raise_two_arg_error.remote(), timeout=30)
     assert time.monotonic() - start < 10
+    assert isinstance(info.value, repartir.TaskError)
+    assert (info.value.a, info.value.b, info.value.args) == ("x", "y", ("x-y",))
     text = str(info.value)
     assert "TwoArgError" in text
     assert "x-y" in text
@@ -328,3 +332,18 @@ def test_task_raising_on_big_argument(rt):
     with pytest.raises(IndexError) as info:
         repartir.get(index_out_of_range.remote(np.zeros(300_000)))
     assert "index_out_of_range" in str(info.value)
+
+
+def test_a_task_error_of_a_user_type_pickles_whatever_its_init_takes():
+    """A ``TaskError(UserType)`` crosses a process (a cluster's node to its driver) by its
+    fields and its cause's state, not by calling ``UserType(*args)``."""
+    import pickle
+
+    for cause in (TwoArgError(1, 2), CustomError("c", 7), FinalLikeError("k")):
+        err = errors.TaskError.build("f", "t", str(cause), "tb", cause)
+        assert isinstance(err, type(cause))
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and isinstance(back, type(cause))
+        assert back.args == cause.args and back.__dict__.get("a") == cause.__dict__.get("a")
+        assert (back.function_name, back.traceback_str) == ("f", "tb")
+    assert errors.exception_from_state((int, (), {})) is None  # not an exception type

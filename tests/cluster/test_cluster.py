@@ -190,6 +190,19 @@ def test_errors_and_wait(cluster):
 
     with pytest.raises(KeyError, match="no such thing"):
         repartir.get(boom.remote(), timeout=60)
+
+    class PairError(Exception):  # its __init__ does not take its args: made from its state
+        def __init__(self, a, b):
+            super().__init__(f"{a}/{b}")
+            self.pair = (a, b)
+
+    @repartir.remote(max_retries=0)
+    def pair_boom():
+        raise PairError(3, 4)
+
+    with pytest.raises(PairError, match="3/4") as info:
+        repartir.get(pair_boom.remote(), timeout=60)
+    assert info.value.pair == (3, 4) and isinstance(info.value, repartir.TaskError)
     fast, slow = where.remote(1), where.remote(2, 5.0)
     ready, not_ready = repartir.wait([slow, fast], num_returns=1, timeout=30)
     assert ready == [fast] and not_ready == [slow]
