@@ -307,6 +307,9 @@ def cancel(object_ref: ObjectRef | ObjectRefGenerator, *, force: bool = False,
     Raises:
         TypeError: ``object_ref`` is not an ObjectRef or ObjectRefGenerator.
     """
+    if _context.cluster is not None:  # a connected driver (docs/cluster.md)
+        _context.cluster.returns.cancel(object_ref, force, recursive)
+        return
     if isinstance(object_ref, ObjectRefGenerator):
         if object_ref._task_id is not None and not object_ref.completed():
             object_ref._client.cancel_task(object_ref._task_id, force, recursive)

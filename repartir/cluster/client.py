@@ -39,10 +39,12 @@ from ..errors import (GetTimeoutError, InfeasibleTaskError, NodeDiedError, Objec
 from ..runtime import context
 from ..runtime.objectref import ObjectRef
 from ..runtime.signature import arg_check
+from ..runtime.streaming import DYNAMIC, parse_num_returns
 from .actors import ClusterActors
 from .borrows import Borrows, RemoteArg, prefer_by_bytes
 from .client_loop import ClientLoop
 from .lineage import Lineage
+from .returns import Returns
 from .membership import unlisted_nodes, writable
 from .encryption import ClusterKeys
 from .sockets import Endpoint
@@ -77,8 +79,9 @@ class ClusterRef(ObjectRef):
             "directly, or get() it first")
 
     def future(self):
-        raise RepartirError("ref.future() and 'await ref' are not available on a cluster in "
-                            "this version: use repartir.get")
+        """A ``concurrent.futures.Future`` for the value (or the error); ``await ref``
+        waits on it (returns.py)."""
+        return self._cluster.returns.future(self)
 
 
 class _Task:
@@ -167,6 +170,7 @@ class ClusterClient(ClientLoop):
             raise type(exc)(f"the head at {address} refused this driver: {exc}") from None
         self._last_head = time.monotonic()
         self.actors = ClusterActors(self, ClusterRef)  # actors on the nodes (actors.py)
+        self.returns = Returns(self, ClusterRef)  # num_returns != 1, streams, cancel, futures
         self._poller = zmq.Poller()
         self._poller.register(self._head.socket, zmq.POLLIN)
         self._update_nodes(msg.value[1])
@@ -310,21 +314,20 @@ class ClusterClient(ClientLoop):
         cached = self._keys.get(rf)
         if cached is None:
             o = rf._options
-            nr = o.get("num_returns", 1)
-            if nr != 1 or rf._generator:
+            nret = parse_num_returns(o.get("num_returns"), rf._generator)
+            if nret == DYNAMIC:
                 raise RepartirError(
-                    f"{rf._name}: num_returns={nr!r}{' (a generator)' if rf._generator else ''}"
-                    f" is not available on a cluster in this version: return one value (a "
-                    f"tuple or list of several)")
+                    f"{rf._name}: num_returns='dynamic' is not available on a cluster in this "
+                    f"version: use num_returns='streaming' (the default of a generator)")
             demand = {"CPU": float(o.get("num_cpus", 1)), "GPU": float(o.get("num_gpus", 0)),
                       "memory": float(o.get("memory") or 0)}
             demand.update({k: float(v) for k, v in (o.get("resources") or {}).items()})
             mr = o.get("max_retries", 3)
             cached = ((rf._key, repr(sorted(o.items(), key=lambda kv: kv[0]))), demand,
                       (1 << 30) if mr == -1 else mr, arg_check(rf._function, rf._name),
-                      encode((rf._function, o))[0])
+                      encode((rf._function, o if nret else dict(o, num_returns=1)))[0], nret)
             self._keys[rf] = cached
-        key, demand, retries, check, blob = cached
+        key, demand, retries, check, blob, nret = cached
         if kwargs or not check.min_pos <= len(args) <= check.max_pos:
             check.check(args, kwargs)
         prefer, borrowed = None, None
@@ -337,6 +340,8 @@ class ClusterClient(ClientLoop):
                 tid = os.urandom(16)
                 with self._lock:
                     self.results[tid] = ("error", error)
+                    if nret != 1:
+                        return self.returns.refs_locked(tid, nret, rf._name)
                 return ClusterRef(tid, self)
         tid = os.urandom(16)
         task = _Task(key, blob, _pickled((args, kwargs)), demand, retries)
@@ -348,10 +353,13 @@ class ClusterClient(ClientLoop):
                 if prefer is not None and prefer not in self._eps:  # died since: its
                     # arguments are being rebuilt
                     self._lineage.wait(tid, task)
-                    return ClusterRef(tid, self)
+                    return ClusterRef(tid, self) if nret == 1 else \
+                        self.returns.refs_locked(tid, nret, rf._name)
             self._enqueue(tid, task, prefer)
             if borrowed:
                 self.borrows.borrow(tid, borrowed)
+            if nret != 1:  # several returns, none, a generator (returns.py)
+                return self.returns.refs_locked(tid, nret, rf._name)
         return ClusterRef(tid, self)
 
     def _resolve_args(self, args: tuple, kwargs: dict, demand: dict):

@@ -73,11 +73,13 @@ from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_INLINE_RESULT_BYTES, CLUSTER_
                       CLUSTER_START_TIMEOUT_S, cluster_node_timeout)
 from ..errors import RepartirError, TokenError, WireTimeoutError
 from ..runtime import driver as local_driver
+from ..runtime.objectref import ObjectRef
 from ..runtime.remote_function import RemoteFunction
 from . import membership
 from .leases import DriverLeases, Holdings, drop_driver
 from .encryption import ClusterKeys
 from .node_actors import ActorKey, NodeActors
+from .node_returns import NodeReturns
 from .pull import BLOB_KINDS, BlobServer, Puller
 from .stealing import NodeStealing
 from .sockets import Endpoint
@@ -110,7 +112,7 @@ def _picklable_error(exc: BaseException) -> BaseException:
         return RepartirError(f"{type(exc).__name__}: {exc}")
 
 
-class NodeDaemon(NodeStealing):
+class NodeDaemon(NodeStealing, NodeReturns):
     """One node of a cluster (see the module's docstring).
 
     Args:
@@ -169,6 +171,7 @@ class NodeDaemon(NodeStealing):
         self.leases = DriverLeases(self.timeout)  # the head's: drivers heard (leases.py)
         self.holdings = Holdings(self.timeout)  # who each kept result is for (leases.py)
         self._init_stealing()
+        self._init_returns()  # num_returns != 1, generators, cancels (node_returns.py)
         if head is not None:
             self._join()
         else:
@@ -237,6 +240,8 @@ class NodeDaemon(NodeStealing):
             self._send_chunk(peer, *value[1:])
         elif kind in BLOB_KINDS:
             self.blobs.on_message(peer, value)
+        elif kind == "cancel":
+            self._on_cancel(peer, *value[1:])
         elif kind == "release":
             for oid in value[1]:
                 self.stored.pop(oid, None)
@@ -295,9 +300,13 @@ class NodeDaemon(NodeStealing):
                kwargs: dict) -> None:
         """Submit a task whose arguments are all on this node (raises what ``.remote()``
         raises)."""
+        self._check_cancelled(tid)
         args = [self._arg(a) for a in args]
         kwargs = {k: self._arg(v) for k, v in kwargs.items()}
         ref = rf.remote(*args, **kwargs)
+        if type(ref) is not ObjectRef:  # num_returns != 1, a generator (node_returns.py)
+            self._start_returns(peer, tid, ref)
+            return
         self.pending[tid] = (peer, ref)
         done = self.done
         ref.future().add_done_callback(
@@ -335,6 +344,9 @@ class NodeDaemon(NodeStealing):
             self._finished(tid, now)
             if entry is None:
                 continue  # dropped when this node was declared dead (membership.py)
+            if type(entry[1]) is not ObjectRef:  # several returns, a stream: node_returns.py
+                by_peer.setdefault(peer, []).append(self._returns_item(tid, entry[1]))
+                continue
             exc = fut.exception()
             if exc is not None:
                 item = (tid, "error", _picklable_error(exc))
@@ -414,6 +426,8 @@ class NodeDaemon(NodeStealing):
                             print(f"the head refused this node: {exc}", file=sys.stderr,
                                   flush=True)
                         break
+            if self.streams:
+                self._stream_tick()
             if self.done:
                 self._completions()
             self._steal_tick()
