@@ -224,6 +224,48 @@ def test_cancel_force_and_a_generator():
     assert repartir.get(sleepy.remote(0, "after"), timeout=60) == "after"
 
 
+@repartir.remote(max_retries=0)
+def anywhere(seconds, tag):
+    time.sleep(seconds)
+    return tag
+
+
+def test_cancel_a_task_stolen_by_the_other_node():
+    """Every task placed on the head (its CPUs counted as taken by the driver's placement),
+    so the idle node steals from the head's queue; a stolen task is cancelled there."""
+    client = cluster_client.active()
+    ids = {("head" if r["Head"] else "node"): n for n, r in client.nodes_seen.items()
+           if r["Alive"]}
+    with client._lock:
+        client._used[ids["node"]] += 1000.0  # placement: the head only
+    try:
+        refs = [anywhere.remote(3.0, i) for i in range(8)]
+    finally:
+        with client._lock:
+            client._used[ids["node"]] -= 1000.0
+
+    def stolen() -> list:
+        with client._lock:
+            return [r for r in refs if r.binary() in client.inflight
+                    and client.inflight[r.binary()].node == ids["node"]]
+
+    wait_until(lambda: len(stolen()) >= 2, "the node stole some tasks", timeout=30)
+    victims = stolen()[-1:]
+    for r in victims:
+        repartir.cancel(r)
+    for r in victims:
+        with pytest.raises(TaskCancelledError):
+            repartir.get(r, timeout=30)
+    others = [r for r in refs if r not in victims]
+    for r in others:
+        repartir.cancel(r)
+    for r in others:  # cancelled, or finished before the cancel came
+        try:
+            assert repartir.get(r, timeout=30) in range(8)
+        except TaskCancelledError:
+            pass
+
+
 def test_cancel_refuses_what_is_not_a_ref():
     with pytest.raises(TypeError, match="cancel"):
         repartir.cancel("not a ref")
