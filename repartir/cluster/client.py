@@ -25,7 +25,6 @@ from __future__ import annotations
 import atexit
 import copy
 import os
-import pickle
 import threading
 import time
 import weakref
@@ -44,6 +43,7 @@ from .actors import ClusterActors
 from .borrows import Borrows, RemoteArg, prefer_by_bytes
 from .client_loop import ClientLoop
 from .lineage import Lineage
+from .nested import pickled_capturing, reduce_ref, resolve_nested
 from .returns import Returns
 from .membership import unlisted_nodes, writable
 from .encryption import ClusterKeys
@@ -58,7 +58,8 @@ class ClusterRef(ObjectRef):
     """An ``ObjectRef`` of a cluster driver: the result of a task run on some node, or a
     value ``put`` in the driver.  Passed as a task's argument (top level, or as a keyword
     argument), its value goes along, or stays where it is when the task runs on the node
-    that holds it.  Refs nested in other values cannot be sent in this version."""
+    that holds it.  Nested in an argument (a list of refs, say), the task gets a ref that
+    it can ``get`` (nested.py)."""
 
     __slots__ = ("_cluster",)
 
@@ -73,10 +74,12 @@ class ClusterRef(ObjectRef):
             pass
 
     def __reduce__(self):
+        reduced = reduce_ref(self)  # inside a task's arguments (nested.py)
+        if reduced is not None:
+            return reduced
         raise RepartirError(
-            "an ObjectRef of a cluster driver can be passed to a task only as one of its "
-            "arguments (not inside a list, dict or other value) in this version: pass it "
-            "directly, or get() it first")
+            "an ObjectRef of a cluster driver can be pickled only as a part of a task's "
+            "arguments (or of an actor call's): pass it to a task, or get() it first")
 
     def future(self):
         """A ``concurrent.futures.Future`` for the value (or the error); ``await ref``
@@ -105,13 +108,6 @@ def _fresh(exc: BaseException) -> BaseException:
         return exc
     new.__cause__ = exc.__cause__
     return new
-
-
-def _pickled(value: Any) -> list:
-    """``value`` pickled now (so that a later change to it does not travel, and an error
-    is raised by ``.remote()``): the pickle, then each large buffer, sent out of band."""
-    frames = encode(value)
-    return [frames[0], *(pickle.PickleBuffer(f) for f in frames[1:])]
 
 
 class ClusterClient(ClientLoop):
@@ -344,7 +340,17 @@ class ClusterClient(ClientLoop):
                         return self.returns.refs_locked(tid, nret, rf._name)
                 return ClusterRef(tid, self)
         tid = os.urandom(16)
-        task = _Task(key, blob, _pickled((args, kwargs)), demand, retries)
+        payload, nested = pickled_capturing((args, kwargs))
+        if nested:  # refs inside the arguments: the task's node gets them (nested.py)
+            kwargs, payload, more, error = resolve_nested(self, args, kwargs, nested)
+            if error is not None:
+                with self._lock:
+                    self.results[tid] = ("error", error)
+                    if nret != 1:
+                        return self.returns.refs_locked(tid, nret, rf._name)
+                return ClusterRef(tid, self)
+            borrowed = (borrowed or []) + more
+        task = _Task(key, blob, payload, demand, retries)
         with self._lock:
             if self._failed is not None:
                 raise NodeDiedError(self._failed)

@@ -79,6 +79,7 @@ from . import membership
 from .leases import DriverLeases, Holdings, drop_driver
 from .encryption import ClusterKeys
 from .node_actors import ActorKey, NodeActors
+from .nested import remote_with_nested
 from .node_returns import NodeReturns
 from .pull import BLOB_KINDS, BlobServer, Puller
 from .stealing import NodeStealing
@@ -303,7 +304,7 @@ class NodeDaemon(NodeStealing, NodeReturns):
         self._check_cancelled(tid)
         args = [self._arg(a) for a in args]
         kwargs = {k: self._arg(v) for k, v in kwargs.items()}
-        ref = rf.remote(*args, **kwargs)
+        ref = remote_with_nested(rf, args, kwargs)  # rf.remote, with nested refs (nested.py)
         if type(ref) is not ObjectRef:  # num_returns != 1, a generator (node_returns.py)
             self._start_returns(peer, tid, ref)
             return
