@@ -79,7 +79,8 @@ class ClusterRef(ObjectRef):
             return reduced
         raise RepartirError(
             "an ObjectRef of a cluster driver can be pickled only as a part of a task's "
-            "arguments (or of an actor call's): pass it to a task, or get() it first")
+            "arguments (not of an actor call's, in this version): pass it to a task, or "
+            "get() it first")
 
     def future(self):
         """A ``concurrent.futures.Future`` for the value (or the error); ``await ref``

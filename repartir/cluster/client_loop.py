@@ -70,6 +70,7 @@ class ClientLoop:
         with self._lock:
             dead, self.dead[:] = list(self.dead), []
             releases: dict[str, list] = {}
+            self.returns.flush_locked(dead, releases)  # returns, streams (returns.py)
             for tid in dead:
                 res = self.results.pop(tid, None)
                 if res is None and tid in self.inflight:
@@ -80,7 +81,6 @@ class ClientLoop:
                         releases.setdefault(nid, []).append(tid)
                 if self._lineage.specs:
                     self._lineage.ref_dropped(tid)
-            self.returns.flush_locked(dead, releases)  # returns, streams (returns.py)
             cancels, self.returns.cancel_out[:] = list(self.returns.cancel_out), []
             due, self._due[:] = list(self._due), []
             for nid, tid in due:

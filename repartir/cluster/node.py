@@ -81,6 +81,7 @@ from .encryption import ClusterKeys
 from .node_actors import ActorKey, NodeActors
 from .nested import remote_with_nested
 from .node_returns import NodeReturns
+from .result_refs import WithRefs, export_refs
 from .pull import BLOB_KINDS, BlobServer, Puller
 from .stealing import NodeStealing
 from .sockets import Endpoint
@@ -346,16 +347,16 @@ class NodeDaemon(NodeStealing, NodeReturns):
             if entry is None:
                 continue  # dropped when this node was declared dead (membership.py)
             if type(entry[1]) is not ObjectRef:  # several returns, a stream: node_returns.py
-                by_peer.setdefault(peer, []).append(self._returns_item(tid, entry[1]))
+                by_peer.setdefault(peer, []).append(self._returns_item(peer, tid, entry[1]))
                 continue
             exc = fut.exception()
             if exc is not None:
                 item = (tid, "error", _picklable_error(exc))
             else:
-                value = fut.result()
+                value = export_refs(self, peer, fut.result())  # refs inside: result_refs.py
                 frames = encode(value)
                 size = sum(memoryview(f).nbytes for f in frames)
-                if size <= CLUSTER_INLINE_RESULT_BYTES:
+                if size <= CLUSTER_INLINE_RESULT_BYTES or type(value) is WithRefs:
                     item = (tid, "value", value)
                 else:
                     self.stored[tid] = [entry[1], frames]

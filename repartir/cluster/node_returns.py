@@ -29,6 +29,7 @@ from ..config import CLUSTER_INLINE_RESULT_BYTES
 from ..errors import RepartirError, TaskCancelledError
 from ..runtime import driver as local_driver
 from ..runtime.streaming import ObjectRefGenerator
+from .result_refs import WithRefs, export_refs
 from .returns import return_id
 from .wire import encode
 
@@ -80,27 +81,28 @@ class NodeReturns:
         for ref in out:
             ref.future().add_done_callback(one)
 
-    def _item(self, oid: bytes, ref: Any) -> tuple[str, Any]:
+    def _item(self, oid: bytes, ref: Any, peer: bytes) -> tuple[str, Any]:
         """``(what, payload)`` of a ready local ref: its value inline, or kept here under
         ``oid`` (its size), or its error."""
         fut = ref.future()
         exc = fut.exception()
         if exc is not None:
             return "error", picklable_error(exc)
-        value = fut.result()
+        value = export_refs(self, peer, fut.result())  # refs inside (result_refs.py)
         frames = encode(value)
         size = sum(memoryview(f).nbytes for f in frames)
-        if size <= CLUSTER_INLINE_RESULT_BYTES:
+        if size <= CLUSTER_INLINE_RESULT_BYTES or type(value) is WithRefs:
             return "value", value
         self.stored[oid] = [ref, frames]
         return "stored", size
 
-    def _returns_item(self, tid: bytes, out: Any) -> tuple:
+    def _returns_item(self, peer: bytes, tid: bytes, out: Any) -> tuple:
         """The completion of task ``tid`` whose ``.remote()`` gave ``out``."""
         if isinstance(out, ObjectRefGenerator):
             st = self.streams.pop(tid, None)
             return tid, "stream_end", st[2] if st is not None else 0
-        return tid, "returns", [self._item(return_id(tid, i), r) for i, r in enumerate(out)]
+        return tid, "returns", [self._item(return_id(tid, i), r, peer)
+                                for i, r in enumerate(out)]
 
     def _stream_tick(self) -> None:
         """Send the items the generators here yielded since the last turn; a generator
@@ -119,7 +121,7 @@ class NodeReturns:
                     break
                 if ref is None:
                     break
-                what, payload = self._item(return_id(tid, index), ref)
+                what, payload = self._item(return_id(tid, index), ref, peer)
                 by_peer.setdefault(peer, []).append((tid, index, what, payload))
                 index += 1
                 st[2] = index

@@ -40,7 +40,7 @@ import time
 import weakref
 from typing import Any
 
-from ..errors import RepartirError, TaskCancelledError
+from ..errors import ObjectLostError, RepartirError, TaskCancelledError
 from ..runtime.objectref import ObjectRef
 from ..runtime.streaming import ObjectRefGenerator
 
@@ -132,6 +132,10 @@ class Returns:
         self.streams: dict[bytes, _Stream] = {}
         self.cancelled: set[bytes] = set()
         self.cancel_out: list[tuple[str, tuple]] = []
+        #: ``[(object id, node id)]`` refs unpickled from results (result_refs.py), appended
+        #: without the lock by the thread that unpickles
+        self.nested_in: list[tuple[bytes, str]] = []
+        self.awaited: dict[bytes, str] = {}  # such refs whose completion has not come
         self._how: dict[bytes, tuple] = {}  # task id -> (force, recursive) of its cancel
         self._futures: list[tuple[Any, concurrent.futures.Future]] = []
         self._resolver: threading.Thread | None = None
@@ -250,7 +254,13 @@ class Returns:
         """Dropped refs and generators, failed tasks, cancels to send (``releases``:
         ``{node id: [object ids]}``, extended)."""
         c = self.c
+        nested, self.nested_in[:] = list(self.nested_in), []
+        for oid, nid in nested:
+            if oid not in c.results:
+                self.awaited[oid] = nid
         for oid in dead:
+            if self.awaited.pop(oid, None) is not None and oid not in c.results:
+                c._dropped.add(oid)  # released when its completion comes
             tid = self.owner_of.pop(oid, None)
             if tid is not None and self.tasks.get(tid, ("",))[0] == "multi":
                 c._dropped.add(oid)  # not back yet: released when it comes
@@ -282,6 +292,14 @@ class Returns:
             res = c.results.pop(tid)
             self.done_locked_error(tid, res)
         self.cancelled.intersection_update(c.inflight)
+        for oid, nid in list(self.awaited.items()):
+            if oid in c.results:
+                del self.awaited[oid]
+            elif nid not in c._eps:
+                del self.awaited[oid]
+                c.results[oid] = ("error", ObjectLostError(
+                    f"object {oid.hex()} was kept on node {nid[:12]}, which died before it "
+                    f"was ready; a ref inside a result is not rebuilt from lineage"))
         for tid in [t for t in self._how if t not in self.cancelled]:
             del self._how[tid]
 

@@ -92,3 +92,44 @@ def test_a_ref_cannot_be_pickled_outside_a_task():
 
     with pytest.raises(repartir.RepartirError, match="get\\(\\) it first"):
         pickle.dumps(repartir.put(1))
+
+
+@repartir.remote(resources={"big_mem": 1})
+def echo_refs(box):
+    return {"back": box["refs"], "node": repartir.get_runtime_context().get_node_id()}
+
+
+@repartir.remote(resources={"big_mem": 1})
+def put_inside(x, n):
+    return [repartir.put(np.full(n, x, dtype=np.float64)), repartir.put(x)]
+
+
+def test_refs_inside_a_result_can_be_got_passed_on_and_dropped():
+    sent = [repartir.put(1.0), on_head.remote(2.0)]
+    out = repartir.get(echo_refs.remote({"refs": sent}), timeout=60)
+    back = out["back"]
+    assert [type(r).__name__ for r in back] == ["ClusterRef", "ClusterRef"]
+    assert repartir.get(back[0], timeout=60) == 1.0
+    assert float(repartir.get(back[1], timeout=60)[0]) == 2.0
+    _, kinds, values = repartir.get(look.remote({"refs": back}), timeout=60)  # passed on
+    assert values == [1.0, 2.0]
+    del sent, out, back
+    nothing_kept()
+
+
+def test_a_task_returns_refs_to_objects_it_put():
+    refs = repartir.get(put_inside.remote(3.0, N), timeout=60)
+    big, small_ref = refs
+    assert repartir.get(small_ref, timeout=60) == 3.0
+    arr = repartir.get(big, timeout=60)
+    assert arr.shape == (N,) and float(arr[0]) == 3.0
+    task = repartir.remote(resources={"on_head": 1})(lambda a: float(a.sum()))
+    assert repartir.get(task.remote(big), timeout=60) == 3.0 * N  # pulled node to node
+    del refs, big, small_ref, arr
+    nothing_kept()
+
+
+def test_refs_dropped_before_they_are_ready_leave_nothing():
+    for _ in range(3):
+        repartir.get(put_inside.remote(4.0, N), timeout=60)  # dropped at once
+    nothing_kept()
