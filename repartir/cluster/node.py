@@ -73,14 +73,13 @@ from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_INLINE_RESULT_BYTES, CLUSTER_
                       CLUSTER_START_TIMEOUT_S, cluster_node_timeout)
 from ..errors import RepartirError, TokenError, WireTimeoutError
 from ..runtime import driver as local_driver
-from ..runtime.objectref import ObjectRef
 from ..runtime.remote_function import RemoteFunction
 from . import membership
 from .leases import DriverLeases, Holdings, drop_driver
 from .encryption import ClusterKeys
 from .node_actors import ActorKey, NodeActors
 from .nested import remote_with_nested
-from .node_returns import NodeReturns
+from .node_returns import NodeReturns, several
 from .result_refs import WithRefs, export_refs
 from .pull import BLOB_KINDS, BlobServer, Puller
 from .stealing import NodeStealing
@@ -306,7 +305,7 @@ class NodeDaemon(NodeStealing, NodeReturns):
         args = [self._arg(a) for a in args]
         kwargs = {k: self._arg(v) for k, v in kwargs.items()}
         ref = remote_with_nested(rf, args, kwargs)  # rf.remote, with nested refs (nested.py)
-        if type(ref) is not ObjectRef:  # num_returns != 1, a generator (node_returns.py)
+        if several(ref):  # num_returns != 1, a generator (node_returns.py)
             self._start_returns(peer, tid, ref)
             return
         self.pending[tid] = (peer, ref)
@@ -346,7 +345,7 @@ class NodeDaemon(NodeStealing, NodeReturns):
             self._finished(tid, now)
             if entry is None:
                 continue  # dropped when this node was declared dead (membership.py)
-            if type(entry[1]) is not ObjectRef:  # several returns, a stream: node_returns.py
+            if several(entry[1]):  # several returns, a stream: node_returns.py
                 by_peer.setdefault(peer, []).append(self._returns_item(peer, tid, entry[1]))
                 continue
             exc = fut.exception()

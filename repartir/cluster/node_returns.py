@@ -33,7 +33,7 @@ from .result_refs import WithRefs, export_refs
 from .returns import return_id
 from .wire import encode
 
-__all__ = ["NodeReturns"]
+__all__ = ["NodeReturns", "several"]
 
 #: Task ids of cancels that found no task here, remembered so that the task, should it
 #: still come (from a victim, or after its arguments' pull), never starts.
@@ -47,6 +47,13 @@ def picklable_error(exc: BaseException) -> BaseException:
         return exc
     except Exception:
         return RepartirError(f"{type(exc).__name__}: {exc}")
+
+
+def several(out: Any) -> bool:
+    """Whether ``out``, what ``.remote()`` gave on this node, is several returns (a list of
+    refs) or a generator, which this module completes (not one ref, nor an actor
+    operation's answer)."""
+    return type(out) is list or isinstance(out, ObjectRefGenerator)
 
 
 class NodeReturns:

@@ -248,6 +248,11 @@ class Returns:
         if st.gen is None and st.end is not None:
             self.streams.pop(st.tid, None)
 
+    def why_not_rebuilt(self, oid: bytes) -> str | None:
+        """Why result ``oid``, lost with its node, is not rebuilt, if it is one of this
+        module's (a return of several, an item); else ``None``."""
+        return NOT_REBUILT if oid in self.owner_of else None
+
     # ------------------------------------------------------------------ each loop turn
 
     def flush_locked(self, dead: list, releases: dict) -> None:

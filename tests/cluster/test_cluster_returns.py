@@ -278,3 +278,27 @@ def _node_running() -> int:
     with client._lock:
         return [r["Running"] for r in client.nodes_seen.values()
                 if r["Alive"] and not r["Head"]][0]
+
+
+@repartir.remote(resources={"big_mem": 1})
+class Sleeper:
+    def nap(self, seconds, tag):
+        time.sleep(seconds)
+        return tag
+
+
+def test_cancel_an_actor_call():
+    a = Sleeper.remote()
+    assert repartir.get(a.nap.remote(0, "up"), timeout=60) == "up"
+    running = a.nap.remote(60, "running")
+    queued = a.nap.remote(60, "queued")
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    repartir.cancel(queued)
+    repartir.cancel(running)
+    for ref in (queued, running):
+        with pytest.raises(TaskCancelledError):
+            repartir.get(ref, timeout=30)
+    assert time.monotonic() - t0 < 30
+    assert repartir.get(a.nap.remote(0, "after"), timeout=60) == "after"
+    repartir.kill(a)
