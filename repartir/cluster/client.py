@@ -343,13 +343,7 @@ class ClusterClient(ClientLoop):
         tid = os.urandom(16)
         payload, nested = pickled_capturing((args, kwargs))
         if nested:  # refs inside the arguments: the task's node gets them (nested.py)
-            kwargs, payload, more, error = resolve_nested(self, args, kwargs, nested)
-            if error is not None:
-                with self._lock:
-                    self.results[tid] = ("error", error)
-                    if nret != 1:
-                        return self.returns.refs_locked(tid, nret, rf._name)
-                return ClusterRef(tid, self)
+            kwargs, payload, more = resolve_nested(self, args, kwargs, nested)
             borrowed = (borrowed or []) + more
         task = _Task(key, blob, payload, demand, retries)
         with self._lock:

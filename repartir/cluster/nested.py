@@ -18,28 +18,49 @@ inside arguments and results"), as in Ray: they are not resolved, the task gets
 The objects stay alive while the task runs: on their node by the driver's borrow (as for a
 top-level argument), here by the local runtime, which holds a task's nested refs while it
 runs.  A nested ref that is not ready makes ``.remote()`` wait for it (as a top-level one
-does), and one whose task failed fails the task with that error at once.
+does); one whose task failed travels as :class:`FailedArg`, and becomes a local ref whose
+``get`` raises that error, as in Ray.
 """
 
 from __future__ import annotations
 
 import pickle
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import RepartirError
 from ..runtime import driver as local_driver
+from ..ids import new_object_id
 from ..runtime.objectref import ObjectRef
+from ..runtime.protocol import FAILED
 from .borrows import RemoteArg
 from .wire import encode
 
 __all__ = ["NestedRef", "nested_ref", "capture", "reduce_ref", "pickled_capturing",
-           "remote_with_nested", "resolve_nested", "PREFIX"]
+           "remote_with_nested", "resolve_nested", "FailedArg", "PREFIX"]
 
 #: The keyword of the extra argument that says where nested object ``<id hex>`` is.
 PREFIX = "\0nested:"
 
 _local = threading.local()
+
+
+class FailedArg(NamedTuple):
+    """A nested ref whose task failed, as it travels to the task's node."""
+
+    error: BaseException
+
+
+def _local_ref(value: Any) -> ObjectRef:
+    """A ref of this node's runtime for a nested value that came with the task: the value
+    ``put`` in the store, or for a :class:`FailedArg` an object whose ``get`` raises."""
+    client = local_driver.client()
+    if type(value) is not FailedArg:
+        return client.put(value)
+    oid = new_object_id()
+    with client._lock:
+        client.objects.own(oid, (FAILED, encode(value.error, 1 << 62)[0]), 0, None)
+        return client.make_ref(oid)
 
 
 class NestedRef:
@@ -107,7 +128,7 @@ def remote_with_nested(rf: Any, args: list, kwargs: dict) -> Any:
     for k in keys:
         v = kwargs.pop(k)
         bound[bytes.fromhex(k[len(PREFIX):])] = v if isinstance(v, ObjectRef) \
-            else local_driver.client().put(v)
+            else _local_ref(v)
     _local.bound = bound
     try:
         return rf.remote(*args, **kwargs)
@@ -118,10 +139,9 @@ def remote_with_nested(rf: Any, args: list, kwargs: dict) -> Any:
 def resolve_nested(c: Any, args: tuple, kwargs: dict, refs: list) -> tuple:
     """The driver's side: for the ``refs`` nested in a task's arguments (waiting for those
     not ready), the extra keyword arguments that say where each is, and the arguments
-    pickled again with them.  Returns ``(kwargs, payload, borrowed, error)``: ``borrowed``
-    the ``(object id, node id)`` pairs the task borrows, ``error`` that of a nested ref
-    whose task failed (``None`` if none did).  Called by ``ClusterClient.submit`` without
-    the lock.
+    pickled again with them.  Returns ``(kwargs, payload, borrowed)``: ``borrowed`` the
+    ``(object id, node id)`` pairs the task borrows.  Called by ``ClusterClient.submit``
+    without the lock.
 
     Raises:
         RepartirError: a ref of another cluster connection.
@@ -138,7 +158,8 @@ def resolve_nested(c: Any, args: tuple, kwargs: dict, refs: list) -> tuple:
         with c._lock:
             res = c.results[oid]
             if res[0] == "error":
-                return kwargs, None, [], res[1]
+                extra[PREFIX + oid.hex()] = FailedArg(res[1])
+                continue
             kept = c._kept_on(res)
             rec = c.nodes_seen.get(kept[0]) if kept is not None else None
             if rec is not None and rec["Alive"]:
@@ -149,4 +170,4 @@ def resolve_nested(c: Any, args: tuple, kwargs: dict, refs: list) -> tuple:
         extra[PREFIX + oid.hex()] = c._get_one(oid, None)
     kwargs = {**kwargs, **extra}
     payload, _ = pickled_capturing((args, kwargs))
-    return kwargs, payload, borrowed, None
+    return kwargs, payload, borrowed

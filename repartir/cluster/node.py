@@ -31,6 +31,10 @@ node -> driver  ``done``                list of ``(task id, "value" | "stored" |
 driver -> node  ``meta``, ``chunk``     pull a stored object: its frame sizes, then
                                         ``(id, frame, offset, length)`` pieces
 driver -> node  ``release``             ids of stored objects the driver no longer needs
+driver -> node  ``cancel``              ``(task id, force, recursive)`` (node_returns.py)
+node -> driver  ``items``               a generator's new items, ``(task id, index, what,
+                                        payload)``; its ``done`` is ``stream_end``, that of
+                                        ``num_returns=k`` ``returns`` (node_returns.py)
 node -> node    ``bmeta``, ``bchunk``   pull a stored object's blob for a task's
                                         ``RemoteArg``: its size, then ``(id, offset,
                                         length)`` pieces (:mod:`~repartir.cluster.pull`)

@@ -78,11 +78,21 @@ def test_nested_refs_stay_alive_while_the_task_borrows_them(tmp_path):
     nothing_kept()
 
 
-def test_a_nested_ref_whose_task_failed_fails_the_task():
+@repartir.remote(resources={"big_mem": 1})
+def get_or_say(box):
+    try:
+        return repartir.get(box[0])
+    except KeyError as exc:
+        return f"caught {exc}"
+
+
+def test_a_nested_ref_whose_task_failed_raises_at_the_tasks_get():
     @repartir.remote(max_retries=0)
     def boom():
         raise KeyError("nested failure")
 
+    said = repartir.get(get_or_say.remote([boom.remote()]), timeout=60)
+    assert said.startswith("caught") and "nested failure" in said  # the task ran, its get raised
     with pytest.raises(KeyError, match="nested failure"):
         repartir.get(look.remote({"refs": [boom.remote()]}), timeout=60)
 
