@@ -165,8 +165,8 @@ def test_errors_and_what_is_refused():
         c.add.remote(1, 2)
     with pytest.raises(repartir.RepartirError, match="cannot be passed to a task"):
         ident.remote(c)
-    with pytest.raises(repartir.RepartirError, match="num_returns=2"):
-        c.add.options(num_returns=2).remote(1)
+    with pytest.raises(repartir.RepartirError, match="'dynamic' is not"):
+        c.add.options(num_returns="dynamic").remote(1)
 
 
 def test_named_actor_from_a_second_driver():

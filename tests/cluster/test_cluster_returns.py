@@ -302,3 +302,38 @@ def test_cancel_an_actor_call():
     assert time.monotonic() - t0 < 30
     assert repartir.get(a.nap.remote(0, "after"), timeout=60) == "after"
     repartir.kill(a)
+
+
+@repartir.remote(resources={"big_mem": 1})
+class Source:
+    def pair(self, x):
+        return x, np.full(BIG, x, dtype=np.float64)
+
+    @repartir.method(num_returns=2)
+    def declared(self, x):
+        return x, x + 1
+
+    def items(self, n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise KeyError(f"actor failed at {i}")
+            yield i
+
+
+def test_actor_methods_with_several_returns_and_generators():
+    a = Source.remote()
+    x, big = a.pair.options(num_returns=2).remote(3.0)
+    assert repartir.get(x, timeout=60) == 3.0
+    assert float(repartir.get(big, timeout=60)[0]) == 3.0
+    assert repartir.get(a.declared.remote(1), timeout=60) == [1, 2]
+    assert a.pair.options(num_returns=0).remote(1.0) is None
+    gen = a.items.remote(3)
+    assert isinstance(gen, repartir.ObjectRefGenerator)
+    assert [repartir.get(r, timeout=60) for r in gen] == [0, 1, 2]
+    refs = list(a.items.remote(5, fail_at=1))
+    assert repartir.get(refs[0], timeout=60) == 0
+    with pytest.raises(KeyError, match="actor failed at 1"):
+        repartir.get(refs[1], timeout=60)
+    repartir.kill(a)
+    del x, big
+    nothing_kept()
