@@ -184,6 +184,8 @@ class Returns:
         """The completion of task ``tid`` (one of :attr:`tasks`) from node ``nid``."""
         c = self.c
         task = c.inflight.pop(tid, None)
+        if task is None and tid in c.results:  # failed by the client meanwhile: that error
+            self.done_locked_error(tid, c.results.pop(tid))
         c._due.extend(c.borrows.task_ended(tid))
         self.cancelled.discard(tid)
         spec = self.tasks.pop(tid, None)
