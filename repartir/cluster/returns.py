@@ -43,6 +43,7 @@ from typing import Any
 from ..errors import ObjectLostError, RepartirError, TaskCancelledError
 from ..runtime.objectref import ObjectRef
 from ..runtime.streaming import ObjectRefGenerator
+from .lineage import NO_LINEAGE
 
 __all__ = ["Returns", "ClusterRefGenerator", "return_id", "NOT_REBUILT"]
 
@@ -61,7 +62,7 @@ def return_id(tid: bytes, index: int) -> bytes:
 class _Stream:
     """What the driver knows of a generator task: items arrived, handed out, its end."""
 
-    __slots__ = ("tid", "arrived", "handed", "end", "gen", "name")
+    __slots__ = ("tid", "arrived", "handed", "end", "gen", "name", "lost")
 
     def __init__(self, tid: bytes, name: str) -> None:
         self.tid, self.name = tid, name
@@ -69,6 +70,7 @@ class _Stream:
         self.handed = 0  # refs handed out by the generator (items 0 .. handed - 1)
         self.end: int | None = None  # the item count, once the task ended
         self.gen: Any = None  # weakref to the ClusterRefGenerator (None: dropped)
+        self.lost: set[int] = set()  # items lost with their node, which its rerun yields
 
 
 class ClusterRefGenerator(ObjectRefGenerator):
@@ -238,7 +240,13 @@ class Returns:
     def _stream_item(self, st: _Stream, index: int, res: tuple, nid: str | None,
                      releases: list) -> None:
         oid = return_id(st.tid, index)
-        if index in st.arrived or st.gen is None or index < st.handed:
+        if index in st.lost:  # lost with its node: its task, run again, yields it again
+            st.lost.discard(index)
+            if index < st.handed and oid not in self.owner_of:  # its ref is gone since
+                if res[0] == "stored":
+                    releases.append(oid)
+                return
+        elif index in st.arrived or st.gen is None:
             if res[0] == "stored":  # a replay of a retried task, or a dropped generator
                 releases.append(oid)
             return
@@ -247,13 +255,32 @@ class Returns:
         self.c.results[oid] = ("stored", nid, res[1]) if res[0] == "stored" else res
 
     def _forget_stream(self, st: _Stream) -> None:
+        if st.end is not None and st.lost:  # its rerun ended before it yielded them again
+            for index in st.lost:
+                oid = return_id(st.tid, index)
+                if oid in self.owner_of:
+                    self.c.results[oid] = ("error", ObjectLostError(
+                        f"object {oid.hex()} was lost with its node, and its generator, run "
+                        f"again, ended before it yielded it again"))
+            st.lost.clear()
         if st.gen is None and st.end is not None:
             self.streams.pop(st.tid, None)
 
-    def why_not_rebuilt(self, oid: bytes) -> str | None:
-        """Why result ``oid``, lost with its node, is not rebuilt, if it is one of this
-        module's (a return of several, an item); else ``None``."""
-        return NOT_REBUILT if oid in self.owner_of else None
+    def lost(self, oid: bytes) -> str | None:
+        """Result ``oid`` was kept on a node that died and has no lineage: why it cannot be
+        rebuilt, or ``None`` when it is a generator's item whose task runs again (it waits
+        for the item yielded again, as a rebuilt result does)."""
+        tid = self.owner_of.get(oid)
+        if tid is None:
+            return NO_LINEAGE
+        st = self.streams.get(tid)
+        if st is not None and st.end is None and tid in self.c.inflight:
+            for index in st.arrived:
+                if return_id(tid, index) == oid:
+                    st.lost.add(index)
+                    self.c.results.pop(oid, None)
+                    return None
+        return NOT_REBUILT
 
     # ------------------------------------------------------------------ each loop turn
 

@@ -46,3 +46,36 @@ def test_returns_and_items_lost_with_their_node(cluster):  # noqa: F811
         repartir.get(rest[-1], timeout=30)
     assert gen.completed()
     _sweep()
+
+
+@repartir.remote(max_retries=3)
+def slow_items(n, seconds):
+    for i in range(n):
+        yield np.full(BIG, float(i))
+        time.sleep(seconds)
+
+
+def test_a_generator_run_again_after_its_node_died_yields_its_lost_items_again(cluster):  # noqa: F811
+    from repartir.cluster import client as cluster_client
+
+    rec = _join(cluster["address"], '{"victim2": 1}')
+    nid = _node_id(rec)
+    client = cluster_client.active()
+    others = [n for n, r in client.nodes_seen.items() if r["Alive"] and n != nid]
+    with client._lock:  # placement: the new node only (the others count as busy)
+        for n in others:
+            client._used[n] += 1000.0
+    try:
+        gen = slow_items.remote(6, 0.3)
+    finally:
+        with client._lock:
+            for n in others:
+                client._used[n] -= 1000.0
+    first = next(gen)
+    assert float(repartir.get(first, timeout=60)[0]) == 0.0  # pulled into the driver
+    second = next(gen)
+    repartir.wait([second], timeout=60)
+    os.kill(rec["pid"], signal.SIGKILL)
+    values = [float(repartir.get(r, timeout=60)[0]) for r in [second, *gen]]
+    assert values == [1.0, 2.0, 3.0, 4.0, 5.0]  # lost with the node, yielded again elsewhere
+    _sweep()
