@@ -337,3 +337,34 @@ def test_actor_methods_with_several_returns_and_generators():
     repartir.kill(a)
     del x, big
     nothing_kept()
+
+
+@repartir.remote(resources={"big_mem": 1}, max_retries=0)
+def parent_of(marker, seconds):
+    @repartir.remote(max_retries=0, num_cpus=0)
+    def child(marker, seconds):
+        time.sleep(seconds)
+        open(marker, "w").close()
+
+    ref = child.remote(marker, seconds)
+    open(marker + ".submitted", "w").close()
+    return repartir.get(ref)
+
+
+def test_a_recursive_cancel_reaches_what_the_task_submitted_on_its_node(tmp_path):
+    for recursive in (True, False):
+        marker = str(tmp_path / f"child-{recursive}")
+        ref = parent_of.remote(marker, 3.0)
+        wait_until(lambda: os.path.exists(marker + ".submitted"), "the child submitted")
+        repartir.cancel(ref, recursive=recursive)
+        with pytest.raises(TaskCancelledError):
+            repartir.get(ref, timeout=30)
+        time.sleep(4.0)  # the child would have written its marker by now
+        assert os.path.exists(marker) is (not recursive)
+
+
+def test_a_generator_cannot_be_passed_to_a_task():
+    gen = count_to.remote(1)
+    with pytest.raises(repartir.RepartirError, match="ObjectRefGenerator cannot be passed"):
+        three.remote(gen)
+    assert [repartir.get(r, timeout=60) for r in gen] == [0]
