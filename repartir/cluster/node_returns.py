@@ -58,7 +58,7 @@ def several(out: Any) -> bool:
 
 class NodeReturns:
     """Mixed into :class:`~.node.NodeDaemon` (see the module's docstring); uses its
-    ``router``, ``pending``, ``done``, ``stored``, ``queue`` and ``_admitted``."""
+    ``router``, ``pending``, ``done``, ``stored``, ``holdings`` and ``queue``."""
 
     def _init_returns(self) -> None:
         self.streams: dict[bytes, list] = {}  # task id -> [driver, generator, next index]
@@ -101,6 +101,7 @@ class NodeReturns:
         if size <= CLUSTER_INLINE_RESULT_BYTES or type(value) is WithRefs:
             return "value", value
         self.stored[oid] = [ref, frames]
+        self.holdings.kept(oid, peer)  # dropped if its driver dies (leases.py)
         return "stored", size
 
     def _returns_item(self, peer: bytes, tid: bytes, out: Any) -> tuple:
