@@ -44,6 +44,7 @@ from ..errors import (ActorDiedError, GetTimeoutError, InfeasibleTaskError, Node
 from ..runtime.actor import ActorHandle, ActorMethod
 from ..runtime.objectref import ObjectRef
 from ..runtime.streaming import DYNAMIC, parse_num_returns
+from .nested import pickled_capturing, resolve_nested
 from .node_actors import ActorKey
 from .state import StoredArg
 from .wire import encode
@@ -381,8 +382,13 @@ class ClusterActors:
             self._lookup_again(actor)
         args, kwargs, error = self._resolve(actor, args, kwargs)
         how = method if nret == 1 else (method, nret)  # several returns: node_actors.call
-        payload = None if error is not None else _pickled(((actor.id, how, *args), kwargs))
         c = self.client
+        payload, borrowed = None, []
+        if error is None:
+            payload, nested = pickled_capturing(((actor.id, how, *args), kwargs))
+            if nested:  # refs inside the arguments: the actor gets refs (nested.py)
+                _, payload, borrowed = resolve_nested(c, (actor.id, how, *args), kwargs,
+                                                      nested)
         with c._lock:
             self._check_up_locked()
             why = self.dead_why(actor)
@@ -395,6 +401,8 @@ class ClusterActors:
                 tid = self._enqueue_locked(actor.node, _CALL, (), None, actor,
                                            retries=(1 << 30) if r == -1 else r,
                                            payload=payload)
+                if borrowed:
+                    c.borrows.borrow(tid, borrowed)
             if nret != 1:  # a list of refs, None, a generator (returns.py)
                 return c.returns.refs_locked(tid, nret, f"{actor.class_name}.{method}")
         return self._ref(tid, c)

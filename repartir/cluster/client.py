@@ -78,9 +78,8 @@ class ClusterRef(ObjectRef):
         if reduced is not None:
             return reduced
         raise RepartirError(
-            "an ObjectRef of a cluster driver can be pickled only as a part of a task's "
-            "arguments (not of an actor call's, in this version): pass it to a task, or "
-            "get() it first")
+            "an ObjectRef of a cluster driver can be pickled only as a part of the "
+            "arguments of a task or an actor call: pass it to one, or get() it first")
 
     def future(self):
         """A ``concurrent.futures.Future`` for the value (or the error); ``await ref``

@@ -143,3 +143,20 @@ def test_refs_dropped_before_they_are_ready_leave_nothing():
     for _ in range(3):
         repartir.get(put_inside.remote(4.0, N), timeout=60)  # dropped at once
     nothing_kept()
+
+
+@repartir.remote
+class Reader:
+    def read(self, box):
+        return [type(r).__name__ for r in box], [float(np.asarray(v).ravel()[0])
+                                                 for v in repartir.get(box)]
+
+
+def test_refs_nested_in_an_actor_calls_arguments():
+    a = Reader.remote()
+    refs = [repartir.put(1.0), on_node.remote(2.0), on_head.remote(3.0)]
+    kinds, values = repartir.get(a.read.remote(refs), timeout=60)
+    assert kinds == ["ObjectRef"] * 3 and values == [1.0, 2.0, 3.0]
+    repartir.kill(a)
+    del refs
+    nothing_kept()
