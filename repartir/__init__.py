@@ -310,11 +310,15 @@ def cancel(object_ref: ObjectRef | ObjectRefGenerator, *, force: bool = False,
     (the default, as in Ray) the tasks a running task submitted and that have not finished
     are cancelled too -- also one its worker runs on the waiting task's stack; with
     ``recursive=False`` only the task itself.  A running call of a threaded or async actor
-    cannot be interrupted: it ends normally.
+    cannot be interrupted: it ends normally.  In a driver connected to a cluster, the
+    task's node cancels it (or its thief, if another node stole it; docs/cluster.md).
 
     Raises:
         TypeError: ``object_ref`` is not an ObjectRef or ObjectRefGenerator.
     """
+    if _context.cluster is not None:  # a connected driver (docs/cluster.md)
+        _context.cluster.returns.cancel(object_ref, force, recursive)
+        return
     if isinstance(object_ref, ObjectRefGenerator):
         if object_ref._task_id is not None and not object_ref.completed():
             object_ref._client.cancel_task(object_ref._task_id, force, recursive)

@@ -46,8 +46,9 @@ from ..errors import (ActorDiedError, GetTimeoutError, InfeasibleTaskError, Node
                       RepartirError)
 from ..runtime.actor import ActorHandle, ActorMethod
 from ..runtime.objectref import ObjectRef
-from ..runtime.streaming import parse_num_returns
+from ..runtime.streaming import DYNAMIC, parse_num_returns
 from .handoff import rebuild_handle
+from .nested import pickled_capturing, resolve_nested
 from .node_actors import ActorKey
 from .state import StoredArg
 from .wire import encode
@@ -190,24 +191,25 @@ class ClusterActorMethod(ActorMethod):
         return ClusterActorMethod(self._handle, self._name, self._meta, num_returns)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the method on its node; returns a ref at once.
+        """Call the method on its node; returns at once a ref, a list of ``num_returns``
+        refs, ``None`` (``num_returns=0``) or, for a generator method, an
+        ``ObjectRefGenerator`` (returns.py).
 
         Raises:
             TypeError: the arguments do not fit the method's signature.
-            RepartirError: ``num_returns`` other than 1, or a generator method (not on a
-                cluster in this version); an argument that cannot be sent.
+            RepartirError: ``num_returns="dynamic"`` (not on a cluster in this version); an
+                argument that cannot be sent.
             NodeDiedError: the head stopped answering.
         """
         check = self._meta["check"]
         if kwargs or not check.min_pos <= len(args) <= check.max_pos:
             check.check(args, kwargs)
-        nr = self._num_returns
-        if nr != 1:
+        nret = parse_num_returns(self._num_returns, False)
+        if nret == DYNAMIC:
             raise RepartirError(
-                f"{self._handle._class_name}.{self._name}: num_returns={nr!r} is not "
-                f"available on a cluster in this version: return one value (a tuple or list "
-                f"of several)")
-        return self._handle._actors.call(self._handle, self._name, args, kwargs)
+                f"{self._handle._class_name}.{self._name}: num_returns='dynamic' is not "
+                f"available on a cluster in this version: use num_returns='streaming'")
+        return self._handle._actors.call(self._handle, self._name, args, kwargs, nret)
 
 
 class ClusterActors:
@@ -407,13 +409,19 @@ class ClusterActors:
             return actor
 
     def call(self, handle: ClusterActorHandle, method: str, args: tuple,
-             kwargs: dict) -> Any:
+             kwargs: dict, nret: int = 1) -> Any:
         actor = handle._actor
         if actor.dead is not None and not actor.owner and actor.name is not None:
             self._lookup_again(actor)
         args, kwargs, error = self._resolve(actor, args, kwargs)
-        payload = None if error is not None else _pickled(((actor.id, method, *args), kwargs))
+        how = method if nret == 1 else (method, nret)  # several returns: node_actors.call
         c = self.client
+        payload, borrowed = None, []
+        if error is None:
+            payload, nested = pickled_capturing(((actor.id, how, *args), kwargs))
+            if nested:  # refs inside the arguments: the actor gets refs (nested.py)
+                _, payload, borrowed = resolve_nested(c, (actor.id, how, *args), kwargs,
+                                                      nested)
         with c._lock:
             self._check_up_locked()
             why = self.dead_why(actor)
@@ -426,6 +434,10 @@ class ClusterActors:
                 tid = self._enqueue_locked(actor.node, _CALL, (), None, actor,
                                            retries=(1 << 30) if r == -1 else r,
                                            payload=payload)
+                if borrowed:
+                    c.borrows.borrow(tid, borrowed)
+            if nret != 1:  # a list of refs, None, a generator (returns.py)
+                return c.returns.refs_locked(tid, nret, f"{actor.class_name}.{method}")
         return self._ref(tid, c)
 
     def _lookup_again(self, actor: _Actor) -> None:

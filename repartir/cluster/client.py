@@ -25,7 +25,6 @@ from __future__ import annotations
 import atexit
 import copy
 import os
-import pickle
 import threading
 import time
 import weakref
@@ -39,10 +38,13 @@ from ..errors import (GetTimeoutError, InfeasibleTaskError, NodeDiedError, Objec
 from ..runtime import context
 from ..runtime.objectref import ObjectRef
 from ..runtime.signature import arg_check
+from ..runtime.streaming import DYNAMIC, parse_num_returns
 from .actors import ClusterActors
 from .borrows import Borrows, RemoteArg, prefer_by_bytes
 from .client_loop import ClientLoop
 from .lineage import Lineage
+from .nested import pickled_capturing, reduce_ref, resolve_nested
+from .returns import Returns
 from .membership import unlisted_nodes, writable
 from .encryption import ClusterKeys
 from .sockets import Endpoint
@@ -56,7 +58,8 @@ class ClusterRef(ObjectRef):
     """An ``ObjectRef`` of a cluster driver: the result of a task run on some node, or a
     value ``put`` in the driver.  Passed as a task's argument (top level, or as a keyword
     argument), its value goes along, or stays where it is when the task runs on the node
-    that holds it.  Refs nested in other values cannot be sent in this version."""
+    that holds it.  Nested in an argument (a list of refs, say), the task gets a ref that
+    it can ``get`` (nested.py)."""
 
     __slots__ = ("_cluster",)
 
@@ -71,14 +74,17 @@ class ClusterRef(ObjectRef):
             pass
 
     def __reduce__(self):
+        reduced = reduce_ref(self)  # inside a task's arguments (nested.py)
+        if reduced is not None:
+            return reduced
         raise RepartirError(
-            "an ObjectRef of a cluster driver can be passed to a task only as one of its "
-            "arguments (not inside a list, dict or other value) in this version: pass it "
-            "directly, or get() it first")
+            "an ObjectRef of a cluster driver can be pickled only as a part of the "
+            "arguments of a task or an actor call: pass it to one, or get() it first")
 
     def future(self):
-        raise RepartirError("ref.future() and 'await ref' are not available on a cluster in "
-                            "this version: use repartir.get")
+        """A ``concurrent.futures.Future`` for the value (or the error); ``await ref``
+        waits on it (returns.py)."""
+        return self._cluster.returns.future(self)
 
 
 class _Task:
@@ -102,13 +108,6 @@ def _fresh(exc: BaseException) -> BaseException:
         return exc
     new.__cause__ = exc.__cause__
     return new
-
-
-def _pickled(value: Any) -> list:
-    """``value`` pickled now (so that a later change to it does not travel, and an error
-    is raised by ``.remote()``): the pickle, then each large buffer, sent out of band."""
-    frames = encode(value)
-    return [frames[0], *(pickle.PickleBuffer(f) for f in frames[1:])]
 
 
 class ClusterClient(ClientLoop):
@@ -168,6 +167,7 @@ class ClusterClient(ClientLoop):
             raise type(exc)(f"the head at {address} refused this driver: {exc}") from None
         self._last_head = time.monotonic()
         self.actors = ClusterActors(self, ClusterRef)  # actors on the nodes (actors.py)
+        self.returns = Returns(self, ClusterRef)  # num_returns != 1, streams, cancel, futures
         self._poller = zmq.Poller()
         self._poller.register(self._head.socket, zmq.POLLIN)
         self._update_nodes(msg.value[1])
@@ -311,21 +311,20 @@ class ClusterClient(ClientLoop):
         cached = self._keys.get(rf)
         if cached is None:
             o = rf._options
-            nr = o.get("num_returns", 1)
-            if nr != 1 or rf._generator:
+            nret = parse_num_returns(o.get("num_returns"), rf._generator)
+            if nret == DYNAMIC:
                 raise RepartirError(
-                    f"{rf._name}: num_returns={nr!r}{' (a generator)' if rf._generator else ''}"
-                    f" is not available on a cluster in this version: return one value (a "
-                    f"tuple or list of several)")
+                    f"{rf._name}: num_returns='dynamic' is not available on a cluster in this "
+                    f"version: use num_returns='streaming' (the default of a generator)")
             demand = {"CPU": float(o.get("num_cpus", 1)), "GPU": float(o.get("num_gpus", 0)),
                       "memory": float(o.get("memory") or 0)}
             demand.update({k: float(v) for k, v in (o.get("resources") or {}).items()})
             mr = o.get("max_retries", 3)
             cached = ((rf._key, repr(sorted(o.items(), key=lambda kv: kv[0]))), demand,
                       (1 << 30) if mr == -1 else mr, arg_check(rf._function, rf._name),
-                      encode((rf._function, o))[0])
+                      encode((rf._function, o if nret else dict(o, num_returns=1)))[0], nret)
             self._keys[rf] = cached
-        key, demand, retries, check, blob = cached
+        key, demand, retries, check, blob, nret = cached
         if kwargs or not check.min_pos <= len(args) <= check.max_pos:
             check.check(args, kwargs)
         prefer, borrowed = None, None
@@ -338,9 +337,15 @@ class ClusterClient(ClientLoop):
                 tid = os.urandom(16)
                 with self._lock:
                     self.results[tid] = ("error", error)
+                    if nret != 1:
+                        return self.returns.refs_locked(tid, nret, rf._name)
                 return ClusterRef(tid, self)
         tid = os.urandom(16)
-        task = _Task(key, blob, _pickled((args, kwargs)), demand, retries)
+        payload, nested = pickled_capturing((args, kwargs))
+        if nested:  # refs inside the arguments: the task's node gets them (nested.py)
+            kwargs, payload, more = resolve_nested(self, args, kwargs, nested)
+            borrowed = (borrowed or []) + more
+        task = _Task(key, blob, payload, demand, retries)
         with self._lock:
             if self._failed is not None:
                 raise NodeDiedError(self._failed)
@@ -349,10 +354,13 @@ class ClusterClient(ClientLoop):
                 if prefer is not None and prefer not in self._eps:  # died since: its
                     # arguments are being rebuilt
                     self._lineage.wait(tid, task)
-                    return ClusterRef(tid, self)
+                    return ClusterRef(tid, self) if nret == 1 else \
+                        self.returns.refs_locked(tid, nret, rf._name)
             self._enqueue(tid, task, prefer)
             if borrowed:
                 self.borrows.borrow(tid, borrowed)
+            if nret != 1:  # several returns, none, a generator (returns.py)
+                return self.returns.refs_locked(tid, nret, rf._name)
         return ClusterRef(tid, self)
 
     def _resolve_args(self, args: tuple, kwargs: dict, demand: dict):

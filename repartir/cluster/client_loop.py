@@ -70,6 +70,7 @@ class ClientLoop:
         with self._lock:
             dead, self.dead[:] = list(self.dead), []
             releases: dict[str, list] = {}
+            self.returns.flush_locked(dead, releases)  # returns, streams (returns.py)
             for tid in dead:
                 res = self.results.pop(tid, None)
                 if res is None and tid in self.inflight:
@@ -80,6 +81,7 @@ class ClientLoop:
                         releases.setdefault(nid, []).append(tid)
                 if self._lineage.specs:
                     self._lineage.ref_dropped(tid)
+            cancels, self.returns.cancel_out[:] = list(self.returns.cancel_out), []
             due, self._due[:] = list(self._due), []
             for nid, tid in due:
                 releases.setdefault(nid, []).append(tid)
@@ -121,6 +123,10 @@ class ClientLoop:
             ep = self._eps.get(nid)
             if ep is not None and writable(ep):
                 ep.send(("release", tids))
+        for nid, msg in cancels:  # after the batches: a node has the tasks it cancels
+            ep = self._eps.get(nid)
+            if ep is not None and writable(ep):
+                ep.send(msg)
 
     def _drain(self, sock: Any) -> None:
         ep = self._head if sock is self._head.socket else self._eps.get(self._ep_node.get(sock))
@@ -161,6 +167,9 @@ class ClientLoop:
             if kind == "done":
                 releases = []
                 for tid, what, payload in value[1]:
+                    if tid in self.returns.tasks:  # num_returns != 1, streams (returns.py)
+                        self.returns.done_locked(nid, tid, what, payload, releases)
+                        continue
                     task = self.inflight.pop(tid, None)
                     self._due.extend(self.borrows.task_ended(tid))
                     if task is not None:  # nid ran it; task.node is where we last knew it
@@ -183,6 +192,12 @@ class ClientLoop:
                     sends.append(("release", releases))
             elif kind == "moved":  # stolen by another node (stealing.py)
                 self._moved(value[1], value[2])
+                self.returns.moved_locked(value[1], value[2])
+            elif kind == "items":  # a generator's items (returns.py)
+                releases = []
+                self.returns.items_locked(nid, value[1], releases)
+                if releases:
+                    sends.append(("release", releases))
             elif kind == "meta":
                 _, tid, sizes = value
                 f = self._fetches.get(tid)

@@ -160,7 +160,7 @@ class Lineage:
         return ``None``; or return why it cannot be rebuilt."""
         spec = self.specs.get(tid)
         if spec is None:
-            return NO_LINEAGE
+            return self.c.returns.lost(tid)  # NO_LINEAGE, or a return, an item (returns.py)
         return self._start(tid, spec.task)
 
     def _start(self, tid: bytes, task: Any) -> str | None:

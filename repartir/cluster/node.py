@@ -31,6 +31,10 @@ node -> driver  ``done``                list of ``(task id, "value" | "stored" |
 driver -> node  ``meta``, ``chunk``     pull a stored object: its frame sizes, then
                                         ``(id, frame, offset, length)`` pieces
 driver -> node  ``release``             ids of stored objects the driver no longer needs
+driver -> node  ``cancel``              ``(task id, force, recursive)`` (node_returns.py)
+node -> driver  ``items``               a generator's new items, ``(task id, index, what,
+                                        payload)``; its ``done`` is ``stream_end``, that of
+                                        ``num_returns=k`` ``returns`` (node_returns.py)
 node -> node    ``bmeta``, ``bchunk``   pull a stored object's blob for a task's
                                         ``RemoteArg``: its size, then ``(id, offset,
                                         length)`` pieces (:mod:`~repartir.cluster.pull`)
@@ -78,6 +82,9 @@ from . import handoff, membership
 from .leases import DriverLeases, Holdings, drop_driver
 from .encryption import ClusterKeys
 from .node_actors import ActorKey, NodeActors
+from .nested import remote_with_nested
+from .node_returns import NodeReturns, several
+from .result_refs import WithRefs, export_refs
 from .pull import BLOB_KINDS, BlobServer, Puller
 from .stealing import NodeStealing
 from .sockets import Endpoint
@@ -110,7 +117,7 @@ def _picklable_error(exc: BaseException) -> BaseException:
         return RepartirError(f"{type(exc).__name__}: {exc}")
 
 
-class NodeDaemon(NodeStealing):
+class NodeDaemon(NodeStealing, NodeReturns):
     """One node of a cluster (see the module's docstring).
 
     Args:
@@ -171,6 +178,7 @@ class NodeDaemon(NodeStealing):
         self.leases = DriverLeases(self.timeout)  # the head's: drivers heard (leases.py)
         self.holdings = Holdings(self.timeout)  # who each kept result is for (leases.py)
         self._init_stealing()
+        self._init_returns()  # num_returns != 1, generators, cancels (node_returns.py)
         if head is not None:
             self._join()
         else:
@@ -239,6 +247,8 @@ class NodeDaemon(NodeStealing):
             self._send_chunk(peer, *value[1:])
         elif kind in BLOB_KINDS:
             self.blobs.on_message(peer, value)
+        elif kind == "cancel":
+            self._on_cancel(peer, *value[1:])
         elif kind == "release":
             for oid in value[1]:
                 self.stored.pop(oid, None)
@@ -299,9 +309,13 @@ class NodeDaemon(NodeStealing):
                kwargs: dict) -> None:
         """Submit a task whose arguments are all on this node (raises what ``.remote()``
         raises)."""
+        self._check_cancelled(tid)
         args = [self._arg(a) for a in args]
         kwargs = {k: self._arg(v) for k, v in kwargs.items()}
-        ref = rf.remote(*args, **kwargs)
+        ref = remote_with_nested(rf, args, kwargs)  # rf.remote, with nested refs (nested.py)
+        if several(ref):  # num_returns != 1, a generator (node_returns.py)
+            self._start_returns(peer, tid, ref)
+            return
         self.pending[tid] = (peer, ref)
         done = self.done
         ref.future().add_done_callback(
@@ -339,14 +353,17 @@ class NodeDaemon(NodeStealing):
             self._finished(tid, now)
             if entry is None:
                 continue  # dropped when this node was declared dead (membership.py)
+            if several(entry[1]):  # several returns, a stream: node_returns.py
+                by_peer.setdefault(peer, []).append(self._returns_item(peer, tid, entry[1]))
+                continue
             exc = fut.exception()
             if exc is not None:
                 item = (tid, "error", _picklable_error(exc))
             else:
-                value = fut.result()
+                value = export_refs(self, peer, fut.result())  # refs inside: result_refs.py
                 frames = encode(value)
                 size = sum(memoryview(f).nbytes for f in frames)
-                if size <= CLUSTER_INLINE_RESULT_BYTES:
+                if size <= CLUSTER_INLINE_RESULT_BYTES or type(value) is WithRefs:
                     item = (tid, "value", value)
                 else:
                     self.stored[tid] = [entry[1], frames]
@@ -419,6 +436,8 @@ class NodeDaemon(NodeStealing):
                             print(f"the head refused this node: {exc}", file=sys.stderr,
                                   flush=True)
                         break
+            if self.streams:
+                self._stream_tick()
             if self.done:
                 self._completions()
             self._steal_tick()

@@ -196,12 +196,16 @@ class NodeActors:
         self._owners.pop(aid, None)
         return Ready(None)
 
-    def call(self, actor_id: bytes, method: str, /, *args: Any, **kwargs: Any) -> Any:
+    def call(self, actor_id: bytes, method: Any, /, *args: Any, **kwargs: Any) -> Any:
         h = self.handles.get(actor_id)
         if h is None:
             why = self._gone.get(actor_id, "it was never created here")
             raise ActorDiedError(f"actor {actor_id.hex()[:12]} is not on node "
                                  f"{self.node_id[:12]}: {why}")
+        if type(method) is tuple:  # (name, num_returns) other than 1: node_returns.py
+            name, nret = method  # (0: one here, the driver drops it; -1: streaming)
+            return getattr(h, name).options(
+                num_returns="streaming" if nret < 0 else max(nret, 1)).remote(*args, **kwargs)
         return getattr(h, method).remote(*args, **kwargs)
 
     def end(self, actor_id: bytes, force: bool = False) -> Ready:

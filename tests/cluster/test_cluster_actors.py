@@ -164,8 +164,8 @@ def test_errors_and_what_is_refused():
     with pytest.raises(TypeError, match="too many"):
         c.add.remote(1, 2)
     assert repartir.get(ident.remote(c), timeout=60) == c  # to a task and back
-    with pytest.raises(repartir.RepartirError, match="num_returns=2"):
-        c.add.options(num_returns=2).remote(1)
+    with pytest.raises(repartir.RepartirError, match="'dynamic' is not"):
+        c.add.options(num_returns="dynamic").remote(1)
 
 
 def test_named_actor_from_a_second_driver():
