@@ -125,6 +125,10 @@ def _load_code(blob: bytes, filename: str, first: int, lines: list[str]) -> type
     return marshal.loads(blob)
 
 
+#: For a cloudpickle pickler of code elsewhere (a ``dispatch_table`` entry for code objects).
+reduce_code = _reduce_code
+
+
 class _DataPickler(pickle.Pickler):
     dispatch_table = ChainMap({np.ndarray: _reduce_ndarray}, copyreg.dispatch_table)
 

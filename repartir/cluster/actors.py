@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections import ChainMap
 import pickle
 import threading
 import types
@@ -47,6 +48,7 @@ from ..errors import (ActorDiedError, GetTimeoutError, InfeasibleTaskError, Node
 from ..runtime.actor import ActorHandle, ActorMethod
 from ..runtime.objectref import ObjectRef
 from ..runtime.streaming import DYNAMIC, parse_num_returns
+from ..serialization import reduce_code
 from .handoff import rebuild_handle
 from .nested import pickled_capturing, resolve_nested
 from .node_actors import ActorKey
@@ -72,6 +74,9 @@ class _ClassPickler(cloudpickle.CloudPickler):
     remote by value (its module's name holds the ``ActorClass``, not the class), but finds
     its methods through that wrapper and would send them by reference, which a node that
     cannot import the driver's module (a script, a test) could not load."""
+
+    dispatch_table = ChainMap({types.CodeType: reduce_code},
+                              cloudpickle.CloudPickler.dispatch_table)  # keeps file names
 
     def __init__(self, f: io.BytesIO, cls: type) -> None:
         super().__init__(f, protocol=5)

@@ -39,6 +39,7 @@ from ..runtime import context
 from ..runtime.objectref import ObjectRef
 from ..runtime.signature import arg_check
 from ..runtime.streaming import DYNAMIC, parse_num_returns
+from ..serialization import dumps_code
 from .actors import ClusterActors
 from .borrows import Borrows, RemoteArg, prefer_by_bytes
 from .client_loop import ClientLoop
@@ -50,7 +51,6 @@ from .encryption import ClusterKeys
 from .sockets import Endpoint
 from .stealing import fits as fits_in
 from .state import StoredArg, resolve_address, tcp
-from .wire import encode
 
 __all__ = ["ClusterClient", "ClusterRef", "connect", "active"]
 
@@ -322,7 +322,8 @@ class ClusterClient(ClientLoop):
             mr = o.get("max_retries", 3)
             cached = ((rf._key, repr(sorted(o.items(), key=lambda kv: kv[0]))), demand,
                       (1 << 30) if mr == -1 else mr, arg_check(rf._function, rf._name),
-                      encode((rf._function, o if nret else dict(o, num_returns=1)))[0], nret)
+                      dumps_code((rf._function, o if nret else dict(o, num_returns=1)),
+                                 f"remote function {rf._name}"), nret)
             self._keys[rf] = cached
         key, demand, retries, check, blob, nret = cached
         if kwargs or not check.min_pos <= len(args) <= check.max_pos:

@@ -188,8 +188,10 @@ def test_errors_and_wait(cluster):
     def boom():
         raise KeyError("no such thing")
 
-    with pytest.raises(KeyError, match="no such thing"):
+    with pytest.raises(KeyError, match="no such thing") as info:
         repartir.get(boom.remote(), timeout=60)
+    # the remote traceback names this file and shows the line (not "<dynamic-code>")
+    assert "test_cluster.py" in str(info.value) and 'raise KeyError("no such' in str(info.value)
 
     class PairError(Exception):  # its __init__ does not take its args: made from its state
         def __init__(self, a, b):
