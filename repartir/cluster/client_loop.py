@@ -6,6 +6,7 @@ and asks the head for the registry every ``CLUSTER_HEARTBEAT_S``."""
 from __future__ import annotations
 
 import pickle
+import sys
 import time
 from typing import Any
 
@@ -15,10 +16,26 @@ from ..config import (CLUSTER_BATCH_TASKS, CLUSTER_CHUNK_BYTES, CLUSTER_CHUNKS_I
                       CLUSTER_HEARTBEAT_S)
 from ..errors import (InfeasibleTaskError, NodeDiedError, ObjectLostError, RepartirError,
                       WireTimeoutError)
+from ..runtime import context
 from .membership import requeue, restarted, writable
 from .sockets import Endpoint
 
 __all__ = ["ClientLoop"]
+
+
+def print_output(items: list) -> None:
+    """Write the lines a node's workers printed to this driver's stdout or stderr; a
+    worker or actor process connected to the cluster drops them (its own output goes to
+    its node, which would send them round again)."""
+    if context.inner is not None:
+        return
+    for to_stderr, text in items:
+        console = sys.stderr if to_stderr else sys.stdout
+        try:
+            console.write(text)
+            console.flush()
+        except Exception:  # noqa: BLE001 -- a closed console: drop the lines
+            pass
 
 
 class ClientLoop:
@@ -190,6 +207,8 @@ class ClientLoop:
                         self.results[tid] = ("error", payload)
                 if releases:
                     sends.append(("release", releases))
+            elif kind == "output":  # what the node's workers printed (node.py)
+                print_output(value[1])
             elif kind == "moved":  # stolen by another node (stealing.py)
                 self._moved(value[1], value[2])
                 self.returns.moved_locked(value[1], value[2])

@@ -63,6 +63,7 @@ import collections
 import json
 import os
 import pickle
+import re
 import signal
 import socket
 import sys
@@ -107,6 +108,9 @@ def _reachable_host(bind: str, head: str | None) -> str:
         except OSError:
             pass
     return socket.gethostbyname(socket.gethostname())
+
+
+_PID_PREFIX = re.compile(r"^(\([^()\n]* pid=\d+)\) ", re.MULTILINE)
 
 
 def _picklable_error(exc: BaseException) -> BaseException:
@@ -178,6 +182,10 @@ class NodeDaemon(NodeStealing, NodeReturns):
         self.leases = DriverLeases(self.timeout)  # the head's: drivers heard (leases.py)
         self.holdings = Holdings(self.timeout)  # who each kept result is for (leases.py)
         self._init_stealing()
+        self.output: collections.deque = collections.deque()  # worker lines for the drivers
+        forwarder = getattr(local_driver.client().node, "output", None)
+        if forwarder is not None:
+            forwarder.sink = lambda err, text: self.output.append((err, text))
         self._init_returns()  # num_returns != 1, generators, cancels (node_returns.py)
         if head is not None:
             self._join()
@@ -388,6 +396,18 @@ class NodeDaemon(NodeStealing, NodeReturns):
         view = memoryview(entry[1][frame]).cast("B")[offset:offset + length]
         self.router.send(("chunk", oid, frame, offset, pickle.PickleBuffer(view)), to=peer)
 
+    def _relay_output(self) -> None:
+        """Send what the workers printed to every driver this node serves (as Ray's
+        ``log_to_driver``), each line's prefix naming this node: ``(worker pid=N,
+        ip=HOST) ``."""
+        items = []
+        host = self.address.rsplit(":", 1)[0]
+        while self.output:
+            err, text = self.output.popleft()
+            items.append((err, _PID_PREFIX.sub(rf"\1, ip={host}) ", text)))
+        for peer in list(self.drivers):
+            self.router.send(("output", items), to=peer)
+
     def _drivers_listed(self, live: Any) -> None:
         """The head's list of live drivers: drop what is held for those gone (leases.py)."""
         for driver_id in self.holdings.gone(self.drivers, live):
@@ -440,6 +460,8 @@ class NodeDaemon(NodeStealing, NodeReturns):
                 self._stream_tick()
             if self.done:
                 self._completions()
+            if self.output:
+                self._relay_output()
             self._steal_tick()
             now = time.monotonic()
             if now >= next_beat:

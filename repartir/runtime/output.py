@@ -62,6 +62,10 @@ class _Stream:
 class OutputForwarder:
     """Forwards the lines of many pipes to the driver's ``sys.stdout`` / ``sys.stderr``."""
 
+    #: Called with ``(to_stderr, text)`` for every batch of prefixed lines, from the
+    #: forwarding thread (a cluster's node daemon sends them on to its drivers).
+    sink = None
+
     def __init__(self) -> None:
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
@@ -253,6 +257,12 @@ class OutputForwarder:
         stream.proc.tail.extend(texts)
         prefix = stream.proc.prefix
         out = "".join(f"{prefix}{t}\n" for t in texts)
+        sink = self.sink
+        if sink is not None:  # a cluster's node daemon: relayed to its drivers too
+            try:
+                sink(stream.to_stderr, out)
+            except Exception:  # noqa: BLE001 -- never stop the pipes for it
+                pass
         console = sys.stderr if stream.to_stderr else sys.stdout
         if console is None:
             return

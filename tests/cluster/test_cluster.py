@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -253,6 +254,34 @@ def test_wrong_token_is_refused_on_both_sides(cluster):
     assert "refused" in d.stdout
     assert issubclass(TokenError, PermissionError)
 
+
+def test_what_tasks_print_reaches_the_driver(cluster):
+    """As Ray's ``log_to_driver``: the lines a task prints on a node reach the driver's
+    stdout or stderr, prefixed with the worker's pid and the node's address."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        import repartir
+        repartir.init(address={cluster["address"]!r})
+
+        @repartir.remote
+        def hello(i):
+            print(f"hello from task {{i}}")
+            print(f"oops {{i}}", file=sys.stderr)
+            return i
+
+        big = [hello.options(resources={{"big_mem": 1}}).remote(i) for i in range(3)]
+        head = [hello.options(resources={{"on_head": 1}}).remote(i) for i in range(3, 5)]
+        assert repartir.get(big + head, timeout=60) == list(range(5))
+        time.sleep(2.0)  # the lines travel beside the results, not before them
+    """)
+    d = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert d.returncode == 0, d.stderr
+    for i in range(5):
+        assert re.search(rf"^\(worker pid=\d+, ip=127\.0\.0\.1\) hello from task {i}$",
+                         d.stdout, re.MULTILINE), d.stdout
+        assert re.search(rf"^\(worker pid=\d+, ip=127\.0\.0\.1\) oops {i}$", d.stderr,
+                         re.MULTILINE), d.stderr
 
 def _held() -> dict[str, int]:
     """The live nodes' results kept, and tasks queued or running, from the registry."""
