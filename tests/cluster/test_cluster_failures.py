@@ -232,16 +232,18 @@ def test_a_frozen_node_is_dead_in_time_and_comes_back_as_a_new_incarnation(clust
     fid = _node_id(frozen)
     kept = [make.remote(300 + i) for i in range(6)]
     assert len(repartir.wait(kept, num_returns=6, timeout=60)[0]) == 6
-    stuck = [slow.options(max_retries=2).remote(i, 1.5) for i in range(6)]
-    only_there = slow.options(resources={"cold": 1}, max_retries=0).remote(-1, 30.0)
     holder = Holder.options(resources={"cold": 0.5}).remote()
     assert repartir.get(holder.node.remote(), timeout=60) == fid
+    stuck = [slow.options(max_retries=2).remote(i, 3.0) for i in range(6)]
+    only_there = slow.options(resources={"cold": 1}, max_retries=0).remote(-1, 30.0)
     client = cluster_client.active()
-    with client._lock:
-        on_frozen = [i for i, r in enumerate(stuck) if client.inflight[r.binary()].node == fid]
-    assert on_frozen and _kept_on(kept, fid)
+    assert _kept_on(kept, fid)
     time.sleep(0.3)
     os.kill(frozen["pid"], signal.SIGSTOP)
+    with client._lock:  # not done when it froze (3 s tasks): they must run elsewhere
+        on_frozen = [i for i, r in enumerate(stuck)
+                     if r.binary() in client.inflight and client.inflight[r.binary()].node == fid]
+    assert on_frozen
     try:
         t0 = time.monotonic()
         with pytest.raises(repartir.GetTimeoutError):
