@@ -18,10 +18,12 @@ task sent here, an argument kept on another node.
 What travels is the object's *blob*: the bytes repartir's object store keeps
 (:class:`repartir.serialization.Serialized`: a small header, the pickle, the out-of-band
 buffers), sent straight from B's arena (a read-only view, pinned while a frame refers to it:
-no re-pickling, no copy on B) and received into C's arena block (each chunk's frame is
-received by ZeroMQ without a copy, verified, then copied once into the block).  The block
-then becomes an object of C's local node, owned by the daemon, exactly as if ``put`` had
-stored it, so the tasks that take it read it from C's arena without another copy.
+no re-pickling, no copy on B) and received into C's arena block: ZeroMQ receives each
+chunk's frame, which is copied into its place in the block a piece at a time while the copy
+is hashed, and the chunk's MAC is checked over the bytes in the block (:meth:`Puller._place`,
+``Endpoint.recv(place=)``).  The block then becomes an object of C's local node, owned by
+the daemon, exactly as if ``put`` had stored it, so the tasks that take it read it from C's
+arena without another copy.
 
 **Who holds what.**  A driver that sends node C a task whose argument is a result kept on
 B passes a :class:`RemoteArg` (the object's id, B's node id and address, its size).  C pulls
