@@ -293,7 +293,7 @@ class Puller:
                 self._lost(pull, f"it sent {view.nbytes} bytes at offset {offset}, which "
                                  f"this node did not ask for")
                 return
-            if pull.todo:  # keep the peer busy while this chunk is copied
+            if pull.todo:  # keep the peer busy (while this chunk is copied, if it must be)
                 self._ask(pull)
             if placed != (oid, offset):  # else received and verified in its place
                 pull.dst[offset:offset + view.nbytes] = view  # type: ignore[index]
