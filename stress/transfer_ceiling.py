@@ -14,11 +14,18 @@ seconds that the sender and the receiver used per GB moved during the timed roun
   each into one buffer while hashing the copy (``repartir.cluster.wire._copy_and_digest``),
   which is what a pull's signing and verifying add per byte (the HMAC of 32-byte digests
   and the pickles are left out);
+- ``endpoints``: the same through repartir's signed endpoints (``repartir.cluster.Endpoint``
+  with a token), each chunk received in its place as a pull receives it
+  (``Endpoint.recv(place=)``): the pickles, the HMAC and the sequence numbers on top of
+  ``zmq+blake3``;
 - ``tcp``: one plain TCP stream (``sendall``, ``recv_into`` a buffer), the bench's ``tcp``;
 - ``tcp+blake3``: the same, B hashing each 4 MiB before it sends it, C each MiB received.
 
 When the two hosts' processes share the machine's cores, the CPU seconds per GB times the
-GB/s say how many cores the transfer kept busy.  The subcommands ``_serve`` and ``_pull`` are
+GB/s say how many cores the transfer kept busy.  ``--apart`` prints instead, without hosts,
+the CPU seconds per GB of hashing 4 MiB chunks, of signing them as chunk messages, of
+copying them into place while hashing, and of verifying them into place and decoding them
+(:func:`apart`).  The subcommands ``_serve`` and ``_pull`` are
 the processes inside the hosts.
 """
 
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import socket
 import statistics
 import subprocess
@@ -42,7 +50,7 @@ PORT = 5300
 CHUNK = 4 << 20
 IN_FLIGHT = 4
 PIECE = 1 << 20  # tcp+blake3: bytes received then hashed at a time
-WAYS = ("zmq", "zmq+blake3", "tcp", "tcp+blake3")
+WAYS = ("zmq", "zmq+blake3", "endpoints", "tcp", "tcp+blake3")
 
 
 def _cpu(pid: int | str = "self") -> float:
@@ -59,7 +67,20 @@ def _serve(way: str, addr: str, nbytes: int, rounds: int) -> None:
 
     view = memoryview(np.ones(nbytes // 8)).cast("B")
     hashing = way.endswith("+blake3")
-    if way.startswith("zmq"):
+    if way == "endpoints":
+        import pickle
+
+        from repartir.cluster import Endpoint
+
+        with Endpoint.listen(f"tcp://{addr}:{PORT}") as ep:  # the token: REPARTIR_TOKEN
+            print("ready", os.getpid(), flush=True)
+            while True:
+                msg = ep.recv()
+                if msg.value == "stop":
+                    break
+                off, n = msg.value
+                ep.send((off, pickle.PickleBuffer(view[off:off + n])), to=msg.peer)
+    elif way.startswith("zmq"):
         ctx = zmq.Context()
         sock = ctx.socket(zmq.ROUTER)
         sock.bind(f"tcp://{addr}:{PORT}")
@@ -104,7 +125,34 @@ def _pull(way: str, addr: str, nbytes: int, rounds: int, server: int) -> None:
         if len(seconds) in (1, rounds):
             cpu.append(_cpu() + _cpu(server))
 
-    if way.startswith("zmq"):
+    if way == "endpoints":
+        from repartir.cluster import Endpoint
+
+        with Endpoint.connect(f"tcp://{addr}:{PORT}") as ep:
+            for _ in range(rounds):
+                t = time.perf_counter()
+                todo = [(off, min(CHUNK, nbytes - off))
+                        for off in range(0, nbytes, CHUNK)][::-1]
+                asked = []
+                for _ in range(min(IN_FLIGHT, len(todo))):
+                    asked.append(todo.pop())
+                    ep.send(asked[-1])
+
+                def place(sizes: list[int]) -> dict | None:
+                    off, n = asked[0]
+                    return {1: dst[off:off + n]} if sizes[1:] == [n] else None
+
+                while asked:
+                    off, data = ep.recv(timeout=60, place=place).value
+                    if (off, memoryview(data).nbytes) != asked.pop(0):
+                        raise RuntimeError(f"chunk {off} came out of order")
+                    if todo:
+                        asked.append(todo.pop())
+                        ep.send(asked[-1])
+                seconds.append(time.perf_counter() - t)
+                clock()
+            ep.send("stop")
+    elif way.startswith("zmq"):
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
         sock.connect(f"tcp://{addr}:{PORT}")
@@ -163,14 +211,15 @@ def measure(cluster, way: str, mib: int, reps: int) -> dict:
     b, c = cluster.hosts[1], cluster.hosts[2]
     nbytes, rounds = mib << 20, reps + 1
     args = [way, b.addr, str(nbytes), str(rounds)]
+    env = dict(os.environ, REPARTIR_TOKEN=secrets.token_hex(32), PYTHONPATH=ROOT)
     srv = cluster.run_in(b, [sys.executable, __file__, "_serve", *args],
-                         stdout=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, text=True, env=env)
     try:
         ready = srv.stdout.readline().split()
         if ready[:1] != ["ready"]:
             raise RuntimeError(f"the {way} sender did not start")
         pull = cluster.run_in(c, [sys.executable, __file__, "_pull", *args, ready[1]],
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True, env=env)
         got = json.loads(pull.communicate(timeout=300)[0].strip().splitlines()[-1])
         srv.wait(timeout=60)
     finally:
@@ -180,6 +229,49 @@ def measure(cluster, way: str, mib: int, reps: int) -> dict:
     gbps = [nbytes / s / 1e9 for s in got["seconds"][1:]]
     return {"GBps": statistics.median(gbps), "rounds": [round(g, 2) for g in gbps],
             "cpu_s_per_GB": got["cpu_s"] / (nbytes * reps / 1e9)}
+
+
+def apart(mib: int = 64, reps: int = 5) -> dict[str, float]:
+    """CPU seconds per GB of the hashing alone and of repartir's signing and verifying of a
+    chunk message (4 MiB chunks of ``mib`` MiB, best of ``reps``; one process, no socket):
+    ``{"blake3": ..., "sign": ..., "copy+blake3": ..., "verify in place": ...}``."""
+    import pickle
+
+    import blake3
+    import numpy as np
+
+    from repartir.cluster.wire import Signer, Verifier, _copy_and_digest, decode, encode
+
+    token, n = secrets.token_hex(32), mib << 20
+    view = memoryview(np.ones(n // 8)).cast("B")
+    dst = memoryview(bytearray(n))
+    dst[:] = view  # the pages exist, as an arena's do
+    signer = Signer(token)
+
+    def message(off: int) -> list:
+        return signer.sign(encode((off, pickle.PickleBuffer(view[off:off + CHUNK]))))
+
+    sent = [message(off) for off in range(0, n, CHUNK)]
+
+    def verify(off: int) -> None:
+        frames = sent[off // CHUNK]
+        decode(Verifier(token).verify(frames, into={1: dst[off:off + CHUNK]}).frames)
+
+    ways = {"blake3": lambda off: blake3.blake3(view[off:off + CHUNK]).digest(),
+            "sign": message,
+            "copy+blake3": lambda off: _copy_and_digest(sent[off // CHUNK][1],
+                                                        dst[off:off + CHUNK]),
+            "verify in place": verify}
+    out = {}
+    for name, fn in ways.items():
+        best = float("inf")
+        for _ in range(reps):
+            t = time.process_time()
+            for off in range(0, n, CHUNK):
+                fn(off)
+            best = min(best, time.process_time() - t)
+        out[name] = best / (n / 1e9)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--mib", type=int, default=256)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--apart", action="store_true",
+                   help="only the CPU cost of hashing, signing and verifying, no hosts")
     args = p.parse_args(argv)
+    if args.apart:
+        for name, cpu in apart().items():
+            print(f"{name:<16} {cpu:.3f} CPU-s/GB")
+        return 0
     from stress import netns
 
     with netns.Cluster(3) as cluster:
