@@ -24,9 +24,9 @@ seconds that the sender and the receiver used per GB moved during the timed roun
 When the two hosts' processes share the machine's cores, the CPU seconds per GB times the
 GB/s say how many cores the transfer kept busy.  ``--apart`` prints instead, without hosts,
 the CPU seconds per GB of hashing 4 MiB chunks, of signing them as chunk messages, of
-copying them into place while hashing, and of verifying them into place and decoding them
-(:func:`apart`).  The subcommands ``_serve`` and ``_pull`` are
-the processes inside the hosts.
+hashing them then copying them into place, of copying them into place while hashing, and of
+verifying them into place and decoding them (:func:`apart`).  The subcommands ``_serve`` and
+``_pull`` are the processes inside the hosts.
 """
 
 from __future__ import annotations
@@ -234,7 +234,10 @@ def measure(cluster, way: str, mib: int, reps: int) -> dict:
 def apart(mib: int = 64, reps: int = 5) -> dict[str, float]:
     """CPU seconds per GB of the hashing alone and of repartir's signing and verifying of a
     chunk message (4 MiB chunks of ``mib`` MiB, best of ``reps``; one process, no socket):
-    ``{"blake3": ..., "sign": ..., "copy+blake3": ..., "verify in place": ...}``."""
+    ``{"blake3": ..., "sign": ..., "blake3, copy": ..., "copy+blake3": ..., "verify in
+    place": ...}`` ("blake3, copy": hashing a received chunk then copying it into place, as
+    a pull did before it received chunks in place; "copy+blake3": copying it while hashing
+    the copy, as now)."""
     import pickle
 
     import blake3
@@ -253,12 +256,18 @@ def apart(mib: int = 64, reps: int = 5) -> dict[str, float]:
 
     sent = [message(off) for off in range(0, n, CHUNK)]
 
+    def hash_then_copy(src: memoryview, to: memoryview) -> None:  # before in-place receipt
+        blake3.blake3(src).digest()
+        to[:] = src
+
     def verify(off: int) -> None:
         frames = sent[off // CHUNK]
         decode(Verifier(token).verify(frames, into={1: dst[off:off + CHUNK]}).frames)
 
     ways = {"blake3": lambda off: blake3.blake3(view[off:off + CHUNK]).digest(),
             "sign": message,
+            "blake3, copy": lambda off: hash_then_copy(sent[off // CHUNK][1],
+                                                       dst[off:off + CHUNK]),
             "copy+blake3": lambda off: _copy_and_digest(sent[off // CHUNK][1],
                                                         dst[off:off + CHUNK]),
             "verify in place": verify}
