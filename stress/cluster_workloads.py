@@ -57,6 +57,9 @@ MIB = 1 << 20
 SIZES = {False: {"tiny_tasks": 5_000, "dask_tiny_tasks": 1_000, "mib": 256, "reps": 3},
          True: {"tiny_tasks": 1_000, "dask_tiny_tasks": 300, "mib": 32, "reps": 2}}
 RAY_PORT = 6379
+#: The ``ray`` command of this interpreter's environment (so that ``VENV/bin/python
+#: stress/bench.py`` runs the same Ray as its driver without the venv on PATH), else PATH's.
+RAY = str(Path(PY).with_name("ray")) if Path(PY).with_name("ray").exists() else "ray"
 #: Seconds the Ray nodes may take to join before the scenario gives up.
 RAY_START_TIMEOUT_S = 90.0
 
@@ -158,12 +161,30 @@ def ray_reference(cluster: netns.Cluster, *, tiny_tasks: int = 5_000, mib: int =
         store = str(max(4 * mib, 256) * MIB)
 
         def start(host: netns.Host, args: list[str]) -> None:
-            log = open(os.path.join(tmp, f"ray-{host.index}.log"), "w")
-            procs.append(cluster.run_in(host, ["ray", "start", "--block", "--node-ip-address",
-                                               host.addr, "--object-store-memory", store,
-                                               "--disable-usage-stats", *args],
-                                        env=env, stdout=log, stderr=subprocess.STDOUT))
-            log.close()
+            """``ray start`` on ``host``, and wait until it says it runs.  Ray gives a node
+            30 s to register (a constant of ``ray._private.node``), which a loaded 2-core
+            machine can exceed: a node that exits during startup is started once more, then
+            the error names it and quotes its log."""
+            path = os.path.join(tmp, f"ray-{host.index}.log")
+            for attempt in (1, 2):
+                with open(path, "a") as log:
+                    proc = cluster.run_in(host, [RAY, "start", "--block", "--node-ip-address",
+                                                 host.addr, "--object-store-memory", store,
+                                                 "--disable-usage-stats", *args],
+                                          env=env, stdout=log, stderr=subprocess.STDOUT)
+                procs.append(proc)
+                deadline = time.monotonic() + RAY_START_TIMEOUT_S
+                while proc.poll() is None and time.monotonic() < deadline:
+                    if "Ray runtime started" in Path(path).read_text():
+                        return
+                    time.sleep(0.2)
+                if proc.poll() is None:
+                    break  # still starting: the error below says so
+            why = (f"exited with status {proc.returncode}" if proc.poll() is not None
+                   else f"not up after {RAY_START_TIMEOUT_S:g} s")
+            raise RuntimeError(f"`ray start` on host {'ABC'[host.index]} ({host.addr}) did not "
+                               f"start ({why}; {attempt} attempt(s)): "
+                               f"{Path(path).read_text()[-1500:]}")
 
         def logs() -> str:
             return "\n".join(f"--- {f}\n" + Path(tmp, f).read_text()[-1500:]
@@ -172,7 +193,6 @@ def ray_reference(cluster: netns.Cluster, *, tiny_tasks: int = 5_000, mib: int =
         try:
             start(a, ["--head", "--port", str(RAY_PORT), "--num-cpus", "0",
                       "--include-dashboard", "false", "--temp-dir", os.path.join(tmp, "r")])
-            time.sleep(3)
             start(b, ["--address", head, "--num-cpus", "1", "--resources", '{"b": 1}'])
             start(c, ["--address", head, "--num-cpus", "1", "--resources", '{"c": 1}'])
             d = cluster.run_in(a, [PY, os.path.abspath(__file__), "_ray-driver", head,

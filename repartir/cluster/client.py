@@ -51,6 +51,7 @@ from .encryption import ClusterKeys
 from .sockets import Endpoint
 from .stealing import fits as fits_in
 from .state import StoredArg, resolve_address, tcp
+from .wake import Wake
 
 __all__ = ["ClusterClient", "ClusterRef", "connect", "active"]
 
@@ -170,6 +171,8 @@ class ClusterClient(ClientLoop):
         self.returns = Returns(self, ClusterRef)  # num_returns != 1, streams, cancel, futures
         self._poller = zmq.Poller()
         self._poller.register(self._head.socket, zmq.POLLIN)
+        self._wake = Wake()  # a task queued goes at once, not at the loop's next poll
+        self._poller.register(self._wake.fd, zmq.POLLIN)
         self._update_nodes(msg.value[1])
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name="repartir-cluster")
@@ -305,6 +308,7 @@ class ClusterClient(ClientLoop):
         self._used[nid] += task.demand.get("CPU", 0.0)
         self._count[nid] += 1
         self._outbox.setdefault(nid, []).append(tid)
+        self._wake.signal()
 
     def submit(self, rf: Any, args: tuple, kwargs: dict) -> ClusterRef:
         """``rf.remote(*args, **kwargs)`` on the cluster (called by ``RemoteFunction``)."""
@@ -542,6 +546,8 @@ class ClusterClient(ClientLoop):
         time.sleep(0.05)  # let the releases leave (linger is 0)
         for ep in [self._head, *self._eps.values()]:
             ep.close()
+        if not self._thread.is_alive():  # else its poller may still watch the pipe
+            self._wake.close()
 
 
 def connect(address: str | None, token: str | None = None) -> ClusterClient:

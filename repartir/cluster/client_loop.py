@@ -49,6 +49,8 @@ class ClientLoop:
                 self._flush()
                 busy = self.inflight or self._fetches or self._fetch_start
                 events = dict(self._poller.poll(1 if busy else 20))
+                if self._wake.fd in events:
+                    self._wake.drain()
                 for sock in events:
                     self._drain(sock)
                 now = time.monotonic()

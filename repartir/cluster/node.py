@@ -328,6 +328,7 @@ class NodeDaemon(NodeStealing, NodeReturns):
         done = self.done
         ref.future().add_done_callback(
             lambda f, tid=tid, peer=peer: done.append((peer, tid, f)))
+        local_driver.wake_pump()  # its completion is seen at once, not after the back-off
 
     def _peer_keywords(self, arg: Any) -> dict:
         """``Endpoint.connect`` keywords for a connection to the node that keeps the

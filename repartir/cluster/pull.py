@@ -18,10 +18,12 @@ task sent here, an argument kept on another node.
 What travels is the object's *blob*: the bytes repartir's object store keeps
 (:class:`repartir.serialization.Serialized`: a small header, the pickle, the out-of-band
 buffers), sent straight from B's arena (a read-only view, pinned while a frame refers to it:
-no re-pickling, no copy on B) and received into C's arena block (each chunk's frame is
-received by ZeroMQ without a copy, verified, then copied once into the block).  The block
-then becomes an object of C's local node, owned by the daemon, exactly as if ``put`` had
-stored it, so the tasks that take it read it from C's arena without another copy.
+no re-pickling, no copy on B) and received into C's arena block: ZeroMQ receives each
+chunk's frame, which is copied into its place in the block a piece at a time while the copy
+is hashed, and the chunk's MAC is checked over the bytes in the block (:meth:`Puller._place`,
+``Endpoint.recv(place=)``).  The block then becomes an object of C's local node, owned by
+the daemon, exactly as if ``put`` had stored it, so the tasks that take it read it from C's
+arena without another copy.
 
 **Who holds what.**  A driver that sends node C a task whose argument is a result kept on
 B passes a :class:`RemoteArg` (the object's id, B's node id and address, its size).  C pulls
@@ -183,6 +185,10 @@ class Puller:
         self.pulls: dict[bytes, _Pull] = {}
         self.uses: dict[bytes, list[bytes]] = {}  # task id -> cached objects it uses
         self.pulled_bytes = 0
+        # node id -> the chunks asked of it, in the order asked (its answers come in that
+        # order: one connection, served in turn), {(object id, offset): None}
+        self._expected: dict[str, dict[tuple[bytes, int], None]] = {}
+        self._placed: tuple[bytes, int] | None = None  # the chunk received in place
 
     # ------------------------------------------------------------------ tasks
 
@@ -261,6 +267,7 @@ class Puller:
 
     def on_message(self, node: str, value: tuple) -> None:
         """A message from peer ``node`` (its DEALER endpoint reported it)."""
+        placed, self._placed = self._placed, None
         kind, oid = value[0], value[1]
         pull = self.pulls.get(oid)
         if pull is None or pull.node != node:
@@ -281,13 +288,15 @@ class Puller:
                 self._lost(pull, "it no longer keeps it (released, or lost)")
                 return
             view = memoryview(data).cast("B")
+            self._expected.get(node, {}).pop((oid, offset), None)
             if pull.asked.pop(offset, -1) != view.nbytes:  # not asked, or not what was asked
                 self._lost(pull, f"it sent {view.nbytes} bytes at offset {offset}, which "
                                  f"this node did not ask for")
                 return
-            if pull.todo:  # keep the peer busy while this chunk is copied
+            if pull.todo:  # keep the peer busy (while this chunk is copied, if it must be)
                 self._ask(pull)
-            pull.dst[offset:offset + view.nbytes] = view  # type: ignore[index]
+            if placed != (oid, offset):  # else received and verified in its place
+                pull.dst[offset:offset + view.nbytes] = view  # type: ignore[index]
             self.pulled_bytes += view.nbytes
             pull.left -= 1
             if pull.left == 0:
@@ -296,7 +305,30 @@ class Puller:
     def _ask(self, pull: _Pull) -> None:
         offset, length = pull.todo.pop()
         pull.asked[offset] = length
+        self._expected.setdefault(pull.node, {})[(pull.oid, offset)] = None
         self.peers[pull.node].send(("bchunk", pull.oid, offset, length))
+
+    def _place(self, node: str, sizes: list[int]) -> dict[int, memoryview] | None:
+        """Where the message now received from ``node`` should land (see
+        :meth:`Endpoint.recv`'s ``place``): a chunk answer (a pickle and one frame) of the
+        size of the oldest chunk asked of that node goes straight into its place in the
+        pull's block, where it is copied as it is verified, saving a pass over its bytes.
+        Nothing uses that place before the chunk is accepted: the block becomes an object
+        only when every chunk has been.  A message that is something else after all (its
+        pickle says which, once verified) is copied where it belongs, as without this."""
+        self._placed = None
+        expected = self._expected.get(node)
+        while expected:
+            oid, offset = key = next(iter(expected))
+            pull = self.pulls.get(oid)
+            if pull is None or pull.node != node or offset not in pull.asked:
+                del expected[key]  # its pull ended (landed or lost)
+                continue
+            if len(sizes) != 2 or sizes[1] != pull.asked[offset] or pull.dst is None:
+                return None
+            self._placed = key
+            return {1: pull.dst[offset:offset + sizes[1]]}
+        return None
 
     def _allocate(self, pull: _Pull, size: int) -> None:
         pull.size = size
@@ -377,7 +409,7 @@ class Puller:
             if not ep.poll(0):
                 return
             try:
-                msg = ep.recv(timeout=1.0)
+                msg = ep.recv(timeout=1.0, place=lambda sizes: self._place(node, sizes))
             except (WireTimeoutError, RepartirError):
                 return
             try:

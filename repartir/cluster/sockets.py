@@ -23,7 +23,7 @@ import collections
 import ipaddress
 import logging
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import zmq
 
@@ -372,10 +372,20 @@ class Endpoint:
         ms = None if timeout is None else max(int(timeout * 1000), 0)
         return bool(self._socket.poll(ms, zmq.POLLIN))
 
-    def recv(self, timeout: float | None = None) -> Message:
+    def recv(self, timeout: float | None = None, *,
+             place: Callable[[list[int]], dict[int, memoryview] | None] | None = None
+             ) -> Message:
         """The next verified message, waiting up to ``timeout`` seconds (``None``: for
         ever).  Messages that fail verification are dropped on the way (see
         :attr:`dropped`).
+
+        ``place`` (default none) receives large frames straight into the caller's memory:
+        called with the sizes of each message's payload frames (before anything is
+        verified), it returns ``{payload frame index: writable byte view of that size}``
+        (or ``None``); those frames are copied there while they are hashed and verified
+        where they lie (:meth:`repartir.cluster.wire.Verifier.verify`), and the value
+        decoded refers to that memory.  A message that is refused may have written its
+        bytes there: give only memory that nothing uses until a message is accepted.
 
         Raises:
             WireTimeoutError: nothing verified came within ``timeout``; the message names
@@ -394,7 +404,7 @@ class Endpoint:
                 frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 continue
-            msg = self._accept(frames)
+            msg = self._accept(frames, place)
             if msg is not None:
                 return msg
 
@@ -434,7 +444,7 @@ class Endpoint:
                 self._handshakes.drop(f.reason, f.text)
         return len(failures)
 
-    def _accept(self, frames: list) -> Message | None:
+    def _accept(self, frames: list, place: Callable | None = None) -> Message | None:
         peer = None
         if self.socket_type == "router":
             peer, frames = frames[0].bytes, frames[1:]
@@ -443,8 +453,10 @@ class Endpoint:
                 and len(frames[0]) == len(REFUSED) and frames[0].bytes == REFUSED):
             reason = frames[1].bytes[:500].decode("utf-8", "replace")
             raise TokenError(f"{self.address} refused our message: {reason}")
+        into = place([len(f) for f in frames[:-2]]) if place is not None \
+            and len(frames) >= 3 else None
         try:
-            verified = self._verifier.verify(frames)
+            verified = self._verifier.verify(frames, into)
         except WireError as exc:
             self._drops.drop(exc.reason, f"dropped a message from {who}: {exc}"
                              + (f"; {_TOKEN_HINT}" if exc.reason == "bad_mac" else ""))

@@ -91,14 +91,45 @@ class _Mac:
         self._keyed = hmac.new(key, digestmod=hashlib.sha256)
         self._digest_bytes = digest_bytes
 
-    def __call__(self, frames: Sequence[Any]) -> bytes:
+    def __call__(self, frames: Sequence[Any],
+                 into: dict[int, memoryview] | None = None) -> bytes:
+        """The MAC of ``frames``.  ``into`` (``{index: writable byte view of that frame's
+        size}``) copies those frames there as they are hashed, piece by piece, and hashes
+        the copy (read back while still in the cache): what the digest covers is then what
+        lies in the destination."""
         views = [_view(f) for f in frames]
         h = self._keyed.copy()
         h.update(struct.pack(f"<I{len(views)}Q", len(views), *(v.nbytes for v in views)))
         big = self._digest_bytes
-        for v in views:
-            h.update(blake3.blake3(v).digest() if v.nbytes >= big else v)
+        for i, v in enumerate(views):
+            dst = into.get(i) if into else None
+            if dst is not None:
+                h.update(_copy_and_digest(v, dst) if v.nbytes >= big else _copy(v, dst))
+            else:
+                h.update(blake3.blake3(v).digest() if v.nbytes >= big else v)
         return h.digest()
+
+
+#: Bytes copied then hashed at a time by :func:`_copy_and_digest`: small enough that the piece
+#: just written is still in the core's cache when BLAKE3 reads it back.
+FUSE_BYTES = 256 * 1024
+
+
+def _copy_and_digest(src: memoryview, dst: memoryview) -> bytes:
+    """Copy ``src`` into ``dst`` (same size) and return the BLAKE3 digest of ``dst``'s bytes,
+    a piece of :data:`FUSE_BYTES` at a time: one pass over the bytes fewer than hashing the
+    source and then copying it."""
+    h = blake3.blake3()
+    for off in range(0, src.nbytes, FUSE_BYTES):
+        piece = dst[off:off + FUSE_BYTES]
+        piece[:] = src[off:off + FUSE_BYTES]
+        h.update(piece)
+    return h.digest()
+
+
+def _copy(src: memoryview, dst: memoryview) -> memoryview:
+    dst[:] = src
+    return dst
 
 
 class Signer:
@@ -166,10 +197,20 @@ class Verifier:
         """The last sequence number accepted from ``sender`` (0: none remembered)."""
         return self._last.get(sender, 0)
 
-    def verify(self, frames: Sequence[Any]) -> Verified:
+    def verify(self, frames: Sequence[Any],
+               into: dict[int, memoryview] | None = None) -> Verified:
         """Accept ``frames`` (payload, header, mac) or raise :class:`WireError` with
         ``reason`` ``"malformed"``, ``"bad_mac"``, ``"reflected"`` or ``"replay"``.  The
-        sequence number is recorded only for an accepted message."""
+        sequence number is recorded only for an accepted message.
+
+        ``into`` (``{payload frame index: writable byte view}``, default none) lands those
+        payload frames straight where the caller wants them: each is copied into its view
+        while it is hashed, and the MAC is computed over the copy, so an accepted message's
+        frame *is* that view (in :attr:`Verified.frames`, read-only) and was checked where
+        it lies.  A view whose size differs from its frame's is ignored (the frame stays as
+        received).  The views are written before the MAC is checked: a refused message
+        leaves its bytes there, so pass only memory that nothing uses until a message is
+        accepted."""
         if len(frames) < 3:
             raise WireError("malformed", f"{len(frames)} frame(s): a message has at least 3 "
                                          f"(payload, header, mac)")
@@ -186,7 +227,10 @@ class Verifier:
             raise WireError("malformed", f"wire version {version}; this endpoint speaks "
                                          f"version {VERSION} (run the same repartir "
                                          f"version on every node)")
-        expected = self._mac(frames[:-1])
+        if into:
+            into = {i: _view(d) for i, d in into.items()
+                    if 0 <= i < len(frames) - 2 and _view(d).nbytes == _view(frames[i]).nbytes}
+        expected = self._mac(frames[:-1], into)
         if not hmac.compare_digest(expected, bytes(mac)):
             raise WireError("bad_mac", "its MAC does not verify: the sender's cluster token "
                                        "differs from this endpoint's (or the message was "
@@ -206,7 +250,10 @@ class Verifier:
         self._last.move_to_end(sender)
         while len(self._last) > self._max:
             self._last.popitem(last=False)
-        return Verified(sender, seq, list(frames[:-2]))
+        payload = list(frames[:-2])
+        for i, dst in (into or {}).items():
+            payload[i] = dst.toreadonly()
+        return Verified(sender, seq, payload)
 
 
 def encode(value: Any, inband_bytes: int = WIRE_INBAND_BYTES) -> list:

@@ -29,6 +29,7 @@ _node: Node | None = None
 _client: CoreClient | None = None
 _pump: threading.Thread | None = None
 _pump_stop = threading.Event()
+_pump_wake = threading.Event()  # wake_pump(): poll now, not after the idle back-off
 _owner_pid = 0
 
 
@@ -118,6 +119,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         context.set_client(client)
         context.set_node_id(node.node_id)
         _pump_stop.clear()
+        _pump_wake.clear()
         _pump = threading.Thread(target=_pump_loop, args=(client,), daemon=True,
                                  name="repartir-pump")
         _pump.start()
@@ -133,13 +135,25 @@ def _info() -> dict:
 
 def _pump_loop(client: CoreClient) -> None:
     idle = 0.002
-    while not _pump_stop.wait(idle):
+    while True:
+        _pump_wake.wait(idle)
+        if _pump_stop.is_set():
+            return
+        _pump_wake.clear()
         try:
             n = client.poll()
         except Exception:  # never let the pump die; the next get() reports real problems
             n = 0
         busy = n or client.tasks or client.backlog
         idle = 0.002 if busy else min(idle * 2, 0.05)
+
+
+def wake_pump() -> None:
+    """Make the pump thread poll the node now.  It polls every 2 ms while work is in flight
+    and backs off to 50 ms when idle, so the completion of a task submitted after a quiet
+    spell would reach its ``ref.future()`` callbacks up to 50 ms late; a caller that waits
+    on such callbacks (a cluster node daemon) wakes it after submitting."""
+    _pump_wake.set()
 
 
 def client() -> CoreClient:
@@ -170,6 +184,7 @@ def shutdown() -> None:
             _node = _client = None
             return
         _pump_stop.set()
+        _pump_wake.set()
         if _pump is not None:
             _pump.join(1.0)
         pump_left = _pump is not None and _pump.is_alive()
