@@ -43,6 +43,7 @@ from ..serialization import dumps_code
 from .actors import ClusterActors
 from .borrows import Borrows, RemoteArg, prefer_by_bytes
 from .client_loop import ClientLoop
+from .deps import Deps
 from .lineage import Lineage
 from .nested import pickled_capturing, reduce_ref, resolve_nested
 from .returns import Returns
@@ -149,6 +150,7 @@ class ClusterClient(ClientLoop):
         self._failed: str | None = None
         self._registry_seq = 0
         self._lineage = Lineage(self)  # to rebuild results lost with their node
+        self._deps = Deps(self, ClusterRef, _Task)  # tasks waiting for their arguments
         self._unlisted: dict[str, float] = {}  # node id -> since when the head omits it
         self._senders: dict[str, bytes] = {}  # node id -> the sender id of its daemon
         self._superseded: set[str] = set()  # nodes whose address another node took
@@ -335,6 +337,9 @@ class ClusterClient(ClientLoop):
         prefer, borrowed = None, None
         if any(isinstance(a, ObjectRef) for a in args) or \
                 any(isinstance(v, ObjectRef) for v in kwargs.values()):
+            waits = self._deps.defer(key, blob, demand, retries, args, kwargs, os.urandom(16))
+            if waits is not None:  # an argument is not ready: the task waits (deps.py)
+                return waits
             args, kwargs, prefer, error = self._resolve_args(args, kwargs, demand)
             borrowed = [(a.object_id, a.node) for a in (*args, *kwargs.values())
                         if type(a) is RemoteArg]

@@ -46,6 +46,9 @@ class ClientLoop:
                 if self._lineage.waiting:
                     with self._lock:
                         self._lineage.step()
+                if self._deps.by_object:  # tasks whose arguments are ready now (deps.py)
+                    with self._lock:
+                        self._deps.step()
                 self._flush()
                 busy = self.inflight or self._fetches or self._fetch_start
                 events = dict(self._poller.poll(1 if busy else 20))
