@@ -14,10 +14,12 @@ and sends it, from the completion, without a round trip to the caller's thread.
                               and so, in turn, the tasks that wait for it
         else ─▶ placed as any task with ready arguments (the node that keeps the most
                 argument bytes, if it fits there): each placeholder becomes a StoredArg
-                (kept there), a RemoteArg (kept on another node: borrowed) or the value
-                kept in the driver, and the task is sent with the next batch
+                (kept there), a RemoteArg (kept on another node) or the value kept in
+                the driver, and the task is sent with the next batch; the objects kept
+                on nodes are borrowed by the task (borrows.py) until it ends
 
-The task holds its argument refs until it is sent (so the caller may drop them); a task
+The task holds its argument refs until it is sent, then its borrows keep the objects on
+their nodes until it ends (so the caller may drop them); a task
 whose own ref is dropped while it waits still runs (its result is released when it comes),
 as in Ray.  Every method but :meth:`defer` is called with the client's lock held.
 """
@@ -150,7 +152,7 @@ class Deps:
                 self.by_object.setdefault(r._id, set()).add(tid)
                 continue
             if res[0] == "error":
-                self._fail(tid, res[1])
+                self.fail(tid, res[1])
                 return
             where = c._kept_on(res)
             if where is not None and c.nodes_seen.get(where[0], {}).get("Alive"):
@@ -165,6 +167,8 @@ class Deps:
             oid = r._id
             if oid in kept and kept[oid][0] == prefer:
                 subst[oid] = StoredArg(oid)
+                borrowed.append((oid, prefer))  # its node keeps it until the task ends,
+                # though this ref goes now (the task may wait in the node's queue)
             elif oid in kept:
                 nid, size = kept[oid]
                 rec = c.nodes_seen[nid]
@@ -183,14 +187,14 @@ class Deps:
         except InfeasibleTaskError as exc:  # the nodes that fit it are gone
             c.inflight[tid] = task
             self.waiting[tid] = w
-            self._fail(tid, exc)
+            self.fail(tid, exc)
             return
         if borrowed:
             c.borrows.borrow(tid, borrowed)
         w.refs = []  # sent: the task no longer holds its arguments' refs
         self.released += 1
 
-    def _fail(self, tid: bytes, error: BaseException) -> None:
+    def fail(self, tid: bytes, error: BaseException) -> None:
         """Task ``tid`` cannot run: its ref raises ``error``."""
         c = self.c
         w = self.waiting.pop(tid)

@@ -1,0 +1,96 @@
+"""Chains of dependent tiny tasks on a loopback cluster (docs/cluster.md, "Dependent
+tasks"): a head and a node (1 CPU each), started with the CLI in a state directory of their
+own; a driver connected to them submits ``x = inc.remote(x)`` ``--tasks`` times from
+``inc.remote(0)`` and gets the last ref.
+
+``python stress/cluster_deps_bench.py [--tasks 1000] [--repeat 3]`` prints one line of JSON:
+for each run, the seconds ``.remote()`` took for the whole chain (``submit_s``) and until the
+last result was back (``total_s``); the best run first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def _inc(x):
+    return x + 1
+
+
+def _cli(env: dict, *args: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "repartir", *args], capture_output=True,
+                       text=True, env=env, timeout=120)
+    if r.returncode != 0:
+        raise SystemExit(f"repartir {' '.join(args)} failed: {r.stderr}")
+
+
+def chain(n: int) -> dict:
+    """One chain of ``n`` dependent tasks on the connected cluster: its timings (seconds)."""
+    import repartir
+
+    inc = repartir.remote(_inc)
+    start = time.perf_counter()
+    x = inc.remote(0)
+    for _ in range(n - 1):
+        x = inc.remote(x)
+    submitted = time.perf_counter() - start
+    value = repartir.get(x, timeout=600)
+    total = time.perf_counter() - start
+    if value != n:
+        raise SystemExit(f"the chain of {n} tasks gave {value}")
+    return {"submit_s": round(submitted, 3), "total_s": round(total, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", type=int, default=1000, help="tasks in the chain (1000)")
+    p.add_argument("--repeat", type=int, default=3, help="chains run (3)")
+    args = p.parse_args(argv)
+    if args.tasks < 1 or args.repeat < 1:
+        raise SystemExit("--tasks and --repeat must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="repartir-deps-bench-") as tmp:
+        env = dict(os.environ, REPARTIR_CLUSTER_DIR=os.path.join(tmp, "state"),
+                   REPARTIR_TOKEN_FILE=os.path.join(tmp, "token"))
+        env.pop("REPARTIR_ADDRESS", None)
+        env.pop("REPARTIR_TOKEN", None)
+        os.environ.update({k: env[k] for k in ("REPARTIR_CLUSTER_DIR", "REPARTIR_TOKEN_FILE")})
+        os.environ.pop("REPARTIR_TOKEN", None)
+        _cli(env, "start", "--head", "--port", "0", "--num-cpus", "1")
+        try:
+            with open(os.path.join(tmp, "state", "address.json")) as f:
+                address = json.load(f)["address"]
+            _cli(env, "start", "--address", address, "--num-cpus", "1")
+            import repartir
+
+            repartir.init(address="auto")
+            deadline = time.monotonic() + 30
+            while sum(n["Alive"] for n in repartir.nodes()) < 2:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the node did not join in 30 s")
+            chain(20)  # warm up: the workers import the function
+            runs = [chain(args.tasks) for _ in range(args.repeat)]
+            runs.sort(key=lambda r: r["total_s"])
+            print(json.dumps({"workload": "chain", "tasks": args.tasks, "best": runs[0],
+                              "runs": runs}), flush=True)
+        finally:
+            try:
+                import repartir
+                repartir.shutdown()
+            finally:
+                _cli(env, "stop")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
