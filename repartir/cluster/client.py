@@ -334,12 +334,12 @@ class ClusterClient(ClientLoop):
         key, demand, retries, check, blob, nret = cached
         if kwargs or not check.min_pos <= len(args) <= check.max_pos:
             check.check(args, kwargs)
-        prefer, borrowed = None, None
+        prefer, borrowed, given = None, None, (args, kwargs)
         if any(isinstance(a, ObjectRef) for a in args) or \
                 any(isinstance(v, ObjectRef) for v in kwargs.values()):
-            waits = self._deps.defer(key, blob, demand, retries, args, kwargs, os.urandom(16))
+            waits = self._deps.defer(key, blob, demand, retries, args, kwargs, nret, rf._name)
             if waits is not None:  # an argument is not ready: the task waits (deps.py)
-                return waits
+                return waits[0]
             args, kwargs, prefer, error = self._resolve_args(args, kwargs, demand)
             borrowed = [(a.object_id, a.node) for a in (*args, *kwargs.values())
                         if type(a) is RemoteArg]
@@ -353,6 +353,10 @@ class ClusterClient(ClientLoop):
         tid = os.urandom(16)
         payload, nested = pickled_capturing((args, kwargs))
         if nested:  # refs inside the arguments: the task's node gets them (nested.py)
+            waits = self._deps.defer(key, blob, demand, retries, *given, nret, rf._name,
+                                     nested)
+            if waits is not None:  # one is not ready: the task waits (deps.py)
+                return waits[0]
             kwargs, payload, more = resolve_nested(self, args, kwargs, nested)
             borrowed = (borrowed or []) + more
         task = _Task(key, blob, payload, demand, retries)

@@ -26,12 +26,14 @@ as in Ray.  Every method but :meth:`defer` is called with the client's lock held
 
 from __future__ import annotations
 
+import os
 import pickle
 from typing import Any, NamedTuple
 
 from ..errors import InfeasibleTaskError, NodeDiedError, RepartirError
 from ..runtime.objectref import ObjectRef
 from .borrows import RemoteArg, prefer_by_bytes
+from .nested import PREFIX, FailedArg, pickled_capturing
 from .state import StoredArg
 from .wire import encode
 
@@ -45,10 +47,13 @@ class _Pending(NamedTuple):
 
 
 class _Waiting:
-    __slots__ = ("task", "refs", "left")
+    """A waiting task: the refs it holds (its top-level ref arguments, then the refs nested
+    in its arguments), how many of them are top-level, the ids not ready yet."""
 
-    def __init__(self, task: Any, refs: list, left: set) -> None:
-        self.task, self.refs, self.left = task, refs, left
+    __slots__ = ("task", "refs", "top", "left")
+
+    def __init__(self, task: Any, refs: list, top: int, left: set) -> None:
+        self.task, self.refs, self.top, self.left = task, refs, top, left
 
 
 def _pickled(value: Any) -> list:
@@ -74,10 +79,11 @@ class Deps:
         self.released = 0
 
     def defer(self, key: Any, blob: bytes, demand: dict, retries: int, args: tuple,
-              kwargs: dict, tid: bytes) -> ObjectRef | None:
-        """``.remote()`` with ref arguments: ``None`` if they are all ready (the caller sends
-        the task as usual), else the ref of task ``tid``, which waits here.  Called
-        without the lock.
+              kwargs: dict, nret: int = 1, name: str = "", nested: list | None = None):
+        """``.remote()`` with ref arguments (top-level ones, or ``nested`` in other values):
+        ``None`` if they are all ready (the caller sends the task as usual), else a 1-tuple
+        of what ``.remote()`` returns (a ref; for ``nret`` other than 1 what returns.py
+        makes) for a new task that waits here.  Called without the lock.
 
         Raises:
             RepartirError: a ref of another cluster connection.
@@ -87,32 +93,39 @@ class Deps:
         """
         c = self.c
         refs = [a for a in (*args, *kwargs.values()) if isinstance(a, ObjectRef)]
-        for r in refs:
+        for r in (*refs, *(nested or ())):
             if getattr(r, "_cluster", None) is not c:
-                raise RepartirError("this ObjectRef does not belong to the cluster this "
-                                    "driver is connected to")
+                raise RepartirError("an ObjectRef among the arguments does not belong to the "
+                                    "cluster this driver is connected to")
         with c._lock:
-            if all(r._id in c.results for r in refs):
+            if all(r._id in c.results for r in refs) and \
+                    all(r._id in c.results for r in nested or ()):
                 return None
             c._fitting(demand)  # an infeasible task raises now, as a ready one does
 
         def sub(a: Any) -> Any:
             return _Pending(a._id) if isinstance(a, ObjectRef) else a
 
-        payload = _pickled((tuple(sub(a) for a in args),
-                            {k: sub(v) for k, v in kwargs.items()}))
+        payload, inner = pickled_capturing((tuple(sub(a) for a in args),
+                                            {k: sub(v) for k, v in kwargs.items()}))
+        for r in inner:
+            if getattr(r, "_cluster", None) is not c:
+                raise RepartirError("an ObjectRef inside the arguments does not belong to "
+                                    "the cluster this driver is connected to")
         task = self.task_type(key, blob, payload, demand, retries)
+        tid = os.urandom(16)
         with c._lock:
             if c._failed is not None:
                 raise NodeDiedError(c._failed)
-            left = {r._id for r in refs if r._id not in c.results}
+            held = refs + inner
+            left = {r._id for r in held if r._id not in c.results}
             c.inflight[tid] = task  # on no node yet: task.node == ""
-            self.waiting[tid] = _Waiting(task, refs, left)
-            for oid in left:
+            self.waiting[tid] = _Waiting(task, held, len(refs), left)
+            for oid in left or (held[0]._id,):  # all ready meanwhile: the loop sends it
                 self.by_object.setdefault(oid, set()).add(tid)
-            if not left:  # all became ready meanwhile: the loop sends it
-                self.by_object.setdefault(next(iter(r._id for r in refs)), set()).add(tid)
-        return self.ref_type(tid, c)
+            if nret != 1:
+                return (c.returns.refs_locked(tid, nret, name),)
+        return (self.ref_type(tid, c),)
 
     def step(self) -> None:
         """Send (or fail) the waiting tasks whose arguments are all ready, and in turn
@@ -145,27 +158,43 @@ class Deps:
             return
         holdings: dict[str, int] = {}
         kept: dict[bytes, tuple[str, int]] = {}
-        for r in w.refs:
+        for i, r in enumerate(w.refs):
             res = c.results.get(r._id)
             if res is None or (res[0] == "stored" and res[1] not in c._eps):
                 w.left.add(r._id)  # lost since (being rebuilt): wait for it again
                 self.by_object.setdefault(r._id, set()).add(tid)
                 continue
             if res[0] == "error":
-                self.fail(tid, res[1])
-                return
+                if i < w.top:  # a nested one reaches the task as a ref that raises it
+                    self.fail(tid, res[1])
+                    return
+                continue
             where = c._kept_on(res)
             if where is not None and c.nodes_seen.get(where[0], {}).get("Alive"):
                 kept[r._id] = where
-                holdings[where[0]] = holdings.get(where[0], 0) + where[1]
+                if i < w.top:
+                    holdings[where[0]] = holdings.get(where[0], 0) + where[1]
         if w.left:
             return
         prefer = prefer_by_bytes(holdings, lambda n: c._fits_on(task.demand, n))
         subst: dict[bytes, Any] = {}
+        extra: dict[str, Any] = {}
         borrowed = []
-        for r in w.refs:
+        for i, r in enumerate(w.refs):
             oid = r._id
-            if oid in kept and kept[oid][0] == prefer:
+            if i >= w.top:  # nested (nested.py): a RemoteArg even when kept on its node
+                res = c.results[oid]
+                if res[0] == "error":
+                    extra[PREFIX + oid.hex()] = FailedArg(res[1])
+                elif oid in kept:
+                    nid, size = kept[oid]
+                    rec = c.nodes_seen[nid]
+                    extra[PREFIX + oid.hex()] = RemoteArg(oid, nid, rec["NodeManagerAddress"],
+                                                          size, rec.get("CurveKey"))
+                    borrowed.append((oid, nid))
+                else:
+                    extra[PREFIX + oid.hex()] = res[1]
+            elif oid in kept and kept[oid][0] == prefer:
                 subst[oid] = StoredArg(oid)
                 borrowed.append((oid, prefer))  # its node keeps it until the task ends,
                 # though this ref goes now (the task may wait in the node's queue)
@@ -177,11 +206,11 @@ class Deps:
                 borrowed.append((oid, nid))
             else:
                 subst[oid] = c.results[oid][1]  # a value in the driver (put, small, pulled)
-        task.payload = _substituted(task.payload, subst)
+        task.payload = _substituted(task.payload, subst, extra)
         del self.waiting[tid]
         del c.inflight[tid]
         if prefer is not None or borrowed:
-            c._lineage.submitted(tid, tuple(subst.values()), {})
+            c._lineage.submitted(tid, (*subst.values(), *extra.values()), {})
         try:
             c._enqueue(tid, task, prefer)
         except InfeasibleTaskError as exc:  # the nodes that fit it are gone
@@ -206,18 +235,22 @@ class Deps:
                 tids.discard(tid)
                 if not tids:
                     del self.by_object[oid]
-        if tid in c._dropped:  # its ref is gone: nobody will ask
+        if tid in c.returns.tasks:  # several returns, a generator (returns.py)
+            c.returns.done_locked_error(tid, ("error", error))
+        elif tid in c._dropped:  # its ref is gone: nobody will ask
             c._dropped.discard(tid)
         else:
             c.results[tid] = ("error", error)
 
 
-def _substituted(payload: list, subst: dict[bytes, Any]) -> list:
+def _substituted(payload: list, subst: dict[bytes, Any], extra: dict[str, Any]) -> list:
     """A waiting task's pickled ``(args, kwargs)`` with each placeholder replaced as
-    ``subst`` says (object id -> what to send)."""
+    ``subst`` says (object id -> what to send), and the keyword arguments ``extra`` that
+    say where its nested refs are (nested.py)."""
     args, kwargs = pickle.loads(payload[0], buffers=payload[1:])
 
     def sub(a: Any) -> Any:
         return subst[a.object_id] if type(a) is _Pending else a
 
-    return _pickled((tuple(sub(a) for a in args), {k: sub(v) for k, v in kwargs.items()}))
+    return _pickled((tuple(sub(a) for a in args),
+                     {**{k: sub(v) for k, v in kwargs.items()}, **extra}))

@@ -182,3 +182,70 @@ def test_a_node_killed_while_dependents_wait(cluster, tmp_path):
     open(gate, "w").close()
     assert repartir.get([a, b, c], timeout=60) == [10, 11, 12]
     assert wait_until(lambda: _settled(_client()), 10)
+
+
+@repartir.remote
+def total_of(box):
+    """The sum of the values behind the refs in ``box["refs"]`` (refs nested in an
+    argument reach the task as refs), and whether each was one."""
+    refs = box["refs"]
+    return [isinstance(r, repartir.ObjectRef) for r in refs], float(sum(
+        np.sum(v) for v in repartir.get(refs, timeout=60)))
+
+
+def test_refs_nested_in_an_argument_do_not_block(cluster, tmp_path):
+    gate = str(tmp_path / "gate")
+    pending = gated.remote(gate, 2.0)
+    kept = gated.options(resources={"big_mem": 1}).remote(gate, np.ones(BIG))
+    ready = repartir.put(3.0)
+    out = total_of.remote({"refs": [pending, kept, ready]})  # returns while they wait
+    assert not os.path.exists(gate)
+    assert repartir.wait([out], timeout=0)[0] == []
+    with _client()._lock:
+        assert len(_client()._deps.waiting) == 1
+    open(gate, "w").close()
+    kinds, total = repartir.get(out, timeout=60)
+    assert kinds == [True, True, True] and total == 2.0 + BIG + 3.0
+    assert wait_until(lambda: _settled(_client()), 10)
+
+
+def test_a_nested_ref_that_failed_reaches_the_task_as_a_ref_that_raises(cluster, tmp_path):
+    @repartir.remote(max_retries=0)
+    def boom(path):
+        while not os.path.exists(path):
+            time.sleep(0.02)
+        raise KeyError("nested broke")
+
+    @repartir.remote
+    def catch(box):
+        try:
+            repartir.get(box[0], timeout=60)
+        except KeyError as exc:
+            return f"caught {exc}"
+        return "no error"
+
+    gate = str(tmp_path / "gate")
+    out = catch.remote([boom.remote(gate)])
+    open(gate, "w").close()
+    assert "nested broke" in repartir.get(out, timeout=60)
+
+
+def test_several_returns_and_cancel_of_a_waiting_task(cluster, tmp_path):
+    @repartir.remote(num_returns=2)
+    def pair(x):
+        return x, x + 1
+
+    gate = str(tmp_path / "gate")
+    first = gated.remote(gate, 5)
+    a, b = pair.remote(first)
+    doomed = inc.remote(first)
+    after = inc.remote(doomed)  # waits for the one cancelled: fails with its error
+    repartir.cancel(doomed)
+    with pytest.raises(repartir.TaskCancelledError):
+        repartir.get(doomed, timeout=10)
+    with pytest.raises(repartir.TaskCancelledError):
+        repartir.get(after, timeout=10)
+    assert not os.path.exists(gate)  # all of it while the first task still waited
+    open(gate, "w").close()
+    assert repartir.get([a, b], timeout=60) == [5, 6]
+    assert wait_until(lambda: _settled(_client()), 10)
