@@ -176,6 +176,9 @@ class Deps:
                     holdings[where[0]] = holdings.get(where[0], 0) + where[1]
         if w.left:
             return
+        if c._failed is not None:  # the head is gone: no node takes tasks any more
+            self.fail(tid, NodeDiedError(c._failed))
+            return
         prefer = prefer_by_bytes(holdings, lambda n: c._fits_on(task.demand, n))
         subst: dict[bytes, Any] = {}
         extra: dict[str, Any] = {}

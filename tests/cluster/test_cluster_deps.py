@@ -143,6 +143,14 @@ def test_dropped_refs_of_a_chain_leave_nothing(cluster, tmp_path):
 
     assert wait_until(clean, 20), (c.results, c._dropped, c.inflight)
 
+    def nothing_kept() -> bool:  # no node keeps or caches any of them
+        repartir.nodes()  # a fresh registry
+        with c._lock:
+            recs = [r for r in c.nodes_seen.values() if r["Alive"]]
+        return all(r["Stored"] == 0 and r["Cached"] == 0 for r in recs)
+
+    assert wait_until(nothing_kept, 30)
+
 
 def test_a_dependent_runs_where_its_argument_is_kept(cluster, tmp_path):
     gate = str(tmp_path / "gate")
