@@ -341,8 +341,10 @@ class ClusterClient(ClientLoop):
             if waits is not None:  # an argument is not ready: the task waits (deps.py)
                 return waits[0]
             args, kwargs, prefer, error = self._resolve_args(args, kwargs, demand)
-            borrowed = [(a.object_id, a.node) for a in (*args, *kwargs.values())
-                        if type(a) is RemoteArg]
+            # kept on the task's node (StoredArg) too: the node keeps it until the task
+            # ends, though the driver's ref may go first (the task may wait in its queue)
+            borrowed = [(a.object_id, a.node if type(a) is RemoteArg else prefer)
+                        for a in (*args, *kwargs.values()) if type(a) in (RemoteArg, StoredArg)]
             if error is not None:
                 tid = os.urandom(16)
                 with self._lock:

@@ -10,6 +10,7 @@ end ``repartir stop`` stops them, and the test checks that they are gone.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import re
@@ -173,6 +174,29 @@ def test_a_result_kept_on_a_node_feeds_a_task_there(cluster):
     assert s == float(a.sum())
     assert np.array_equal(repartir.get(ref, timeout=60), a)
 
+
+def test_a_task_queued_on_the_node_of_its_argument_outlives_the_drivers_ref(cluster, tmp_path):
+    """``r2 = f.remote(r1); del r1`` while r2's task waits in the queue of the node that
+    keeps r1: the driver's release must not reach that node before the task took it."""
+    a = np.arange(1 << 20, dtype=np.float64)  # 8 MiB: kept on the big_mem node
+    r1 = ident.options(resources={"big_mem": 1}).remote(a)
+    repartir.wait([r1], timeout=60)
+    gate = tmp_path / "open"
+    @repartir.remote(resources={"big_mem": 1})
+    def waits(path):
+        while not os.path.exists(path):
+            time.sleep(0.02)
+        return 0
+
+    busy = [waits.remote(str(gate)) for _ in range(8)]  # the node's runtime, then its queue
+    total = repartir.remote(resources={"big_mem": 1})(lambda x: float(x.sum()))
+    r2 = total.remote(r1)
+    del r1
+    gc.collect()
+    time.sleep(1.5)  # the release of r1 leaves the driver now (its loop runs meanwhile)
+    gate.touch()
+    assert repartir.get(busy, timeout=60) == [0] * 8
+    assert repartir.get(r2, timeout=60) == float(a.sum())
 
 def test_a_result_kept_on_one_node_feeds_a_task_on_the_other(cluster):
     a = np.arange(1 << 20, dtype=np.float64)  # 8 MiB: kept on the node that made it
