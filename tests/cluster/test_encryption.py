@@ -116,9 +116,9 @@ def test_a_plaintext_client_of_an_encrypting_server_is_refused_on_both_sides():
     keys = generate_keys()
     with Endpoint.listen(token=TOKEN, server_keys=keys, watch_handshakes=True) as server, \
             Endpoint.connect(server.address, token=TOKEN, watch_handshakes=True) as plain:
-        plain.send("let me in")
         t0 = time.monotonic()
         with pytest.raises(EncryptionError, match="requires CurveZMQ encryption") as err:
+            plain.send("let me in")  # raises already if the handshake failed before it
             plain.recv(timeout=30)
         assert time.monotonic() - t0 < 10  # told by the handshake, not by a timeout
         assert "--server-key" in str(err.value) and isinstance(err.value, TokenError)
@@ -326,23 +326,27 @@ def test_a_node_steals_over_an_encrypted_connection(cluster, tmp_path):
     the third node cannot let the others finish them all first."""
     gate = str(tmp_path / "gate")
     refs = [gated.remote(i, gate) for i in range(24)]
-    r = cli("start", "--address", cluster["address"], "--num-cpus", "1", "--server-key",
-            cluster["key"], "--object-store-memory", STORE)
-    assert r.returncode == 0, r.stderr
-    third = recorded()[-1]
-    deadline = time.monotonic() + 60
-    while not (third_id := [n["NodeID"] for n in repartir.nodes()
-                            if n["NodeManagerPort"] == _port(third["address"])]):
-        assert time.monotonic() < deadline, "the third node never showed in the registry"
-    third_id = third_id[0]
-    client = repartir.cluster.client.active()
-    while True:
-        with client._lock:
-            if any(t.node == third_id for t in client.inflight.values()):
-                break
-        assert time.monotonic() < deadline, "the third node stole nothing"
-        time.sleep(0.05)
-    open(gate, "w").close()
+    try:
+        r = cli("start", "--address", cluster["address"], "--num-cpus", "1", "--server-key",
+                cluster["key"], "--object-store-memory", STORE)
+        assert r.returncode == 0, r.stderr
+        third = recorded()[-1]
+        deadline = time.monotonic() + 60
+        while not (third_id := [n["NodeID"] for n in repartir.nodes()
+                                if n["NodeManagerPort"] == _port(third["address"])]):
+            assert time.monotonic() < deadline, "the third node never showed in the registry"
+            time.sleep(0.05)
+        third_id = third_id[0]
+        client = repartir.cluster.client.active()
+        deadline = time.monotonic() + 60
+        while True:
+            with client._lock:
+                if any(t.node == third_id for t in client.inflight.values()):
+                    break
+            assert time.monotonic() < deadline, "the third node stole nothing"
+            time.sleep(0.05)
+    finally:  # whatever happened, the gated tasks end: the next tests need the CPUs
+        open(gate, "w").close()
     out = repartir.get(refs, timeout=120)
     assert [i for _, i in out] == list(range(24))
     assert third_id in {nid for nid, _ in out}
