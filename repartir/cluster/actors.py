@@ -53,6 +53,7 @@ from .handoff import rebuild_handle
 from .nested import pickled_capturing, resolve_nested
 from .node_actors import ActorKey
 from .state import StoredArg
+from .values import owned
 from .wire import encode
 
 __all__ = ["ClusterActors", "ClusterActorHandle", "ActorTask"]
@@ -103,7 +104,7 @@ class ActorTask:
 
     def __init__(self, key: ActorKey, payload: list, retries: int,
                  actor: "_Actor | None") -> None:
-        self.key, self.blob, self.payload = key, b"", payload
+        self.key, self.blob, self.payload = key, b"", owned(payload)  # values.py
         self.demand: dict = {}
         self.retries, self.actor = retries, actor
         self.node = ""

@@ -34,7 +34,7 @@ import zmq
 
 from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_START_TIMEOUT_S, cluster_node_timeout)
 from ..errors import (GetTimeoutError, InfeasibleTaskError, NodeDiedError, ObjectLostError,
-                      RepartirError, TokenError, WireTimeoutError)
+                      RepartirError, SerializationError, TokenError, WireTimeoutError)
 from ..runtime import context
 from ..runtime.objectref import ObjectRef
 from ..runtime.signature import arg_check
@@ -52,6 +52,7 @@ from .encryption import ClusterKeys
 from .sockets import Endpoint
 from .stealing import fits as fits_in
 from .state import StoredArg, resolve_address, tcp
+from .values import argument_error, fresh, owned, private_copy
 from .wake import Wake
 
 __all__ = ["ClusterClient", "ClusterRef", "connect", "active"]
@@ -96,7 +97,7 @@ class _Task:
     __slots__ = ("key", "blob", "payload", "demand", "node", "retries")
 
     def __init__(self, key, blob, payload, demand, retries) -> None:
-        self.key, self.blob, self.payload = key, blob, payload
+        self.key, self.blob, self.payload = key, blob, owned(payload)  # values.py
         self.demand, self.retries = demand, retries
         self.node = ""
 
@@ -337,7 +338,11 @@ class ClusterClient(ClientLoop):
         prefer, borrowed, given = None, None, (args, kwargs)
         if any(isinstance(a, ObjectRef) for a in args) or \
                 any(isinstance(v, ObjectRef) for v in kwargs.values()):
-            waits = self._deps.defer(key, blob, demand, retries, args, kwargs, nret, rf._name)
+            try:
+                waits = self._deps.defer(key, blob, demand, retries, args, kwargs, nret,
+                                         rf._name)
+            except SerializationError as exc:  # name the argument (values.py)
+                raise argument_error(rf._name, args, kwargs, exc) from exc.__cause__
             if waits is not None:  # an argument is not ready: the task waits (deps.py)
                 return waits[0]
             args, kwargs, prefer, error = self._resolve_args(args, kwargs, demand)
@@ -353,7 +358,10 @@ class ClusterClient(ClientLoop):
                         return self.returns.refs_locked(tid, nret, rf._name)
                 return ClusterRef(tid, self)
         tid = os.urandom(16)
-        payload, nested = pickled_capturing((args, kwargs))
+        try:
+            payload, nested = pickled_capturing((args, kwargs))
+        except SerializationError as exc:  # name the argument, as locally (values.py)
+            raise argument_error(rf._name, args, kwargs, exc) from exc.__cause__
         if nested:  # refs inside the arguments: the task's node gets them (nested.py)
             waits = self._deps.defer(key, blob, demand, retries, *given, nret, rf._name,
                                      nested)
@@ -440,6 +448,7 @@ class ClusterClient(ClientLoop):
         """Keep ``value`` in the driver; a task that takes its ref gets a copy."""
         if isinstance(value, ObjectRef):
             raise TypeError("put() takes a value, not an ObjectRef")
+        value = private_copy(value)  # pickled now, as locally (values.py)
         tid = os.urandom(16)
         with self._lock:
             self.results[tid] = ("value", value)
@@ -480,7 +489,7 @@ class ClusterClient(ClientLoop):
                     continue
                 if res[0] == "error":
                     raise _fresh(res[1])
-                return res[1]
+                return fresh(res[1])  # a copy per get, as locally (values.py)
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
         tids = self._check_refs(refs)
