@@ -18,6 +18,7 @@ from ..errors import (InfeasibleTaskError, NodeDiedError, ObjectLostError, Repar
                       WireTimeoutError)
 from ..runtime import context
 from .membership import requeue, restarted, writable
+from .node_faults import node_message_failed
 from .sockets import Endpoint
 
 __all__ = ["ClientLoop"]
@@ -161,12 +162,20 @@ class ClientLoop:
                 msg = ep.recv(timeout=1.0)
             except WireTimeoutError:
                 return
+            except RepartirError as exc:  # a node refused a message: its tasks fail
+                if ep is self._head:
+                    raise
+                node_message_failed(self, self._ep_node[sock], exc)  # (node_faults.py)
+                continue
             if ep is self._head:
                 self._on_registry(msg.value)
             elif restarted(self, self._ep_node[sock], msg.sender):
                 return  # that ep is closed now
             else:
-                self._on_node(ep, self._ep_node[sock], msg.value)
+                try:
+                    self._on_node(ep, self._ep_node[sock], msg.value)
+                except Exception as exc:  # one bad message fails that node's tasks only
+                    node_message_failed(self, self._ep_node[sock], exc)
 
     def _on_registry(self, value: tuple) -> None:
         if value[0] != "nodes":
