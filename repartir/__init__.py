@@ -110,7 +110,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     """
     if address is None and os.environ.get("REPARTIR_ADDRESS", "").strip():
         address = "auto"
-    if address is None:
+    if address is None and _cluster.active() is None:  # (connected: refused below)
         return _driver.init(None, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                             object_store_memory=object_store_memory, memory=memory,
                             ignore_reinit_error=ignore_reinit_error)
