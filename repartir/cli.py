@@ -74,7 +74,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("sessions", help="list sessions on this machine")
     sub.add_parser("clean", help="remove what dead sessions left behind")
     sub.add_parser("devices", help="list the OpenCL devices of this machine")
-    sub.add_parser("status", help="sessions and devices of this machine")
+    cluster_commands.add_start_stop(sub)  # run by cluster_commands.main
+    cluster_commands.add_status(sub, help="sessions and devices of this machine, or with "
+                                          "--address a cluster's nodes")
     p = sub.add_parser("token", help="write a new cluster token to a file of mode 0600")
     p.add_argument("--file", default=None,
                    help=f"where to write it (default: REPARTIR_TOKEN_FILE or "

@@ -28,13 +28,15 @@ from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_PORT, CLUSTER_START_TIMEOUT_S
 from ..errors import RepartirError, TokenError, WireTimeoutError
 from .curve import public_key
 from .encryption import ClusterKeys, head_key_pair, record_head_key
+from .reach import probe
 from .sockets import Endpoint, is_local_address
 from .state import (forget_processes, host_port, process_start_time, record_process,
                     recorded_processes, resolve_address, state_dir, tcp, write_address,
                     remove_address)
 from .tokens import check_token, load_token_file, write_token_file
 
-__all__ = ["main", "parser", "add_parsers", "start", "stop", "status", "handles"]
+__all__ = ["main", "parser", "add_parsers", "add_start_stop", "add_status", "start", "stop",
+           "status", "handles"]
 
 COMMANDS = ("start", "stop")
 
@@ -57,11 +59,38 @@ def handles(argv: list[str]) -> bool:
     return False
 
 
+def _port(text: str) -> int:
+    """``--port``: a TCP port, 0 (a free one) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port is a whole number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 (take a free one) to 65535, got {port}")
+    return port
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    add_start_stop(sub)
+    add_status(sub)
+
+
+def add_status(sub: argparse._SubParsersAction, **kwargs) -> argparse.ArgumentParser:
+    """The ``status`` sub-command with its ``--address`` (``kwargs``: its help)."""
+    p = sub.add_parser("status", **(kwargs or {
+        "help": "the cluster's nodes (or this machine's sessions)"}))
+    p.add_argument("--address", default=None,
+                   help="a cluster head's HOST:PORT: list its nodes (default: REPARTIR_ADDRESS,"
+                        " else the head started on this machine, if any)")
+    return p
+
+
+def add_start_stop(sub: argparse._SubParsersAction) -> None:
+    """The ``start`` and ``stop`` sub-commands."""
     p = sub.add_parser("start", help="start a cluster's head, or join a node to one")
     p.add_argument("--head", action="store_true", help="start the head (and a node)")
     p.add_argument("--address", default=None, help="the head's HOST:PORT, to join it")
-    p.add_argument("--port", type=int, default=None,
+    p.add_argument("--port", type=_port, default=None,
                    help=f"the head's port (default {CLUSTER_PORT}; a joining node takes "
                         f"a free one)")
     p.add_argument("--bind", default="127.0.0.1",
@@ -87,8 +116,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block", action="store_true",
                    help="stay in the foreground until the node stops (Ctrl-C stops it)")
     sub.add_parser("stop", help="stop the cluster processes started on this machine")
-    p = sub.add_parser("status", help="the cluster's nodes (or this machine's sessions)")
-    p.add_argument("--address", default=None, help="the head's HOST:PORT (default: auto)")
 
 
 def _err(text: str) -> int:
@@ -118,12 +145,12 @@ def start(args: argparse.Namespace) -> int:
         if args.address is not None:
             host_port(args.address)
         if args.resources:
-            res = json.loads(args.resources)
-            if not isinstance(res, dict):
-                raise ValueError("--resources is a JSON object, e.g. '{\"big_mem\": 1}'")
+            _resources(args.resources)
         token, where = _token(args)
         key_file, head_key, server_key, made = _keys(args)
-    except (ValueError, TokenError, FileNotFoundError) as exc:
+        if args.address is not None:
+            probe(args.address)  # nothing listens: say so now (reach.py)
+    except (ValueError, RepartirError, FileNotFoundError) as exc:
         return _err(str(exc))
     target = args.address or args.bind
     if token is None and not (is_local_address(tcp(f"{target}:1"))
@@ -204,6 +231,29 @@ def start(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
         forget_processes({proc.pid})
     return 0
+
+
+def _resources(text: str) -> dict:
+    """``--resources``: a JSON object of names to amounts.
+
+    Raises:
+        ValueError: not JSON, not an object, or an amount that is not a number >= 0; the
+            message names --resources and shows one that is right.
+    """
+    example = "e.g. --resources '{\"big_mem\": 1}'"
+    try:
+        res = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"--resources is not valid JSON ({exc}): give a JSON object of "
+                         f"resource names to amounts, {example}") from None
+    if not isinstance(res, dict):
+        raise ValueError(f"--resources is a JSON object of resource names to amounts, "
+                         f"{example}; got {text!r}")
+    for k, v in res.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ValueError(f"--resources: the amount of {k!r} is {v!r}, not a number "
+                             f">= 0 ({example})")
+    return res
 
 
 def _keys(args: argparse.Namespace) -> tuple[str | None, bytes | None, bytes | None, bool]:
@@ -290,9 +340,11 @@ def query_nodes(address: str, timeout: float = 5.0) -> list[dict]:
     """The head's registry.
 
     Raises:
-        RepartirError: the head did not answer within ``timeout``.
+        RepartirError: nothing listens at ``address``, or the head did not answer within
+            ``timeout``.
         TokenError: the head refused our token.
     """
+    probe(address)
     with Endpoint.connect(tcp(address), **ClusterKeys.for_driver(address).to_head()) as ep:
         ep.send(("nodes",))
         try:

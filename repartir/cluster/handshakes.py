@@ -136,15 +136,18 @@ class HandshakeMonitor:
         if self._unclear >= UNCLEAR_FAILURES and self.encrypted:
             return HandshakeFailure("unclear", (
                 f"the CurveZMQ handshake with {where} failed {self._unclear} times in a "
-                f"row: the server key given is not its public key, or it does not use "
-                f"encryption (its cluster was started without --encrypt); "
+                f"row: it may not be a repartir head or node at all (check the address "
+                f"and port), or the server key given is not its public key, or it does not "
+                f"use encryption (its cluster was started without --encrypt); "
                 f"{_SERVER_KEY_HINT}"))
         if self._unclear >= UNCLEAR_FAILURES:
             return HandshakeFailure("unclear", (
                 f"the handshake with {where} failed {self._unclear} times in a row: it "
-                f"closes the connection during the handshake, most likely because it "
-                f"requires CurveZMQ encryption (its cluster was started with --encrypt) "
-                f"and this side does not encrypt: {_SERVER_KEY_HINT}"))
+                f"accepts the connection and closes it during the handshake. It may not be "
+                f"a repartir head or node at all (check the address and port: another "
+                f"service listens there), or it requires CurveZMQ encryption (its cluster "
+                f"was started with --encrypt) and this side does not encrypt: "
+                f"{_SERVER_KEY_HINT}"))
         return HandshakeFailure("other", (
             f"a handshake on {where} failed (ZeroMQ event {event:#x}, value {value:#x})"))
 

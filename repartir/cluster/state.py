@@ -105,8 +105,14 @@ def host_port(address: str) -> tuple[str, int]:
     """``"HOST:PORT"`` (or ``tcp://HOST:PORT``) split.
 
     Raises:
-        ValueError: not of that form; the message shows one that is.
+        ValueError: not of that form (another scheme than ``tcp://``, a port outside
+            1-65535); the message shows one that is.
     """
+    scheme = address.split("://", 1)[0] if "://" in address else "tcp"
+    if scheme != "tcp":
+        raise ValueError(f"a cluster address is HOST:PORT (or tcp://HOST:PORT), e.g. "
+                         f"127.0.0.1:6380, got {address!r}: a repartir head speaks no "
+                         f"{scheme}://; give the address `repartir start --head` printed")
     text = address[6:] if address.startswith("tcp://") else address
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
