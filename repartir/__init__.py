@@ -103,10 +103,13 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         ``object_store_memory``), or for a cluster ``{"address": "HOST:PORT", "nodes": n}``.
 
     Raises:
-        RepartirError: already initialised; no cluster found for ``"auto"``; the head does
-            not answer.
+        RepartirError: already initialised (``AlreadyInitializedError``, also for an
+            ``init()`` without an address while connected to a cluster); no cluster found
+            for ``"auto"``; nothing listens at the address (told within 5 s); the head
+            does not answer.
         TokenError: the head refused this driver's token.
-        ValueError: a setting out of range, or a node setting given with an address.
+        ValueError: a setting out of range, a node setting given with an address, or an
+            address that is not ``HOST:PORT`` (``http://...``, ``ray://...``).
     """
     if address is None and os.environ.get("REPARTIR_ADDRESS", "").strip():
         address = "auto"

@@ -45,6 +45,7 @@ from .borrows import Borrows, RemoteArg, prefer_by_bytes
 from .client_loop import ClientLoop
 from .deps import Deps
 from .lineage import Lineage
+from .reach import probe
 from .nested import pickled_capturing, reduce_ref, resolve_nested
 from .returns import Returns
 from .membership import unlisted_nodes, writable
@@ -120,7 +121,9 @@ class ClusterClient(ClientLoop):
 
     Raises:
         TokenError: the head refused our token.
-        RepartirError: the head did not answer within ``CLUSTER_START_TIMEOUT_S``.
+        RepartirError: nothing listens at ``address`` (told within ``PROBE_TIMEOUT_S``,
+            reach.py), or the head did not answer within ``CLUSTER_START_TIMEOUT_S``.
+        ValueError: ``address`` is not ``HOST:PORT`` (another scheme than ``tcp://``).
     """
 
     def __init__(self, address: str, token: str | None = None) -> None:
@@ -155,6 +158,7 @@ class ClusterClient(ClientLoop):
         self._unlisted: dict[str, float] = {}  # node id -> since when the head omits it
         self._senders: dict[str, bytes] = {}  # node id -> the sender id of its daemon
         self._superseded: set[str] = set()  # nodes whose address another node took
+        probe(address)  # refused at once, not after CLUSTER_START_TIMEOUT_S (reach.py)
         self._curve = ClusterKeys.for_driver(address)
         self._driver_id = os.urandom(16)  # the routing id of every connection to a node
         self._head = Endpoint.connect(tcp(address), token=token, **self._curve.to_head())
@@ -576,9 +580,10 @@ def connect(address: str | None, token: str | None = None) -> ClusterClient:
     make it the active cluster (``repartir.get`` and ``.remote()`` go there).
 
     Raises:
-        RepartirError: no head known for ``"auto"``; the head does not answer.
+        RepartirError: no head known for ``"auto"``; nothing listens at the address (a
+            TCP connect, within ``reach.PROBE_TIMEOUT_S`` = 5 s); the head does not answer.
         TokenError: the head refused our token.
-        ValueError: an address not of the form ``HOST:PORT``.
+        ValueError: an address not of the form ``HOST:PORT`` (or ``tcp://HOST:PORT``).
     """
     client = ClusterClient(resolve_address(address), token)
     context.set_cluster(client)

@@ -11,7 +11,7 @@
   returned as they are (no copy to make), a numpy array as a read-only view of the
   driver's copy (local mode gives read-only zero-copy arrays too), and the refs, actor
   handles and ref generators inside a value are the same objects in each copy;
-- an argument or function that cannot be pickled is named in the error, as locally.
+- an argument that cannot be pickled is named in the error, as locally.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ..runtime.objectref import ObjectRef
 from ..runtime.streaming import ObjectRefGenerator
 from .wire import encode
 
-__all__ = ["owned", "private_copy", "fresh", "argument_error", "function_error"]
+__all__ = ["owned", "private_copy", "fresh", "argument_error"]
 
 #: Types whose values cannot change: ``get`` returns them without a copy.
 _IMMUTABLE = frozenset({int, float, bool, complex, str, bytes, type(None), range, type(...),
@@ -160,12 +160,6 @@ def _copy(value: Any, out_of_band: bool = False) -> Any:
         finally:
             _local.kept = None
     raise AssertionError("unreachable")
-
-
-def function_error(name: str, exc: SerializationError) -> SerializationError:
-    """The error of a remote function that cannot be pickled, worded as in local mode."""
-    return SerializationError(f"remote function {name} cannot be serialized: "
-                              f"{exc.__cause__ or exc}")
 
 
 def argument_error(name: str, args: Sequence, kwargs: dict,

@@ -100,6 +100,11 @@ def test_put_copies_at_once(cluster):
     with pytest.raises(SerializationError, match=r"the value passed to put\(\) cannot be "
                                                  r"serialized"):
         repartir.put(threading.Lock())
+    inner, holder = ident.remote(5), Holder.remote()  # handles inside stay themselves
+    got = repartir.get(repartir.put([inner, {"h": holder}]))
+    assert got[0] is inner and got[1]["h"] is holder
+    assert repartir.get(got[0], timeout=60) == 5
+    assert repartir.get(got[1]["h"].first.remote([3.0]), timeout=60) == 3.0
 
 
 def test_each_get_gives_a_fresh_copy(cluster):
