@@ -382,7 +382,7 @@ class ClusterActors:
         actor.restarts_left = opts.get("max_restarts", 0)
         args, kwargs, error = self._resolve(actor, args, kwargs)
         payload = _pickled(((actor.spec, *args), kwargs))  # raises before anything is sent
-        actor.args = payload
+        actor.args = owned(payload)  # a restart sends the arguments as at .remote()
         with self._lock:
             if actor.name is not None:
                 found = self._ask(self._head(), _NAME, (
