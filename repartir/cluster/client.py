@@ -45,7 +45,7 @@ from .borrows import Borrows, RemoteArg, prefer_by_bytes
 from .client_loop import ClientLoop
 from .deps import Deps
 from .lineage import Lineage
-from .reach import probe
+from .reach import recv_or_probe
 from .nested import pickled_capturing, reduce_ref, resolve_nested
 from .returns import Returns
 from .membership import unlisted_nodes, writable
@@ -121,8 +121,9 @@ class ClusterClient(ClientLoop):
 
     Raises:
         TokenError: the head refused our token.
-        RepartirError: nothing listens at ``address`` (told within ``PROBE_TIMEOUT_S``,
-            reach.py), or the head did not answer within ``CLUSTER_START_TIMEOUT_S``.
+        RepartirError: nothing listens at ``address`` (told after ``PROBE_AFTER_S`` +
+            at most ``PROBE_TIMEOUT_S``, reach.py), or the head did not answer within
+            ``CLUSTER_START_TIMEOUT_S``.
         ValueError: ``address`` is not ``HOST:PORT`` (another scheme than ``tcp://``).
     """
 
@@ -158,13 +159,12 @@ class ClusterClient(ClientLoop):
         self._unlisted: dict[str, float] = {}  # node id -> since when the head omits it
         self._senders: dict[str, bytes] = {}  # node id -> the sender id of its daemon
         self._superseded: set[str] = set()  # nodes whose address another node took
-        probe(address)  # refused at once, not after CLUSTER_START_TIMEOUT_S (reach.py)
         self._curve = ClusterKeys.for_driver(address)
         self._driver_id = os.urandom(16)  # the routing id of every connection to a node
         self._head = Endpoint.connect(tcp(address), token=token, **self._curve.to_head())
         try:
             self._head.send(("nodes", self._driver_id))  # also its lease (leases.py)
-            msg = self._head.recv(timeout=CLUSTER_START_TIMEOUT_S)
+            msg = recv_or_probe(self._head, address, CLUSTER_START_TIMEOUT_S)  # reach.py
         except WireTimeoutError:
             self._head.close()
             raise RepartirError(
@@ -173,6 +173,9 @@ class ClusterClient(ClientLoop):
         except TokenError as exc:
             self._head.close()
             raise type(exc)(f"the head at {address} refused this driver: {exc}") from None
+        except RepartirError:  # nothing listens there (reach.py)
+            self._head.close()
+            raise
         self._last_head = time.monotonic()
         self.actors = ClusterActors(self, ClusterRef)  # actors on the nodes (actors.py)
         self.returns = Returns(self, ClusterRef)  # num_returns != 1, streams, cancel, futures
@@ -581,7 +584,7 @@ def connect(address: str | None, token: str | None = None) -> ClusterClient:
 
     Raises:
         RepartirError: no head known for ``"auto"``; nothing listens at the address (a
-            TCP connect, within ``reach.PROBE_TIMEOUT_S`` = 5 s); the head does not answer.
+            TCP connect after 2 s without an answer, reach.py); the head does not answer.
         TokenError: the head refused our token.
         ValueError: an address not of the form ``HOST:PORT`` (or ``tcp://HOST:PORT``).
     """

@@ -28,7 +28,7 @@ from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_PORT, CLUSTER_START_TIMEOUT_S
 from ..errors import RepartirError, TokenError, WireTimeoutError
 from .curve import public_key
 from .encryption import ClusterKeys, head_key_pair, record_head_key
-from .reach import probe
+from .reach import PROBE_AFTER_S, probe, recv_or_probe
 from .sockets import Endpoint, is_local_address
 from .state import (forget_processes, host_port, process_start_time, record_process,
                     recorded_processes, resolve_address, state_dir, tcp, write_address,
@@ -148,11 +148,9 @@ def start(args: argparse.Namespace) -> int:
             _resources(args.resources)
         token, where = _token(args)
         key_file, head_key, server_key, made = _keys(args)
-        if args.address is not None:
-            probe(args.address)  # nothing listens: say so now (reach.py)
     except (ValueError, RepartirError, FileNotFoundError) as exc:
         return _err(str(exc))
-    target = args.address or args.bind
+    target = host_port(args.address)[0] if args.address else args.bind
     if token is None and not (is_local_address(tcp(f"{target}:1"))
                               and is_local_address(tcp(f"{args.bind}:1"))):
         return _err(f"refusing to start a node that listens on {args.bind} or reaches "
@@ -178,8 +176,16 @@ def start(args: argparse.Namespace) -> int:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                 start_new_session=not args.block)
     deadline = time.monotonic() + CLUSTER_START_TIMEOUT_S
+    probe_at = None if args.head else time.monotonic() + PROBE_AFTER_S
     info = None
     while time.monotonic() < deadline:
+        if probe_at is not None and time.monotonic() >= probe_at:
+            probe_at = None
+            try:  # nothing listens at --address: say so now, not at the timeout (reach.py)
+                probe(args.address)
+            except RepartirError as exc:
+                info = {"error": str(exc)}
+                break
         if os.path.exists(ready):
             with open(ready) as f:
                 info = json.load(f)
@@ -192,6 +198,11 @@ def start(args: argparse.Namespace) -> int:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        if not args.head and probe_at is not None:  # failed before the probe: tell a
+            try:                                    # failure to connect apart (reach.py)
+                probe(args.address)
+            except RepartirError as exc:
+                info = {"error": str(exc)}
         why = info["error"] if info else _tail(log_path)
         return _err(f"the node did not start: {why}\n(log: {log_path})")
     address = info["address"]
@@ -344,11 +355,10 @@ def query_nodes(address: str, timeout: float = 5.0) -> list[dict]:
             ``timeout``.
         TokenError: the head refused our token.
     """
-    probe(address)
     with Endpoint.connect(tcp(address), **ClusterKeys.for_driver(address).to_head()) as ep:
         ep.send(("nodes",))
         try:
-            return ep.recv(timeout=timeout).value[1]
+            return recv_or_probe(ep, address, timeout).value[1]
         except WireTimeoutError:
             raise RepartirError(f"the head at {address} did not answer within {timeout:g} s: "
                                 f"is it running (repartir start --head) and reachable?") \

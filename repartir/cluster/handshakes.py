@@ -131,7 +131,8 @@ class HandshakeMonitor:
                     "does not (started without --encrypt)")
             return HandshakeFailure("unclear", (
                 f"a peer closed its connection to {where} during the handshake: most "
-                f"likely {what}"))
+                f"likely {what}; or a plain TCP check of this address (a repartir driver, "
+                f"node or status makes one when the head is slow to answer)"))
         self._unclear += 1
         if self._unclear >= UNCLEAR_FAILURES and self.encrypted:
             return HandshakeFailure("unclear", (

@@ -1,22 +1,50 @@
-"""A plain TCP connect to a head before the ZeroMQ handshake (docs/cluster.md, "Connect a
-driver"): ZeroMQ connects in the background and retries for ever, so an address where
-nothing listens would only show as a timeout (``CLUSTER_START_TIMEOUT_S``).  A driver,
-``repartir start --address`` and ``repartir status`` first open (and at once close) one TCP
-connection, which says within ``timeout`` seconds whether anything listens there.
+"""Is anything listening at a head's address? (docs/cluster.md, "Connect a driver").
+
+ZeroMQ connects in the background and retries for ever, so an address where nothing
+listens would only show as a timeout (``CLUSTER_START_TIMEOUT_S``).  A driver, ``repartir
+start --address`` and ``repartir status`` that have had no answer from the head within
+``PROBE_AFTER_S`` open (and at once close) one plain TCP connection to its address, which
+says within ``PROBE_TIMEOUT_S`` whether anything listens there.  Only then: a head that
+answers in time never sees the probe (a connection closed before its handshake, which its
+handshake monitor would log as a failed one).
 """
 
 from __future__ import annotations
 
 import errno
 import socket
+from typing import Any
 
-from ..errors import RepartirError
+from ..errors import EncryptionError, RepartirError, WireTimeoutError
 from .state import host_port
 
-__all__ = ["probe", "PROBE_TIMEOUT_S"]
+__all__ = ["probe", "recv_or_probe", "PROBE_TIMEOUT_S", "PROBE_AFTER_S"]
 
 #: How long the probe's TCP connect may take (seconds).
 PROBE_TIMEOUT_S = 5.0
+#: How long to wait for the head's first answer before probing its address (seconds).
+PROBE_AFTER_S = 2.0
+
+
+def recv_or_probe(ep: Any, address: str, timeout: float) -> Any:
+    """``ep.recv(timeout)``, but after ``PROBE_AFTER_S`` without an answer, or on a failed
+    handshake, :func:`probe` ``address`` once (which raises if nothing listens there).
+
+    Raises:
+        RepartirError: as :func:`probe`.
+        WireTimeoutError, TokenError, EncryptionError: as ``Endpoint.recv``.
+    """
+    first = min(PROBE_AFTER_S, timeout)
+    try:
+        return ep.recv(timeout=first)
+    except WireTimeoutError:
+        if first >= timeout:
+            raise
+    except EncryptionError:  # ZeroMQ reports some failures to connect (an unroutable
+        probe(address)       # address) as failed handshakes too: tell them apart
+        raise
+    probe(address)
+    return ep.recv(timeout=timeout - first)
 
 
 def probe(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
