@@ -34,7 +34,7 @@ import zmq
 
 from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_START_TIMEOUT_S, cluster_node_timeout)
 from ..errors import (GetTimeoutError, InfeasibleTaskError, NodeDiedError, ObjectLostError,
-                      RepartirError, SerializationError, TokenError, WireTimeoutError)
+                      RepartirError, TokenError, WireTimeoutError)
 from ..runtime import context
 from ..runtime.objectref import ObjectRef
 from ..runtime.signature import arg_check
@@ -53,7 +53,7 @@ from .encryption import ClusterKeys
 from .sockets import Endpoint
 from .stealing import fits as fits_in
 from .state import StoredArg, resolve_address, tcp
-from .values import argument_error, fresh, owned, private_copy
+from .values import fresh, naming_arguments, owned, private_copy
 from .wake import Wake
 
 __all__ = ["ClusterClient", "ClusterRef", "connect", "active"]
@@ -121,9 +121,8 @@ class ClusterClient(ClientLoop):
 
     Raises:
         TokenError: the head refused our token.
-        RepartirError: nothing listens at ``address`` (told after ``PROBE_AFTER_S`` +
-            at most ``PROBE_TIMEOUT_S``, reach.py), or the head did not answer within
-            ``CLUSTER_START_TIMEOUT_S``.
+        RepartirError: nothing listens at ``address`` (reach.py), or the head did not
+            answer within ``CLUSTER_START_TIMEOUT_S``.
         ValueError: ``address`` is not ``HOST:PORT`` (another scheme than ``tcp://``).
     """
 
@@ -173,9 +172,6 @@ class ClusterClient(ClientLoop):
         except TokenError as exc:
             self._head.close()
             raise type(exc)(f"the head at {address} refused this driver: {exc}") from None
-        except RepartirError:  # nothing listens there (reach.py)
-            self._head.close()
-            raise
         self._last_head = time.monotonic()
         self.actors = ClusterActors(self, ClusterRef)  # actors on the nodes (actors.py)
         self.returns = Returns(self, ClusterRef)  # num_returns != 1, streams, cancel, futures
@@ -345,11 +341,8 @@ class ClusterClient(ClientLoop):
         prefer, borrowed, given = None, None, (args, kwargs)
         if any(isinstance(a, ObjectRef) for a in args) or \
                 any(isinstance(v, ObjectRef) for v in kwargs.values()):
-            try:
-                waits = self._deps.defer(key, blob, demand, retries, args, kwargs, nret,
-                                         rf._name)
-            except SerializationError as exc:  # name the argument (values.py)
-                raise argument_error(rf._name, args, kwargs, exc) from exc.__cause__
+            with naming_arguments(rf._name, args, kwargs):  # (values.py)
+                waits = self._deps.defer(key, blob, demand, retries, args, kwargs, nret, rf._name)
             if waits is not None:  # an argument is not ready: the task waits (deps.py)
                 return waits[0]
             args, kwargs, prefer, error = self._resolve_args(args, kwargs, demand)
@@ -365,10 +358,8 @@ class ClusterClient(ClientLoop):
                         return self.returns.refs_locked(tid, nret, rf._name)
                 return ClusterRef(tid, self)
         tid = os.urandom(16)
-        try:
+        with naming_arguments(rf._name, args, kwargs):  # as locally (values.py)
             payload, nested = pickled_capturing((args, kwargs))
-        except SerializationError as exc:  # name the argument, as locally (values.py)
-            raise argument_error(rf._name, args, kwargs, exc) from exc.__cause__
         if nested:  # refs inside the arguments: the task's node gets them (nested.py)
             waits = self._deps.defer(key, blob, demand, retries, *given, nret, rf._name,
                                      nested)

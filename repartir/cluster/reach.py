@@ -15,7 +15,7 @@ import errno
 import socket
 from typing import Any
 
-from ..errors import EncryptionError, RepartirError, WireTimeoutError
+from ..errors import EncryptionError, RepartirError, TokenError, WireTimeoutError
 from .state import host_port
 
 __all__ = ["probe", "recv_or_probe", "PROBE_TIMEOUT_S", "PROBE_AFTER_S"]
@@ -31,19 +31,24 @@ def recv_or_probe(ep: Any, address: str, timeout: float) -> Any:
     handshake, :func:`probe` ``address`` once (which raises if nothing listens there).
 
     Raises:
-        RepartirError: as :func:`probe`.
+        RepartirError: as :func:`probe` (``ep`` is closed then).
         WireTimeoutError, TokenError, EncryptionError: as ``Endpoint.recv``.
     """
     first = min(PROBE_AFTER_S, timeout)
     try:
-        return ep.recv(timeout=first)
-    except WireTimeoutError:
-        if first >= timeout:
+        try:
+            return ep.recv(timeout=first)
+        except WireTimeoutError:
+            if first >= timeout:
+                raise
+        except EncryptionError:  # ZeroMQ reports some failures to connect (an
+            probe(address)       # unroutable address) as failed handshakes too
             raise
-    except EncryptionError:  # ZeroMQ reports some failures to connect (an unroutable
-        probe(address)       # address) as failed handshakes too: tell them apart
+        probe(address)
+    except RepartirError as exc:
+        if not isinstance(exc, (TokenError, WireTimeoutError)):  # the probe's
+            ep.close()
         raise
-    probe(address)
     return ep.recv(timeout=timeout - first)
 
 

@@ -16,11 +16,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import sys
 import threading
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import cloudpickle
 
@@ -31,7 +32,7 @@ from ..runtime.objectref import ObjectRef
 from ..runtime.streaming import ObjectRefGenerator
 from .wire import encode
 
-__all__ = ["owned", "private_copy", "fresh", "argument_error"]
+__all__ = ["owned", "private_copy", "fresh", "argument_error", "naming_arguments"]
 
 #: Types whose values cannot change: ``get`` returns them without a copy.
 _IMMUTABLE = frozenset({int, float, bool, complex, str, bytes, type(None), range, type(...),
@@ -187,3 +188,13 @@ def argument_error(name: str, args: Sequence, kwargs: dict,
                 f"inside the task.")
     return SerializationError(f"the arguments of {name}() cannot be serialized: "
                               f"{exc.__cause__ or exc}")
+
+
+@contextlib.contextmanager
+def naming_arguments(name: str, args: Sequence, kwargs: dict) -> Iterator[None]:
+    """Pickling the arguments of ``name`` in the block: a :class:`SerializationError` comes
+    out as :func:`argument_error` (naming the argument)."""
+    try:
+        yield
+    except SerializationError as exc:
+        raise argument_error(name, args, kwargs, exc) from exc.__cause__
