@@ -53,7 +53,7 @@ from .handoff import rebuild_handle
 from .nested import pickled_capturing, resolve_nested
 from .node_actors import ActorKey
 from .state import StoredArg
-from .values import owned
+from .values import naming_arguments, owned
 from .wire import encode
 
 __all__ = ["ClusterActors", "ClusterActorHandle", "ActorTask"]
@@ -381,7 +381,8 @@ class ClusterActors:
                                             "detached": actor.detached}
         actor.restarts_left = opts.get("max_restarts", 0)
         args, kwargs, error = self._resolve(actor, args, kwargs)
-        payload = _pickled(((actor.spec, *args), kwargs))  # raises before anything is sent
+        with naming_arguments(f"{actor.class_name}.__init__", args, kwargs):  # values.py
+            payload = _pickled(((actor.spec, *args), kwargs))  # raises before anything is sent
         actor.args = owned(payload)  # a restart sends the arguments as at .remote()
         with self._lock:
             if actor.name is not None:
@@ -424,7 +425,8 @@ class ClusterActors:
         c = self.client
         payload, borrowed = None, []
         if error is None:
-            payload, nested = pickled_capturing(((actor.id, how, *args), kwargs))
+            with naming_arguments(f"{actor.class_name}.{method}", args, kwargs):
+                payload, nested = pickled_capturing(((actor.id, how, *args), kwargs))
             if nested:  # refs inside the arguments: the actor gets refs (nested.py)
                 _, payload, borrowed = resolve_nested(c, (actor.id, how, *args), kwargs,
                                                       nested)

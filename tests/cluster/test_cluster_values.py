@@ -67,6 +67,12 @@ class Holder:
         return float(a[0])
 
 
+@repartir.remote
+class Box:
+    def __init__(self, x):
+        self.x = x
+
+
 def test_argument_is_captured_at_remote(cluster):
     """Finding: a numpy argument of 64 KiB or more was sent as a view, so a change made
     after .remote() reached the task (Ray and local mode give the value at .remote())."""
@@ -132,6 +138,10 @@ def test_unpicklable_names_function_and_argument(cluster):
         nap.remote(0, threading.Lock())
     with pytest.raises(SerializationError, match=r"keyword argument 'x' of nap\(\)"):
         nap.remote(0, x=(i for i in range(3)))
+    with pytest.raises(SerializationError, match=r"argument 0 of Holder.first\(\) \(lock\)"):
+        Holder.remote().first.remote(threading.Lock())
+    with pytest.raises(SerializationError, match=r"argument 0 of Box.__init__\(\)"):
+        Box.remote(threading.Lock())
 
 
 def test_second_init_while_connected_raises(cluster):
