@@ -283,6 +283,7 @@ class NodeDaemon(NodeStealing, NodeReturns):
 
     def _run_tasks(self, peer: bytes, functions: dict, tasks: list) -> None:
         """Run the tasks, or queue them beyond ``capacity`` (see :mod:`.stealing`)."""
+        self._refresh_capacity(time.monotonic())
         out = []
         for tid, key, payload in tasks:
             try:

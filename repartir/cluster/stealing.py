@@ -159,6 +159,19 @@ class NodeStealing:
         self.service_s = window[0][1]
         self.capacity = capacity_for(self.cpus, self.service_s)
 
+    def _refresh_capacity(self, now: float) -> None:
+        """Forget the service times older than the window when no task finished since (the
+        window is otherwise pruned at completions only): a node that ran tiny tasks a while
+        ago must not keep handing its runtime hundreds of long ones that no idle node could
+        steal then."""
+        window = self._samples
+        while window and window[0][0] < now - CLUSTER_QUEUE_WINDOW_S:
+            window.popleft()
+        service = window[0][1] if window else None
+        if service != self.service_s:
+            self.service_s = service
+            self.capacity = capacity_for(self.cpus, service)
+
     def _admit(self) -> None:
         """Hand queued tasks to the local runtime while it has room."""
         while self.queue and len(self._admitted) < self.capacity:

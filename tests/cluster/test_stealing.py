@@ -213,3 +213,18 @@ def test_a_node_learns_the_service_time_of_its_tasks():
     t += 2.0  # past the window: long tasks now (1 s each, 2 in flight)
     run(2, 1.0)
     assert v.service_s == pytest.approx(1.0) and v.capacity == 2 * 2
+
+
+def test_a_node_forgets_old_service_times_when_no_task_finishes():
+    """Tiny tasks a while ago, none since: the next batch meets the minimum capacity, not
+    hundreds per CPU (so that idle nodes can steal long tasks from its queue)."""
+    v = Victim(cpus=2)
+    tid = os.urandom(8)
+    v._admitted[tid] = (100.0, 1)
+    v._finished(tid, 100.0001)
+    high = v.capacity
+    assert high == capacity_for(2, v.service_s) and high > 400  # 0.2 ms a task
+    v._refresh_capacity(100.5)  # within the window: kept
+    assert v.capacity == high
+    v._refresh_capacity(101.5)  # past it, with no completion since
+    assert v.service_s is None and v.capacity == capacity_for(2, None) == 4
