@@ -319,8 +319,11 @@ def test_what_a_killed_driver_kept_on_the_nodes_is_dropped(cluster):
     heard from it for REPARTIR_NODE_TIMEOUT, the nodes drop the results they kept for it
     and its queued and running tasks (docs/cluster.md, "Failures"); another driver's are
     kept."""
+    prior = _held()
     mine = ident.options(resources={"big_mem": 1}).remote(np.ones(1 << 20))  # kept there
     repartir.wait([mine], timeout=60)
+    # the registry counts it once the node's next heartbeat has reached the head
+    assert wait_until(lambda: _held()["Stored"] > prior["Stored"], 20), _held()
     before = _held()
     code = textwrap.dedent(f"""
         import time
