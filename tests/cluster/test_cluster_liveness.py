@@ -21,6 +21,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
 import repartir
@@ -222,6 +223,35 @@ def test_nodes_is_one_round_trip_to_the_head(cluster):
         assert sum(n["Alive"] for n in repartir.nodes()) == 2
         took.append(time.monotonic() - t0)
     assert statistics.median(took) < CLUSTER_HEARTBEAT_S / 2, took
+
+
+@repartir.remote
+def ones(n):
+    return np.ones(n)
+
+
+def test_a_result_whose_only_fitting_node_froze_is_rebuilt_when_it_comes_back(cluster):
+    """The only node with resource "side" keeps a result and freezes past the timeout: the
+    rebuild finds no node that fits and waits (up to the timeout) instead of failing at once;
+    the node thaws, comes back as a new incarnation, and the result is rebuilt there."""
+    r = cli("start", "--address", cluster["address"], "--num-cpus", "1",
+            "--resources", '{"side": 1}', "--object-store-memory", STORE)
+    assert r.returncode == 0, r.stderr
+    side = recorded()[-1]
+    port = int(side["address"].rsplit(":", 1)[1])
+    assert wait_until(lambda: any(n["NodeManagerPort"] == port and n["Alive"]
+                                  for n in repartir.nodes()), 20)
+    kept = ones.options(resources={"side": 1}, max_retries=2).remote(1 << 17)  # 1 MiB
+    assert repartir.wait([kept], timeout=60)[0]
+    os.kill(side["pid"], signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: not any(n["NodeManagerPort"] == port and n["Alive"]
+                                          for n in repartir.nodes()), 4 * NODE_TIMEOUT)
+    finally:
+        os.kill(side["pid"], signal.SIGCONT)
+    got = repartir.get(kept, timeout=4 * NODE_TIMEOUT)
+    assert got.shape == (1 << 17,) and float(got.sum()) == float(1 << 17)
+    assert any(n["NodeManagerPort"] == port and n["Alive"] for n in repartir.nodes())
 
 
 def test_a_lost_head_is_named_and_nodes_raises(cluster):
