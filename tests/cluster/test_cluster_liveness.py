@@ -26,8 +26,8 @@ import pytest
 
 import repartir
 from repartir.cluster import client as cluster_client
-from repartir.config import CLUSTER_HEARTBEAT_S
-from repartir.errors import NodeDiedError
+from repartir.config import CLUSTER_HEARTBEAT_S, CLUSTER_PULL_TIMEOUT_S
+from repartir.errors import NodeDiedError, ObjectLostError
 from rtsupport import wait_until
 from test_cluster import alive, cli, cluster_env, recorded
 
@@ -252,6 +252,35 @@ def test_a_result_whose_only_fitting_node_froze_is_rebuilt_when_it_comes_back(cl
     got = repartir.get(kept, timeout=4 * NODE_TIMEOUT)
     assert got.shape == (1 << 17,) and float(got.sum()) == float(1 << 17)
     assert any(n["NodeManagerPort"] == port and n["Alive"] for n in repartir.nodes())
+
+
+@repartir.remote
+def total(a):
+    return float(a.sum())
+
+
+def test_a_pull_from_a_node_declared_dead_fails_when_it_is(cluster):
+    """A task on one node takes a result kept on another node, frozen before it could serve
+    the pull: the task fails once the head declares that node dead, not after
+    CLUSTER_PULL_TIMEOUT_S (30 s)."""
+    r = cli("start", "--address", cluster["address"], "--num-cpus", "1",
+            "--resources", '{"src": 1}', "--object-store-memory", STORE)
+    assert r.returncode == 0, r.stderr
+    src = recorded()[-1]
+    port = int(src["address"].rsplit(":", 1)[1])
+    assert wait_until(lambda: any(n["NodeManagerPort"] == port and n["Alive"]
+                                  for n in repartir.nodes()), 20)
+    kept = ones.options(resources={"src": 1}, max_retries=0).remote(1 << 17)  # 1 MiB
+    assert repartir.wait([kept], timeout=60)[0]
+    os.kill(src["pid"], signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        pulling = total.options(resources={"big_mem": 1}).remote(kept)
+        with pytest.raises(ObjectLostError, match="declared it dead"):
+            repartir.get(pulling, timeout=CLUSTER_PULL_TIMEOUT_S + 30)
+        assert time.monotonic() - t0 < NODE_TIMEOUT + 3 * CLUSTER_HEARTBEAT_S
+    finally:
+        os.kill(src["pid"], signal.SIGCONT)
 
 
 def test_a_lost_head_is_named_and_nodes_raises(cluster):
