@@ -78,6 +78,7 @@ def fresh_registry(c: Any, timeout: float | None = None) -> None:
     with c._cv:
         if c._failed is None:
             c._registry_asked = True
+            c._wake.signal()  # the loop sends it now, not at the end of its poll (wake.py)
             target = c._registry_sent + 1
             while c._registry_answered < target and c._failed is None:
                 left = deadline - time.monotonic()
