@@ -154,8 +154,7 @@ class ClusterClient(ClientLoop):
         self._closed = False
         self._failed: str | None = None
         self._registry_seq = 0
-        self._registry_asked = False  # a fresh registry wanted now (liveness.py)
-        self._registry_sent = self._registry_answered = 0  # numbered registry requests
+        self._registry_asked, self._registry_sent, self._registry_answered = False, 0, 0
         self._lineage = Lineage(self)  # to rebuild results lost with their node
         self._deps = Deps(self, ClusterRef, _Task)  # tasks waiting for their arguments
         self._unlisted: dict[str, float] = {}  # node id -> since when the head omits it
