@@ -48,7 +48,7 @@ from .lineage import Lineage
 from .reach import recv_or_probe
 from .nested import pickled_capturing, reduce_ref, resolve_nested
 from .returns import Returns
-from .liveness import fresh_registry, say_goodbye
+from .liveness import registry_nodes, say_goodbye, summed_resources
 from .membership import unlisted_nodes, writable
 from .encryption import ClusterKeys
 from .sockets import Endpoint
@@ -519,28 +519,13 @@ class ClusterClient(ClientLoop):
     # ------------------------------------------------------------------ the registry, public
 
     def nodes(self) -> list[dict]:
-        """The head's registry, asked for now (one round trip to the head), Ray's shape.
-
-        Raises:
-            NodeDiedError: the head has not answered for ``REPARTIR_NODE_TIMEOUT``, as
-                ``.remote()`` does then (liveness.py).
-        """
-        fresh_registry(self)
-        with self._cv:
-            return [{"NodeID": r["NodeID"], "Alive": r["Alive"],
-                     "NodeManagerAddress": r["NodeManagerAddress"].rsplit(":", 1)[0],
-                     "NodeManagerPort": int(r["NodeManagerAddress"].rsplit(":", 1)[1]),
-                     "Resources": dict(r["Resources"])} for r in self.nodes_seen.values()]
+        """The head's registry, asked for now, in Ray's shape (liveness.py).  Raises
+        ``NodeDiedError`` once the head has not answered for ``REPARTIR_NODE_TIMEOUT``."""
+        return registry_nodes(self)
 
     def resources(self, available: bool) -> dict:
-        self.nodes()
-        out: dict[str, float] = {}
-        with self._lock:
-            for r in self.nodes_seen.values():
-                if r["Alive"]:
-                    for k, v in r["Available" if available else "Resources"].items():
-                        out[k] = out.get(k, 0.0) + v
-        return out
+        """The live nodes' resources (``available``: free ones), summed (liveness.py)."""
+        return summed_resources(self, available)
 
     def close(self) -> None:
         """Release what this driver kept on the nodes, close every socket."""

@@ -32,7 +32,8 @@ from ..config import CLUSTER_HEARTBEAT_S
 from ..errors import NodeDiedError, ObjectLostError
 from .membership import writable
 
-__all__ = ["ask_registry", "answered", "turned", "forgot", "say_goodbye", "fresh_registry"]
+__all__ = ["ask_registry", "answered", "turned", "forgot", "say_goodbye", "fresh_registry",
+           "registry_nodes", "summed_resources"]
 
 
 def turned(c: Any, gap: float, now: float) -> bool:
@@ -87,6 +88,38 @@ def fresh_registry(c: Any, timeout: float | None = None) -> None:
                 c._cv.wait(min(left, 0.05))
         if c._failed is not None:
             raise NodeDiedError(c._failed)
+
+
+def registry_nodes(c: Any) -> list[dict]:
+    """``nodes()`` of a connected driver: the head's registry, asked for now
+    (:func:`fresh_registry`), in Ray's shape.
+
+    Raises:
+        NodeDiedError: as :func:`fresh_registry`.
+    """
+    fresh_registry(c)
+    with c._cv:
+        return [{"NodeID": r["NodeID"], "Alive": r["Alive"],
+                 "NodeManagerAddress": r["NodeManagerAddress"].rsplit(":", 1)[0],
+                 "NodeManagerPort": int(r["NodeManagerAddress"].rsplit(":", 1)[1]),
+                 "Resources": dict(r["Resources"])} for r in c.nodes_seen.values()]
+
+
+def summed_resources(c: Any, available: bool) -> dict:
+    """``cluster_resources()`` (``available`` false) or ``available_resources()`` of a
+    connected driver: the sum over the live nodes of a fresh registry.
+
+    Raises:
+        NodeDiedError: as :func:`fresh_registry`.
+    """
+    fresh_registry(c)
+    out: dict[str, float] = {}
+    with c._lock:
+        for r in c.nodes_seen.values():
+            if r["Alive"]:
+                for k, v in r["Available" if available else "Resources"].items():
+                    out[k] = out.get(k, 0.0) + v
+    return out
 
 
 def forgot(c: Any, nid: str, tids: Any, oids: Any) -> None:
