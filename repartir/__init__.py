@@ -369,7 +369,12 @@ def nodes() -> list[dict]:
     ``Resources`` holds ``CPU``, ``GPU`` (each only when the node has some, as in Ray),
     ``memory`` and ``object_store_memory`` (bytes) and the custom resources.  Connected to a
     cluster, or in a task or actor on one of its nodes: every node the head knows, dead ones
-    with ``"Alive": False``."""
+    with ``"Alive": False``, as the head answers now (one round trip).
+
+    Raises:
+        NodeDiedError: connected to a cluster whose head has not answered for
+            ``REPARTIR_NODE_TIMEOUT`` seconds (as ``.remote()`` then): ``shutdown()`` and
+            ``init()`` again."""
     if _context.cluster is not None:
         return _context.cluster.nodes()
     if _context.inner is not None:  # a task on a cluster's node: the whole cluster
@@ -402,7 +407,10 @@ def cluster_resources() -> dict:
     """Total resources, in Ray's units: ``{"CPU": n, "GPU": n, "memory": bytes,
     "object_store_memory": bytes, <custom>: n}`` (``CPU`` and ``GPU`` only when the node has
     some).  Connected to a cluster (or in a task or actor on one of its nodes): the sum over
-    its live nodes."""
+    its live nodes.
+
+    Raises:
+        NodeDiedError: as :func:`nodes`."""
     if _context.cluster is not None:
         return _context.cluster.resources(available=False)
     if _context.inner is not None:
@@ -414,7 +422,10 @@ def available_resources() -> dict:
     """Resources not reserved by running tasks and live actors now, in Ray's units (CPU, GPU,
     ``memory`` in bytes, custom), and free arena bytes as ``object_store_memory``.  Connected
     to a cluster (or in a task or actor on one of its nodes): the sum over its live nodes, as
-    of their last heartbeat (about 1 s old)."""
+    of their last heartbeat (about 1 s old).
+
+    Raises:
+        NodeDiedError: as :func:`nodes`."""
     if _context.cluster is not None:
         return _context.cluster.resources(available=True)
     if _context.inner is not None:

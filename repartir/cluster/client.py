@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import zmq
 
-from ..config import (CLUSTER_HEARTBEAT_S, CLUSTER_START_TIMEOUT_S, cluster_node_timeout)
+from ..config import (CLUSTER_START_TIMEOUT_S, cluster_node_timeout)
 from ..errors import (GetTimeoutError, InfeasibleTaskError, NodeDiedError, ObjectLostError,
                       RepartirError, TokenError, WireTimeoutError)
 from ..runtime import context
@@ -48,6 +48,7 @@ from .lineage import Lineage
 from .reach import recv_or_probe
 from .nested import pickled_capturing, reduce_ref, resolve_nested
 from .returns import Returns
+from .liveness import registry_nodes, say_goodbye, summed_resources
 from .membership import unlisted_nodes, writable
 from .encryption import ClusterKeys
 from .sockets import Endpoint
@@ -153,6 +154,7 @@ class ClusterClient(ClientLoop):
         self._closed = False
         self._failed: str | None = None
         self._registry_seq = 0
+        self._registry_asked, self._registry_sent, self._registry_answered = False, 0, 0
         self._lineage = Lineage(self)  # to rebuild results lost with their node
         self._deps = Deps(self, ClusterRef, _Task)  # tasks waiting for their arguments
         self._unlisted: dict[str, float] = {}  # node id -> since when the head omits it
@@ -251,7 +253,11 @@ class ClusterClient(ClientLoop):
         for tid, task in list(self.inflight.items()):
             if task.node != nid:
                 continue
-            if task.retries > 0 and self._failed is None:
+            if self._failed is not None:
+                not_again = f"it is not run again: {self._failed}"
+            elif task.retries <= 0:
+                not_again = "its max_retries are used up"
+            else:
                 task.retries -= 1
                 if tid in self._lineage.deps:  # its node-kept arguments died with it
                     self._lineage.wait(tid, task)
@@ -259,13 +265,12 @@ class ClusterClient(ClientLoop):
                 try:
                     self._enqueue(tid, task, None)
                     continue
-                except InfeasibleTaskError:
-                    pass
+                except InfeasibleTaskError as exc:
+                    not_again = f"it cannot run again: {exc}"
             del self.inflight[tid]
             self._due.extend(self.borrows.task_ended(tid))
             self.results[tid] = ("error", NodeDiedError(
-                f"{where} {why} while it ran task {tid.hex()}, and its max_retries are "
-                f"used up (or no other node fits it)"))
+                f"{where} {why} while it ran task {tid.hex()}; {not_again}"))
         for tid, res in list(self.results.items()):
             if res[0] == "stored" and res[1] == nid:
                 why_not = self._lineage.rebuild(tid)
@@ -514,27 +519,13 @@ class ClusterClient(ClientLoop):
     # ------------------------------------------------------------------ the registry, public
 
     def nodes(self) -> list[dict]:
-        """The head's registry (refreshed within ``CLUSTER_HEARTBEAT_S``), Ray's shape."""
-        with self._lock:
-            seq = self._registry_seq
-        deadline = time.monotonic() + 2 * CLUSTER_HEARTBEAT_S + 1
-        with self._cv:
-            while self._registry_seq < seq + 2 and time.monotonic() < deadline:
-                self._cv.wait(0.05)
-            return [{"NodeID": r["NodeID"], "Alive": r["Alive"],
-                     "NodeManagerAddress": r["NodeManagerAddress"].rsplit(":", 1)[0],
-                     "NodeManagerPort": int(r["NodeManagerAddress"].rsplit(":", 1)[1]),
-                     "Resources": dict(r["Resources"])} for r in self.nodes_seen.values()]
+        """The head's registry, asked for now, in Ray's shape (liveness.py).  Raises
+        ``NodeDiedError`` once the head has not answered for ``REPARTIR_NODE_TIMEOUT``."""
+        return registry_nodes(self)
 
     def resources(self, available: bool) -> dict:
-        self.nodes()
-        out: dict[str, float] = {}
-        with self._lock:
-            for r in self.nodes_seen.values():
-                if r["Alive"]:
-                    for k, v in r["Available" if available else "Resources"].items():
-                        out[k] = out.get(k, 0.0) + v
-        return out
+        """The live nodes' resources (``available``: free ones), summed (liveness.py)."""
+        return summed_resources(self, available)
 
     def close(self) -> None:
         """Release what this driver kept on the nodes, close every socket."""
@@ -561,7 +552,8 @@ class ClusterClient(ClientLoop):
                     ep.send(("release", tids))
                 except zmq.ZMQError:
                     pass
-        time.sleep(0.05)  # let the releases leave (linger is 0)
+        say_goodbye(self)  # the nodes drop at once what they hold for us (liveness.py)
+        time.sleep(0.05)  # let the releases and goodbyes leave (linger is 0)
         for ep in [self._head, *self._eps.values()]:
             ep.close()
         if not self._thread.is_alive():  # else its poller may still watch the pipe

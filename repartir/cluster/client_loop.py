@@ -17,6 +17,7 @@ from ..config import (CLUSTER_BATCH_TASKS, CLUSTER_CHUNK_BYTES, CLUSTER_CHUNKS_I
 from ..errors import (InfeasibleTaskError, NodeDiedError, ObjectLostError, RepartirError,
                       WireTimeoutError)
 from ..runtime import context
+from .liveness import answered, ask_registry, forgot, turned
 from .membership import requeue, restarted, writable
 from .node_faults import node_message_failed
 from .sockets import Endpoint
@@ -41,7 +42,8 @@ def print_output(items: list) -> None:
 
 class ClientLoop:
     def _loop(self) -> None:
-        next_registry = time.monotonic() + CLUSTER_HEARTBEAT_S
+        next_registry = last_turn = time.monotonic() + CLUSTER_HEARTBEAT_S
+        last_turn -= CLUSTER_HEARTBEAT_S
         while not self._closed:
             try:
                 if self._lineage.waiting:
@@ -58,10 +60,11 @@ class ClientLoop:
                 for sock in events:
                     self._drain(sock)
                 now = time.monotonic()
-                if now >= next_registry:
+                turned(self, now - last_turn, now)  # a pause of this process (liveness.py)
+                last_turn = now
+                if now >= next_registry or self._registry_asked:
                     next_registry = now + CLUSTER_HEARTBEAT_S
-                    if writable(self._head):
-                        self._head.send(("nodes", self._driver_id))
+                    ask_registry(self)
                     if now - self._last_head > self.timeout:
                         self._head_lost()
             except zmq.ZMQError:
@@ -182,6 +185,7 @@ class ClientLoop:
             return
         with self._lock:
             self._last_head = time.monotonic()
+            answered(self, value)
             for nid in self._update_nodes(value[1]):
                 self._node_died(nid, "was declared dead (no heartbeat reached the head for "
                                      f"{self.timeout:g} s, or the head lists it no more)")
@@ -223,6 +227,8 @@ class ClientLoop:
                     sends.append(("release", releases))
             elif kind == "output":  # what the node's workers printed (node.py)
                 print_output(value[1])
+            elif kind == "forgot":  # dropped while the head did not hear us (liveness.py)
+                forgot(self, nid, value[1], value[2])
             elif kind == "moved":  # stolen by another node (stealing.py)
                 self._moved(value[1], value[2])
                 self.returns.moved_locked(value[1], value[2])

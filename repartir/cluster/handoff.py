@@ -34,10 +34,12 @@ holds and end the actors it owned (``NodeActors.driver_gone``).
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
-from ..errors import RepartirError
+from ..errors import NodeDiedError, RepartirError
 from ..runtime import context
+from .liveness import fresh_registry
 
 __all__ = ["HandlePass", "rebuild_handle", "prepare_workers", "node_head", "connection",
            "HEAD_ENV", "DAEMON_ENV", "SERVER_KEY_ENV"]
@@ -116,4 +118,10 @@ def rebuild_handle(record: dict, hold: bytes | None) -> Any:
             f"a handle to actor {record['class_name']} of a cluster reached a process that "
             f"is not connected to that cluster: pass it only to tasks and actors of the "
             f"cluster, or call repartir.init(address=...) first")
+    if record.get("node") not in client.nodes_seen and \
+            threading.current_thread() is not client._thread:
+        try:
+            fresh_registry(client)  # its node joined since this process last asked the head
+        except NodeDiedError:
+            pass  # the head is lost: calls on the handle say so
     return client.actors.adopt(record, hold)

@@ -1,32 +1,40 @@
-"""Drivers' leases: what a node keeps for a driver that died without saying so is dropped
-(docs/cluster.md, "Failures").
+"""Drivers' leases: what a node keeps for a driver is dropped when the driver says goodbye,
+and when it died without saying so (docs/cluster.md, "Failures").
 
-A driver that exits normally releases what it kept on the nodes (``repartir.shutdown()``
-and ``atexit``).  One killed (SIGKILL, a crashed interpreter, a machine gone) cannot: its
-results would stay in the nodes' arenas, and its queued tasks would run, for nobody, until
-the nodes stop.  So the liveness of drivers rides on the registry requests they already
-make: every ``CLUSTER_HEARTBEAT_S`` a driver asks the head for the registry with its
-driver id, ``("nodes", driver id)``; the head keeps when it last heard each driver
+A driver that ends normally (``repartir.shutdown()``, the end of the script, Ctrl-C: all go
+through ``ClusterClient.close``) says goodbye: ``("bye",)`` to every node it is connected to
+and ``("bye", driver id)`` to the head.  A node drops at once the results it kept for that
+driver, its queued tasks, and cancels its running ones (:func:`drop_driver`); the head drops
+its lease (:meth:`DriverLeases.left`).
+
+One killed (SIGKILL, a crashed interpreter, a machine gone) cannot: its results would stay
+in the nodes' arenas, and its queued tasks would run, for nobody, until the nodes stop.  So
+the liveness of drivers rides on the registry requests they already make: every
+``CLUSTER_HEARTBEAT_S`` a driver asks the head for the registry with its driver id,
+``("nodes", driver id, n)``; the head keeps when it last heard each driver
 (:class:`DriverLeases`) and answers every registry request with the ids of the drivers
-heard within ``REPARTIR_NODE_TIMEOUT``, ``("nodes", records, driver ids)``.
+heard within ``REPARTIR_NODE_TIMEOUT`` and the seconds it has been listening,
+``("nodes", records, driver ids, uptime, n)``.
 
 ::
 
-    driver ── ("nodes", id) every CLUSTER_HEARTBEAT_S ──▶ head: last heard[id] = now
-    node   ── ("nodes",)    every CLUSTER_HEARTBEAT_S ──▶ head
-    node   ◀─ ("nodes", records, ids heard within REPARTIR_NODE_TIMEOUT) ──
+    driver ── ("nodes", id, n) every CLUSTER_HEARTBEAT_S ──▶ head: last heard[id] = now
+    node   ── ("nodes",)       every CLUSTER_HEARTBEAT_S ──▶ head
+    node   ◀─ ("nodes", records, ids heard within REPARTIR_NODE_TIMEOUT, uptime) ──
 
 A node (:class:`Holdings`) judges only the drivers it serves that the head has listed at
 least once (so a peer that never asks the head, ``repartir status`` or another node, is
-never taken for a dead driver), and takes a driver for gone once the head's lists have
-left it out for ``REPARTIR_NODE_TIMEOUT`` in a row, measured on the node's clock.  Then it
-drops the results it kept for that driver, the tasks of that driver it queued, and cancels
-those running (as ``repartir.cancel``); their completions are not sent.  A
-head that restarted lists no driver until their next request, one heartbeat later: well
-inside the timeout.  A driver cut off from the head for longer than the timeout has failed
-its own work already (the head is gone, to it), so nothing it could still use is dropped.
-The daemon then also ends the actors the driver owned and drops its holds on actors
-(``node_actors.NodeActors.driver_gone``).
+never taken for a dead driver), and takes such a driver for gone as soon as a list of a head
+that has been listening for longer than ``REPARTIR_NODE_TIMEOUT`` leaves it out: that head
+has not heard the driver for the whole timeout, so a killed driver's holdings go within
+about the timeout plus a heartbeat.  A head that restarted lists no driver until their next
+request; it judges none before it has listened for the timeout, by which time every live
+driver has asked it again.  Then the node drops what it held for the driver (as for a
+goodbye) and tells the driver which tasks and results it dropped, ``("forgot", task ids,
+object ids)``: a driver that was only paused (SIGSTOP, a debugger) gets those messages when
+it resumes, and their refs fail with a clear error instead of waiting for ever
+(``liveness.py``).  The daemon then also ends the actors the driver owned and drops its
+holds on actors (``node_actors.NodeActors.driver_gone``).
 """
 
 from __future__ import annotations
@@ -50,7 +58,17 @@ class DriverLeases:
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
+        self.started = time.monotonic()
         self._heard: dict[bytes, float] = {}
+
+    def uptime(self) -> float:
+        """Seconds since this head started listening."""
+        return time.monotonic() - self.started
+
+    def left(self, driver_id: Any) -> None:
+        """Driver ``driver_id`` said goodbye: it is no longer listed."""
+        if isinstance(driver_id, bytes):
+            self._heard.pop(driver_id, None)
 
     def heard(self, driver_id: Any) -> None:
         """A registry request carried ``driver_id`` (anything else is ignored: a forged or
@@ -86,14 +104,22 @@ class Holdings:
     def released(self, object_id: bytes) -> None:
         self.owner.pop(object_id, None)
 
-    def gone(self, served: set[bytes], live: Any, now: float | None = None) -> list[bytes]:
+    def gone(self, served: set[bytes], live: Any, uptime: Any = None,
+             now: float | None = None) -> list[bytes]:
         """The drivers among ``served`` to take for gone, given the head's latest list
-        ``live`` (``None``: the head sent none, judge nothing)."""
+        ``live`` (``None``: the head sent none, judge nothing) and the seconds the head has
+        been listening, ``uptime``: a driver the head listed once and leaves out now is gone
+        when ``uptime`` exceeds the timeout.  Without ``uptime`` (a head of an earlier
+        version), one left out for the timeout in a row, on this node's clock."""
         if not isinstance(live, list):
             return []
         now = time.monotonic() if now is None else now
         live_set = set(live)
         self._listed.update(served & live_set)
+        if isinstance(uptime, (int, float)):
+            if uptime <= self.timeout:
+                return []  # a head that restarted lately: it has not heard every driver yet
+            return [d for d in served if d in self._listed and d not in live_set]
         out = []
         for d in served:
             if d in live_set or d not in self._listed:
@@ -107,10 +133,13 @@ class Holdings:
         self._missing.pop(driver_id, None)
 
 
-def drop_driver(d: Any, driver_id: bytes) -> None:
-    """Node daemon ``d`` drops what it holds for a driver taken for gone: the results kept
-    for it, its queued tasks, and its running tasks (cancelled; their completions dropped).
-    Logs what it dropped."""
+def drop_driver(d: Any, driver_id: bytes, said_bye: bool = False) -> None:
+    """Node daemon ``d`` drops what it holds for driver ``driver_id``: the results kept for
+    it, its queued tasks, and its running tasks (cancelled; their completions dropped).  A
+    driver taken for gone (``said_bye`` false) is told what was dropped, ``("forgot", task
+    ids, object ids)`` (a killed one never reads it; a paused one does when it resumes), and
+    the drop is logged; one that said goodbye is not (and its actor operations are left to
+    the messages it sent before its goodbye)."""
     h: Holdings = d.holdings
     kept = [oid for oid, owner in h.owner.items() if owner == driver_id]
     for oid in kept:
@@ -118,13 +147,15 @@ def drop_driver(d: Any, driver_id: bytes) -> None:
         d.stored.pop(oid, None)
         d.blobs.forget(oid)
     queue = getattr(d, "queue", None)  # tasks queued here, not yet run (stealing.py)
-    queued = 0
+    queued: list[bytes] = []
     if queue:
         keep = [t for t in queue if t.owner != driver_id]
-        queued = len(queue) - len(keep)
+        queued = [t.tid for t in queue if t.owner == driver_id]
         queue.clear()
         queue.extend(keep)
-    running = [tid for tid, (peer, _) in d.pending.items() if peer == driver_id]
+    admitted = getattr(d, "_admitted", None)  # tasks, not actor operations (stealing.py)
+    running = [tid for tid, (peer, _) in d.pending.items() if peer == driver_id
+               and not (said_bye and admitted is not None and tid not in admitted)]
     for tid in running:
         _, ref = d.pending.pop(tid)
         try:
@@ -133,7 +164,11 @@ def drop_driver(d: Any, driver_id: bytes) -> None:
             pass
     d.drivers.discard(driver_id)
     h.forget(driver_id)
+    if said_bye:
+        return
+    if kept or queued or running:
+        d.router.send(("forgot", queued + running, kept), to=driver_id)
     print(f"driver {driver_id.hex()[:12]} has not asked the head for the registry for "
           f"{h.timeout:g} s: taken for gone; dropped {len(kept)} result(s) kept for it and "
-          f"{queued} queued task(s), cancelled {len(running)} running task(s)",
+          f"{len(queued)} queued task(s), cancelled {len(running)} running task(s)",
           file=sys.stderr, flush=True)

@@ -21,6 +21,9 @@ its ref raises :class:`ObjectLostError` saying why.
                                      an argument failed: the task fails with its error
                                      all on one live node that fits: sent there as is
                                      else: pulled into the driver, then sent by value
+                                     no live node fits (its node is dead now): it waits
+                                     up to REPARTIR_NODE_TIMEOUT for one (a node that
+                                     comes back as a new incarnation), then fails
 
 What is kept, and for how long (the limit): the lineage of a result kept on a node (its
 task's pickled arguments; the function's blob is shared by its tasks) while the driver's ref
@@ -35,6 +38,7 @@ with the client's lock held.
 from __future__ import annotations
 
 import pickle
+import time
 from typing import Any
 
 from ..config import CLUSTER_LINEAGE_BYTES
@@ -79,6 +83,7 @@ class Lineage:
         self.specs: dict[bytes, _Spec] = {}
         self.deps: dict[bytes, tuple[bytes, ...]] = {}
         self.waiting: dict[bytes, Any] = {}
+        self.unplaced: dict[bytes, float] = {}  # waiting for a node that fits: until when
         self.nbytes = 0
         self.evicted = 0
         self.rebuilt = 0
@@ -178,9 +183,8 @@ class Lineage:
             return None
         try:
             c._enqueue(tid, task, None)
-        except InfeasibleTaskError as exc:
-            c.results[tid] = ("error", ObjectLostError(
-                f"object {tid.hex()} was lost and cannot be rebuilt: {exc}"))
+        except InfeasibleTaskError:  # its node is dead now: wait for one (step)
+            self.wait(tid, task)
         return None
 
     def wait(self, tid: bytes, task: Any) -> None:
@@ -222,7 +226,7 @@ class Lineage:
             if error is not None:
                 self._fail(tid, task, error)
                 continue
-            if not ready:
+            if not ready or not self._placeable(tid, task):
                 continue
             holdings: dict[str, int] = {}
             for d, (nid, size) in where.items():
@@ -256,8 +260,27 @@ class Lineage:
                 c.borrows.borrow(tid, borrowed)
         c._cv.notify_all()
 
+    def _placeable(self, tid: bytes, task: Any) -> bool:
+        """Whether a live node fits task ``tid`` now.  None does (the one that did is dead
+        now, and may come back as a new incarnation): the task waits up to
+        ``REPARTIR_NODE_TIMEOUT`` for one, then fails."""
+        c = self.c
+        try:
+            c._fitting(task.demand)
+        except InfeasibleTaskError as exc:
+            until = self.unplaced.setdefault(tid, time.monotonic() + c.timeout)
+            if time.monotonic() >= until:
+                self._fail(tid, task, ObjectLostError(
+                    f"task {tid.hex()} cannot be run again (to rebuild its result, or "
+                    f"its retry): no live node fitted it for {c.timeout:g} s "
+                    f"(REPARTIR_NODE_TIMEOUT): {exc}"))
+            return False
+        self.unplaced.pop(tid, None)
+        return True
+
     def _fail(self, tid: bytes, task: Any, error: BaseException) -> None:
         c = self.c
+        self.unplaced.pop(tid, None)
         self.waiting.pop(tid, None)
         c.inflight.pop(tid, None)
         c._due.extend(c.borrows.task_ended(tid))

@@ -44,8 +44,12 @@ node -> head    ``register``,           the node's record (id, address, resource
 head -> node    ``welcome``,            registered; "register again" (a restarted head);
                 ``unknown``, ``dead``   "you were declared dead" (membership.py)
 any -> head     ``nodes``               the registry, answered with ``("nodes", list,
-                                        live driver ids)``; a driver adds its id (its
-                                        lease: leases.py)
+                                        live driver ids, head's uptime)``; a driver adds
+                                        its id (its lease: leases.py) and a number, echoed
+driver -> any   ``bye``                 the driver ends: drop what is held for it (to the
+                                        head: with its id; leases.py)
+node -> driver  ``forgot``              ``(task ids, object ids)`` dropped for a driver
+                                        taken for gone (leases.py)
 driver -> node  ``driver``              hello: the node reaches this driver by its id
 node -> node    ``steal``, ``stolen``   a batch of queued tasks asked for and handed over
 node -> driver  ``moved``               ``(thief id, task ids)``: stolen (stealing.py)
@@ -267,7 +271,13 @@ class NodeDaemon(NodeStealing, NodeReturns):
         elif kind == "nodes" and self.is_head:
             if len(value) > 1:  # a driver's request, with its id (leases.py)
                 self.leases.heard(value[1])
-            self.router.send(("nodes", self._nodes(), self.leases.live()), to=peer)
+            self.router.send(("nodes", self._nodes(), self.leases.live(),
+                              self.leases.uptime(), *value[2:3]), to=peer)
+        elif kind == "bye":  # a driver that ends (leases.py)
+            if len(value) > 1:
+                self.leases.left(value[1])
+            else:
+                drop_driver(self, peer, said_bye=True)
         else:
             print(f"ignored a message of kind {kind!r}", file=sys.stderr, flush=True)
 
@@ -410,9 +420,10 @@ class NodeDaemon(NodeStealing, NodeReturns):
         for peer in list(self.drivers):
             self.router.send(("output", items), to=peer)
 
-    def _drivers_listed(self, live: Any) -> None:
-        """The head's list of live drivers: drop what is held for those gone (leases.py)."""
-        for driver_id in self.holdings.gone(self.drivers, live):
+    def _drivers_listed(self, live: Any = None, uptime: Any = None) -> None:
+        """The head's list of live drivers (and its uptime): drop what is held for those
+        gone (leases.py)."""
+        for driver_id in self.holdings.gone(self.drivers, live, uptime):
             drop_driver(self, driver_id)
             self.actors.driver_gone(driver_id)  # its actors and holds (node_actors.py)
 
@@ -450,7 +461,7 @@ class NodeDaemon(NodeStealing, NodeReturns):
                         msg = self.head_ep.recv(timeout=1.0)  # the registry, or membership
                         if msg.value[0] == "nodes":
                             self._on_registry(msg.value[1])
-                            self._drivers_listed(msg.value[2] if len(msg.value) > 2 else None)
+                            self._drivers_listed(*msg.value[2:4])
                         else:
                             membership.on_head_message(self, msg.value)
                     except (WireTimeoutError, TokenError) as exc:
@@ -476,7 +487,7 @@ class NodeDaemon(NodeStealing, NodeReturns):
                 else:
                     self._heard(self._record())
                     self._on_registry(self._nodes())
-                    self._drivers_listed(self.leases.live())
+                    self._drivers_listed(self.leases.live(), self.leases.uptime())
 
     def close(self) -> None:
         """Close the sockets and shut the local node down.  Safe to call twice."""

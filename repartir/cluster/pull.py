@@ -427,3 +427,10 @@ class Puller:
             ep.close()
         self.peers.clear()
         self.cache.clear()
+
+    def nodes_dead(self, dead: set[str]) -> None:
+        """Fail at once the pulls from the nodes the head declared dead (``dead``: their
+        ids), rather than after ``CLUSTER_PULL_TIMEOUT_S``."""
+        for pull in [p for p in self.pulls.values() if p.node in dead]:
+            self._lost(pull, "the head declared it dead (no heartbeat for "
+                             "REPARTIR_NODE_TIMEOUT)")

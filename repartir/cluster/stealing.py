@@ -213,6 +213,7 @@ class NodeStealing:
 
     def _on_registry(self, records: list) -> None:
         self.peers = {r["NodeID"]: r for r in records if r["NodeID"] != self.node_id}
+        self.puller.nodes_dead({n for n, r in self.peers.items() if not r.get("Alive")})
         for nid in [n for n in self.peer_eps if not self.peers.get(n, {}).get("Alive")]:
             self.peer_eps.pop(nid).close()
             if self._steal_out is not None and self._steal_out[0] == nid:

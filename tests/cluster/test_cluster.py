@@ -27,7 +27,7 @@ import repartir
 from repartir.cluster import client as cluster_client
 from repartir.errors import NodeDiedError, TokenError
 from repartir.runtime.session import sweep_dead_sessions
-from repartir.config import resolve
+from repartir.config import CLUSTER_HEARTBEAT_S, resolve
 from rtsupport import wait_until
 
 STORE = str(256 << 20)
@@ -319,8 +319,11 @@ def test_what_a_killed_driver_kept_on_the_nodes_is_dropped(cluster):
     heard from it for REPARTIR_NODE_TIMEOUT, the nodes drop the results they kept for it
     and its queued and running tasks (docs/cluster.md, "Failures"); another driver's are
     kept."""
+    prior = _held()
     mine = ident.options(resources={"big_mem": 1}).remote(np.ones(1 << 20))  # kept there
     repartir.wait([mine], timeout=60)
+    # the registry counts it once the node's next heartbeat has reached the head
+    assert wait_until(lambda: _held()["Stored"] > prior["Stored"], 20), _held()
     before = _held()
     code = textwrap.dedent(f"""
         import time
@@ -344,7 +347,9 @@ def test_what_a_killed_driver_kept_on_the_nodes_is_dropped(cluster):
         d.wait(30)
         t_kill = time.monotonic()
         assert wait_until(lambda: _held() == before, 4 * NODE_TIMEOUT + 10), _held()
-        assert time.monotonic() - t_kill > NODE_TIMEOUT - 0.5  # not before its timeout
+        # not before its timeout, counted from its last registry request (a heartbeat at
+        # most before the kill)
+        assert time.monotonic() - t_kill > NODE_TIMEOUT - CLUSTER_HEARTBEAT_S - 0.5
     finally:
         d.kill()
         d.wait(30)

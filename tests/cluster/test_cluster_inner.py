@@ -24,7 +24,7 @@ import pytest
 
 import repartir
 from repartir.cluster import client as cluster_client
-from repartir.config import resolve
+from repartir.config import CLUSTER_HEARTBEAT_S, resolve
 from repartir.errors import ActorDiedError
 from repartir.runtime.session import sweep_dead_sessions
 from test_cluster import STORE, alive, cli, recorded
@@ -384,7 +384,9 @@ def test_a_killed_driver_leaves_no_actor_and_no_name():
         t_kill = time.monotonic()
         wait_until(lambda: not any(alive(p) for p in pids), "the killed driver's actors to end",
                    timeout=4 * NODE_TIMEOUT + 15)
-        assert time.monotonic() - t_kill > NODE_TIMEOUT - 0.5  # not before its timeout
+        # not before its timeout, counted from its last registry request (a heartbeat at
+        # most before the kill)
+        assert time.monotonic() - t_kill > NODE_TIMEOUT - CLUSTER_HEARTBEAT_S - 0.5
         with pytest.raises(ValueError, match="no live actor"):
             repartir.get_actor("of_a_killed_driver")
     finally:

@@ -51,3 +51,34 @@ def test_owners_follow_kept_and_released_objects():
     h.released(b"o1")
     h.released(b"never kept")
     assert h.owner == {b"o2": B}
+
+
+def test_a_head_up_longer_than_the_timeout_is_believed_at_once():
+    """The head lists a driver until it has not heard it for the timeout: once such a head
+    leaves out a driver it listed, the node drops it at once (not after a second timeout)."""
+    h = Holdings(3.0)
+    served = {A, B}
+    assert h.gone(served, [A, B], uptime=10.0) == []
+    assert h.gone(served, [B], uptime=11.0) == [A]
+    assert h.gone({C}, [], uptime=11.0) == []  # never listed: never judged
+
+
+def test_a_head_that_restarted_lately_judges_no_driver():
+    """A head up for less than the timeout may not have heard every live driver yet."""
+    h = Holdings(3.0)
+    served = {A}
+    assert h.gone(served, [A], uptime=100.0) == []
+    assert h.gone(served, [], uptime=0.5) == []  # restarted: A has not asked it yet
+    assert h.gone(served, [], uptime=3.0) == []
+    assert h.gone(served, [A], uptime=3.5) == []  # A asked the new head
+    assert h.gone(served, [], uptime=3.6) == [A]
+
+
+def test_a_driver_that_said_goodbye_is_listed_no_more():
+    leases = DriverLeases(5.0)
+    leases.heard(A)
+    leases.heard(B)
+    leases.left(A)
+    leases.left("not bytes")
+    assert leases.live() == [B]
+    assert leases.uptime() >= 0.0

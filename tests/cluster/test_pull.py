@@ -99,3 +99,16 @@ def test_a_silent_peer_fails_the_pull_after_the_timeout(puller, monkeypatch):
     p.check()
     assert [t for t, _ in rec.failed] == [b"t1"]
     assert "CLUSTER_PULL_TIMEOUT_S" in str(rec.failed[0][1])
+
+
+def test_a_pull_from_a_node_declared_dead_fails_at_once(puller):
+    """The head declared the peer dead: its pulls fail now, not after
+    CLUSTER_PULL_TIMEOUT_S; pulls from other nodes go on."""
+    p, rec = puller
+    p.submit(b"driver", b"t1", None, [arg(1 << 20)], {})
+    p.nodes_dead({"another-node"})
+    assert not rec.failed and p.pulls
+    p.nodes_dead({PEER})
+    assert [t for t, _ in rec.failed] == [b"t1"] and p.pulls == {}
+    assert isinstance(rec.failed[0][1], ObjectLostError)
+    assert "declared it dead" in str(rec.failed[0][1])
