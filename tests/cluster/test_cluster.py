@@ -91,25 +91,29 @@ def cluster_env(tmp, node_timeout: float):
         assert not left, f"daemons left running: {left}\n{stopped.stdout}{stopped.stderr}"
 
 
+def start_head_and_node(store: str = STORE) -> dict:
+    """Start (inside :func:`cluster_env`) a head (1 CPU, ``on_head: 1``) and a node (1 CPU,
+    ``big_mem: 1``), each with ``store`` bytes of object store, and connect this process's
+    driver: the head's address, its ``start`` output and the daemons' pids."""
+    head = cli("start", "--head", "--port", "0", "--num-cpus", "1",
+               "--resources", '{"on_head": 1}', "--object-store-memory", store)
+    assert head.returncode == 0, head.stderr
+    address = recorded()[0]["address"]
+    node = cli("start", "--address", address, "--num-cpus", "1",
+               "--resources", '{"big_mem": 1}', "--object-store-memory", store)
+    assert node.returncode == 0, node.stderr
+    repartir.init(address="auto")
+    return {"address": address, "head_out": head.stdout,
+            "pids": [r["pid"] for r in recorded()]}
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, _leaves_nothing_behind):
     """A head (1 CPU, ``on_head: 1``) and a node (1 CPU, ``big_mem: 1``), a driver connected
     to them."""
     tmp = tmp_path_factory.mktemp("cluster")
-    info = {"tmp": tmp}
     with cluster_env(tmp, NODE_TIMEOUT):
-        head = cli("start", "--head", "--port", "0", "--num-cpus", "1",
-                   "--resources", '{"on_head": 1}', "--object-store-memory", STORE)
-        assert head.returncode == 0, head.stderr
-        info["head_out"] = head.stdout
-        address = recorded()[0]["address"]
-        node = cli("start", "--address", address, "--num-cpus", "1",
-                   "--resources", '{"big_mem": 1}', "--object-store-memory", STORE)
-        assert node.returncode == 0, node.stderr
-        info["address"] = address
-        info["pids"] = [r["pid"] for r in recorded()]
-        repartir.init(address="auto")
-        yield info
+        yield {"tmp": tmp, **start_head_and_node()}
 
 
 @repartir.remote

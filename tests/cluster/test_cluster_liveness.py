@@ -29,7 +29,7 @@ from repartir.cluster import client as cluster_client
 from repartir.config import CLUSTER_HEARTBEAT_S, CLUSTER_PULL_TIMEOUT_S
 from repartir.errors import NodeDiedError, ObjectLostError
 from rtsupport import wait_until
-from test_cluster import alive, cli, cluster_env, recorded
+from test_cluster import alive, cli, cluster_env, recorded, start_head_and_node
 
 STORE = str(256 << 20)
 NODE_TIMEOUT = 6.0
@@ -39,15 +39,8 @@ NODE_TIMEOUT = 6.0
 def cluster(tmp_path_factory, _leaves_nothing_behind):
     tmp = tmp_path_factory.mktemp("liveness")
     with cluster_env(tmp, NODE_TIMEOUT):
-        head = cli("start", "--head", "--port", "0", "--num-cpus", "1",
-                   "--resources", '{"on_head": 1}', "--object-store-memory", STORE)
-        assert head.returncode == 0, head.stderr
-        address = recorded()[0]["address"]
-        node = cli("start", "--address", address, "--num-cpus", "1",
-                   "--resources", '{"big_mem": 1}', "--object-store-memory", STORE)
-        assert node.returncode == 0, node.stderr
-        repartir.init(address="auto")
-        yield {"tmp": tmp, "address": address}
+        info = start_head_and_node(STORE)
+        yield {"tmp": tmp, "address": info["address"]}
 
 
 @repartir.remote

@@ -20,7 +20,7 @@ import repartir
 from repartir.cluster import client as cluster_client
 from repartir.cluster.wire import _Mac
 from repartir.errors import AlreadyInitializedError, RepartirError, SerializationError
-from test_cluster import STORE, cli, cluster_env, recorded
+from test_cluster import STORE, cli, cluster_env, recorded, start_head_and_node
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -29,15 +29,8 @@ pytestmark = pytest.mark.timeout(300)
 def cluster(tmp_path_factory, _leaves_nothing_behind):
     tmp = tmp_path_factory.mktemp("values")
     with cluster_env(tmp, 3.0):
-        head = cli("start", "--head", "--port", "0", "--num-cpus", "1",
-                   "--resources", '{"on_head": 1}', "--object-store-memory", STORE)
-        assert head.returncode == 0, head.stderr
-        address = recorded()[0]["address"]
-        node = cli("start", "--address", address, "--num-cpus", "1",
-                   "--resources", '{"big_mem": 1}', "--object-store-memory", STORE)
-        assert node.returncode == 0, node.stderr
-        repartir.init(address=address)
-        yield {"address": address}
+        info = start_head_and_node(STORE)
+        yield {"address": info["address"]}
 
 
 @repartir.remote
