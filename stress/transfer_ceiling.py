@@ -10,16 +10,16 @@ seconds that the sender and the receiver used per GB moved during the timed roun
 - ``zmq``: a ROUTER on B answers requests for 4 MiB chunks (``CLUSTER_CHUNK_BYTES``) of an
   array with zero-copy frames, a DEALER on C keeps 4 (``CLUSTER_CHUNKS_IN_FLIGHT``) asked
   and receives them without a copy: the sockets of a pull, and nothing else;
-- ``zmq+blake3``: the same, B hashing each chunk with BLAKE3 before it sends it and C copying
-  each into one buffer while hashing the copy (``repartir.cluster.wire._copy_and_digest``),
-  which is what a pull's signing and verifying add per byte (the HMAC of 32-byte digests
-  and the pickles are left out);
+- ``zmq+ghash``: the same, B hashing each chunk with GHASH before it sends it
+  (``repartir.cluster.wire.large_frame_tag``) and C copying each into one buffer while
+  hashing the copy (``repartir.cluster.wire._copy_and_tag``), which is what a pull's signing
+  and verifying add per byte (the HMAC of 16-byte tags and the pickles are left out);
 - ``endpoints``: the same through repartir's signed endpoints (``repartir.cluster.Endpoint``
   with a token), each chunk received in its place as a pull receives it
   (``Endpoint.recv(place=)``): the pickles, the HMAC and the sequence numbers on top of
-  ``zmq+blake3``;
+  ``zmq+ghash``;
 - ``tcp``: one plain TCP stream (``sendall``, ``recv_into`` a buffer), the bench's ``tcp``;
-- ``tcp+blake3``: the same, B hashing each 4 MiB before it sends it, C each MiB received.
+- ``tcp+ghash``: the same, B hashing each 4 MiB before it sends it, C each MiB received.
 
 When the two hosts' processes share the machine's cores, the CPU seconds per GB times the
 GB/s say how many cores the transfer kept busy.  ``--apart`` prints instead, without hosts,
@@ -49,8 +49,8 @@ if ROOT not in sys.path:
 PORT = 5300
 CHUNK = 4 << 20
 IN_FLIGHT = 4
-PIECE = 1 << 20  # tcp+blake3: bytes received then hashed at a time
-WAYS = ("zmq", "zmq+blake3", "endpoints", "tcp", "tcp+blake3")
+PIECE = 1 << 20  # tcp+ghash: bytes received then hashed at a time
+WAYS = ("zmq", "zmq+ghash", "endpoints", "tcp", "tcp+ghash")
 
 
 def _cpu(pid: int | str = "self") -> float:
@@ -61,12 +61,15 @@ def _cpu(pid: int | str = "self") -> float:
 
 
 def _serve(way: str, addr: str, nbytes: int, rounds: int) -> None:
-    import blake3
     import numpy as np
     import zmq
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from repartir.cluster.wire import ghash_key, large_frame_tag, mac_key
 
     view = memoryview(np.ones(nbytes // 8)).cast("B")
-    hashing = way.endswith("+blake3")
+    hashing = way.endswith("+ghash")
+    aes = AESGCM(ghash_key(mac_key(os.environ.get("REPARTIR_TOKEN"))))
     if way == "endpoints":
         import pickle
 
@@ -91,7 +94,7 @@ def _serve(way: str, addr: str, nbytes: int, rounds: int) -> None:
                 break
             off, n = map(int, req.split())
             piece = view[off:off + n]
-            digest = blake3.blake3(piece).digest() if hashing else b""
+            digest = large_frame_tag(aes, piece) if hashing else b""
             sock.send_multipart([rid, digest, piece], copy=False)
         sock.close()
         ctx.term()
@@ -103,21 +106,22 @@ def _serve(way: str, addr: str, nbytes: int, rounds: int) -> None:
             conn.recv(1)
             for off in range(0, nbytes, CHUNK):
                 if hashing:
-                    blake3.blake3(view[off:off + CHUNK]).digest()
+                    large_frame_tag(aes, view[off:off + CHUNK])
                 conn.sendall(view[off:off + CHUNK])
         conn.recv(1)
         conn.close()
 
 
 def _pull(way: str, addr: str, nbytes: int, rounds: int, server: int) -> None:
-    import blake3
     import zmq
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-    from repartir.cluster.wire import _copy_and_digest
+    from repartir.cluster.wire import _NONCE, _copy_and_tag, ghash_key, mac_key
 
     dst = memoryview(bytearray(nbytes))
     dst[:] = b"\0" * nbytes  # the pages exist before the clock starts, as an arena's do
-    hashing = way.endswith("+blake3")
+    hashing = way.endswith("+ghash")
+    key = ghash_key(mac_key(os.environ.get("REPARTIR_TOKEN")))
     seconds: list[float] = []
     cpu: list[float] = []
 
@@ -170,7 +174,7 @@ def _pull(way: str, addr: str, nbytes: int, rounds: int, server: int) -> None:
                     asked.append(todo.pop())
                     sock.send(b"%d %d" % asked[-1])
                 if hashing:
-                    _copy_and_digest(frame.buffer, dst[off:off + n])
+                    _copy_and_tag(key, frame.buffer, dst[off:off + n])
             seconds.append(time.perf_counter() - t)
             clock()
         sock.send(b"stop")
@@ -182,12 +186,14 @@ def _pull(way: str, addr: str, nbytes: int, rounds: int, server: int) -> None:
             t = time.perf_counter()
             conn.send(b"g")
             got = hashed = 0
-            h = blake3.blake3()
+            h = Cipher(algorithms.AES(key), modes.GCM(_NONCE)).encryptor()
             while got < nbytes:
                 got += conn.recv_into(dst[got:min(got + PIECE, nbytes)])
                 if hashing and (got - hashed >= PIECE or got == nbytes):
-                    h.update(dst[hashed:got])
+                    h.authenticate_additional_data(dst[hashed:got])
                     hashed = got
+            if hashing:
+                h.finalize()
             seconds.append(time.perf_counter() - t)
             clock()
         conn.send(b"e")
@@ -234,22 +240,26 @@ def measure(cluster, way: str, mib: int, reps: int) -> dict:
 def apart(mib: int = 64, reps: int = 5) -> dict[str, float]:
     """CPU seconds per GB of the hashing alone and of repartir's signing and verifying of a
     chunk message (4 MiB chunks of ``mib`` MiB, best of ``reps``; one process, no socket):
-    ``{"blake3": ..., "sign": ..., "blake3, copy": ..., "copy+blake3": ..., "verify in
-    place": ...}`` ("blake3, copy": hashing a received chunk then copying it into place, as
-    a pull did before it received chunks in place; "copy+blake3": copying it while hashing
-    the copy, as now)."""
+    ``{"blake3": ..., "ghash": ..., "sign": ..., "ghash, copy": ..., "copy+ghash": ...,
+    "verify in place": ...}`` ("blake3": the hash of wire version 2, when ``blake3`` is
+    installed; "ghash, copy": hashing a received chunk then copying it into place, as a pull
+    did before it received chunks in place; "copy+ghash": copying it while hashing the copy,
+    as now)."""
     import pickle
 
-    import blake3
     import numpy as np
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from repartir.cluster.wire import Signer, Verifier, _copy_and_digest, decode, encode
+    from repartir.cluster.wire import (Signer, Verifier, _copy_and_tag, decode, encode,
+                                       ghash_key, large_frame_tag, mac_key)
 
     token, n = secrets.token_hex(32), mib << 20
     view = memoryview(np.ones(n // 8)).cast("B")
     dst = memoryview(bytearray(n))
     dst[:] = view  # the pages exist, as an arena's do
     signer = Signer(token)
+    key = ghash_key(mac_key(token))
+    aes = AESGCM(key)
 
     def message(off: int) -> list:
         return signer.sign(encode((off, pickle.PickleBuffer(view[off:off + CHUNK]))))
@@ -257,20 +267,26 @@ def apart(mib: int = 64, reps: int = 5) -> dict[str, float]:
     sent = [message(off) for off in range(0, n, CHUNK)]
 
     def hash_then_copy(src: memoryview, to: memoryview) -> None:  # before in-place receipt
-        blake3.blake3(src).digest()
+        large_frame_tag(aes, src)
         to[:] = src
 
     def verify(off: int) -> None:
         frames = sent[off // CHUNK]
         decode(Verifier(token).verify(frames, into={1: dst[off:off + CHUNK]}).frames)
 
-    ways = {"blake3": lambda off: blake3.blake3(view[off:off + CHUNK]).digest(),
+    ways = {"ghash": lambda off: large_frame_tag(aes, view[off:off + CHUNK]),
             "sign": message,
-            "blake3, copy": lambda off: hash_then_copy(sent[off // CHUNK][1],
-                                                       dst[off:off + CHUNK]),
-            "copy+blake3": lambda off: _copy_and_digest(sent[off // CHUNK][1],
-                                                        dst[off:off + CHUNK]),
+            "ghash, copy": lambda off: hash_then_copy(sent[off // CHUNK][1],
+                                                      dst[off:off + CHUNK]),
+            "copy+ghash": lambda off: _copy_and_tag(key, sent[off // CHUNK][1],
+                                                    dst[off:off + CHUNK]),
             "verify in place": verify}
+    try:
+        import blake3
+    except ImportError:
+        pass
+    else:
+        ways = {"blake3": lambda off: blake3.blake3(view[off:off + CHUNK]).digest(), **ways}
     out = {}
     for name, fn in ways.items():
         best = float("inf")

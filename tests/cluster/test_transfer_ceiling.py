@@ -25,5 +25,6 @@ def test_each_way_moves_the_array_from_b_to_c(way):
 @pytest.mark.timeout(60)
 def test_the_costs_apart_are_measured_for_each_step():
     costs = transfer_ceiling.apart(mib=8, reps=1)
-    assert set(costs) == {"blake3", "sign", "blake3, copy", "copy+blake3", "verify in place"}
+    assert set(costs) - {"blake3"} == {"ghash", "sign", "ghash, copy", "copy+ghash",
+                                       "verify in place"}
     assert all(c >= 0 for c in costs.values())

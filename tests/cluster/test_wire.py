@@ -30,7 +30,10 @@ from repartir.cli import main as cli_main
 from repartir.cluster import (CurveKeys, Endpoint, Signer, Verifier, encode, find_token,
                               generate_keys, generate_token, is_local_address, load_key_file,
                               load_token_file, write_key_files, write_token_file)
-from repartir.cluster.wire import HEADER, MAC_BYTES, REFUSED, VERSION
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from repartir.cluster.wire import (FUSE_BYTES, HEADER, MAC_BYTES, REFUSED, VERSION,
+                                   _copy_and_tag, ghash_key, large_frame_tag, mac_key)
 from repartir.config import WIRE_DIGEST_BYTES
 from repartir.errors import TokenError, WireError, WireTimeoutError
 
@@ -245,7 +248,7 @@ def test_the_replay_table_is_bounded():
 @pytest.mark.parametrize("size", [WIRE_DIGEST_BYTES - 1, WIRE_DIGEST_BYTES, 4 * 1024 * 1024])
 @pytest.mark.parametrize("where", [0, "middle", -1])
 def test_one_byte_changed_in_a_frame_of_any_size_is_refused(size, where):
-    """Frames of WIRE_DIGEST_BYTES and more enter the MAC as their BLAKE3 digest, smaller ones
+    """Frames of WIRE_DIGEST_BYTES and more enter the MAC as their GHASH tag, smaller ones
     byte by byte (docs/cluster.md, "Wire format"): a change anywhere in either is caught, and
     so is a byte moved from one frame to the next."""
     data = bytearray(os.urandom(size))
@@ -261,6 +264,36 @@ def test_one_byte_changed_in_a_frame_of_any_size_is_refused(size, where):
     with pytest.raises(WireError) as err:
         Verifier(TOKEN).verify(moved)
     assert err.value.reason == "bad_mac"
+
+
+def test_the_large_frame_tag_is_gcm_s():
+    """The tag of a large frame is AES-GCM's tag of no plaintext with the frame as associated
+    data: McGrew and Viega's GCM test case 13 (AES-256, key, nonce, plaintext and data all
+    zero or empty) gives it."""
+    assert large_frame_tag(AESGCM(bytes(32)), b"").hex() == "530f8afbc74536b9a963b4f1c4cb738b"
+
+
+@pytest.mark.parametrize("size", [1, 15, 16, 17, FUSE_BYTES - 1, FUSE_BYTES, FUSE_BYTES + 1,
+                                  3 * FUSE_BYTES + 17])
+def test_copying_while_tagging_gives_the_copy_and_the_tag_of_the_whole(size):
+    """A chunk received in place is copied and tagged a piece at a time
+    (``_copy_and_tag``): the tag is that of the whole frame, whatever the size's remainder
+    in pieces or in 16-byte blocks."""
+    data = os.urandom(size)
+    dst = bytearray(size)
+    key = ghash_key(mac_key(TOKEN))
+    assert _copy_and_tag(key, memoryview(data), memoryview(dst)) \
+        == large_frame_tag(AESGCM(key), data)
+    assert dst == data
+
+
+def test_the_tag_key_comes_from_the_token():
+    """Another token gives another GHASH key and another tag of the same frame; the token's
+    bytes themselves are never the AES key."""
+    data = os.urandom(WIRE_DIGEST_BYTES)
+    keys = {ghash_key(mac_key(t)) for t in (TOKEN, OTHER_TOKEN, None)}
+    assert len(keys) == 3 and mac_key(TOKEN)[:32] not in keys
+    assert len({large_frame_tag(AESGCM(k), data) for k in keys}) == 3
 
 
 # --------------------------------------------------------------------------- malformed frames
