@@ -5,10 +5,6 @@ task on B where it is kept), and a second driver finds the actor by name."""
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import subprocess
 import sys
 import textwrap
 
@@ -17,7 +13,7 @@ import pytest
 from repartir.config import resolve
 from repartir.runtime.session import sweep_dead_sessions
 from stress import netns
-from test_cluster_netns import _start
+from test_cluster_netns import head_and_nodes, run_driver
 
 PY = sys.executable
 
@@ -64,28 +60,9 @@ DRIVER = textwrap.dedent("""
 
 @pytest.mark.netns
 def test_an_actor_on_another_host(tmp_path):
-    token = secrets.token_hex(32)
-    with netns.Cluster(2) as hosts:
-        a, b = hosts.hosts
-        head_addr = f"{a.addr}:6380"
-        procs = [_start(hosts, 0, ["--head", "--bind", a.addr, "--port", "6380",
-                                   "--num-cpus", "0"], tmp_path, token)]
-        try:
-            procs.append(_start(hosts, b.index, ["--address", head_addr, "--bind", b.addr,
-                                                 "--num-cpus", "1", "--resources",
-                                                 '{"far": 1}'], tmp_path, token))
-            env = dict(os.environ, REPARTIR_TOKEN=token)
-            driver = hosts.run_in(0, [PY, "-c", DRIVER, head_addr], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            out, err = driver.communicate(timeout=150)
-            assert driver.returncode == 0, err + "".join(
-                p.read_text() for p in tmp_path.iterdir() if p.suffix == ".log")
-            report = json.loads(out.strip().splitlines()[-1])
-        finally:
-            for p in reversed(procs):
-                hosts.stop(p, grace_s=20)
-            sweep_dead_sessions(resolve(num_cpus=1, object_store_memory=64 << 20,
-                                        num_gpus=0).temp_dir, "/dev/shm")
+    with head_and_nodes(tmp_path, [(1, '{"far": 1}')], n_hosts=2) as (hosts, head, env):
+        b = hosts.hosts[1]
+        report = run_driver(hosts, head, env, DRIVER, tmp_path, timeout=150)
     b_id = [n["NodeID"] for n in report["nodes"] if n["NodeManagerAddress"] == b.addr][0]
     assert report["where"] == [b_id]
     assert report["order"] and report["big"]

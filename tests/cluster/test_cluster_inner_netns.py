@@ -7,19 +7,12 @@ veth pairs, as a driver would."""
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from repartir.config import resolve
-from repartir.runtime.session import sweep_dead_sessions
-from stress import netns
-from test_cluster_netns import _start
+from test_cluster_netns import head_and_nodes, run_driver
 
 PY = sys.executable
 
@@ -74,29 +67,9 @@ DRIVER = textwrap.dedent("""
 
 @pytest.mark.netns
 def test_a_task_on_one_host_uses_the_nodes_of_the_others(tmp_path):
-    token = secrets.token_hex(32)
-    with netns.Cluster(3) as hosts:
+    with head_and_nodes(tmp_path, [(1, '{"b": 1}'), (2, '{"c": 4}')]) as (hosts, head, env):
         a, b, c = hosts.hosts
-        head_addr = f"{a.addr}:6380"
-        procs = [_start(hosts, 0, ["--head", "--bind", a.addr, "--port", "6380",
-                                   "--num-cpus", "0"], tmp_path, token)]
-        try:
-            for h, res in ((b, '{"b": 1}'), (c, '{"c": 4}')):
-                procs.append(_start(hosts, h.index, ["--address", head_addr, "--bind", h.addr,
-                                                     "--num-cpus", "1", "--resources", res],
-                                    tmp_path, token))
-            env = dict(os.environ, REPARTIR_TOKEN=token)
-            driver = hosts.run_in(0, [PY, "-c", DRIVER, head_addr], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            out, err = driver.communicate(timeout=200)
-            assert driver.returncode == 0, err + "".join(
-                p.read_text() for p in tmp_path.iterdir() if p.suffix == ".log")
-            report = json.loads(out.strip().splitlines()[-1])
-        finally:
-            for p in reversed(procs):
-                hosts.stop(p, grace_s=20)
-            sweep_dead_sessions(resolve(num_cpus=1, object_store_memory=64 << 20,
-                                        num_gpus=0).temp_dir, "/dev/shm")
+        report = run_driver(hosts, head, env, DRIVER, tmp_path, timeout=200)
     ids = {n["NodeManagerAddress"]: n["NodeID"] for n in report["nodes"]}
     b_id, c_id = ids[b.addr], ids[c.addr]
     assert report["b"] == b_id and report["far"] == c_id

@@ -6,6 +6,7 @@ token is required (``REPARTIR_TOKEN``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -47,30 +48,53 @@ def _start(hosts: netns.Cluster, which: int, args: list[str], tmp, token: str):
                         env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-@pytest.mark.netns
-def test_tasks_run_on_the_other_hosts_only(tmp_path):
+def logs(tmp) -> str:
+    """The ``repartir start`` logs of the hosts (for an assertion's message)."""
+    return "".join(p.read_text() for p in tmp.iterdir() if p.suffix == ".log")
+
+
+@contextlib.contextmanager
+def head_and_nodes(tmp, nodes: list[tuple[int, str | None]], n_hosts: int = 3):
+    """``n_hosts`` hosts; the head in host A (index 0: port 6380, no CPU, bound to A's
+    address), and for each ``(host index, resources JSON or None)`` of ``nodes`` a node of
+    one CPU bound to that host's address.  Yields ``(hosts, head address, env)``, ``env``
+    carrying the cluster token for a driver.  Stops the nodes, then the head, and sweeps
+    the sessions they left in /dev/shm, even when the block fails."""
     token = secrets.token_hex(32)
-    with netns.Cluster(3) as hosts:
-        a, b, c = hosts.hosts
-        head_addr = f"{a.addr}:6380"
-        procs = [_start(hosts, 0, ["--head", "--bind", a.addr, "--port", "6380",
-                                   "--num-cpus", "0"], tmp_path, token)]
+    with netns.Cluster(n_hosts) as hosts:
+        head = f"{hosts.hosts[0].addr}:6380"
+        procs = [_start(hosts, 0, ["--head", "--bind", hosts.hosts[0].addr, "--port", "6380",
+                                   "--num-cpus", "0"], tmp, token)]
         try:
-            for h in (b, c):
-                procs.append(_start(hosts, h.index, ["--address", head_addr, "--bind", h.addr,
-                                                     "--num-cpus", "1"], tmp_path, token))
-            env = dict(os.environ, REPARTIR_TOKEN=token)
-            driver = hosts.run_in(0, [PY, "-c", DRIVER, head_addr], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            out, err = driver.communicate(timeout=100)
-            assert driver.returncode == 0, err + "".join(
-                p.read_text() for p in tmp_path.iterdir() if p.suffix == ".log")
-            report = json.loads(out.strip().splitlines()[-1])
+            for index, resources in nodes:
+                extra = ["--resources", resources] if resources else []
+                procs.append(_start(hosts, index, ["--address", head, "--bind",
+                                                   hosts.hosts[index].addr, "--num-cpus", "1",
+                                                   *extra], tmp, token))
+            yield hosts, head, dict(os.environ, REPARTIR_TOKEN=token)
         finally:
             for p in reversed(procs):  # nodes first; each shuts its local node down cleanly
                 hosts.stop(p, grace_s=20)
             sweep_dead_sessions(resolve(num_cpus=1, object_store_memory=64 << 20,
                                         num_gpus=0).temp_dir, "/dev/shm")
+
+
+def run_driver(hosts: netns.Cluster, head: str, env: dict, script: str, tmp,
+               timeout: float) -> dict:
+    """Run ``script`` (``python -c``, argument: the head's address) in host A; it must exit
+    0 and print a JSON report as its last line, which is returned."""
+    driver = hosts.run_in(0, [PY, "-c", script, head], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    out, err = driver.communicate(timeout=timeout)
+    assert driver.returncode == 0, err + logs(tmp)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.netns
+def test_tasks_run_on_the_other_hosts_only(tmp_path):
+    with head_and_nodes(tmp_path, [(1, None), (2, None)]) as (hosts, head, env):
+        a, b, c = hosts.hosts
+        report = run_driver(hosts, head, env, DRIVER, tmp_path, timeout=100)
     by_addr = {n["NodeManagerAddress"]: n["NodeID"] for n in report["nodes"]}
     assert set(by_addr) == {a.addr, b.addr, c.addr}
     assert all(n["Alive"] for n in report["nodes"])

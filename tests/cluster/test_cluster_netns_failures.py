@@ -9,18 +9,13 @@ of its first life replaces one the driver has."""
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from repartir.config import resolve
-from repartir.runtime.session import sweep_dead_sessions
-from stress import netns
-from test_cluster_netns import _start
+from test_cluster_netns import head_and_nodes
 
 PY = sys.executable
 NODE_TIMEOUT = 5.0  # what _start gives the daemons
@@ -93,52 +88,36 @@ DRIVER = textwrap.dedent("""
 
 @pytest.mark.netns
 def test_a_node_cut_off_is_dead_in_time_and_comes_back_as_a_new_incarnation(tmp_path):
-    token = secrets.token_hex(32)
-    with netns.Cluster(3) as hosts:
+    with head_and_nodes(tmp_path, [(1, '{"b": 1}'), (2, None)]) as (hosts, head_addr, env):
         a, b, c = hosts.hosts
-        head_addr = f"{a.addr}:6380"
-        procs = [_start(hosts, 0, ["--head", "--bind", a.addr, "--port", "6380",
-                                   "--num-cpus", "0"], tmp_path, token)]
-        try:
-            procs.append(_start(hosts, 1, ["--address", head_addr, "--bind", b.addr,
-                                           "--num-cpus", "1", "--resources", '{"b": 1}'],
-                                tmp_path, token))
-            procs.append(_start(hosts, 2, ["--address", head_addr, "--bind", c.addr,
-                                           "--num-cpus", "1"], tmp_path, token))
-            env = dict(os.environ, REPARTIR_TOKEN=token,
-                       REPARTIR_NODE_TIMEOUT=str(NODE_TIMEOUT))
-            driver = hosts.run_in(0, [PY, "-c", DRIVER, head_addr, b.addr], env=env,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
-            assert driver.stdout.readline().strip() == "cut", driver.stderr.read()
-            hosts.link_down(1)
-            # a second driver, while B is cut off: it sends tasks (some to B) and exits
-            quick = hosts.run_in(0, [PY, "-c", "import sys, time, repartir\n"
-                                     "repartir.init(address=sys.argv[1])\n"
-                                     "refs = [repartir.remote(lambda i: i).remote(i) "
-                                     "for i in range(4)]\n"
-                                     "t0 = time.monotonic(); repartir.shutdown()\n"
-                                     "print(time.monotonic() - t0)", head_addr], env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            driver.stdin.write("\n")
-            driver.stdin.flush()
-            line = driver.stdout.readline()
-            assert line.startswith("{"), driver.stderr.read()
-            cut = json.loads(line)
-            qout, qerr = quick.communicate(timeout=60)
-            assert quick.returncode == 0, qerr
-            hosts.link_up(1)
-            driver.stdin.write("\n")
-            driver.stdin.flush()
-            out, err = driver.communicate(timeout=90)
-            assert driver.returncode == 0, err
-            back = json.loads(out.strip().splitlines()[-1])
-            b_log = "".join(p.read_text() for p in (tmp_path / "h1").glob("node-*.log"))
-        finally:
-            for p in reversed(procs):
-                hosts.stop(p, grace_s=20)
-            sweep_dead_sessions(resolve(num_cpus=1, object_store_memory=64 << 20,
-                                        num_gpus=0).temp_dir, "/dev/shm")
+        env = dict(env, REPARTIR_NODE_TIMEOUT=str(NODE_TIMEOUT))
+        driver = hosts.run_in(0, [PY, "-c", DRIVER, head_addr, b.addr], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+        assert driver.stdout.readline().strip() == "cut", driver.stderr.read()
+        hosts.link_down(1)
+        # a second driver, while B is cut off: it sends tasks (some to B) and exits
+        quick = hosts.run_in(0, [PY, "-c", "import sys, time, repartir\n"
+                                 "repartir.init(address=sys.argv[1])\n"
+                                 "refs = [repartir.remote(lambda i: i).remote(i) "
+                                 "for i in range(4)]\n"
+                                 "t0 = time.monotonic(); repartir.shutdown()\n"
+                                 "print(time.monotonic() - t0)", head_addr], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        driver.stdin.write("\n")
+        driver.stdin.flush()
+        line = driver.stdout.readline()
+        assert line.startswith("{"), driver.stderr.read()
+        cut = json.loads(line)
+        qout, qerr = quick.communicate(timeout=60)
+        assert quick.returncode == 0, qerr
+        hosts.link_up(1)
+        driver.stdin.write("\n")
+        driver.stdin.flush()
+        out, err = driver.communicate(timeout=90)
+        assert driver.returncode == 0, err
+        back = json.loads(out.strip().splitlines()[-1])
+        b_log = "".join(p.read_text() for p in (tmp_path / "h1").glob("node-*.log"))
     assert float(qout.split()[-1]) < 5.0  # a driver's shutdown with a node cut off
     assert cut["timed_out"] and cut["t_timeout"] < 1.5
     assert cut["bid"][:12] in cut["died"]

@@ -7,18 +7,14 @@ driver drops its ref, nothing of it is left on B or C."""
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from repartir.config import resolve
-from repartir.runtime.session import sweep_dead_sessions
 
-from test_cluster_netns import _start  # noqa: E402  (starts `repartir start --block` in a host)
+from test_cluster_netns import head_and_nodes, logs  # noqa: E402
 
 PY = sys.executable
 MIB = 1 << 20
@@ -58,9 +54,11 @@ DRIVER = textwrap.dedent("""
     print(json.dumps({"out": out, "driver_pulled": client.pulled_bytes}), flush=True)
     sys.stdin.readline()
     deadline = time.monotonic() + 30
-    while True:  # C's counters reach the head with its next heartbeat
+    while True:  # C's and B's counters reach the head with their next heartbeats
         recs = records()
-        if any(r["PulledBytes"] >= n for r in recs.values()) or time.monotonic() > deadline:
+        if (any(r["PulledBytes"] >= n for r in recs.values())
+                and any(r["ServedBytes"] >= n for r in recs.values())) \\
+                or time.monotonic() > deadline:
             break
     during = recs
     del ref
@@ -77,45 +75,28 @@ DRIVER = textwrap.dedent("""
 
 @pytest.mark.netns
 def test_a_pull_goes_node_to_node_not_through_the_driver(tmp_path):
-    from stress import netns
 
-    token = secrets.token_hex(32)
-    with netns.Cluster(3) as hosts:
+    with head_and_nodes(tmp_path, [(1, '{"b": 1}'), (2, '{"c": 1}')]) as (hosts, head, env):
         a, b, c = hosts.hosts
-        head = f"{a.addr}:6380"
-        procs = [_start(hosts, 0, ["--head", "--bind", a.addr, "--port", "6380",
-                                   "--num-cpus", "0"], tmp_path, token)]
+        driver = hosts.run_in(0, [PY, "-c", DRIVER, head, str(N)], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
         try:
-            for h, res in ((b, '{"b": 1}'), (c, '{"c": 1}')):
-                procs.append(_start(hosts, h.index, ["--address", head, "--bind", h.addr,
-                                                     "--num-cpus", "1", "--resources", res],
-                                    tmp_path, token))
-            env = dict(os.environ, REPARTIR_TOKEN=token)
-            driver = hosts.run_in(0, [PY, "-c", DRIVER, head, str(N)], env=env,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
-            try:
-                assert driver.stdout.readline().strip() == "made"
-                before = {h.addr: hosts.link_bytes(h) for h in (a, b, c)}
-                driver.stdin.write("go\n")
-                driver.stdin.flush()
-                result = json.loads(driver.stdout.readline())
-                after = {h.addr: hosts.link_bytes(h) for h in (a, b, c)}
-                driver.stdin.write("go\n")
-                driver.stdin.flush()
-                out, err = driver.communicate(timeout=100)
-            finally:
-                if driver.poll() is None:
-                    driver.kill()
-                    driver.communicate()
-            assert driver.returncode == 0, err + "".join(
-                p.read_text() for p in tmp_path.iterdir() if p.suffix == ".log")
-            counters = json.loads(out.strip().splitlines()[-1])
+            assert driver.stdout.readline().strip() == "made"
+            before = {h.addr: hosts.link_bytes(h) for h in (a, b, c)}
+            driver.stdin.write("go\n")
+            driver.stdin.flush()
+            result = json.loads(driver.stdout.readline())
+            after = {h.addr: hosts.link_bytes(h) for h in (a, b, c)}
+            driver.stdin.write("go\n")
+            driver.stdin.flush()
+            out, err = driver.communicate(timeout=100)
         finally:
-            for p in reversed(procs):
-                hosts.stop(p, grace_s=20)
-            sweep_dead_sessions(resolve(num_cpus=1, object_store_memory=64 << 20,
-                                        num_gpus=0).temp_dir, "/dev/shm")
+            if driver.poll() is None:
+                driver.kill()
+                driver.communicate()
+        assert driver.returncode == 0, err + logs(tmp_path)
+        counters = json.loads(out.strip().splitlines()[-1])
     k = N // 8
     during, final = counters["during"], counters["after"]
     assert result["out"] == [during[c.addr]["NodeID"], float(k * (k - 1) // 2)]
