@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,16 +20,11 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from stress.loopback import loopback_cluster  # noqa: E402
+
 
 def _inc(x):
     return x + 1
-
-
-def _cli(env: dict, *args: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "repartir", *args], capture_output=True,
-                       text=True, env=env, timeout=120)
-    if r.returncode != 0:
-        raise SystemExit(f"repartir {' '.join(args)} failed: {r.stderr}")
 
 
 def chain(n: int) -> dict:
@@ -59,36 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.tasks < 1 or args.repeat < 1:
         raise SystemExit("--tasks and --repeat must be at least 1")
-    with tempfile.TemporaryDirectory(prefix="repartir-deps-bench-") as tmp:
-        env = dict(os.environ, REPARTIR_CLUSTER_DIR=os.path.join(tmp, "state"),
-                   REPARTIR_TOKEN_FILE=os.path.join(tmp, "token"))
-        env.pop("REPARTIR_ADDRESS", None)
-        env.pop("REPARTIR_TOKEN", None)
-        os.environ.update({k: env[k] for k in ("REPARTIR_CLUSTER_DIR", "REPARTIR_TOKEN_FILE")})
-        os.environ.pop("REPARTIR_TOKEN", None)
-        _cli(env, "start", "--head", "--port", "0", "--num-cpus", "1")
-        try:
-            with open(os.path.join(tmp, "state", "address.json")) as f:
-                address = json.load(f)["address"]
-            _cli(env, "start", "--address", address, "--num-cpus", "1")
-            import repartir
-
-            repartir.init(address="auto")
-            deadline = time.monotonic() + 30
-            while sum(n["Alive"] for n in repartir.nodes()) < 2:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the node did not join in 30 s")
-            chain(20)  # warm up: the workers import the function
-            runs = [chain(args.tasks) for _ in range(args.repeat)]
-            runs.sort(key=lambda r: r["total_s"])
-            print(json.dumps({"workload": "chain", "tasks": args.tasks, "best": runs[0],
-                              "runs": runs}), flush=True)
-        finally:
-            try:
-                import repartir
-                repartir.shutdown()
-            finally:
-                _cli(env, "stop")
+    with loopback_cluster(head=["--num-cpus", "1"], node=["--num-cpus", "1"]):
+        chain(20)  # warm up: the workers import the function
+        runs = [chain(args.tasks) for _ in range(args.repeat)]
+        runs.sort(key=lambda r: r["total_s"])
+        print(json.dumps({"workload": "chain", "tasks": args.tasks, "best": runs[0],
+                          "runs": runs}), flush=True)
     return 0
 
 

@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from stress.loopback import loopback_cluster  # noqa: E402
 
 FULL = {"tasks": 5_000, "repeat": 5}
 QUICK = {"tasks": 1_000, "repeat": 3}
@@ -88,13 +87,6 @@ def hook_ab(tasks: int, repeat: int) -> dict:
             for name, h in (("without_hook", False), ("with_hook", True))}
 
 
-def _cli(env: dict, *args: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "repartir", *args], capture_output=True,
-                       text=True, env=env, timeout=120)
-    if r.returncode != 0:
-        raise SystemExit(f"repartir {' '.join(args)} failed: {r.stderr}")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer tasks and repeats")
@@ -111,46 +103,20 @@ def main(argv: list[str] | None = None) -> int:
                           **hook_ab(sizes["tasks"], 2 * sizes["repeat"])}), flush=True)
         return 0
     workloads = args.workloads.split(",")
-    with tempfile.TemporaryDirectory(prefix="repartir-inner-bench-") as tmp:
-        env = dict(os.environ, REPARTIR_CLUSTER_DIR=os.path.join(tmp, "state"),
-                   REPARTIR_TOKEN_FILE=os.path.join(tmp, "token"))
-        env.pop("REPARTIR_ADDRESS", None)
-        env.pop("REPARTIR_TOKEN", None)
-        here = os.path.dirname(os.path.abspath(__file__))
-        env["PYTHONPATH"] = os.pathsep.join(
-            [os.path.dirname(here), *filter(None, [env.get("PYTHONPATH")])])
-        os.environ.update({k: env[k] for k in ("REPARTIR_CLUSTER_DIR", "REPARTIR_TOKEN_FILE")})
-        os.environ.pop("REPARTIR_TOKEN", None)
-        _cli(env, "start", "--head", "--port", "0", "--num-cpus", "2",
-             "--resources", '{"a": 1}')
-        try:
-            if "nested_far" in workloads:
-                with open(os.path.join(tmp, "state", "address.json")) as f:
-                    address = json.load(f)["address"]
-                _cli(env, "start", "--address", address, "--num-cpus", "1",
-                     "--resources", '{"b": 1000}')
-            import repartir
+    far = "nested_far" in workloads
+    with loopback_cluster(head=["--num-cpus", "2", "--resources", '{"a": 1}'],
+                          node=["--num-cpus", "1", "--resources", '{"b": 1000}'] if far
+                          else None):
+        import repartir
 
-            from stress.cluster_inner_bench import _submitter
-            repartir.init(address="auto")
-            deadline = time.monotonic() + 30
-            want = 2 if "nested_far" in workloads else 1
-            while sum(n["Alive"] for n in repartir.nodes()) < want:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the node did not join in 30 s")
-            task = repartir.remote(_submitter).options(resources={"a": 1})
-            for w in workloads:
-                rates = [repartir.get(task.remote(sizes["tasks"], w == "nested_far"),
-                                      timeout=600) for _ in range(sizes["repeat"])]
-                print(json.dumps({"workload": w, "tasks": sizes["tasks"],
-                                  "tasks_per_s": round(max(rates)),
-                                  "runs": [round(r) for r in rates]}), flush=True)
-        finally:
-            try:
-                import repartir
-                repartir.shutdown()
-            finally:
-                _cli(env, "stop")
+        from stress.cluster_inner_bench import _submitter
+        task = repartir.remote(_submitter).options(resources={"a": 1})
+        for w in workloads:
+            rates = [repartir.get(task.remote(sizes["tasks"], w == "nested_far"),
+                                  timeout=600) for _ in range(sizes["repeat"])]
+            print(json.dumps({"workload": w, "tasks": sizes["tasks"],
+                              "tasks_per_s": round(max(rates)),
+                              "runs": [round(r) for r in rates]}), flush=True)
     return 0
 
 
