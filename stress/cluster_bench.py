@@ -97,6 +97,18 @@ def _driver(address: str, tiny_tasks: int, mib: int, reps: int) -> None:
     repartir.shutdown()
 
 
+def _wait_for_head(address_file: str, proc: subprocess.Popen, started: float,
+                   timeout: float = 120.0) -> None:
+    """Wait until the head started by ``proc`` at ``started`` (``time.time()``) recorded its
+    address (it listens then): on a loaded machine its start can take longer than a node's
+    or driver's patience."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(address_file) or os.path.getmtime(address_file) < started:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the head did not start (exit status {proc.poll()})")
+        time.sleep(0.05)
+
+
 def repartir_cluster(cluster: netns.Cluster, *, tiny_tasks: int = FULL["tiny_tasks"],
                      mib: int = FULL["mib"], reps: int = FULL["reps"],
                      state_dir: str | None = None) -> dict[str, Any]:
@@ -122,7 +134,9 @@ def repartir_cluster(cluster: netns.Cluster, *, tiny_tasks: int = FULL["tiny_tas
                                     env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     try:
+        started = time.time() - 1.0  # the file's mtime may be rounded down
         start(a, ["--head", "--bind", a.addr, "--port", str(PORT), "--num-cpus", "0"])
+        _wait_for_head(f"{state_dir}/h{a.index}/address.json", procs[0], started)
         start(b, ["--address", head, "--bind", b.addr, "--num-cpus", "1",
                   "--resources", '{"b": 1}'])
         start(c, ["--address", head, "--bind", c.addr, "--num-cpus", "1",

@@ -13,17 +13,24 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Any
+import time
+from typing import Any, NoReturn
 
 from ..errors import EncryptionError, RepartirError, TokenError, WireTimeoutError
 from .state import host_port
 
-__all__ = ["probe", "recv_or_probe", "PROBE_TIMEOUT_S", "PROBE_AFTER_S"]
+__all__ = ["probe", "recv_or_probe", "PROBE_TIMEOUT_S", "PROBE_AFTER_S", "PROBE_REFUSED_S"]
 
 #: How long the probe's TCP connect may take (seconds).
 PROBE_TIMEOUT_S = 5.0
 #: How long to wait for the head's first answer before probing its address (seconds).
 PROBE_AFTER_S = 2.0
+#: How long the probe keeps trying while its connections are refused (seconds): a head
+#: started at the same time as its nodes (a batch job's steps, a Kubernetes Deployment)
+#: may not listen yet.
+PROBE_REFUSED_S = 5.0
+#: Seconds between two tries of a refused probe.
+PROBE_RETRY_S = 0.2
 
 
 def recv_or_probe(ep: Any, address: str, timeout: float) -> Any:
@@ -52,32 +59,47 @@ def recv_or_probe(ep: Any, address: str, timeout: float) -> Any:
     return ep.recv(timeout=timeout - first)
 
 
-def probe(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
-    """Check that something accepts TCP connections at ``address`` (``HOST:PORT``).
+def probe(address: str, timeout: float = PROBE_TIMEOUT_S,
+          refused_s: float = PROBE_REFUSED_S) -> None:
+    """Check that something accepts TCP connections at ``address`` (``HOST:PORT``).  A
+    refused connection is tried again every ``PROBE_RETRY_S`` for ``refused_s`` seconds
+    (default ``PROBE_REFUSED_S``, 5 s): the head may be starting.
 
     Raises:
         ValueError: ``address`` is not ``HOST:PORT``.
-        RepartirError: the connection is refused (nothing listens there), the host does
-            not resolve, or no connection is made within ``timeout`` seconds (an
-            unroutable address, a firewall that drops it); the message says which.
+        RepartirError: the connection is refused (nothing listens there) for
+            ``refused_s`` seconds, the host does not resolve, or no connection is made
+            within ``timeout`` seconds (an unroutable address, a firewall that drops it);
+            the message says which.
     """
     host, port = host_port(address)
     hint = (f"is `repartir start --head` running there (it prints its address), and is "
             f"{host} reachable from here?")
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except ConnectionRefusedError:
-        raise RepartirError(f"nothing listens at {address} (the TCP connection was "
-                            f"refused): {hint}") from None
-    except socket.gaierror as exc:
+    give_up = time.monotonic() + refused_s
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() < give_up:
+                time.sleep(PROBE_RETRY_S)
+                continue
+            raise RepartirError(f"nothing listens at {address} (the TCP connection was "
+                                f"refused for {refused_s:g} s): {hint}") from None
+        except OSError as exc:
+            _unreachable(address, exc, timeout, hint)
+    sock.close()
+
+
+def _unreachable(address: str, exc: OSError, timeout: float, hint: str) -> NoReturn:
+    """Raise the :class:`RepartirError` that says why :func:`probe` could not connect."""
+    if isinstance(exc, socket.gaierror):
         raise RepartirError(f"the host of {address} does not resolve ({exc.strerror}): "
                             f"give the head's address, HOST:PORT") from None
-    except (socket.timeout, TimeoutError):
+    if isinstance(exc, (socket.timeout, TimeoutError)):
         raise RepartirError(f"no TCP connection to {address} within {timeout:g} s (an "
                             f"unroutable address, or a firewall drops it): {hint}") from None
-    except OSError as exc:
-        if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-            raise RepartirError(f"{address} cannot be reached ({exc.strerror}): "
-                                f"{hint}") from None
-        raise RepartirError(f"cannot connect to {address}: {exc}. {hint}") from None
-    sock.close()
+    if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        raise RepartirError(f"{address} cannot be reached ({exc.strerror}): "
+                            f"{hint}") from None
+    raise RepartirError(f"cannot connect to {address}: {exc}. {hint}") from None
