@@ -44,6 +44,7 @@ from typing import Any
 from ..config import CLUSTER_LINEAGE_BYTES
 from ..errors import InfeasibleTaskError, ObjectLostError
 from .borrows import RemoteArg, prefer_by_bytes
+from .lineage_returns import ReturnSpec, ReturnsLineage
 from .state import StoredArg
 from .wire import encode
 
@@ -64,8 +65,9 @@ class _Spec:
         self.task, self.ref, self.users, self.nbytes = task, ref, 0, nbytes
 
 
-class Lineage:
-    """The lineage a :class:`~.client.ClusterClient` keeps (see the module's docstring).
+class Lineage(ReturnsLineage):
+    """The lineage a :class:`~.client.ClusterClient` keeps (see the module's docstring;
+    the returns of tasks of several returns: lineage_returns.py).
 
     Attributes:
         specs: ``{object id: _Spec}``, results kept on nodes that can be rebuilt.
@@ -87,6 +89,7 @@ class Lineage:
         self.nbytes = 0
         self.evicted = 0
         self.rebuilt = 0
+        self._init_groups()
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -147,14 +150,16 @@ class Lineage:
             self._unuse(d)
         if release and oid in self.c.results:
             self.c.dead.append(oid)  # rebuilt for others only: released as a dropped ref
+        if type(spec) is ReturnSpec:
+            self._return_dropped(oid, spec)
 
     def _evict(self) -> None:
         for oid in list(self.specs):
             if self.nbytes <= self.max_bytes:
                 return
-            if oid in self.c.inflight:
-                continue
             spec = self.specs[oid]
+            if oid in self.c.inflight or getattr(spec, "tid", oid) in self.c.inflight:
+                continue
             self._drop(oid, release=not spec.ref)
             self.evicted += 1
 
@@ -165,8 +170,8 @@ class Lineage:
         return ``None``; or return why it cannot be rebuilt."""
         spec = self.specs.get(tid)
         if spec is None:
-            return self.c.returns.lost(tid)  # NO_LINEAGE, or a return, an item (returns.py)
-        return self._start(tid, spec.task)
+            return self.c.returns.lost(tid)  # NO_LINEAGE, or an item (returns.py)
+        return self._again(tid, spec)  # a return of several: lineage_returns.py
 
     def _start(self, tid: bytes, task: Any) -> str | None:
         c = self.c
@@ -210,7 +215,7 @@ class Lineage:
                         ready = False
                         continue
                     spec = self.specs.get(d)
-                    why = NO_LINEAGE if spec is None else self._start(d, spec.task)
+                    why = NO_LINEAGE if spec is None else self._again(d, spec)
                     if why is not None:
                         error = ObjectLostError(f"argument {d.hex()} of task {tid.hex()} was "
                                                 f"lost and cannot be rebuilt: {why}")

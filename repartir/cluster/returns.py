@@ -194,7 +194,8 @@ class Returns:
         if task is not None:
             c._used[task.node] -= task.demand.get("CPU", 0.0)
             c._count[task.node] -= 1
-            c._lineage.done(tid, "value", task, False)  # no lineage: its arguments' ends
+            if spec is None or spec[0] != "multi":  # (a task of several: returns_done)
+                c._lineage.done(tid, "value", task, False)  # no lineage: its arguments' ends
         if spec is None or task is None:  # failed or finished already: drop what came
             if what == "stored":
                 releases.append(tid)
@@ -209,15 +210,18 @@ class Returns:
             elif what == "stored":
                 releases.append(tid)
         elif spec[0] == "multi":
+            again = len(spec) > 2  # run again to rebuild lost returns (lineage_returns.py)
             for i, oid in enumerate(spec[1]):
                 res = payload[i] if what == "returns" else ("error", payload)
-                if oid in c._dropped:
-                    c._dropped.discard(oid)
-                    self.owner_of.pop(oid, None)
+                if oid in c._dropped or (again and not c._lineage.awaits(oid)):
+                    c._dropped.discard(oid)  # (or not lost, or no longer wanted)
+                    if not again:
+                        self.owner_of.pop(oid, None)
                     if res[0] == "stored":
                         releases.append(oid)
                     continue
                 c.results[oid] = ("stored", nid, res[1]) if res[0] == "stored" else res
+            c._lineage.returns_done(tid, task, spec[1], again)  # (lineage_returns.py)
         else:
             st = spec[1]
             if what == "stream_end":
@@ -346,10 +350,11 @@ class Returns:
             _log.error("repartir: task %s (num_returns=0) failed and no ref can raise it: "
                        "%s", spec[1], res[1])
         elif spec[0] == "multi":
+            again = len(spec) > 2  # run again: the lost returns only (lineage_returns.py)
             for oid in spec[1]:
                 if oid in c._dropped:
                     c._dropped.discard(oid)
-                else:
+                elif not again or c._lineage.awaits(oid):
                     c.results[oid] = res
         else:
             st = spec[1]

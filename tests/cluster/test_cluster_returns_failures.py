@@ -1,7 +1,8 @@
 """Several returns and generators when their node dies (docs/cluster.md, "Returns,
 generators, cancel"), on the loopback cluster of ``test_cluster_failures.py``
-(``REPARTIR_NODE_TIMEOUT=2``): returns and items kept on the node are not rebuilt from
-lineage and say so; a generator still running there ends with the node's death."""
+(``REPARTIR_NODE_TIMEOUT=2``): returns kept on the node whose task no live node fits, and
+items of a generator without retries, are lost and say why; a generator still running there
+ends with the node's death."""
 
 from __future__ import annotations
 
@@ -38,9 +39,11 @@ def test_returns_and_items_lost_with_their_node(cluster):  # noqa: F811
     ready, _ = repartir.wait([a, b, first], num_returns=3, timeout=60)
     assert len(ready) == 3
     os.kill(rec["pid"], signal.SIGKILL)
-    for ref in (a, b, first):
-        with pytest.raises(ObjectLostError, match="not rebuilt from lineage"):
+    for ref in (a, b):  # rebuilt by running their task again, which no live node fits
+        with pytest.raises(ObjectLostError, match="no live node fitted it"):
             repartir.get(ref, timeout=30)
+    with pytest.raises(ObjectLostError, match="not rebuilt from lineage"):
+        repartir.get(first, timeout=30)
     rest = list(gen)  # the items that came before the death, then its error
     with pytest.raises(NodeDiedError, match=nid[:12]):
         repartir.get(rest[-1], timeout=30)
