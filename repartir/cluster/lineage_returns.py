@@ -1,30 +1,34 @@
-"""Lineage of the returns of tasks with several returns (docs/cluster.md, "Failures"): a
-part of :class:`~.lineage.Lineage`, whose tables it shares.
+"""Lineage of the returns of tasks of several returns and of the items of generators
+(docs/cluster.md, "Failures"): a part of :class:`~.lineage.Lineage`, whose tables it shares.
 
-A task of ``num_returns=k`` makes its ``k`` returns with one run.  When it ends with some of
-them kept on its node (those over ``CLUSTER_INLINE_RESULT_BYTES`` whose refs live), the
-driver keeps its task once for all of them (a :class:`_Group`: the pickled arguments are
-counted once against ``CLUSTER_LINEAGE_BYTES``) and a :class:`ReturnSpec` for each kept
-return, which lives as a single result's lineage does: while the driver's ref to that
-return lives or while the lineage of a task that took it as a node-kept argument is kept.
-The group, and the lineage of the task's own node-kept arguments, live while one of its
-returns' specs does.
+A task of ``num_returns=k`` makes its ``k`` returns with one run, a generator task all its
+items.  When such a task ends with some of them kept on its node (those over
+``CLUSTER_INLINE_RESULT_BYTES`` whose refs live; a generator's items not handed out yet
+count while the generator lives), the driver keeps its task once for all of them (a
+:class:`_Group`: the pickled arguments count once against ``CLUSTER_LINEAGE_BYTES``) and a
+:class:`ReturnSpec` for each kept one, which lives as a single result's lineage does: while
+the driver's ref to it lives or while the lineage of a task that took it as a node-kept
+argument is kept.  The group, and the lineage of the task's own node-kept arguments, live
+while one of its specs does.
 
 ::
 
-    node N dies ─▶ for each return kept on N: Lineage.rebuild(return id)
+    node N dies ─▶ for each return (item) kept on N: Lineage.rebuild(its id)
                      ReturnSpec ─▶ its task t in flight already (run again for another
-                     │             return lost with N): the return waits for that run
+                     │             one lost with N): it waits for that run
                      └─ else ─▶ Lineage._start(t): one retry, t sent again (or waits for
                                 its own lost arguments, as a single result's task does);
-                                returns.tasks[t] = ("multi", return ids, AGAIN)
+                                Returns.run_again_locked: returns.tasks[t] =
+                                ("multi", return ids, AGAIN), or the generator's stream
+                                marked ``again`` (the item's index in its ``lost``)
     t's completion ─▶ Returns.done_locked: each return lost and still wanted (awaits)
-                      takes the new value; the others (pulled by the driver meanwhile,
-                      inline, or dropped since) are released on the node that ran t
+    (a generator:     takes the new value; the others (pulled by the driver meanwhile,
+     each item as     inline, or dropped since) are released on the node that ran t;
+     it comes)        a lost item the run again did not yield raises ObjectLostError
 
-So a task whose ``k`` returns were all lost with one node runs once more, not ``k`` times,
-and one retry of its ``max_retries`` pays for all of them.  Every method is called with the
-client's lock held.
+So a task whose returns (items) were lost with one node runs once more, not once per lost
+object, and one retry of its ``max_retries`` pays for all of them.  Every method is called
+with the client's lock held.
 """
 
 from __future__ import annotations
@@ -39,24 +43,28 @@ AGAIN = "again"
 
 
 class ReturnSpec:
-    """The lineage of one return of a task of several: what a single result's spec holds
-    (its task, whether its ref lives, how many tasks take it as a node-kept argument), and
-    ``tid``, the id of the task that makes it.  Its bytes are its group's."""
+    """The lineage of one return of a task of several (or one item of a generator): what a
+    single result's spec holds (its task, whether its ref lives, how many tasks take it as
+    a node-kept argument), ``tid``, the id of the task that makes it, and ``index``, its
+    place among the task's returns (items).  Its bytes are its group's."""
 
-    __slots__ = ("task", "ref", "users", "nbytes", "tid")
+    __slots__ = ("task", "ref", "users", "nbytes", "tid", "index")
 
-    def __init__(self, task: Any, tid: bytes) -> None:
-        self.task, self.ref, self.users, self.nbytes, self.tid = task, True, 0, 0, tid
+    def __init__(self, task: Any, tid: bytes, index: int) -> None:
+        self.task, self.ref, self.users, self.nbytes = task, True, 0, 0
+        self.tid, self.index = tid, index
 
 
 class _Group:
-    """A task of several returns whose lineage is kept: all its return ids (in order), the
-    ones whose :class:`ReturnSpec` is kept, the bytes of its pickled arguments."""
+    """A task of several returns (or a generator) whose lineage is kept: all its return
+    (item) ids, in order; the ones whose :class:`ReturnSpec` is kept; the bytes of its
+    pickled arguments; the generator's stream (``returns._Stream``), else ``None``."""
 
-    __slots__ = ("oids", "kept", "nbytes")
+    __slots__ = ("oids", "kept", "nbytes", "stream")
 
-    def __init__(self, oids: tuple[bytes, ...], kept: set[bytes], nbytes: int) -> None:
-        self.oids, self.kept, self.nbytes = oids, kept, nbytes
+    def __init__(self, oids: tuple[bytes, ...], kept: set[bytes], nbytes: int,
+                 stream: Any) -> None:
+        self.oids, self.kept, self.nbytes, self.stream = oids, kept, nbytes, stream
 
 
 class ReturnsLineage:
@@ -77,10 +85,12 @@ class ReturnsLineage:
     def _init_groups(self) -> None:
         self.groups: dict[bytes, _Group] = {}
 
-    def returns_done(self, tid: bytes, task: Any, oids: list[bytes], again: bool) -> None:
-        """Task ``tid`` of several returns ``oids`` ended and its returns are in the
-        client's results: keep its lineage if some of them are kept on its node (their
-        refs live: those dropped were released), else end its arguments' lineage."""
+    def returns_done(self, tid: bytes, task: Any, oids: list[bytes], again: bool,
+                     stream: Any = None) -> None:
+        """Task ``tid`` of several returns ``oids`` (or the generator of ``stream``, whose
+        items they are) ended and its returns are in the client's results: keep its lineage
+        if some of them are kept on a node (their refs live: those dropped were released),
+        else end its arguments' lineage."""
         if tid in self.groups:  # run again: its lineage stays as it is
             return
         c = self.c
@@ -89,16 +99,17 @@ class ReturnsLineage:
             self.done(tid, "value", task, False)  # type: ignore[attr-defined]
             return
         nbytes = sum(memoryview(f).nbytes for f in task.payload)
-        self.groups[tid] = _Group(tuple(oids), kept, nbytes)
-        for o in kept:
-            self.specs[o] = ReturnSpec(task, tid)
+        self.groups[tid] = _Group(tuple(oids), kept, nbytes, stream)
+        for i, o in enumerate(oids):
+            if o in kept:
+                self.specs[o] = ReturnSpec(task, tid, i)
         self.nbytes += nbytes
         if self.nbytes > self.max_bytes:
             self._evict()  # type: ignore[attr-defined]
 
     def awaits(self, oid: bytes) -> bool:
-        """Whether return ``oid`` of a task run again takes the value of that run: it was
-        lost, and its lineage is still kept (its ref lives, or a task takes it)."""
+        """Whether return (item) ``oid`` of a task run again takes the value of that run:
+        it was lost, and its lineage is still kept (its ref lives, or a task takes it)."""
         return oid not in self.c.results and oid in self.specs
 
     def _again(self, oid: bytes, spec: Any) -> str | None:
@@ -108,11 +119,14 @@ class ReturnsLineage:
             return self._start(oid, spec.task)  # type: ignore[attr-defined]
         c = self.c
         tid = spec.tid
-        if tid not in c.inflight:  # else: run again already, for another lost return
+        group = self.groups[tid]
+        if tid not in c.inflight:  # else: run again already, for another lost one
             why = self._start(tid, spec.task)  # type: ignore[attr-defined]
             if why is not None:
                 return why
-            c.returns.tasks[tid] = ("multi", list(self.groups[tid].oids), AGAIN)
+            c.returns.run_again_locked(tid, group.oids, group.stream)
+        if group.stream is not None:
+            group.stream.lost.add(spec.index)  # (returns._Stream)
         c.results.pop(oid, None)
         return None
 

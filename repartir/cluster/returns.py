@@ -25,9 +25,11 @@
 - **Futures**: ``ref.future()`` (and ``await ref``) is resolved by one thread of the driver,
   started while futures wait, that pulls kept results as ``get`` does.
 
-Results of tasks with several returns and generator items are not rebuilt from lineage
-when their node dies: they raise ``ObjectLostError`` saying so (:data:`NOT_REBUILT`).
-Every method named ``*_locked`` is called with the client's lock held.
+Returns of several and generator items kept on a node that dies are rebuilt by running
+their task again (lineage_returns.py: :meth:`Returns.run_again_locked`, the ``again``
+stream); the items of a generator that had not ended and cannot run again raise
+``ObjectLostError`` saying so (:data:`NOT_REBUILT`).  Every method named ``*_locked`` is
+called with the client's lock held.
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ from ..errors import ObjectLostError, RepartirError, TaskCancelledError
 from ..runtime.objectref import ObjectRef
 from ..runtime.streaming import ObjectRefGenerator
 from .lineage import NO_LINEAGE
+from .lineage_returns import AGAIN
 
 __all__ = ["Returns", "ClusterRefGenerator", "return_id", "NOT_REBUILT"]
 
-NOT_REBUILT = ("it is a return of a task with num_returns other than 1 or an item of a "
-               "generator, which are not rebuilt from lineage in this version")
+NOT_REBUILT = ("it is an item of a generator that had not ended, and its task cannot run "
+               "again (no retry left): such items are not rebuilt from lineage")
 
 _log = logging.getLogger("repartir")
 
@@ -62,7 +65,7 @@ def return_id(tid: bytes, index: int) -> bytes:
 class _Stream:
     """What the driver knows of a generator task: items arrived, handed out, its end."""
 
-    __slots__ = ("tid", "arrived", "handed", "end", "gen", "name", "lost")
+    __slots__ = ("tid", "arrived", "handed", "end", "gen", "name", "lost", "again")
 
     def __init__(self, tid: bytes, name: str) -> None:
         self.tid, self.name = tid, name
@@ -71,6 +74,7 @@ class _Stream:
         self.end: int | None = None  # the item count, once the task ended
         self.gen: Any = None  # weakref to the ClusterRefGenerator (None: dropped)
         self.lost: set[int] = set()  # items lost with their node, which its rerun yields
+        self.again = False  # ended, and run again to rebuild lost items (lineage_returns.py)
 
 
 class ClusterRefGenerator(ObjectRefGenerator):
@@ -119,7 +123,8 @@ class Returns:
 
     Attributes:
         tasks: ``{task id: spec}`` of tasks in flight with ``num_returns`` other than 1:
-            ``("zero", name)``, ``("multi", [return ids])`` or ``("stream", _Stream)``.
+            ``("zero", name)``, ``("multi", [return ids])`` (``("multi", [return ids],
+            AGAIN)`` while it runs again to rebuild them) or ``("stream", _Stream)``.
         owner_of: ``{return id: task id}`` while its ref may live.
         streams: ``{task id: _Stream}``, until the generator is dropped and the task ended.
         cancelled: task ids cancelled while in flight.
@@ -194,7 +199,7 @@ class Returns:
         if task is not None:
             c._used[task.node] -= task.demand.get("CPU", 0.0)
             c._count[task.node] -= 1
-            if spec is None or spec[0] != "multi":  # (a task of several: returns_done)
+            if spec is None or spec[0] == "zero":  # (several, streams: returns_done)
                 c._lineage.done(tid, "value", task, False)  # no lineage: its arguments' ends
         if spec is None or task is None:  # failed or finished already: drop what came
             if what == "stored":
@@ -224,12 +229,18 @@ class Returns:
             c._lineage.returns_done(tid, task, spec[1], again)  # (lineage_returns.py)
         else:
             st = spec[1]
-            if what == "stream_end":
+            again, error = st.again, None
+            if again:  # run again for its lost items: its end stays (lineage_returns.py)
+                st.again = False
+                error = None if what == "stream_end" else ("error", payload)
+            elif what == "stream_end":
                 st.end = payload
             else:  # failed before it ran (or was cancelled in a queue): one error item
                 self._stream_item(st, len(st.arrived), ("error", payload), nid, releases)
                 st.end = len(st.arrived)
-            self._forget_stream(st)
+            self._forget_stream(st, error)
+            c._lineage.returns_done(tid, task, [return_id(tid, i) for i in range(st.end)],
+                                    again, st)
 
     def items_locked(self, nid: str, items: list, releases: list) -> None:
         """Generator items sent by node ``nid`` as they were yielded."""
@@ -246,11 +257,15 @@ class Returns:
         oid = return_id(st.tid, index)
         if index in st.lost:  # lost with its node: its task, run again, yields it again
             st.lost.discard(index)
-            if index < st.handed and oid not in self.owner_of:  # its ref is gone since
+            if st.again:  # an ended generator run again (lineage_returns.py)
+                gone = not self.c._lineage.awaits(oid)
+            else:
+                gone = index < st.handed and oid not in self.owner_of  # its ref is gone
+            if gone:
                 if res[0] == "stored":
                     releases.append(oid)
                 return
-        elif index in st.arrived or st.gen is None:
+        elif index in st.arrived or st.gen is None or st.again:
             if res[0] == "stored":  # a replay of a retried task, or a dropped generator
                 releases.append(oid)
             return
@@ -258,12 +273,16 @@ class Returns:
         self.owner_of[oid] = st.tid
         self.c.results[oid] = ("stored", nid, res[1]) if res[0] == "stored" else res
 
-    def _forget_stream(self, st: _Stream) -> None:
+    def _forget_stream(self, st: _Stream, error: tuple | None = None) -> None:
+        """Once a generator ended: its lost items its rerun did not yield raise ``error``
+        (default ``ObjectLostError``); a dropped one is forgotten."""
+        if st.again:  # run again (lineage_returns.py): not before that run ends
+            return
         if st.end is not None and st.lost:  # its rerun ended before it yielded them again
             for index in st.lost:
                 oid = return_id(st.tid, index)
-                if oid in self.owner_of:
-                    self.c.results[oid] = ("error", ObjectLostError(
+                if oid in self.owner_of or self.c._lineage.awaits(oid):
+                    self.c.results[oid] = error or ("error", ObjectLostError(
                         f"object {oid.hex()} was lost with its node, and its generator, run "
                         f"again, ended before it yielded it again"))
             st.lost.clear()
@@ -272,19 +291,30 @@ class Returns:
 
     def lost(self, oid: bytes) -> str | None:
         """Result ``oid`` was kept on a node that died and has no lineage: why it cannot be
-        rebuilt, or ``None`` when it is a generator's item whose task runs again (it waits
-        for the item yielded again, as a rebuilt result does)."""
+        rebuilt, or ``None`` when it is the item of a generator that had not ended and runs
+        again (it waits for the item yielded again, as a rebuilt result does)."""
         tid = self.owner_of.get(oid)
-        if tid is None:
+        st = self.streams.get(tid) if tid is not None else None
+        if st is None or st.end is not None:  # (an ended generator's items: lineage)
             return NO_LINEAGE
-        st = self.streams.get(tid)
-        if st is not None and st.end is None and tid in self.c.inflight:
+        if tid in self.c.inflight:
             for index in st.arrived:
                 if return_id(tid, index) == oid:
                     st.lost.add(index)
                     self.c.results.pop(oid, None)
                     return None
         return NOT_REBUILT
+
+    def run_again_locked(self, tid: bytes, oids: tuple, st: _Stream | None) -> None:
+        """Task ``tid`` of several returns ``oids`` (or the generator of ``st``) runs again
+        to rebuild those lost with their node (lineage_returns.py): its completion (its
+        items) goes to the lost ones still wanted, and is released for the others."""
+        if st is None:
+            self.tasks[tid] = ("multi", list(oids), AGAIN)
+            return
+        st.again = True
+        self.streams[tid] = st
+        self.tasks[tid] = ("stream", st)
 
     # ------------------------------------------------------------------ each loop turn
 
@@ -316,6 +346,8 @@ class Returns:
                 res = c.results.pop(oid, None)
                 if res is not None and res[0] == "stored":
                     releases.setdefault(res[1], []).append(oid)
+                if c._lineage.specs:
+                    c._lineage.ref_dropped(oid)
             self._forget_stream(st)
         now = time.monotonic()
         if now >= self._next_settle:
@@ -358,6 +390,10 @@ class Returns:
                     c.results[oid] = res
         else:
             st = spec[1]
+            if st.again:  # its lost items raise the error (lineage_returns.py)
+                st.again = False
+                self._forget_stream(st, res)
+                return
             self._stream_item(st, len(st.arrived), res, None, [])
             st.end = len(st.arrived)
             self._forget_stream(st)

@@ -1,6 +1,7 @@
-"""Returns of tasks of several returns lost with their node, rebuilt from lineage
-(docs/cluster.md, "Failures"; ``repartir/cluster/lineage_returns.py``), on the loopback
-cluster of ``test_cluster_failures.py`` (``REPARTIR_NODE_TIMEOUT=2``).
+"""Returns of tasks of several returns and items of generators that had ended, lost with
+their node, rebuilt from lineage (docs/cluster.md, "Failures";
+``repartir/cluster/lineage_returns.py``), on the loopback cluster of
+``test_cluster_failures.py`` (``REPARTIR_NODE_TIMEOUT=2``).
 
 Each test joins a node with a custom resource that only it has, runs its tasks there, then
 joins a second node with that resource and kills the first: the tasks can only run again on
@@ -25,6 +26,14 @@ from repartir.errors import ObjectLostError
 from rtsupport import wait_until
 from test_cluster import alive
 from test_cluster_failures import BIG, _join, _node_id, _sweep, cluster, env  # noqa: F401
+
+
+@repartir.remote(max_retries=2)
+def items(path, n):
+    with open(path, "a") as f:
+        f.write("ran\n")
+    for i in range(n):
+        yield i if i == 2 else np.full(BIG, i + 0.0)  # item 2 inline
 
 
 def _runs(path) -> int:
@@ -185,4 +194,56 @@ def test_returns_of_a_task_without_retries_say_why_they_are_lost(cluster, tmp_pa
     assert repartir.get(b, timeout=30) == 5  # inline: in the driver
     assert _runs(path) == 1
     del a, b, c, r
+    _end(heir)
+
+
+def test_items_of_an_ended_generator_lost_with_their_node_are_rebuilt_by_one_run(cluster, tmp_path):  # noqa: F811
+    """Two generators that had ended: one whose refs were all handed out (one of them got
+    by the driver, one dropped), one that had handed out its first item only.  The node
+    dies: each runs again once; the lost items come back, the others keep their values
+    and their new copies are released."""
+    victim = _join(cluster["address"], '{"lg": 1}')
+    vid = _node_id(victim)
+    lg = {"resources": {"lg": 1}}
+    p1, p2 = str(tmp_path / "one"), str(tmp_path / "two")
+    gen = items.options(**lg).remote(p1, 6)
+    refs = list(gen)
+    gen2 = items.options(**lg).remote(p2, 4)
+    first = next(gen2)
+    assert wait_until(gen2.completed, 60)
+    assert len(repartir.wait([*refs, first], num_returns=7, timeout=60)[0]) == 7
+    assert _kept_on([*refs[:2], *refs[3:], first]) == {vid}
+    got0 = repartir.get(refs[0], timeout=30)  # pulled into the driver: not lost
+    del refs[4]  # dropped: not made again
+    heir = _join(cluster["address"], '{"lg": 1}')
+    hid = _node_id(heir)
+    os.kill(victim["pid"], signal.SIGKILL)
+    out = repartir.get(refs, timeout=60)
+    assert [o if isinstance(o, int) else float(o[0]) for o in out] == [0.0, 1.0, 2, 3.0, 5.0]
+    assert all(isinstance(o, int) or np.all(o == o[0]) for o in out)
+    assert np.all(got0 == 0.0)
+    refs2 = [first, *gen2]
+    rest = repartir.get(refs2, timeout=60)
+    assert [r if isinstance(r, int) else float(r[0]) for r in rest] == [0.0, 1.0, 2, 3.0]
+    assert (_runs(p1), _runs(p2)) == (2, 2)
+    # kept on the heir: items 1, 3, 5 of the first, 0, 1, 3 of the second
+    assert _wait_stored(lambda s: s.get(hid) == 6, "six items kept on the heir")[hid] == 6
+    del gen, refs, gen2, first, refs2, out, rest, got0
+    _end(heir)
+
+
+def test_items_of_a_generator_without_retries_say_why_they_are_lost(cluster, tmp_path):  # noqa: F811
+    victim = _join(cluster["address"], '{"lg0": 1}')
+    vid = _node_id(victim)
+    path = str(tmp_path / "runs")
+    refs = list(items.options(resources={"lg0": 1}, max_retries=0).remote(path, 2))
+    assert len(repartir.wait(refs, num_returns=2, timeout=60)[0]) == 2
+    heir = _join(cluster["address"], '{"lg0": 1}')
+    os.kill(victim["pid"], signal.SIGKILL)
+    for r in refs:
+        with pytest.raises(ObjectLostError,
+                           match=f"kept on node {vid[:12]}.*max_retries are used up"):
+            repartir.get(r, timeout=30)
+    assert _runs(path) == 1
+    del refs, r
     _end(heir)
