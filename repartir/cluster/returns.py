@@ -378,6 +378,9 @@ class Returns:
         if spec is None:
             return
         c = self.c
+        if (len(spec) > 2 or spec[0] == "stream" and spec[1].again) and \
+                tid not in c._lineage.groups:  # run again, its lineage dropped meanwhile:
+            c._lineage.done(tid, "error", None, False)  # its arguments' lineage ends
         if spec[0] == "zero":
             _log.error("repartir: task %s (num_returns=0) failed and no ref can raise it: "
                        "%s", spec[1], res[1])
