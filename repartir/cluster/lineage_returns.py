@@ -56,9 +56,10 @@ class ReturnSpec:
 
 
 class _Group:
-    """A task of several returns (or a generator) whose lineage is kept: all its return
-    (item) ids, in order; the ones whose :class:`ReturnSpec` is kept; the bytes of its
-    pickled arguments; the generator's stream (``returns._Stream``), else ``None``."""
+    """A task of several returns (or a generator) whose lineage is kept: all its return ids,
+    in order (a generator: none, its stream knows its items); the ones whose
+    :class:`ReturnSpec` is kept; the bytes of its pickled arguments; the generator's stream
+    (``returns._Stream``), else ``None``."""
 
     __slots__ = ("oids", "kept", "nbytes", "stream")
 
@@ -85,22 +86,22 @@ class ReturnsLineage:
     def _init_groups(self) -> None:
         self.groups: dict[bytes, _Group] = {}
 
-    def returns_done(self, tid: bytes, task: Any, oids: list[bytes], again: bool,
+    def returns_done(self, tid: bytes, task: Any, oids: dict[int, bytes], again: bool,
                      stream: Any = None) -> None:
-        """Task ``tid`` of several returns ``oids`` (or the generator of ``stream``, whose
-        items they are) ended and its returns are in the client's results: keep its lineage
+        """Task ``tid`` ended and its returns are in the client's results: keep its lineage
         if some of them are kept on a node (their refs live: those dropped were released),
-        else end its arguments' lineage."""
+        else end its arguments' lineage.  ``oids``: ``{index: id}`` of all its returns (a
+        generator, that of ``stream``: of its items that came kept on a node)."""
         if tid in self.groups:  # run again: its lineage stays as it is
             return
         c = self.c
-        kept = {o for o in oids if c.results.get(o, ("",))[0] == "stored"}
+        kept = {o for o in oids.values() if c.results.get(o, ("",))[0] == "stored"}
         if not kept or again:  # nothing kept, or all its returns dropped while it ran again
             self.done(tid, "value", task, False)  # type: ignore[attr-defined]
             return
         nbytes = sum(memoryview(f).nbytes for f in task.payload)
-        self.groups[tid] = _Group(tuple(oids), kept, nbytes, stream)
-        for i, o in enumerate(oids):
+        self.groups[tid] = _Group(() if stream else tuple(oids.values()), kept, nbytes, stream)
+        for i, o in oids.items():
             if o in kept:
                 self.specs[o] = ReturnSpec(task, tid, i)
         self.nbytes += nbytes

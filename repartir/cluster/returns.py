@@ -65,7 +65,7 @@ def return_id(tid: bytes, index: int) -> bytes:
 class _Stream:
     """What the driver knows of a generator task: items arrived, handed out, its end."""
 
-    __slots__ = ("tid", "arrived", "handed", "end", "gen", "name", "lost", "again")
+    __slots__ = ("tid", "arrived", "handed", "end", "gen", "name", "lost", "again", "kept")
 
     def __init__(self, tid: bytes, name: str) -> None:
         self.tid, self.name = tid, name
@@ -75,6 +75,7 @@ class _Stream:
         self.gen: Any = None  # weakref to the ClusterRefGenerator (None: dropped)
         self.lost: set[int] = set()  # items lost with their node, which its rerun yields
         self.again = False  # ended, and run again to rebuild lost items (lineage_returns.py)
+        self.kept: set[int] = set()  # indexes of the items that came kept on a node
 
 
 class ClusterRefGenerator(ObjectRefGenerator):
@@ -226,7 +227,7 @@ class Returns:
                         releases.append(oid)
                     continue
                 c.results[oid] = ("stored", nid, res[1]) if res[0] == "stored" else res
-            c._lineage.returns_done(tid, task, spec[1], again)  # (lineage_returns.py)
+            c._lineage.returns_done(tid, task, dict(enumerate(spec[1])), again)
         else:
             st = spec[1]
             again, error = st.again, None
@@ -239,7 +240,7 @@ class Returns:
                 self._stream_item(st, len(st.arrived), ("error", payload), nid, releases)
                 st.end = len(st.arrived)
             self._forget_stream(st, error)
-            c._lineage.returns_done(tid, task, [return_id(tid, i) for i in range(st.end)],
+            c._lineage.returns_done(tid, task, {i: return_id(tid, i) for i in st.kept},
                                     again, st)
 
     def items_locked(self, nid: str, items: list, releases: list) -> None:
@@ -270,6 +271,8 @@ class Returns:
                 releases.append(oid)
             return
         st.arrived.add(index)
+        if res[0] == "stored":
+            st.kept.add(index)
         self.owner_of[oid] = st.tid
         self.c.results[oid] = ("stored", nid, res[1]) if res[0] == "stored" else res
 

@@ -36,6 +36,17 @@ def items(path, n):
         yield i if i == 2 else np.full(BIG, i + 0.0)  # item 2 inline
 
 
+@repartir.remote(max_retries=2)
+def fewer(path, n):
+    """``n`` items at its first run, one at the next ones."""
+    with open(path, "a") as f:
+        f.write("ran\n")
+    with open(path) as f:
+        first = len(f.read().split()) == 1
+    for i in range(n if first else 1):
+        yield np.full(BIG, i + 0.0)
+
+
 def _runs(path) -> int:
     try:
         with open(path) as f:
@@ -170,6 +181,7 @@ def test_a_task_of_several_returns_runs_again_after_its_lost_argument(cluster, t
     assert _kept_on([x, a, b, y]) == {vid}
     del x, a
     heir = _join(cluster["address"], '{"lc": 1}')
+    _node_id(heir)  # known to the driver before the victim dies
     os.kill(victim["pid"], signal.SIGKILL)
     out_y, out_b = repartir.get([y, b], timeout=60)
     assert np.all(out_y == 5.0) and np.all(out_b == 6.0)
@@ -186,6 +198,7 @@ def test_returns_of_a_task_without_retries_say_why_they_are_lost(cluster, tmp_pa
     assert len(repartir.wait([a, b, c], num_returns=3, timeout=60)[0]) == 3
     assert _kept_on([a, c]) == {vid}
     heir = _join(cluster["address"], '{"l0": 1}')
+    _node_id(heir)  # known to the driver before the victim dies
     os.kill(victim["pid"], signal.SIGKILL)
     for r in (a, c):
         with pytest.raises(ObjectLostError,
@@ -239,6 +252,7 @@ def test_items_of_a_generator_without_retries_say_why_they_are_lost(cluster, tmp
     refs = list(items.options(resources={"lg0": 1}, max_retries=0).remote(path, 2))
     assert len(repartir.wait(refs, num_returns=2, timeout=60)[0]) == 2
     heir = _join(cluster["address"], '{"lg0": 1}')
+    _node_id(heir)  # known to the driver before the victim dies
     os.kill(victim["pid"], signal.SIGKILL)
     for r in refs:
         with pytest.raises(ObjectLostError,
@@ -246,4 +260,50 @@ def test_items_of_a_generator_without_retries_say_why_they_are_lost(cluster, tmp
             repartir.get(r, timeout=30)
     assert _runs(path) == 1
     del refs, r
+    _end(heir)
+
+
+def test_lost_items_a_generator_run_again_does_not_yield_again_say_so(cluster, tmp_path):  # noqa: F811
+    victim = _join(cluster["address"], '{"lf": 1}')
+    _node_id(victim)  # known to the driver
+    path = str(tmp_path / "runs")
+    refs = list(fewer.options(resources={"lf": 1}).remote(path, 3))
+    assert len(repartir.wait(refs, num_returns=3, timeout=60)[0]) == 3
+    heir = _join(cluster["address"], '{"lf": 1}')
+    _node_id(heir)  # known to the driver before the victim dies
+    os.kill(victim["pid"], signal.SIGKILL)
+    assert np.all(repartir.get(refs[0], timeout=60) == 0.0)
+    for r in refs[1:]:
+        with pytest.raises(ObjectLostError, match="ended before it yielded it again"):
+            repartir.get(r, timeout=30)
+    assert _runs(path) == 2
+    del refs, r
+    _end(heir)
+
+
+def test_returns_whose_lineage_was_evicted_say_so(cluster, tmp_path):  # noqa: F811
+    """Past ``CLUSTER_LINEAGE_BYTES`` (made tiny here) the lineage of a task of several
+    returns is dropped as a single result's is: its lost returns say so."""
+    victim = _join(cluster["address"], '{"le": 1}')
+    _node_id(victim)  # known to the driver
+    client = cluster_client.active()
+    with client._lock:
+        bound, client._lineage.max_bytes = client._lineage.max_bytes, 1
+        evicted = client._lineage.evicted
+    try:
+        a, b = pair.options(resources={"le": 1}).remote(str(tmp_path / "runs"), 1)
+        assert len(repartir.wait([a, b], num_returns=2, timeout=60)[0]) == 2
+        with client._lock:
+            assert client._lineage.evicted >= evicted + 2 and not client._lineage.groups
+    finally:
+        with client._lock:
+            client._lineage.max_bytes = bound
+    heir = _join(cluster["address"], '{"le": 1}')
+    _node_id(heir)  # known to the driver before the victim dies
+    os.kill(victim["pid"], signal.SIGKILL)
+    for r in (a, b):
+        with pytest.raises(ObjectLostError, match="no lineage was kept"):
+            repartir.get(r, timeout=30)
+    assert _runs(str(tmp_path / "runs")) == 1
+    del a, b, r
     _end(heir)
