@@ -31,8 +31,10 @@ to it lives or while the lineage of a task that took it as a node-kept argument 
 Results that come back with their completion (the small ones), errors, and ``put`` values
 live in the driver and need none.  All of it is bounded by ``CLUSTER_LINEAGE_BYTES`` of
 pickled arguments (256 MiB): past it the oldest lineage is dropped, and those results, if
-their node dies, raise ``ObjectLostError`` ("no lineage kept").  Every method is called
-with the client's lock held.
+their node dies, raise ``ObjectLostError`` ("no lineage kept").  The returns of tasks of
+several returns and the items of generators that had ended are rebuilt the same way, their
+task run again once for all of them (lineage_returns.py).  Every method is called with the
+client's lock held.
 """
 
 from __future__ import annotations

@@ -127,7 +127,8 @@ class Returns:
             ``("zero", name)``, ``("multi", [return ids])`` (``("multi", [return ids],
             AGAIN)`` while it runs again to rebuild them) or ``("stream", _Stream)``.
         owner_of: ``{return id: task id}`` while its ref may live.
-        streams: ``{task id: _Stream}``, until the generator is dropped and the task ended.
+        streams: ``{task id: _Stream}``, until the generator is dropped and the task ended
+            (and does not run again).
         cancelled: task ids cancelled while in flight.
         cancel_out: ``[(node id, message)]`` cancels the loop thread sends.
     """
@@ -267,7 +268,8 @@ class Returns:
                     releases.append(oid)
                 return
         elif index in st.arrived or st.gen is None or st.again:
-            if res[0] == "stored":  # a replay of a retried task, or a dropped generator
+            if res[0] == "stored":  # a replay of a retried task (or of one run again for
+                # other items), or a dropped generator
                 releases.append(oid)
             return
         st.arrived.add(index)
