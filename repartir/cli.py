@@ -92,6 +92,20 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``repartir`` command.  Its exit status: 0, or 1 on an error it reports (and when
+    its output's reader went away, as in ``repartir start --head | head -1``: what it
+    started keeps running, and no traceback is shown)."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:  # the Python docs' recipe ("Note on SIGPIPE", signal module)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if cluster_commands.handles(argv):  # start, stop; status of a cluster
         return cluster_commands.main(argv)

@@ -36,7 +36,9 @@ tasks) is ``–`` in the table.
 **Output.** A table on stdout (rows: workloads, columns: systems) and with ``--json FILE`` a list of
 records ``{"system", "workload", "value", "unit", "extra"}`` for every value measured (failed or
 skipped cells are not records; they are shown in the table and on stderr). Exit status 0, or 1 when
-a repartir workload failed or timed out. Child logs and event files stay in ``--logdir``.
+a repartir workload failed or timed out. Child logs and event files stay in ``--logdir``; without
+it, in a temporary directory that is removed at the end unless a cell failed (its path is
+printed then).
 
 Self-test of the harness: ``REPARTIR_BENCH_FAULT=multiprocessing/tiny_rtt=crash,loky/init=hang``
 (``crash``: ``os._exit(3)``, ``hang``: sleep, anything else: raise) at the start of that workload.
@@ -604,6 +606,12 @@ def main(argv: list[str] | None = None) -> int:
             f.write("\n")
         _log(f"wrote {a.json}")
     failed = [w for w, c in results.get("repartir", {}).items() if c.status not in ("ok", "skip")]
+    broken = any(c.status not in ("ok", "skip", "missing") for cells in results.values()
+                 for c in cells.values())
+    if a.logdir is None and not broken:  # nothing to look into: the temporary logs go
+        shutil.rmtree(logdir, ignore_errors=True)
+    elif broken:
+        _log(f"the children's logs are in {logdir}")
     return 1 if failed else 0
 
 

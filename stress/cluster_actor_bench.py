@@ -17,9 +17,11 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -76,7 +78,7 @@ def repartir_actors(cluster: netns.Cluster, *, calls: int = FULL["calls"],
         RuntimeError: the driver failed (its output in the message).
     """
     token = secrets.token_hex(32)
-    state_dir = f"/tmp/repartir-actor-bench-{os.getpid()}"
+    state_dir = tempfile.mkdtemp(prefix="repartir-actor-bench-")
     env = dict(os.environ, REPARTIR_TOKEN=token, PYTHONPATH=ROOT)
     env.pop("REPARTIR_ADDRESS", None)
     a, b = cluster.hosts[:2]
@@ -103,6 +105,7 @@ def repartir_actors(cluster: netns.Cluster, *, calls: int = FULL["calls"],
     finally:
         for p in reversed(procs):
             cluster.stop(p, grace_s=20)
+        shutil.rmtree(state_dir, ignore_errors=True)
     return {"actor_calls": (r["calls_per_s"], {"calls": calls}),
             "actor_round_trip": (r["round_trip_ms"], {"unit": "ms", "median of": round_trips})}
 

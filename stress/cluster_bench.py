@@ -24,9 +24,11 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -120,7 +122,8 @@ def repartir_cluster(cluster: netns.Cluster, *, tiny_tasks: int = FULL["tiny_tas
         RuntimeError: a process failed (its output in the message).
     """
     token = secrets.token_hex(32)
-    state_dir = state_dir or f"/tmp/repartir-cluster-bench-{os.getpid()}"
+    own_state_dir = state_dir is None
+    state_dir = state_dir or tempfile.mkdtemp(prefix="repartir-cluster-bench-")
     env = dict(os.environ, REPARTIR_TOKEN=token, PYTHONPATH=ROOT)
     env.pop("REPARTIR_ADDRESS", None)
     a, b, c = cluster.hosts[:3]
@@ -159,6 +162,8 @@ def repartir_cluster(cluster: netns.Cluster, *, tiny_tasks: int = FULL["tiny_tas
     finally:
         for p in reversed(procs):
             cluster.stop(p, grace_s=20)
+        if own_state_dir:
+            shutil.rmtree(state_dir, ignore_errors=True)
     n, rounds = mib << 20, reps + 1
     b_sent = after[b.addr][1] - before[b.addr][1]
     a_received = after[a.addr][0] - before[a.addr][0]

@@ -60,6 +60,7 @@ import signal
 import socket
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 
@@ -413,6 +414,10 @@ def run(mode: str, duration: float, node_timeout: float, inflight: int, seed: in
     report["workers_checked"] = len(workers)
     report["sessions_checked"] = len(sessions)
     report["failures"] = failures
+    if failures:  # the daemons' logs tell why: keep them
+        report["logs"] = tmp
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     report.pop("nodes", None)
     return report
 

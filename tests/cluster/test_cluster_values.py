@@ -10,6 +10,8 @@ gone, /dev/shm swept).
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -236,6 +238,23 @@ def test_cli_checks(tmp_path, _leaves_nothing_behind):
             assert command in out.stdout
         out = cli("status", "--help")
         assert out.returncode == 0 and "--address" in out.stdout
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(tmp_path, _leaves_nothing_behind):
+    """``repartir start --head | head -1``: the reader of the command's output is gone before
+    it prints. The head starts and is recorded, and the command exits 1 without a
+    traceback (it raised BrokenPipeError before)."""
+    with cluster_env(tmp_path, 3.0):
+        p = subprocess.Popen([sys.executable, "-m", "repartir", "start", "--head", "--port",
+                              "0", "--num-cpus", "1"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        p.stdout.close()
+        err = p.stderr.read()
+        p.wait(90)
+        p.stderr.close()
+        assert p.returncode == 1 and "Traceback" not in err, err
+        assert [r["role"] for r in recorded()] == ["head"]
+        assert cli("status").returncode == 0
 
 
 def recorded_or_empty() -> list:
