@@ -386,9 +386,12 @@ def status(args: argparse.Namespace) -> int:
     for n in nodes:
         state = "alive" if n["Alive"] else "DEAD"
         head = " (head)" if n.get("Head") else ""
+        ago = n.get("HeardAgoS")
+        heard = "" if ago is None else f" (heard {ago:g} s ago)"
+        tasks = (f"tasks: {n.get('Running', 0)} running, {n.get('Queued', 0)} queued{heard}"
+                 if n["Alive"] else f"tasks: unknown{heard}")
         print(f"node {n['NodeID'][:12]}{head}  {state}  {n['NodeManagerAddress']}  "
-              f"pid {n.get('Pid')}  tasks: {n.get('Running', 0)} running, "
-              f"{n.get('Queued', 0)} queued")
+              f"pid {n.get('Pid')}  {tasks}")
         print(f"    total: {_fmt(n['Resources'])}")
         used = {k: v - n["Available"].get(k, 0.0) for k, v in n["Resources"].items()
                 if k != "object_store_memory"}

@@ -230,7 +230,8 @@ class NodeDaemon(NodeStealing, NodeReturns):
                 rec["Alive"] = False
                 print(f"node {rec['NodeID'][:12]} at {rec['NodeManagerAddress']} declared "
                       f"dead: no heartbeat for {self.timeout:g} s", file=sys.stderr, flush=True)
-            out.append({k: v for k, v in rec.items() if k != "LastHeard"})
+            out.append({**{k: v for k, v in rec.items() if k != "LastHeard"},
+                        "HeardAgoS": round(now - rec["LastHeard"], 1)})
         return out
 
     def _join(self) -> None:

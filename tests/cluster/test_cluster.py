@@ -260,6 +260,7 @@ def test_status_lists_the_nodes(cluster):
     for n in repartir.nodes():
         assert n["NodeID"][:12] in r.stdout
     assert "big_mem=1" in r.stdout
+    assert r.stdout.count(" s ago)") == 2  # the counts are those of each node's last heartbeat
 
 
 def test_wrong_token_is_refused_on_both_sides(cluster):
