@@ -33,8 +33,8 @@ from typing import Any, Sequence
 import zmq
 
 from ..config import (CLUSTER_START_TIMEOUT_S, cluster_node_timeout)
-from ..errors import (GetTimeoutError, InfeasibleTaskError, NodeDiedError, ObjectLostError,
-                      RepartirError, TokenError, WireTimeoutError)
+from ..errors import (GetTimeoutError, InfeasibleTaskError, NodeDiedError, RepartirError,
+                      TokenError, WireTimeoutError)
 from ..runtime import context
 from ..runtime.objectref import ObjectRef
 from ..runtime.signature import arg_check
@@ -43,13 +43,14 @@ from ..serialization import dumps_code
 from .actors import ClusterActors
 from .borrows import Borrows, RemoteArg, prefer_by_bytes
 from .client_loop import ClientLoop
+from .client_nodes import ClientNodes
 from .deps import Deps
 from .lineage import Lineage
 from .reach import recv_or_probe
 from .nested import pickled_capturing, reduce_ref, resolve_nested
 from .returns import Returns
 from .liveness import registry_nodes, say_goodbye, summed_resources
-from .membership import unlisted_nodes, writable
+from .membership import writable
 from .encryption import ClusterKeys
 from .sockets import Endpoint
 from .stealing import fits as fits_in
@@ -115,7 +116,7 @@ def _fresh(exc: BaseException) -> BaseException:
     return new
 
 
-class ClusterClient(ClientLoop):
+class ClusterClient(ClientNodes, ClientLoop):
     """The connection of a driver to a cluster (see the module's docstring).  Made by
     :func:`connect`; use the ordinary API (``remote``, ``get``, ``wait``, ``put``,
     ``nodes``, ``cluster_resources``, ``available_resources``), not this class.
@@ -185,105 +186,6 @@ class ClusterClient(ClientLoop):
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name="repartir-cluster")
         self._thread.start()
-
-    # ------------------------------------------------------------------ the registry
-
-    def _update_nodes(self, records: list[dict]) -> list[str]:
-        """Take the head's registry; returns the ids of nodes newly dead."""
-        newly_dead = []
-        for rec in records:
-            nid = rec["NodeID"]
-            if nid in self._superseded:  # listed still, by a head that has not timed it out
-                self.nodes_seen[nid] = dict(rec, Alive=False)
-                continue
-            old = self.nodes_seen.get(nid)
-            self.nodes_seen[nid] = rec
-            if rec["Alive"] and nid not in self._eps:
-                newly_dead.extend(self._replaced_at(nid, rec["NodeManagerAddress"]))
-                self._connect_node(nid, rec["NodeManagerAddress"])
-            if not rec["Alive"] and (old is None or old["Alive"]):
-                newly_dead.append(nid)
-            elif old is not None and old["Alive"] and \
-                    rec.get("Incarnation") != old.get("Incarnation"):
-                newly_dead.append(nid)  # declared dead and back since we last looked
-        return newly_dead + unlisted_nodes(self.nodes_seen, records, self._unlisted,
-                                           self.timeout)
-
-    def _replaced_at(self, nid: str, address: str) -> list[str]:
-        """The nodes this driver is connected to at ``address``, where node ``nid`` now
-        listens: their daemon is gone (one address, one daemon; a head restarted at its
-        port brings a new node there).  Their connections close now, before ``nid``'s
-        opens: both carry this driver's routing id, and two connections with one id to
-        one ROUTER take it from each other (``ROUTER_HANDOVER``), so the new node's
-        answers would arrive on the old connection and be dropped there.  The caller
-        declares them dead.  Holds the lock."""
-        gone = [n for n in self._eps if n != nid
-                and self.nodes_seen.get(n, {}).get("NodeManagerAddress") == address]
-        for n in gone:
-            ep = self._eps.pop(n)
-            self._poller.unregister(ep.socket)
-            self._ep_node.pop(ep.socket, None)
-            ep.close()
-            self.nodes_seen[n] = dict(self.nodes_seen[n], Alive=False)
-            self._superseded.add(n)
-        return gone
-
-    def _connect_node(self, nid: str, address: str) -> None:
-        ep = Endpoint.connect(tcp(address), token=self._token, routing_id=self._driver_id,
-                              **self._curve.to_node(self.nodes_seen.get(nid, {})))
-        ep.send(("driver",))  # so that a node that steals our tasks knows it reaches us
-        self._eps[nid] = ep
-        self._ep_node[ep.socket] = nid
-        self._fn_sent[nid] = set()
-        self._used.setdefault(nid, 0.0)
-        self._count.setdefault(nid, 0)
-        self._poller.register(ep.socket, zmq.POLLIN)
-
-    def _node_died(self, nid: str, why: str) -> None:
-        """Resubmit or fail the node's tasks; its objects are lost.  Holds the lock."""
-        rec = self.nodes_seen.get(nid, {})
-        where = f"node {nid[:12]} at {rec.get('NodeManagerAddress', '?')}"
-        ep = self._eps.pop(nid, None)
-        if ep is not None:
-            self._poller.unregister(ep.socket)
-            self._ep_node.pop(ep.socket, None)
-            ep.close()
-        self._outbox.pop(nid, None)
-        self.actors.node_died_locked(nid, where, why)  # restart, resend or fail (actors.py)
-        for tid, task in list(self.inflight.items()):
-            if task.node != nid:
-                continue
-            if self._failed is not None:
-                not_again = f"it is not run again: {self._failed}"
-            elif task.retries <= 0:
-                not_again = "its max_retries are used up"
-            else:
-                task.retries -= 1
-                if tid in self._lineage.deps:  # its node-kept arguments died with it
-                    self._lineage.wait(tid, task)
-                    continue
-                try:
-                    self._enqueue(tid, task, None)
-                    continue
-                except InfeasibleTaskError as exc:
-                    not_again = f"it cannot run again: {exc}"
-            del self.inflight[tid]
-            self._due.extend(self.borrows.task_ended(tid))
-            self.results[tid] = ("error", NodeDiedError(
-                f"{where} {why} while it ran task {tid.hex()}; {not_again}"))
-        for tid, res in list(self.results.items()):
-            if res[0] == "stored" and res[1] == nid:
-                why_not = self._lineage.rebuild(tid)
-                if why_not is not None:
-                    self.results[tid] = ("error", ObjectLostError(
-                        f"object {tid.hex()} was kept on {where}, which {why}; it cannot be "
-                        f"rebuilt: {why_not}"))
-        for tid in [t for t, f in self._fetches.items() if f["node"] == nid]:
-            del self._fetches[tid]
-        self.borrows.node_died(nid)
-        self._used[nid] = 0.0
-        self._count[nid] = 0
-        self._cv.notify_all()
 
     # ------------------------------------------------------------------ placing
 

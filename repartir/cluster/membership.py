@@ -41,7 +41,7 @@ Both sides of it live here, as functions of a :class:`~.node.NodeDaemon`:
   daemon knows none of its tasks, and what it says is dropped.  A driver whose registry
   names another node at the address of a node it is connected to holds that node for
   dead at once and does not connect to it again
-  (:meth:`~.client.ClusterClient._replaced_at`).
+  (:meth:`~.client_nodes.ClientNodes._replaced_at`).
 - A driver never blocks on a node that takes nothing (frozen, cut off): a connection whose
   queue is full (the kernel's buffers, then ZeroMQ's high-water mark of 1,000 messages) is
   not sent to (:func:`writable`); the batch waits in the driver (:func:`requeue`) until the

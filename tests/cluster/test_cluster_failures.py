@@ -23,6 +23,7 @@ import zmq
 
 import repartir
 from repartir.cluster import client as cluster_client
+from repartir.cluster import client_nodes
 from repartir.cluster.sockets import Endpoint
 from repartir.config import resolve
 from repartir.errors import NodeDiedError, ObjectLostError
@@ -308,7 +309,7 @@ def test_a_node_that_takes_nothing_never_blocks_the_driver(cluster, monkeypatch)
     """The driver's connection to a frozen node (as cut off) fills up; the driver's thread
     must not block in a send: other work goes on, and the node's tasks fail clearly once it
     is declared dead."""
-    monkeypatch.setattr(cluster_client, "Endpoint", _SmallQueue)  # for this node only
+    monkeypatch.setattr(client_nodes, "Endpoint", _SmallQueue)  # for this node only
     frozen = _join(cluster["address"], '{"numb": 1}')
     fid = _node_id(frozen)
     monkeypatch.undo()
