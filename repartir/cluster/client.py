@@ -40,6 +40,7 @@ from ..runtime.objectref import ObjectRef
 from ..runtime.signature import arg_check
 from ..runtime.streaming import DYNAMIC, parse_num_returns
 from ..serialization import dumps_code
+from .actor_deps import ActorDeps
 from .actors import ClusterActors
 from .borrows import Borrows, RemoteArg, prefer_by_bytes
 from .client_loop import ClientLoop
@@ -158,6 +159,7 @@ class ClusterClient(ClientNodes, ClientLoop):
         self._registry_asked, self._registry_sent, self._registry_answered = False, 0, 0
         self._lineage = Lineage(self)  # to rebuild results lost with their node
         self._deps = Deps(self, ClusterRef, _Task)  # tasks waiting for their arguments
+        self._actor_deps = ActorDeps(self, ClusterRef)  # actor calls waiting for theirs
         self._unlisted: dict[str, float] = {}  # node id -> since when the head omits it
         self._senders: dict[str, bytes] = {}  # node id -> the sender id of its daemon
         self._superseded: set[str] = set()  # nodes whose address another node took

@@ -52,6 +52,9 @@ class ClientLoop:
                 if self._deps.by_object:  # tasks whose arguments are ready now (deps.py)
                     with self._lock:
                         self._deps.step()
+                if self._actor_deps.queues:  # actor calls, likewise (actor_deps.py)
+                    with self._lock:
+                        self._actor_deps.step()
                 self._flush()
                 busy = self.inflight or self._fetches or self._fetch_start
                 events = dict(self._poller.poll(1 if busy else 20))

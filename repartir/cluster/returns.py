@@ -446,6 +446,8 @@ class Returns:
                 c._lineage._fail(tid, task, error)
             elif tid in c._deps.waiting:  # waiting for its arguments (deps.py)
                 c._deps.fail(tid, error)
+            elif tid in c._actor_deps.calls:  # an actor call, likewise (actor_deps.py)
+                c._actor_deps.cancel(tid, error)
             elif not task.node or tid in c._outbox.get(task.node, ()):
                 del c.inflight[tid]  # never sent: the batch skips it
                 c._used[task.node] -= task.demand.get("CPU", 0.0)

@@ -1,0 +1,244 @@
+"""Actor method calls of a cluster driver whose ref arguments are not ready yet
+(docs/cluster.md, "Dependent tasks"): ``handle.m.remote(ref)`` returns its ref at once, as
+in Ray, and the call waits in the driver until its arguments are ready; the calls of one
+driver to one actor still reach it in the order they were made.
+
+::
+
+    a.m.remote(x)  x not ready, or an earlier call to a waits ─▶ ActorDeps.defer: the
+        arguments pickled now (an unpicklable one raises at once), each top-level ref as a
+        placeholder, nested ones captured (nested.py); the call joins the actor's queue
+        (and the client's ``inflight``, on no node)
+    each turn of the loop thread ─▶ ActorDeps.step: for each actor, from the head of its
+        queue, while the call's refs are all ready:
+            a top-level one failed ─▶ the call's ref raises that error; the next call goes on
+            the actor is dead, or the head is lost ─▶ the call fails as it would at .remote()
+            else ─▶ each placeholder becomes a StoredArg (kept on the actor's node) or the
+                    value (kept in the driver; one kept on another node is pulled here
+                    first, as ``ClusterActors._resolve`` does), each nested ref a RemoteArg,
+                    a FailedArg or the value (as ``nested.resolve_nested``), and the call
+                    goes to the actor's node with the next batch, behind the calls before it
+        the first call that waits stops its actor's queue: a later call never overtakes it
+
+A call whose own ref is dropped while it waits still runs, as in Ray; one cancelled while it
+waits fails with ``TaskCancelledError`` and is not sent.  Calls still waiting when the driver
+shuts down are dropped with it (their actor ends with the driver, unless detached).  Every
+method but :meth:`ActorDeps.defer` is called with the client's lock held.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Any
+
+from ..errors import ActorDiedError, NodeDiedError
+from ..runtime.objectref import ObjectRef
+from .actors import ActorTask
+from .borrows import RemoteArg
+from .deps import _Pending, _substituted
+from .nested import PREFIX, FailedArg, pickled_capturing
+from .node_actors import ActorKey
+from .state import StoredArg
+from .values import naming_arguments
+
+__all__ = ["ActorDeps"]
+
+_CALL = ActorKey("call")
+
+
+class _Call:
+    """A waiting call: its task id and task (an :class:`~.actors.ActorTask` on no node yet),
+    the refs it holds (the top-level ref arguments, then the nested refs) and how many of
+    them are top-level."""
+
+    __slots__ = ("tid", "task", "refs", "top")
+
+    def __init__(self, tid: bytes, task: ActorTask, refs: list, top: int) -> None:
+        self.tid, self.task, self.refs, self.top = tid, task, refs, top
+
+
+class ActorDeps:
+    """The waiting actor calls of a :class:`~.client.ClusterClient` (its ``_actor_deps``;
+    see the module's docstring).
+
+    Attributes:
+        queues: ``{actor id: deque of _Call}``, each actor's waiting calls in call order.
+        calls: ``{task id: _Call}``, the same calls by task id.
+        released: calls sent so far after waiting.
+    """
+
+    def __init__(self, client: Any, ref_type: type) -> None:
+        self.c = client
+        self.ref_type = ref_type
+        self.queues: dict[bytes, collections.deque[_Call]] = {}
+        self.calls: dict[bytes, _Call] = {}
+        self.released = 0
+
+    def defer(self, actor: Any, how: Any, method: str, args: tuple, kwargs: dict,
+              nret: int = 1, nested: list | None = None) -> tuple | None:
+        """``handle.method.remote(*args, **kwargs)`` (``how``: what the node's
+        ``NodeActors.call`` takes for the method) when a ref among the arguments (top-level,
+        or ``nested`` in them once pickled) is not ready, or an earlier call of this actor
+        waits: a 1-tuple of what ``.remote()`` returns (a ref; for ``nret`` other than 1
+        what returns.py makes) for a call that waits here; else ``None``, and the caller
+        sends the call as usual.  A top-level ref kept on another node than the actor's
+        counts as not ready: it is pulled here first.  Called without the lock.
+
+        Raises:
+            RepartirError: a ref of another cluster connection.
+            SerializationError: an argument cannot be pickled.
+            NodeDiedError: the cluster is gone.
+        """
+        c = self.c
+        refs = [a for a in (*args, *kwargs.values()) if isinstance(a, ObjectRef)]
+        if not refs and not nested and actor.id not in self.queues:
+            return None
+        c._check_refs([*refs, *(nested or ())])  # RepartirError: another connection's
+        with c._lock:
+            if actor.id not in self.queues and \
+                    all(self._top_ready(r._id, actor.node) for r in refs) and \
+                    all(self._ready(r._id) for r in nested or ()):
+                return None
+
+        def sub(a: Any) -> Any:
+            return _Pending(a._id) if isinstance(a, ObjectRef) else a
+
+        with naming_arguments(f"{actor.class_name}.{method}", args, kwargs):  # values.py
+            payload, inner = pickled_capturing(((actor.id, how, *(sub(a) for a in args)),
+                                                {k: sub(v) for k, v in kwargs.items()}))
+        c._check_refs(inner)
+        r = actor.max_task_retries
+        task = ActorTask(_CALL, payload, (1 << 30) if r == -1 else r, actor)
+        tid = os.urandom(16)
+        with c._lock:
+            if c._failed is not None:
+                raise NodeDiedError(c._failed)
+            c.inflight[tid] = task  # on no node yet: task.node == ""
+            call = self.calls[tid] = _Call(tid, task, refs + inner, len(refs))
+            self.queues.setdefault(actor.id, collections.deque()).append(call)
+            c._wake.signal()  # the loop looks at it at once (its refs may be ready)
+            if nret != 1:
+                return (c.returns.refs_locked(tid, nret, f"{actor.class_name}.{method}"),)
+        return (self.ref_type(tid, c),)
+
+    # ------------------------------------------------------------------ readiness
+
+    def _ready(self, oid: bytes) -> bool:
+        """Whether object ``oid`` is ready: its result came, and is not kept on a node
+        that died since (it is being rebuilt, or is about to fail)."""
+        c = self.c
+        res = c.results.get(oid)
+        if res is None:
+            return False
+        return res[0] != "stored" or (res[1] in c._eps
+                                      and c.nodes_seen.get(res[1], {}).get("Alive", False))
+
+    def _top_ready(self, oid: bytes, node: str) -> bool:
+        """Whether a top-level argument ``oid`` of a call to an actor on ``node`` can go:
+        ready, and kept in the driver or on ``node``."""
+        res = self.c.results.get(oid)
+        return self._ready(oid) and (res[0] != "stored" or res[1] == node)
+
+    # ------------------------------------------------------------------ the loop's hook
+
+    def step(self) -> None:
+        """Send (or fail) the waiting calls at the heads of the actors' queues whose
+        arguments are ready, each actor's in order."""
+        moved = False
+        for aid in list(self.queues):
+            queue = self.queues[aid]
+            while queue and self._go(queue[0]):
+                del self.calls[queue.popleft().tid]
+                moved = True
+            if not queue:
+                del self.queues[aid]
+        if moved:
+            self.c._cv.notify_all()
+
+    def _go(self, call: _Call) -> bool:
+        """Send or fail ``call`` if its arguments are ready (``True``), else start pulling
+        those kept on other nodes than its actor's and leave it (``False``)."""
+        c = self.c
+        task = call.task
+        if c.inflight.get(call.tid) is not task:  # failed meanwhile (the client broke)
+            return True
+        actor = task.actor
+        ready = True
+        for i, r in enumerate(call.refs):
+            if not self._ready(r._id):
+                ready = False
+            elif i < call.top and not self._top_ready(r._id, actor.node):
+                ready = False
+                if r._id not in c._fetches and r._id not in c._fetch_start:
+                    c._fetch_start.append(r._id)  # pulled here (client_loop._flush)
+        if not ready:
+            return False
+        for r in call.refs[:call.top]:
+            res = c.results[r._id]
+            if res[0] == "error":
+                self._fail(call, res[1])
+                return True
+        why = c.actors.dead_why(actor)
+        if c._failed is not None:
+            self._fail(call, NodeDiedError(c._failed))
+        elif why is not None:
+            self._fail(call, ActorDiedError(
+                f"actor {actor.class_name} ({actor.id.hex()[:12]}) is dead: {why}"))
+        elif actor.node not in c._eps:
+            self._fail(call, ActorDiedError(
+                f"node {actor.node[:12]} died before it got a call to actor "
+                f"{actor.class_name}"))
+        else:
+            self._send(call)
+        return True
+
+    def _send(self, call: _Call) -> None:
+        c = self.c
+        task, nid = call.task, call.task.actor.node
+        subst: dict[bytes, Any] = {}
+        extra: dict[str, Any] = {}
+        borrowed = []
+        for i, r in enumerate(call.refs):
+            oid = r._id
+            res = c.results[oid]
+            if i < call.top:
+                subst[oid] = StoredArg(oid) if res[0] == "stored" else res[1]
+            elif res[0] == "error":  # a nested ref that raises it (nested.py)
+                extra[PREFIX + oid.hex()] = FailedArg(res[1])
+            elif res[0] in ("stored", "fetched") and \
+                    c.nodes_seen.get(c._kept_on(res)[0], {}).get("Alive"):
+                kept, size = c._kept_on(res)
+                rec = c.nodes_seen[kept]
+                extra[PREFIX + oid.hex()] = RemoteArg(oid, kept, rec["NodeManagerAddress"],
+                                                      size, rec.get("CurveKey"))
+                borrowed.append((oid, kept))
+            else:
+                extra[PREFIX + oid.hex()] = res[1]  # a value in the driver
+        task.payload = _substituted(task.payload, subst, extra)
+        task.node = nid
+        c._count[nid] = c._count.get(nid, 0) + 1
+        c._outbox.setdefault(nid, []).append(call.tid)
+        if borrowed:
+            c.borrows.borrow(call.tid, borrowed)
+        call.refs = []  # sent: the call no longer holds its arguments' refs
+        self.released += 1
+
+    def _fail(self, call: _Call, error: BaseException) -> None:
+        """``call`` cannot run: its ref raises ``error``."""
+        c, tid = self.c, call.tid
+        call.refs = []
+        c.inflight.pop(tid, None)
+        if tid in c.returns.tasks:  # several returns, a generator (returns.py)
+            c.returns.done_locked_error(tid, ("error", error))
+        elif tid in c._dropped:  # its ref is gone: nobody will ask
+            c._dropped.discard(tid)
+        else:
+            c.results[tid] = ("error", error)
+
+    def cancel(self, tid: bytes, error: BaseException) -> None:
+        """``repartir.cancel`` of waiting call ``tid``: it fails with ``error`` and is never
+        sent (it leaves its queue at the loop's next step)."""
+        self._fail(self.calls[tid], error)
+        self.c._cv.notify_all()
+
