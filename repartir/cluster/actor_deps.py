@@ -49,13 +49,14 @@ _CALL = ActorKey("call")
 
 class _Call:
     """A waiting call: its task id and task (an :class:`~.actors.ActorTask` on no node yet),
-    the refs it holds (the top-level ref arguments, then the nested refs) and how many of
-    them are top-level."""
+    the refs it holds (the top-level ref arguments, then the nested refs), how many of
+    them are top-level, and the life of the handle it was made on (``actors._Life``): the
+    actor does not end for want of handles while a call to it waits."""
 
-    __slots__ = ("tid", "task", "refs", "top")
+    __slots__ = ("tid", "task", "refs", "top", "life")
 
-    def __init__(self, tid: bytes, task: ActorTask, refs: list, top: int) -> None:
-        self.tid, self.task, self.refs, self.top = tid, task, refs, top
+    def __init__(self, tid: bytes, task: ActorTask, refs: list, top: int, life: Any) -> None:
+        self.tid, self.task, self.refs, self.top, self.life = tid, task, refs, top, life
 
 
 class ActorDeps:
@@ -75,7 +76,7 @@ class ActorDeps:
         self.calls: dict[bytes, _Call] = {}
         self.released = 0
 
-    def defer(self, actor: Any, how: Any, method: str, args: tuple, kwargs: dict,
+    def defer(self, handle: Any, how: Any, method: str, args: tuple, kwargs: dict,
               nret: int = 1, nested: list | None = None) -> tuple | None:
         """``handle.method.remote(*args, **kwargs)`` (``how``: what the node's
         ``NodeActors.call`` takes for the method) when a ref among the arguments (top-level,
@@ -90,7 +91,7 @@ class ActorDeps:
             SerializationError: an argument cannot be pickled.
             NodeDiedError: the cluster is gone.
         """
-        c = self.c
+        c, actor = self.c, handle._actor
         refs = [a for a in (*args, *kwargs.values()) if isinstance(a, ObjectRef)]
         if not refs and not nested and actor.id not in self.queues:
             return None
@@ -115,7 +116,7 @@ class ActorDeps:
             if c._failed is not None:
                 raise NodeDiedError(c._failed)
             c.inflight[tid] = task  # on no node yet: task.node == ""
-            call = self.calls[tid] = _Call(tid, task, refs + inner, len(refs))
+            call = self.calls[tid] = _Call(tid, task, refs + inner, len(refs), handle._life)
             self.queues.setdefault(actor.id, collections.deque()).append(call)
             c._wake.signal()  # the loop looks at it at once (its refs may be ready)
             if nret != 1:
@@ -221,13 +222,13 @@ class ActorDeps:
         c._outbox.setdefault(nid, []).append(call.tid)
         if borrowed:
             c.borrows.borrow(call.tid, borrowed)
-        call.refs = []  # sent: the call no longer holds its arguments' refs
-        self.released += 1
+        call.refs, call.life = [], None  # sent: it holds neither its arguments' refs nor
+        self.released += 1              # its actor (an end comes after it)
 
     def _fail(self, call: _Call, error: BaseException) -> None:
         """``call`` cannot run: its ref raises ``error``."""
         c, tid = self.c, call.tid
-        call.refs = []
+        call.refs, call.life = [], None
         c.inflight.pop(tid, None)
         if tid in c.returns.tasks:  # several returns, a generator (returns.py)
             c.returns.done_locked_error(tid, ("error", error))

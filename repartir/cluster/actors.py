@@ -423,7 +423,7 @@ class ClusterActors:
         how = method if nret == 1 else (method, nret)  # several returns: node_actors.call
         c = self.client
         given = (args, kwargs)
-        waits = c._actor_deps.defer(actor, how, method, *given, nret)  # actor_deps.py
+        waits = c._actor_deps.defer(handle, how, method, *given, nret)  # actor_deps.py
         if waits is not None:  # an argument is not ready, or an earlier call waits
             return waits[0]
         args, kwargs, error = self._resolve(actor, args, kwargs)
@@ -432,7 +432,7 @@ class ClusterActors:
             with naming_arguments(f"{actor.class_name}.{method}", args, kwargs):
                 payload, nested = pickled_capturing(((actor.id, how, *args), kwargs))
             if nested:  # refs inside the arguments: the actor gets refs (nested.py)
-                waits = c._actor_deps.defer(actor, how, method, *given, nret, nested)
+                waits = c._actor_deps.defer(handle, how, method, *given, nret, nested)
                 if waits is not None:  # one of them is not ready: the call waits
                     return waits[0]
                 _, payload, borrowed = resolve_nested(c, (actor.id, how, *args), kwargs,

@@ -11,6 +11,7 @@ checks, before it opens a gate, that the gated task is still running.
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -175,6 +176,17 @@ def test_a_chain_of_calls_is_submitted_before_its_first_argument_is_ready(tmp_pa
     open(gate, "w").close()
     assert repartir.get(x, timeout=120) == 200
     assert repartir.get(a.log.remote(), timeout=60) == list(range(200))
+    assert wait_until(_settled, 10)
+
+
+def test_a_waiting_call_keeps_its_actor_alive(tmp_path):
+    gate = str(tmp_path / "gate")
+    x = gated.remote(gate, 4, 30.0)
+    r = Recorder.remote().add.remote(0, x)  # its only handle is dropped at once
+    gc.collect()
+    assert _not_ready(x)
+    open(gate, "w").close()
+    assert repartir.get(r, timeout=60) == (0, 4)
     assert wait_until(_settled, 10)
 
 
