@@ -14,11 +14,15 @@ driver to one actor still reach it in the order they were made.
             a top-level one failed ─▶ the call's ref raises that error; the next call goes on
             the actor is dead, or the head is lost ─▶ the call fails as it would at .remote()
             else ─▶ each placeholder becomes a StoredArg (kept on the actor's node) or the
-                    value (kept in the driver; one kept on another node is pulled here
-                    first, as ``ClusterActors._resolve`` does), each nested ref a RemoteArg,
-                    a FailedArg or the value (as ``nested.resolve_nested``), and the call
-                    goes to the actor's node with the next batch, behind the calls before it
+                    value (kept in the driver), each nested ref a RemoteArg (kept on the
+                    actor's node), a FailedArg or the value, and the call goes to the
+                    actor's node with the next batch, behind the calls before it
         the first call that waits stops its actor's queue: a later call never overtakes it
+
+An object kept on another node than the actor's, top-level or nested, is pulled into the
+driver first (as ``ClusterActors._resolve`` always did for top-level ones) and travels
+with the call: the actor's node runs the calls of a driver in the order they arrive, and a
+call whose node had to pull an argument first would let the calls after it run before it.
 
 A call whose own ref is dropped while it waits still runs, as in Ray; one cancelled while it
 waits fails with ``TaskCancelledError`` and is not sent.  Calls still waiting when the driver
@@ -83,8 +87,8 @@ class ActorDeps:
         or ``nested`` in them once pickled) is not ready, or an earlier call of this actor
         waits: a 1-tuple of what ``.remote()`` returns (a ref; for ``nret`` other than 1
         what returns.py makes) for a call that waits here; else ``None``, and the caller
-        sends the call as usual.  A top-level ref kept on another node than the actor's
-        counts as not ready: it is pulled here first.  Called without the lock.
+        sends the call as usual.  A ref kept on another node than the actor's counts as
+        not ready (see the module's docstring).  Called without the lock.
 
         Raises:
             RepartirError: a ref of another cluster connection.
@@ -99,7 +103,7 @@ class ActorDeps:
         with c._lock:
             if actor.id not in self.queues and \
                     all(self._top_ready(r._id, actor.node) for r in refs) and \
-                    all(self._ready(r._id) for r in nested or ()):
+                    all(self._nested_ready(r._id, actor.node) for r in nested or ()):
                 return None
 
         def sub(a: Any) -> Any:
@@ -136,10 +140,21 @@ class ActorDeps:
                                       and c.nodes_seen.get(res[1], {}).get("Alive", False))
 
     def _top_ready(self, oid: bytes, node: str) -> bool:
-        """Whether a top-level argument ``oid`` of a call to an actor on ``node`` can go:
-        ready, and kept in the driver or on ``node``."""
+        """Whether argument ``oid`` of a call to an actor on ``node`` can go: ready, and
+        kept in the driver or on ``node`` (``node`` need not pull it: a pull there would
+        let the calls after it run first)."""
         res = self.c.results.get(oid)
         return self._ready(oid) and (res[0] != "stored" or res[1] == node)
+
+    def _nested_ready(self, oid: bytes, node: str) -> bool:
+        """Whether a nested argument ``oid`` of a call to an actor on ``node`` can go as
+        ``nested.resolve_nested`` sends it (a RemoteArg for an object kept on a node, so
+        kept on ``node`` only; else the value kept in the driver, or the error)."""
+        if not self._ready(oid):
+            return False
+        res = self.c.results[oid]
+        kept = self.c._kept_on(res)
+        return kept is None or kept[0] == node
 
     # ------------------------------------------------------------------ the loop's hook
 
@@ -169,7 +184,7 @@ class ActorDeps:
         for i, r in enumerate(call.refs):
             if not self._ready(r._id):
                 ready = False
-            elif i < call.top and not self._top_ready(r._id, actor.node):
+            elif not self._top_ready(r._id, actor.node):
                 ready = False
                 if r._id not in c._fetches and r._id not in c._fetch_start:
                     c._fetch_start.append(r._id)  # pulled here (client_loop._flush)
@@ -207,15 +222,13 @@ class ActorDeps:
                 subst[oid] = StoredArg(oid) if res[0] == "stored" else res[1]
             elif res[0] == "error":  # a nested ref that raises it (nested.py)
                 extra[PREFIX + oid.hex()] = FailedArg(res[1])
-            elif res[0] in ("stored", "fetched") and \
-                    c.nodes_seen.get(c._kept_on(res)[0], {}).get("Alive"):
-                kept, size = c._kept_on(res)
-                rec = c.nodes_seen[kept]
-                extra[PREFIX + oid.hex()] = RemoteArg(oid, kept, rec["NodeManagerAddress"],
+            elif res[0] in ("stored", "fetched") and c._kept_on(res)[0] == nid:
+                rec, size = c.nodes_seen[nid], c._kept_on(res)[1]  # kept there: not pulled
+                extra[PREFIX + oid.hex()] = RemoteArg(oid, nid, rec["NodeManagerAddress"],
                                                       size, rec.get("CurveKey"))
-                borrowed.append((oid, kept))
+                borrowed.append((oid, nid))
             else:
-                extra[PREFIX + oid.hex()] = res[1]  # a value in the driver
+                extra[PREFIX + oid.hex()] = res[1]  # a value in the driver (pulled here)
         task.payload = _substituted(task.payload, subst, extra)
         task.node = nid
         c._count[nid] = c._count.get(nid, 0) + 1

@@ -64,10 +64,12 @@ class Recorder:
     def add(self, i, value=None):
         self.seen.append(i)
         if isinstance(value, list):  # nested refs: the actor gets refs
-            value = repartir.get(value)
-        if isinstance(value, np.ndarray):
-            value = float(value[0])
-        return i, value
+            return i, [self._first(v) for v in repartir.get(value)]
+        return i, self._first(value)
+
+    @staticmethod
+    def _first(value):
+        return float(value[0]) if isinstance(value, np.ndarray) else value
 
     def inc(self, x):
         self.seen.append(x)
@@ -126,10 +128,10 @@ def test_calls_keep_their_order_with_waiting_and_ready_arguments(tmp_path):
     slow = gated.options(resources={"on_head": 0.5}).remote(gate_a, 100, 30.0)
     fast = gated.options(resources={"big_mem": 1}).remote(gate_b, 200, 30.0)
     plan = []  # (index, argument, expected value)
-    for i in range(40):
-        kind = i % 5
+    for i in range(42):
+        kind = i % 6
         arg, want = {0: (slow, 100), 1: (i, i), 2: ([fast], [200]), 3: (kept, 7.0),
-                     4: (fast, 200)}[kind]
+                     4: (fast, 200), 5: ([kept], [7.0])}[kind]
         plan.append((a.add.remote(i, arg), (i, want)))
     assert _not_ready(slow) and _not_ready(fast)
     open(gate_b, "w").close()  # the later calls' arguments first
@@ -137,7 +139,19 @@ def test_calls_keep_their_order_with_waiting_and_ready_arguments(tmp_path):
     assert _not_ready(slow)
     open(gate_a, "w").close()
     assert repartir.get([r for r, _ in plan], timeout=60) == [w for _, w in plan]
-    assert repartir.get(a.log.remote(), timeout=60) == list(range(40))
+    assert repartir.get(a.log.remote(), timeout=60) == list(range(42))
+    assert wait_until(_settled, 10)
+
+
+def test_a_nested_ref_kept_on_another_node_lets_no_later_call_overtake():
+    a = Recorder.remote()
+    repartir.get(a.log.remote(), timeout=60)  # created
+    kept = [big.remote(i) for i in range(10)]  # on the other node than the actor's
+    assert len(repartir.wait(kept, num_returns=10, timeout=60)[0]) == 10
+    refs = [a.add.remote(i, [kept[i // 2]] if i % 2 == 0 else i) for i in range(20)]
+    assert repartir.get(refs, timeout=60) == [
+        (i, [float(i // 2)] if i % 2 == 0 else i) for i in range(20)]
+    assert repartir.get(a.log.remote(), timeout=60) == list(range(20))
     assert wait_until(_settled, 10)
 
 
