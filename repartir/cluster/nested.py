@@ -18,7 +18,7 @@ inside arguments and results"), as in Ray: they are not resolved, the task gets
 The objects stay alive while the task runs: on their node by the driver's borrow (as for a
 top-level argument), here by the local runtime, which holds a task's nested refs while it
 runs.  A task whose nested refs are not ready waits for them in the driver (deps.py), as
-for top-level ones; an actor call's ``.remote()`` waits for them.  A nested ref whose task
+for top-level ones, and so does an actor call (actor_deps.py).  A nested ref whose task
 failed travels as :class:`FailedArg`, and becomes a local ref whose
 ``get`` raises that error, as in Ray.
 """
