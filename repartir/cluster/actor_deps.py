@@ -20,20 +20,31 @@ driver to one actor still reach it in the order they were made.
         the first call that waits stops its actor's queue: a later call never overtakes it
 
 An object kept on another node than the actor's, top-level or nested, is pulled into the
-driver first (as ``ClusterActors._resolve`` always did for top-level ones) and travels
-with the call: the actor's node runs the calls of a driver in the order they arrive, and a
-call whose node had to pull an argument first would let the calls after it run before it.
+driver first (as :meth:`ActorDeps.resolve` does for the top-level ones of a call that goes
+at once) and travels with the call: the actor's node runs the calls of a driver in the
+order they arrive, and a call whose node had to pull an argument first would let the calls
+after it run before it.
 
-A call whose own ref is dropped while it waits still runs, as in Ray; one cancelled while it
-waits fails with ``TaskCancelledError`` and is not sent.  Calls still waiting when the driver
-shuts down are dropped with it (their actor ends with the driver, unless detached).  Every
-method but :meth:`ActorDeps.defer` is called with the client's lock held.
+The **creation** of an actor whose constructor's ref arguments are not ready
+(``A.remote(x)``) waits the same way, at the head of the actor's queue
+(:meth:`ActorDeps.prepare_create`): the actor is placed, named and its handle returned at
+once; the creation goes to its node once the arguments are ready (an argument that failed
+leaves the actor dead: its calls raise ``ActorDiedError`` saying why), and the calls made
+meanwhile go after it.
+
+A call whose own ref is dropped while it waits still runs, as in Ray, and keeps its actor
+alive until it is sent; one cancelled while it waits fails with ``TaskCancelledError`` and
+is not sent.  Calls still waiting when the driver shuts down are dropped with it (their
+actor ends with the driver, unless detached).  Every method but :meth:`ActorDeps.defer`,
+:meth:`ActorDeps.resolve` and :meth:`ActorDeps.prepare_create` is called with the client's
+lock held.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import pickle
 from typing import Any
 
 from ..errors import ActorDiedError, NodeDiedError
@@ -45,10 +56,11 @@ from .nested import PREFIX, FailedArg, pickled_capturing
 from .node_actors import ActorKey
 from .state import StoredArg
 from .values import naming_arguments
+from .wire import encode
 
 __all__ = ["ActorDeps"]
 
-_CALL = ActorKey("call")
+_CALL, _CREATE = ActorKey("call"), ActorKey("create")
 
 
 class _Call:
@@ -70,6 +82,8 @@ class ActorDeps:
     Attributes:
         queues: ``{actor id: deque of _Call}``, each actor's waiting calls in call order.
         calls: ``{task id: _Call}``, the same calls by task id.
+        creating: ``{actor id: _Call}``, the creations waiting for their arguments (each
+            at the head of its actor's queue; its task id is empty).
         released: calls sent so far after waiting.
     """
 
@@ -78,7 +92,75 @@ class ActorDeps:
         self.ref_type = ref_type
         self.queues: dict[bytes, collections.deque[_Call]] = {}
         self.calls: dict[bytes, _Call] = {}
+        self.creating: dict[bytes, _Call] = {}
         self.released = 0
+
+    def resolve(self, actor: Any, args: tuple, kwargs: dict) -> tuple:
+        """``(args, kwargs, error)``: the arguments of a call or creation of ``actor`` whose
+        refs are ready, each ref replaced by its value (pulled here if it is kept on another
+        node than the actor's) or, kept on the actor's node, by a :class:`StoredArg`;
+        ``error`` that of a ref whose task failed (then no arguments), else ``None``.
+        Called without the lock."""
+        refs = [a for a in (*args, *kwargs.values()) if isinstance(a, ObjectRef)]
+        if not refs:
+            return args, kwargs, None
+        c = self.c
+        ids = c._check_refs(refs)
+        c._wait_for(ids, None, len(ids))
+        with c._lock:
+            for t in ids:
+                if c.results[t][0] == "error":  # nothing to send: no arguments
+                    return (), {}, c.results[t][1]
+            node = actor.node
+
+        def sub(a: Any) -> Any:
+            if not isinstance(a, ObjectRef):
+                return a
+            res = c.results[a._id]
+            if res[0] == "stored" and res[1] == node:
+                return StoredArg(a._id)
+            return c._get_one(a._id, None)
+
+        return tuple(sub(a) for a in args), {k: sub(v) for k, v in kwargs.items()}, None
+
+    def prepare_create(self, actor: Any, args: tuple, kwargs: dict) -> _Call | None:
+        """The creation of ``actor`` (``A.remote(*args, **kwargs)``) as a call to wait in
+        its queue (see :meth:`queue_create`) if a ref among its arguments is not ready (or
+        is kept on another node than ``actor.node``); else ``None``.  Called without the
+        lock.
+
+        Raises:
+            RepartirError: a ref of another cluster connection, or one nested in the
+                arguments (a constructor does not take them on a cluster).
+            SerializationError: an argument cannot be pickled.
+        """
+        c = self.c
+        refs = [a for a in (*args, *kwargs.values()) if isinstance(a, ObjectRef)]
+        if not refs:
+            return None
+        c._check_refs(refs)
+        with c._lock:
+            if all(self._top_ready(r._id, actor.node) for r in refs):
+                return None
+
+        def sub(a: Any) -> Any:
+            return _Pending(a._id) if isinstance(a, ObjectRef) else a
+
+        with naming_arguments(f"{actor.class_name}.__init__", args, kwargs):  # values.py
+            frames = encode(((actor.spec, *(sub(a) for a in args)),
+                             {k: sub(v) for k, v in kwargs.items()}))
+        payload = [frames[0], *(pickle.PickleBuffer(f) for f in frames[1:])]
+        return _Call(b"", ActorTask(_CREATE, payload, 0, actor), refs, len(refs), None)
+
+    def queue_create(self, call: _Call | None) -> None:
+        """Put the creation ``call`` (from :meth:`prepare_create`; ``None``: nothing) at the
+        head of its actor's queue: the calls made on the actor wait behind it.  Holds the
+        lock."""
+        if call is not None:
+            actor = call.task.actor
+            self.creating[actor.id] = call
+            self.queues.setdefault(actor.id, collections.deque()).appendleft(call)
+            self.c._wake.signal()
 
     def defer(self, handle: Any, how: Any, method: str, args: tuple, kwargs: dict,
               nret: int = 1, nested: list | None = None) -> tuple | None:
@@ -165,7 +247,7 @@ class ActorDeps:
         for aid in list(self.queues):
             queue = self.queues[aid]
             while queue and self._go(queue[0]):
-                del self.calls[queue.popleft().tid]
+                self.calls.pop(queue.popleft().tid, None)
                 moved = True
             if not queue:
                 del self.queues[aid]
@@ -177,9 +259,13 @@ class ActorDeps:
         those kept on other nodes than its actor's and leave it (``False``)."""
         c = self.c
         task = call.task
-        if c.inflight.get(call.tid) is not task:  # failed meanwhile (the client broke)
-            return True
         actor = task.actor
+        if task.key == _CREATE:
+            if actor.dead is not None:  # killed, or ended, while it waited
+                del self.creating[actor.id]
+                return True
+        elif c.inflight.get(call.tid) is not task:  # failed meanwhile (the client broke)
+            return True
         ready = True
         for i, r in enumerate(call.refs):
             if not self._ready(r._id):
@@ -190,6 +276,9 @@ class ActorDeps:
                     c._fetch_start.append(r._id)  # pulled here (client_loop._flush)
         if not ready:
             return False
+        if task.key == _CREATE:
+            self._create(call)
+            return True
         for r in call.refs[:call.top]:
             res = c.results[r._id]
             if res[0] == "error":
@@ -237,6 +326,28 @@ class ActorDeps:
             c.borrows.borrow(call.tid, borrowed)
         call.refs, call.life = [], None  # sent: it holds neither its arguments' refs nor
         self.released += 1              # its actor (an end comes after it)
+
+    def _create(self, call: _Call) -> None:
+        """Send the creation ``call`` whose arguments are ready to its actor's node (or
+        leave the actor dead: an argument failed, or the cluster is gone)."""
+        c = self.c
+        actor = call.task.actor
+        del self.creating[actor.id]
+        results = {r._id: c.results[r._id] for r in call.refs}
+        call.refs = []  # it no longer holds its arguments' refs
+        errors = [res[1] for res in results.values() if res[0] == "error"]
+        if errors or c._failed is not None:
+            actor.dead = (f"an argument of its constructor failed: {errors[0]}" if errors
+                          else f"it was not created: {c._failed}")
+            c.actors._per_node[actor.node] = c.actors._per_node.get(actor.node, 1) - 1
+            return
+        actor.args = _substituted(call.task.payload, {  # a restart sends them again
+            oid: StoredArg(oid) if res[0] == "stored" else res[1]
+            for oid, res in results.items()}, {})
+        tid = c.actors._enqueue_locked(actor.node, _CREATE, (), None, actor,
+                                       payload=actor.args)
+        actor.creation = self.ref_type(tid, c)
+        self.released += 1
 
     def _fail(self, call: _Call, error: BaseException) -> None:
         """``call`` cannot run: its ref raises ``error``."""

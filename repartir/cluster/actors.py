@@ -46,13 +46,11 @@ from ..config import CLUSTER_START_TIMEOUT_S
 from ..errors import (ActorDiedError, GetTimeoutError, InfeasibleTaskError, NodeDiedError,
                       RepartirError)
 from ..runtime.actor import ActorHandle, ActorMethod
-from ..runtime.objectref import ObjectRef
 from ..runtime.streaming import DYNAMIC, parse_num_returns
 from ..serialization import reduce_code
 from .handoff import rebuild_handle
 from .nested import pickled_capturing, resolve_nested
 from .node_actors import ActorKey
-from .state import StoredArg
 from .values import naming_arguments, owned
 from .wire import encode
 
@@ -291,31 +289,6 @@ class ClusterActors:
                                         -(c.nodes_seen[n]["Resources"].get("CPU", 0.0)
                                           - c._used.get(n, 0.0))))
 
-    def _resolve(self, actor: _Actor, args: tuple, kwargs: dict):
-        """The values of the refs among the arguments (a result kept on the actor's node
-        stays there: a :class:`StoredArg`); or the error of one of them."""
-        refs = [a for a in (*args, *kwargs.values()) if isinstance(a, ObjectRef)]
-        if not refs:
-            return args, kwargs, None
-        c = self.client
-        ids = c._check_refs(refs)
-        c._wait_for(ids, None, len(ids))
-        with c._lock:
-            for t in ids:
-                if c.results[t][0] == "error":
-                    return args, kwargs, c.results[t][1]
-            node = actor.node
-
-        def sub(a: Any) -> Any:
-            if not isinstance(a, ObjectRef):
-                return a
-            res = c.results[a._id]
-            if res[0] == "stored" and res[1] == node:
-                return StoredArg(a._id)
-            return c._get_one(a._id, None)
-
-        return tuple(sub(a) for a in args), {k: sub(v) for k, v in kwargs.items()}, None
-
     def dead_why(self, actor: _Actor) -> str | None:
         """Why ``actor`` is dead, or ``None``: it is alive (as this driver knows)."""
         if actor.dead is None and actor.creation is not None:
@@ -380,10 +353,13 @@ class ClusterActors:
         actor.demand, actor.spec = demand, {"id": aid, "class": blob,
                                             "detached": actor.detached}
         actor.restarts_left = opts.get("max_restarts", 0)
-        args, kwargs, error = self._resolve(actor, args, kwargs)
-        with naming_arguments(f"{actor.class_name}.__init__", args, kwargs):  # values.py
-            payload = _pickled(((actor.spec, *args), kwargs))  # raises before anything is sent
-        actor.args = owned(payload)  # a restart sends the arguments as at .remote()
+        waiting = self.client._actor_deps.prepare_create(actor, args, kwargs)  # actor_deps.py
+        error = None
+        if waiting is None:  # its arguments are ready
+            args, kwargs, error = self.client._actor_deps.resolve(actor, args, kwargs)
+            with naming_arguments(f"{actor.class_name}.__init__", args, kwargs):  # values.py
+                payload = _pickled(((actor.spec, *args), kwargs))  # raises before sending
+            actor.args = owned(payload)  # a restart sends the arguments as at .remote()
         with self._lock:
             if actor.name is not None:
                 found = self._ask(self._head(), _NAME, (
@@ -396,13 +372,16 @@ class ClusterActors:
                 if error is not None:
                     actor.dead = f"an argument of its constructor failed: {error}"
                 else:
+                    self.client._actor_deps.queue_create(waiting)  # None: nothing waits
                     self._create_locked(actor)
         return self._handle(actor)
 
     def _create_locked(self, actor: _Actor) -> None:
+        self._per_node[actor.node] = self._per_node.get(actor.node, 0) + 1
+        if actor.id in self.client._actor_deps.creating:  # its arguments are not ready:
+            return  # actor_deps.py sends the creation to actor.node once they are
         tid = self._enqueue_locked(actor.node, _CREATE, (), None, actor, payload=actor.args)
         actor.creation = self._ref(tid, self.client)
-        self._per_node[actor.node] = self._per_node.get(actor.node, 0) + 1
 
     def _known(self, record: dict) -> _Actor:
         """The actor of a record from the head: ours if we know it already."""
@@ -426,7 +405,7 @@ class ClusterActors:
         waits = c._actor_deps.defer(handle, how, method, *given, nret)  # actor_deps.py
         if waits is not None:  # an argument is not ready, or an earlier call waits
             return waits[0]
-        args, kwargs, error = self._resolve(actor, args, kwargs)
+        args, kwargs, error = c._actor_deps.resolve(actor, args, kwargs)
         payload, borrowed = None, []
         if error is None:
             with naming_arguments(f"{actor.class_name}.{method}", args, kwargs):

@@ -58,8 +58,12 @@ def big(value):
 class Recorder:
     """Records its calls in the order they run."""
 
-    def __init__(self):
+    def __init__(self, start=None):
         self.seen = []
+        self.start = self._first(start)
+
+    def started(self):
+        return self.start
 
     def add(self, i, value=None):
         self.seen.append(i)
@@ -98,7 +102,8 @@ def _not_ready(ref) -> bool:
 def _settled() -> bool:
     c = _client()
     with c._lock:
-        return not c._actor_deps.queues and not c._actor_deps.calls and not c.inflight
+        return not (c._actor_deps.queues or c._actor_deps.calls or c._actor_deps.creating
+                    or c.inflight)
 
 
 def test_a_call_returns_at_once_while_its_argument_runs(tmp_path):
@@ -201,6 +206,37 @@ def test_a_waiting_call_keeps_its_actor_alive(tmp_path):
     assert _not_ready(x)
     open(gate, "w").close()
     assert repartir.get(r, timeout=60) == (0, 4)
+    assert wait_until(_settled, 10)
+
+
+def test_a_creation_returns_at_once_and_the_calls_wait_behind_it(tmp_path):
+    gate = str(tmp_path / "gate")
+    x = gated.remote(gate, 9, 30.0)
+    a = Recorder.remote(x)
+    first = a.add.remote(0)  # ready arguments: it waits behind the creation all the same
+    second = a.add.remote(1, x)
+    far = Recorder.remote(big.remote(3))  # kept on the other node: pulled, then sent
+    assert _not_ready(x)
+    assert _not_ready(first) and _not_ready(second)
+    open(gate, "w").close()
+    assert repartir.get([a.started.remote(), far.started.remote()], timeout=60) == [9, 3.0]
+    assert repartir.get([first, second], timeout=60) == [(0, None), (1, 9)]
+    assert repartir.get(a.log.remote(), timeout=60) == [0, 1]
+    assert wait_until(_settled, 10)
+
+
+def test_a_failed_constructor_argument_leaves_the_actor_dead(tmp_path):
+    gate = str(tmp_path / "gate")
+    bad = gated_boom.remote(gate)
+    a = Recorder.remote(bad)
+    call = a.add.remote(0)
+    assert _not_ready(bad)
+    open(gate, "w").close()
+    with pytest.raises(repartir.ActorDiedError, match="an argument of its constructor failed"):
+        repartir.get(call, timeout=60)
+    late = Recorder.remote(bad)  # failed before .remote(): the same
+    with pytest.raises(repartir.ActorDiedError, match="an argument of its constructor failed"):
+        repartir.get(late.add.remote(0), timeout=60)
     assert wait_until(_settled, 10)
 
 
