@@ -5,7 +5,9 @@
 actors, then the most CPUs free of its tasks) and asks that node to create it as an ordinary
 local actor (``node_actors.py``).  ``handle.m.remote(...)`` sends the call to that node as a
 task of the ordinary batches, so the calls of one driver reach the actor in submission
-order, and their results come back like task results (a :class:`~.client.ClusterRef`).
+order (a call or creation whose ref arguments are not ready waits in the driver, and the
+later calls to that actor behind it: ``actor_deps.py``), and their results come back like
+task results (a :class:`~.client.ClusterRef`).
 
 Named actors: the head keeps ``(namespace, name) -> actor`` (``node_actors.NodeActors.name``);
 a named creation registers there first (a live duplicate raises ``ValueError``, or with

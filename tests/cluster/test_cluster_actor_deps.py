@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -24,7 +25,8 @@ import pytest
 import repartir
 from repartir.cluster import client as cluster_client
 from rtsupport import wait_until
-from test_cluster import cluster  # noqa: F401 (the fixture)
+from test_cluster import alive, cluster  # noqa: F401 (the fixture)
+from test_cluster_failures import _join, _node_id, _sweep
 
 pytestmark = pytest.mark.usefixtures("cluster")
 
@@ -293,3 +295,31 @@ def test_a_driver_that_shuts_down_with_waiting_calls_does_not_hang(cluster, tmp_
         open(gate, "w").close()  # the gated task ends
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["submitted", "shut", "down"]
+
+
+def test_a_waiting_creation_moves_with_its_actor_when_its_node_dies(cluster, tmp_path):  # noqa: F811
+    gate = str(tmp_path / "gate")
+    joined = [_join(cluster["address"], '{"mover": 1}') for _ in range(2)]
+    by_id = {_node_id(rec): rec for rec in joined}
+    try:
+        x = gated.options(resources={"big_mem": 1}).remote(gate, 5, 60.0)
+        a = Recorder.options(resources={"mover": 0.5}, max_restarts=1).remote(x)
+        call = a.add.remote(0)
+        assert _not_ready(x)
+        first = a._actor.node
+        assert first in by_id
+        os.kill(by_id[first]["pid"], signal.SIGKILL)
+        assert wait_until(lambda: a._actor.node != first, 30), "not moved"
+        assert _not_ready(x)
+        open(gate, "w").close()
+        assert repartir.get(call, timeout=60) == (0, None)
+        assert repartir.get(a.started.remote(), timeout=60) == 5
+        assert a._actor.node in by_id and a._actor.node != first
+        assert wait_until(_settled, 10)
+    finally:
+        open(gate, "w").close()
+        for rec in joined:
+            if alive(rec["pid"]):
+                os.kill(rec["pid"], signal.SIGTERM)
+                assert wait_until(lambda: not alive(rec["pid"]), 30)
+        _sweep()
