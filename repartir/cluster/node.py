@@ -87,6 +87,7 @@ from . import handoff, membership
 from .leases import DriverLeases, Holdings, drop_driver
 from .encryption import ClusterKeys
 from .node_actors import ActorKey, NodeActors
+from .node_faults import unpickling_failed
 from .nested import remote_with_nested
 from .node_returns import NodeReturns, several
 from .result_refs import WithRefs, export_refs
@@ -297,11 +298,12 @@ class NodeDaemon(NodeStealing, NodeReturns):
         self._refresh_capacity(time.monotonic())
         out = []
         for tid, key, payload in tasks:
+            rf = None
             try:
                 rf = self._function(key, functions)
                 args, kwargs = pickle.loads(payload[0], buffers=payload[1:])
-            except BaseException as exc:  # unpicklable here
-                out.append((tid, "error", _picklable_error(exc)))
+            except BaseException as exc:  # unpicklable here: a TaskError, as in a worker
+                out.append((tid, "error", _picklable_error(unpickling_failed(rf, exc))))
                 continue
             task = type(key) is not ActorKey  # actor operations are neither queued nor stolen
             if not task:

@@ -9,17 +9,33 @@ flight on that node fails, with the node's reason; tasks on other nodes, results
 the connection itself are untouched (the next batch sent there carries its functions
 again, in case the refused message brought them).  An error while handling one node's message (a
 message of an unexpected shape) is treated the same way.
+
+On the node's side, a task whose arguments or function cannot be unpickled there fails with
+a :class:`~repartir.errors.TaskError` naming it (:func:`unpickling_failed`), as it would in a
+worker of a local node.
 """
 
 from __future__ import annotations
 
 import logging
 
-from ..errors import RepartirError
+from typing import Any
 
-__all__ = ["node_message_failed"]
+from ..errors import RepartirError
+from ..serialization import error_from_payload, error_payload
+
+__all__ = ["node_message_failed", "unpickling_failed"]
 
 log = logging.getLogger("repartir.cluster")
+
+
+def unpickling_failed(rf: Any, exc: BaseException) -> BaseException:
+    """The error of a task whose arguments (or function: ``rf`` ``None``) do not unpickle on
+    this node: a :class:`~repartir.errors.TaskError` naming the task, with the traceback of
+    the unpickling, as a worker's is locally (an argument's ``__setstate__`` that raises, a
+    class missing on the node)."""
+    name = getattr(rf, "_name", None) or "<a function that could not be unpickled>"
+    return error_from_payload(error_payload(exc, name))
 
 
 def node_message_failed(client, nid: str, exc: BaseException) -> None:

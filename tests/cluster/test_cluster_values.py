@@ -21,7 +21,8 @@ import pytest
 import repartir
 from repartir.cluster import client as cluster_client
 from repartir.cluster.wire import _Mac
-from repartir.errors import AlreadyInitializedError, RepartirError, SerializationError
+from repartir.errors import (AlreadyInitializedError, RepartirError, SerializationError,
+                             TaskError)
 from test_cluster import STORE, cli, cluster_env, recorded, start_head_and_node
 
 pytestmark = pytest.mark.timeout(300)
@@ -137,6 +138,33 @@ def test_unpicklable_names_function_and_argument(cluster):
         Holder.remote().first.remote(threading.Lock())
     with pytest.raises(SerializationError, match=r"argument 0 of Box.__init__\(\)"):
         Box.remote(threading.Lock())
+
+
+def _bomb():
+    class Bomb:  # defined in a function: pickled by value, so the node has the class
+        """Pickles, but raises when unpickled (where the task's node reads its arguments)."""
+
+        def __init__(self):
+            self.x = 1  # a state, so that unpickling calls __setstate__
+
+        def __setstate__(self, state):
+            raise RuntimeError("cannot unpickle a Bomb")
+
+    return Bomb()
+
+
+@pytest.mark.parametrize("how", ["argument", "nested", "keyword"])
+def test_an_argument_that_does_not_unpickle_on_the_node_is_a_task_error(cluster, how):
+    """As on a local node, the task fails with a TaskError naming it and the unpickling's
+    traceback, which is also the original type (a bare RuntimeError before)."""
+    ref = {"argument": lambda: nap.remote(0, _bomb()),
+           "nested": lambda: nap.remote(0, [1, _bomb()]),
+           "keyword": lambda: nap.remote(0, x=_bomb())}[how]()
+    with pytest.raises(TaskError, match=r"task nap raised builtins.RuntimeError: cannot "
+                                        r"unpickle a Bomb") as err:
+        repartir.get(ref, timeout=60)
+    assert isinstance(err.value, RuntimeError) and "__setstate__" in err.value.traceback_str
+    assert repartir.get(nap.remote(0, 7), timeout=60) == 7  # the node goes on
 
 
 def test_second_init_while_connected_raises(cluster):
