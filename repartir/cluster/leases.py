@@ -43,7 +43,7 @@ import sys
 import time
 from typing import Any
 
-from ..runtime import driver as local_driver
+from .node_returns import cancel_local
 
 __all__ = ["DriverLeases", "Holdings"]
 
@@ -156,12 +156,9 @@ def drop_driver(d: Any, driver_id: bytes, said_bye: bool = False) -> None:
     admitted = getattr(d, "_admitted", None)  # tasks, not actor operations (stealing.py)
     running = [tid for tid, (peer, _) in d.pending.items() if peer == driver_id
                and not (said_bye and admitted is not None and tid not in admitted)]
-    for tid in running:
-        _, ref = d.pending.pop(tid)
-        try:
-            local_driver.client().cancel(ref, False, True)
-        except Exception:  # noqa: BLE001 -- finished meanwhile, or not cancellable
-            pass
+    for tid in running:  # one ref, several returns, a generator (node_returns.py)
+        _, out = d.pending.pop(tid)
+        cancel_local(out)
     d.drivers.discard(driver_id)
     h.forget(driver_id)
     if said_bye:

@@ -60,7 +60,7 @@ from typing import Any
 import zmq
 
 from ..config import CLUSTER_HEARTBEAT_S
-from ..runtime import driver
+from .node_returns import cancel_local
 
 
 __all__ = ["on_node_message", "on_head_message", "register", "unlisted_nodes", "restarted",
@@ -123,11 +123,8 @@ def on_head_message(d: Any, value: Any) -> None:
         for oid in list(d.stored) if blobs is not None else ():
             blobs.forget(oid)
         d.stored.clear()
-        for _, ref in d.pending.values():  # as repartir.cancel: their CPUs come back
-            try:
-                driver.client().cancel(ref, False, True)
-            except Exception:  # noqa: BLE001 -- finished meanwhile, or not cancellable
-                pass
+        for _, out in d.pending.values():  # as repartir.cancel: their CPUs come back
+            cancel_local(out)  # one ref, several returns, a generator (node_returns.py)
         d.pending.clear()  # their completions are dropped as they come (no one waits)
         queue = getattr(d, "queue", None)  # tasks queued here, not yet run (stealing.py)
         if queue:

@@ -33,7 +33,7 @@ from .result_refs import WithRefs, export_refs
 from .returns import return_id
 from .wire import encode
 
-__all__ = ["NodeReturns", "several"]
+__all__ = ["NodeReturns", "cancel_local", "several"]
 
 #: Task ids of cancels that found no task here, remembered so that the task, should it
 #: still come (from a victim, or after its arguments' pull), never starts.
@@ -47,6 +47,26 @@ def picklable_error(exc: BaseException) -> BaseException:
         return exc
     except Exception:
         return RepartirError(f"{type(exc).__name__}: {exc}")
+
+
+def cancel_local(out: Any, force: bool = False, recursive: bool = True) -> None:
+    """Cancel on this node's runtime, as ``repartir.cancel`` does, the task whose
+    ``.remote()`` gave ``out``: one ref, the list of refs of ``num_returns=k`` (their one
+    task), or an ``ObjectRefGenerator`` (its task: the generator stops at its next item).
+    ``force``: kill its worker; ``recursive``: cancel what it submitted on this node.  A task
+    that has finished, or cannot be cancelled, is left alone (nothing is raised)."""
+    client = local_driver.client()
+    try:
+        if isinstance(out, ObjectRefGenerator):
+            if out._task_id is not None and not out.completed():
+                client.cancel_task(out._task_id, force, recursive)
+        elif isinstance(out, list):
+            if out:
+                client.cancel(out[0], force, recursive)
+        else:
+            client.cancel(out, force, recursive)
+    except Exception:  # noqa: BLE001 -- finished meanwhile: left alone
+        pass
 
 
 def several(out: Any) -> bool:
@@ -118,8 +138,9 @@ class NodeReturns:
         by_peer: dict[bytes, list] = {}
         for tid, st in list(self.streams.items()):
             peer, gen, index = st
-            if tid not in self.pending:  # dropped (this node was declared dead)
-                del self.streams[tid]
+            entry = self.pending.get(tid)
+            if peer is None or entry is None or entry[1] is not gen:
+                self._drain(tid, st)  # dropped: its driver gone, this node declared dead
                 continue
             while True:
                 try:
@@ -135,6 +156,21 @@ class NodeReturns:
                 st[2] = index
         for peer, items in by_peer.items():
             self.router.send(("items", items), to=peer)
+
+    def _drain(self, tid: bytes, st: list) -> None:
+        """The generator of stream ``st``, dropped with what this node held for its driver
+        (``leases.drop_driver``, ``membership``: its task cancelled there), sends nothing
+        more: its items, should some still come before the cancel stops it, are freed as
+        they come; at its end its task completes here (no longer counted, not sent), unless
+        the same task id runs here again meanwhile."""
+        st[0] = None
+        try:
+            while st[1]._take() is not None:
+                pass
+        except StopIteration:
+            del self.streams[tid]
+            if tid not in self.pending:
+                self.done.append((None, tid, None))
 
     # ------------------------------------------------------------------ cancel
 
@@ -154,19 +190,7 @@ class NodeReturns:
                 self._early.append(tid)
                 self._early_set.add(tid)
             return
-        out = entry[1]
-        client = local_driver.client()
-        try:
-            if isinstance(out, ObjectRefGenerator):
-                if out._task_id is not None and not out.completed():
-                    client.cancel_task(out._task_id, force, recursive)
-            elif isinstance(out, list):
-                if out:
-                    client.cancel(out[0], force, recursive)
-            else:
-                client.cancel(out, force, recursive)
-        except Exception:  # noqa: BLE001 -- finished meanwhile: left alone
-            pass
+        cancel_local(entry[1], force, recursive)
 
     def _check_cancelled(self, tid: bytes) -> None:
         """Raises:
