@@ -12,7 +12,9 @@ each append a line (the time) to a file every 0.1 s.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -22,6 +24,7 @@ import pytest
 
 import repartir
 from repartir.config import CLUSTER_HEARTBEAT_S
+from repartir.errors import NodeDiedError
 from rtsupport import wait_until
 from test_cluster import cluster_env, start_head_and_node
 
@@ -34,12 +37,30 @@ def cluster(tmp_path_factory, _leaves_nothing_behind):
     tmp = tmp_path_factory.mktemp("goodbye_returns")
     with cluster_env(tmp, NODE_TIMEOUT):
         info = start_head_and_node(STORE)
-        yield {"tmp": tmp, "address": info["address"]}
+        yield {"tmp": tmp, "address": info["address"], "node_pid": info["pids"][1]}
 
 
 @repartir.remote
 def node_id():
     return repartir.get_runtime_context().get_node_id()
+
+
+@repartir.remote(num_returns=2)
+def pair(path):
+    for _ in range(600):
+        with open(path, "a") as f:
+            f.write(f"{time.time()}\n")
+        time.sleep(0.1)
+    return 1, 2
+
+
+@repartir.remote
+def gen(path):
+    for i in range(600):
+        with open(path, "a") as f:
+            f.write(f"{time.time()}\n")
+        yield i
+        time.sleep(0.1)
 
 
 # A driver that runs a task of two returns and a generator, each on the node with the
@@ -161,3 +182,36 @@ def test_a_killed_driver_returns_and_generators_stop_when_it_is_taken_for_gone(
     lines = [ln for t in logs for ln in t.splitlines() if f"driver {driver_id[:12]}" in ln]
     counts = [re.search(r"(\d+) queued task\(s\), cancelled (\d+) running", ln) for ln in lines]
     assert len(lines) == 2 and all(c and int(c[1]) + int(c[2]) == 2 for c in counts), lines
+
+
+def test_a_node_declared_dead_stops_its_returns_and_generators_when_it_comes_back(
+        cluster, tmp_path):
+    """A node frozen (SIGSTOP) past the node timeout, while it runs a task of two returns
+    and a generator of this driver (its workers run on), is declared dead: their refs fail
+    (no retry left).  Thawed, it hears from the head that it was declared dead and cancels
+    them, as it cancels its single-return tasks.  (The last test: the node is a new
+    incarnation afterwards.)"""
+    files = [tmp_path / "pair.log", tmp_path / "gen.log"]
+    opts = {"resources": {"big_mem": 0.5}, "num_cpus": 0.5, "max_retries": 0}
+    a, _ = pair.options(**opts).remote(str(files[0]))
+    items = gen.options(**opts).remote(str(files[1]))
+    assert wait_until(lambda: all(p.exists() and len(p.read_text().split()) >= 2
+                                  for p in files), 30)
+    os.kill(cluster["node_pid"], signal.SIGSTOP)
+    try:
+        with pytest.raises(NodeDiedError):
+            repartir.get(a, timeout=4 * NODE_TIMEOUT)
+        assert not _stopped(files[0]) and not _stopped(files[1])  # its workers run on
+    finally:
+        os.kill(cluster["node_pid"], signal.SIGCONT)
+    t_thawed = time.time()
+    assert wait_until(lambda: all(_stopped(p) for p in files), 4 * NODE_TIMEOUT), \
+        [time.time() - _last_write(p) for p in files]
+    took = [_last_write(p) - t_thawed for p in files]
+    assert max(took) < 3 * CLUSTER_HEARTBEAT_S + 1, took
+    refs = list(items)  # it ended, with the error of its node's death last
+    with pytest.raises(NodeDiedError):
+        repartir.get(refs[-1], timeout=30)
+    assert wait_until(lambda: any(n["Alive"] and "big_mem" in n["Resources"]
+                                  for n in repartir.nodes()), 20)
+    _cpus_free([])
