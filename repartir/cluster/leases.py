@@ -135,7 +135,8 @@ class Holdings:
 
 def drop_driver(d: Any, driver_id: bytes, said_bye: bool = False) -> None:
     """Node daemon ``d`` drops what it holds for driver ``driver_id``: the results kept for
-    it, its queued tasks, and its running tasks (cancelled; their completions dropped).  A
+    it, its queued tasks, and its running tasks (cancelled, several returns and generators
+    too: :func:`~.node_returns.cancel_local`; their completions dropped).  A
     driver taken for gone (``said_bye`` false) is told what was dropped, ``("forgot", task
     ids, object ids)`` (a killed one never reads it; a paused one does when it resumes), and
     the drop is logged; one that said goodbye is not (and its actor operations are left to
