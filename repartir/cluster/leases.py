@@ -135,8 +135,9 @@ class Holdings:
 
 def drop_driver(d: Any, driver_id: bytes, said_bye: bool = False) -> None:
     """Node daemon ``d`` drops what it holds for driver ``driver_id``: the results kept for
-    it, its queued tasks, and its running tasks (cancelled, several returns and generators
-    too: :func:`~.node_returns.cancel_local`; their completions dropped).  A
+    it, its queued tasks (those still pulling their arguments too: they never start), and
+    its running tasks (cancelled, several returns and generators too:
+    :func:`~.node_returns.cancel_local`; their completions dropped).  A
     driver taken for gone (``said_bye`` false) is told what was dropped, ``("forgot", task
     ids, object ids)`` (a killed one never reads it; a paused one does when it resumes), and
     the drop is logged; one that said goodbye is not (and its actor operations are left to
@@ -155,9 +156,18 @@ def drop_driver(d: Any, driver_id: bytes, said_bye: bool = False) -> None:
         queue.clear()
         queue.extend(keep)
     admitted = getattr(d, "_admitted", None)  # tasks, not actor operations (stealing.py)
+    puller = getattr(d, "puller", None)  # tasks waiting for their arguments' pulls (pull.py)
+    pulling = [t[1] for p in (puller.pulls.values() if puller is not None else ())
+               for t in p.waiting if t[0] == driver_id
+               and not (said_bye and admitted is not None and t[1] not in admitted)]
+    for tid in pulling:
+        d._never_start(tid)  # fails instead of starting once its pull ends (node_returns.py)
+    queued += pulling
     running = [tid for tid, (peer, _) in d.pending.items() if peer == driver_id
                and not (said_bye and admitted is not None and tid not in admitted)]
-    for tid in running:  # one ref, several returns, a generator (node_returns.py)
+    # newest first: those still waiting in the runtime leave it before a running one that
+    # stops frees its CPU for them; one ref, several returns, a generator (node_returns.py)
+    for tid in reversed(running):
         _, out = d.pending.pop(tid)
         cancel_local(out)
     d.drivers.discard(driver_id)

@@ -123,8 +123,10 @@ def on_head_message(d: Any, value: Any) -> None:
         for oid in list(d.stored) if blobs is not None else ():
             blobs.forget(oid)
         d.stored.clear()
-        for _, out in d.pending.values():  # as repartir.cancel: their CPUs come back
-            cancel_local(out)  # one ref, several returns, a generator (node_returns.py)
+        # as repartir.cancel: their CPUs come back; newest first, so that none waiting in
+        # the runtime starts on a CPU that an older one frees (node_returns.py)
+        for _, out in reversed(list(d.pending.values())):
+            cancel_local(out)
         d.pending.clear()  # their completions are dropped as they come (no one waits)
         queue = getattr(d, "queue", None)  # tasks queued here, not yet run (stealing.py)
         if queue:

@@ -476,6 +476,8 @@ class NodeDaemon(NodeStealing, NodeReturns):
                 self._stream_tick()
             if self.done:
                 self._completions()
+            elif self.queue and len(self._admitted) < self.capacity:
+                self._admit()  # tasks that could not start (_failed) left room
             if self.output:
                 self._relay_output()
             self._steal_tick()

@@ -184,13 +184,19 @@ class NodeReturns:
                 return
         entry = self.pending.get(tid)
         if entry is None:
-            if tid not in self._early_set:
-                if len(self._early) == self._early.maxlen:
-                    self._early_set.discard(self._early[0])
-                self._early.append(tid)
-                self._early_set.add(tid)
+            self._never_start(tid)
             return
         cancel_local(entry[1], force, recursive)
+
+    def _never_start(self, tid: bytes) -> None:
+        """Task ``tid``, not in this node's runtime (still pulling its arguments, or on its
+        way from a victim), fails with ``TaskCancelledError`` instead of starting should it
+        come there (:meth:`_check_cancelled`)."""
+        if tid not in self._early_set:
+            if len(self._early) == self._early.maxlen:
+                self._early_set.discard(self._early[0])
+            self._early.append(tid)
+            self._early_set.add(tid)
 
     def _check_cancelled(self, tid: bytes) -> None:
         """Raises:

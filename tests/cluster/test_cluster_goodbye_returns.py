@@ -37,7 +37,8 @@ def cluster(tmp_path_factory, _leaves_nothing_behind):
     tmp = tmp_path_factory.mktemp("goodbye_returns")
     with cluster_env(tmp, NODE_TIMEOUT):
         info = start_head_and_node(STORE)
-        yield {"tmp": tmp, "address": info["address"], "node_pid": info["pids"][1]}
+        yield {"tmp": tmp, "address": info["address"], "head_pid": info["pids"][0],
+               "node_pid": info["pids"][1]}
 
 
 @repartir.remote
@@ -182,6 +183,85 @@ def test_a_killed_driver_returns_and_generators_stop_when_it_is_taken_for_gone(
     lines = [ln for t in logs for ln in t.splitlines() if f"driver {driver_id[:12]}" in ln]
     counts = [re.search(r"(\d+) queued task\(s\), cancelled (\d+) running", ln) for ln in lines]
     assert len(lines) == 2 and all(c and int(c[1]) + int(c[2]) == 2 for c in counts), lines
+
+
+# A driver whose task of two returns and generator take, on the node (``big_mem``), an
+# 8 MiB result kept on the head's node: it keeps that result, prints KEPT, waits for a
+# line (the head is frozen then), submits both and shuts down at once, then prints DOWN.
+PULLING = """
+    import sys, time
+    import numpy as np
+    import repartir
+    repartir.init(address={address!r})
+
+    @repartir.remote(num_returns=2)
+    def pair(x, path):
+        for _ in range(600):
+            with open(path, "a") as f:
+                f.write(f"{{time.time()}}\\n")
+            time.sleep(0.1)
+        return 1, 2
+
+    @repartir.remote
+    def gen(x, path):
+        for i in range(600):
+            with open(path, "a") as f:
+                f.write(f"{{time.time()}}\\n")
+            yield i
+            time.sleep(0.1)
+
+    make = repartir.remote(lambda: np.ones(1 << 20))
+    big = make.options(resources={{"on_head": 1}}).remote()
+    assert repartir.wait([big], timeout=60)[0]
+    print("KEPT", flush=True)
+    sys.stdin.readline()
+    opts = {{"resources": {{"big_mem": 0.4}}, "num_cpus": 0.5}}
+    a, b = pair.options(**opts).remote(big, {pair_file!r})
+    items = gen.options(**opts).remote(big, {gen_file!r})
+    repartir.shutdown()  # sends both tasks first, then the goodbye
+    print("DOWN", flush=True)
+    time.sleep(60)
+"""
+
+
+@repartir.remote
+class Pinger:
+    def ping(self):
+        return repartir.get_runtime_context().get_node_id()
+
+
+def test_tasks_still_pulling_their_arguments_never_start_after_a_goodbye(cluster, tmp_path):
+    """A task of two returns and a generator that reach the node while the argument they
+    take from another node (the head's, frozen) is still being pulled, and whose driver
+    says goodbye then, never start once the pull ends; the node's CPU is free."""
+    files = [tmp_path / "pair.log", tmp_path / "gen.log"]
+    pinger = Pinger.options(resources={"big_mem": 0.01}, num_cpus=0).remote()
+    node = repartir.get(pinger.ping.remote(), timeout=30)
+    code = textwrap.dedent(PULLING.format(address=cluster["address"],
+                                          pair_file=str(files[0]), gen_file=str(files[1])))
+    d = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert d.stdout.readline().strip() == "KEPT"
+        os.kill(cluster["head_pid"], signal.SIGSTOP)
+        try:
+            d.stdin.write("\n")
+            d.stdin.flush()
+            assert d.stdout.readline().strip() == "DOWN"
+            # the node's loop took a message sent after the goodbye left: the goodbye too
+            assert repartir.get(pinger.ping.remote(), timeout=30) == node
+            # the next driver's task, sent while the two still wait for their pull (behind
+            # them, when the node's capacity is two tasks)
+            ref = node_id.options(resources={"big_mem": 0.5}).remote()
+        finally:
+            os.kill(cluster["head_pid"], signal.SIGCONT)
+        # the pull ends now, and the next driver's task runs on the node's one CPU ...
+        assert repartir.get(ref, timeout=20) == node
+        assert not [p for p in files if p.exists()]  # ... and the two tasks never started
+    finally:
+        d.kill()
+        d.wait(30)
+        repartir.kill(pinger)
 
 
 def test_a_node_declared_dead_stops_its_returns_and_generators_when_it_comes_back(
