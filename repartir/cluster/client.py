@@ -493,4 +493,14 @@ def disconnect() -> None:
         client.close()
 
 
-atexit.register(disconnect)  # what this driver kept on the nodes is released at exit
+def _disconnect_at_exit() -> None:
+    """:func:`disconnect` at the interpreter's exit.  A second Ctrl-C while it says goodbye
+    ends it quietly (no traceback): the nodes then drop this driver's work when its lease
+    lapses instead (docs/cluster.md, "Failures")."""
+    try:
+        disconnect()
+    except KeyboardInterrupt:
+        pass
+
+
+atexit.register(_disconnect_at_exit)  # what this driver kept on the nodes is released at exit

@@ -295,3 +295,13 @@ def test_a_lost_head_is_named_and_nodes_raises(cluster):
         with pytest.raises(NodeDiedError, match=r"has not answered .*shutdown\(\) and init"):
             call()
     repartir.shutdown()
+
+
+def test_a_second_ctrl_c_during_the_exit_goodbye_is_quiet(monkeypatch):
+    """The goodbye at the interpreter's exit interrupted by a second Ctrl-C ends without a
+    traceback ("Exception ignored in atexit callback" before); the lease does the rest."""
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cluster_client, "disconnect", interrupted)
+    cluster_client._disconnect_at_exit()  # returns, raising nothing
