@@ -95,10 +95,11 @@ class ActorDeps:
         self.creating: dict[bytes, _Call] = {}
         self.released = 0
 
-    def resolve(self, actor: Any, args: tuple, kwargs: dict) -> tuple:
+    def resolve(self, actor: Any, args: tuple, kwargs: dict, once: bool = False) -> tuple:
         """``(args, kwargs, error)``: the arguments of a call or creation of ``actor`` whose
         refs are ready, each ref replaced by its value (pulled here if it is kept on another
-        node than the actor's) or, kept on the actor's node, by a :class:`StoredArg`;
+        node than the actor's; ``once``, a call's: a large value of the driver by a
+        ``DriverArg``, driver_values.py) or, kept on the actor's node, by a :class:`StoredArg`;
         ``error`` that of a ref whose task failed (then no arguments), else ``None``.
         Called without the lock."""
         refs = [a for a in (*args, *kwargs.values()) if isinstance(a, ObjectRef)]
@@ -119,7 +120,7 @@ class ActorDeps:
             res = c.results[a._id]
             if res[0] == "stored" and res[1] == node:
                 return StoredArg(a._id)
-            return c._get_one(a._id, None)
+            return (once and c.dvals.arg(a._id, res)) or c._get_one(a._id, None)
 
         return tuple(sub(a) for a in args), {k: sub(v) for k, v in kwargs.items()}, None
 
@@ -307,8 +308,9 @@ class ActorDeps:
         for i, r in enumerate(call.refs):
             oid = r._id
             res = c.results[oid]
-            if i < call.top:
-                subst[oid] = StoredArg(oid) if res[0] == "stored" else res[1]
+            if i < call.top:  # a large value of the driver: once per node (driver_values.py)
+                subst[oid] = StoredArg(oid) if res[0] == "stored" else \
+                    c.dvals.arg(oid, res) or res[1]
             elif res[0] == "error":  # a nested ref that raises it (nested.py)
                 extra[PREFIX + oid.hex()] = FailedArg(res[1])
             elif res[0] in ("stored", "fetched") and c._kept_on(res)[0] == nid:
@@ -319,6 +321,7 @@ class ActorDeps:
             else:
                 extra[PREFIX + oid.hex()] = res[1]  # a value in the driver (pulled here)
         task.payload = _substituted(task.payload, subst, extra)
+        task.dvals = c.dvals.frames_of(subst.values())
         task.node = nid
         c._count[nid] = c._count.get(nid, 0) + 1
         c._outbox.setdefault(nid, []).append(call.tid)

@@ -100,7 +100,7 @@ class ActorTask:
     """An actor operation in flight: the fields of a task (``client._Task``) that the
     client's loop reads, and the actor it is about (``None`` for names)."""
 
-    __slots__ = ("key", "blob", "payload", "demand", "node", "retries", "actor")
+    __slots__ = ("key", "blob", "payload", "demand", "node", "retries", "actor", "dvals")
 
     def __init__(self, key: ActorKey, payload: list, retries: int,
                  actor: "_Actor | None") -> None:
@@ -108,6 +108,7 @@ class ActorTask:
         self.demand: dict = {}
         self.retries, self.actor = retries, actor
         self.node = ""
+        self.dvals: dict | None = None  # values of the driver it takes (driver_values.py)
 
 
 class _Actor:
@@ -407,7 +408,7 @@ class ClusterActors:
         waits = c._actor_deps.defer(handle, how, method, *given, nret)  # actor_deps.py
         if waits is not None:  # an argument is not ready, or an earlier call waits
             return waits[0]
-        args, kwargs, error = c._actor_deps.resolve(actor, args, kwargs)
+        args, kwargs, error = c._actor_deps.resolve(actor, args, kwargs, once=True)
         payload, borrowed = None, []
         if error is None:
             with naming_arguments(f"{actor.class_name}.{method}", args, kwargs):
@@ -430,6 +431,8 @@ class ClusterActors:
                 tid = self._enqueue_locked(actor.node, _CALL, (), None, actor,
                                            retries=(1 << 30) if r == -1 else r,
                                            payload=payload)
+                if tid in c.inflight:  # the values of the driver it takes (driver_values.py)
+                    c.inflight[tid].dvals = c.dvals.frames_of(args, kwargs)
                 if borrowed:
                     c.borrows.borrow(tid, borrowed)
             if nret != 1:  # a list of refs, None, a generator (returns.py)

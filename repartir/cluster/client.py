@@ -46,6 +46,7 @@ from .borrows import Borrows, RemoteArg, prefer_by_bytes
 from .client_loop import ClientLoop
 from .client_nodes import ClientNodes
 from .deps import Deps
+from .driver_values import DriverValues
 from .lineage import Lineage
 from .reach import recv_or_probe
 from .nested import pickled_capturing, reduce_ref, resolve_nested
@@ -98,12 +99,13 @@ class _Task:
     """A task in flight: its function's key and pickled blob, its arguments pickled at
     ``.remote()`` (frame 0 the pickle, then large buffers out of band), what it asks for."""
 
-    __slots__ = ("key", "blob", "payload", "demand", "node", "retries")
+    __slots__ = ("key", "blob", "payload", "demand", "node", "retries", "dvals")
 
     def __init__(self, key, blob, payload, demand, retries) -> None:
         self.key, self.blob, self.payload = key, blob, owned(payload)  # values.py
         self.demand, self.retries = demand, retries
         self.node = ""
+        self.dvals: dict | None = None  # values of the driver it takes (driver_values.py)
 
 
 def _fresh(exc: BaseException) -> BaseException:
@@ -151,6 +153,7 @@ class ClusterClient(ClientNodes, ClientLoop):
         self._fetches: dict[bytes, dict] = {}
         self._keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.borrows = Borrows()  # results kept on nodes that tasks elsewhere borrow
+        self.dvals = DriverValues()  # values of this driver sent once per node
         self._due: list[tuple[str, bytes]] = []  # (node id, object id) releases now due
         self.pulled_bytes = 0  # bytes this driver pulled from nodes (get)
         self._closed = False
@@ -247,7 +250,7 @@ class ClusterClient(ClientNodes, ClientLoop):
         key, demand, retries, check, blob, nret = cached
         if kwargs or not check.min_pos <= len(args) <= check.max_pos:
             check.check(args, kwargs)
-        prefer, borrowed, given = None, None, (args, kwargs)
+        prefer, borrowed, given, dvals = None, None, (args, kwargs), None
         if any(isinstance(a, ObjectRef) for a in args) or \
                 any(isinstance(v, ObjectRef) for v in kwargs.values()):
             with naming_arguments(rf._name, args, kwargs):  # (values.py)
@@ -259,6 +262,7 @@ class ClusterClient(ClientNodes, ClientLoop):
             # ends, though the driver's ref may go first (the task may wait in its queue)
             borrowed = [(a.object_id, a.node if type(a) is RemoteArg else prefer)
                         for a in (*args, *kwargs.values()) if type(a) in (RemoteArg, StoredArg)]
+            dvals = self.dvals.frames_of(args, kwargs)  # sent once per node
             if error is not None:
                 tid = os.urandom(16)
                 with self._lock:
@@ -277,6 +281,7 @@ class ClusterClient(ClientNodes, ClientLoop):
             kwargs, payload, more = resolve_nested(self, args, kwargs, nested)
             borrowed = (borrowed or []) + more
         task = _Task(key, blob, payload, demand, retries)
+        task.dvals = dvals
         with self._lock:
             if self._failed is not None:
                 raise NodeDiedError(self._failed)
@@ -299,7 +304,8 @@ class ClusterClient(ClientNodes, ClientLoop):
         prefers the node that keeps the most bytes of its arguments, if it fits there; a ref
         kept on the node the task goes to becomes a :class:`StoredArg`, one kept on another
         node a :class:`RemoteArg` (that node pulls it from there), a value the driver
-        holds travels with the task."""
+        holds travels with the task, or alone to each node once, before it
+        (:class:`~.driver_values.DriverArg`, driver_values.py)."""
         refs = [a for a in (*args, *kwargs.values()) if isinstance(a, ObjectRef)]
         for r in refs:
             if not isinstance(r, ClusterRef) or r._cluster is not self:
@@ -329,7 +335,7 @@ class ClusterClient(ClientNodes, ClientLoop):
                 if rec is not None and rec["Alive"]:
                     return RemoteArg(a._id, kept[0], rec["NodeManagerAddress"], kept[1],
                                      rec.get("CurveKey"))
-            return self._get_one(a._id, None)
+            return self.dvals.arg(a._id, res) or self._get_one(a._id, None)
 
         return tuple(sub(a) for a in args), {k: sub(v) for k, v in kwargs.items()}, prefer, None
 

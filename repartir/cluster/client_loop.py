@@ -108,12 +108,15 @@ class ClientLoop:
                     nid = res[2 if res[0] == "fetched" else 1]
                     if self.borrows.dropped(tid, nid):  # else when its borrowers end
                         releases.setdefault(nid, []).append(tid)
+                elif res is not None and res[0] == "value":  # its copies on nodes go
+                    self.dvals.dropped(tid, self.borrows, releases)  # (driver_values.py)
                 if self._lineage.specs:
                     self._lineage.ref_dropped(tid)
             cancels, self.returns.cancel_out[:] = list(self.returns.cancel_out), []
             due, self._due[:] = list(self._due), []
             for nid, tid in due:
                 releases.setdefault(nid, []).append(tid)
+            self.dvals.expand(releases)  # a driver value: to each node holding it
             self.actors.flush_locked()  # actors whose last handle went end (actors.py)
             batches = []
             for nid, tids in self._outbox.items():
@@ -121,6 +124,10 @@ class ClientLoop:
                     continue
                 ep = self._eps.get(nid)
                 sent = self._fn_sent[nid]
+                keep = self.dvals.keeps(nid, ((t, self.inflight.get(t)) for t in tids),
+                                        self.borrows)  # values first (driver_values.py)
+                if keep is not None:
+                    batches.append((ep, None, keep))
                 for i in range(0, len(tids), CLUSTER_BATCH_TASKS):
                     fns, items = {}, []
                     for tid in tids[i:i + CLUSTER_BATCH_TASKS]:
@@ -143,11 +150,11 @@ class ClientLoop:
         for ep, fns, items in batches:
             if ep in blocked or not writable(ep):  # its node takes nothing: a send would
                 blocked.add(ep)                    # block this thread; later, in order
-                requeue(self, ep, fns, items)
-            elif fns is None:
-                ep.send(items)
+                if fns is not None or items[0] != "keep":  # values go again with their
+                    requeue(self, ep, fns, items)          # tasks (driver_values.py)
             else:
-                ep.send(("tasks", fns, items))
+                ep.send(items if fns is None else ("tasks", fns, items))
+                self.dvals.sent(self._ep_node.get(ep.socket), fns, items)
         for nid, tids in releases.items():
             ep = self._eps.get(nid)
             if ep is not None and writable(ep):

@@ -125,6 +125,7 @@ class ClientNodes:
         for tid in [t for t, f in self._fetches.items() if f["node"] == nid]:
             del self._fetches[tid]
         self.borrows.node_died(nid)
+        self.dvals.node_died(nid)  # it holds none of our values now (driver_values.py)
         self._used[nid] = 0.0
         self._count[nid] = 0
         self._cv.notify_all()

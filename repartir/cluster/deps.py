@@ -207,9 +207,10 @@ class Deps:
                 subst[oid] = RemoteArg(oid, nid, rec["NodeManagerAddress"], size,
                                        rec.get("CurveKey"))
                 borrowed.append((oid, nid))
-            else:
-                subst[oid] = c.results[oid][1]  # a value in the driver (put, small, pulled)
+            else:  # a value in the driver (put, small, pulled): large ones go once per
+                subst[oid] = c.dvals.arg(oid, c.results[oid]) or c.results[oid][1]  # node
         task.payload = _substituted(task.payload, subst, extra)
+        task.dvals = c.dvals.frames_of(subst.values())  # (driver_values.py)
         del self.waiting[tid]
         del c.inflight[tid]
         if prefer is not None or borrowed:

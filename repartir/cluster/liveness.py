@@ -140,6 +140,7 @@ def forgot(c: Any, nid: str, tids: Any, oids: Any) -> None:
         c._due.extend(c.borrows.task_ended(tid))
         c.results[tid] = ("error", ObjectLostError(f"the result of task {tid.hex()} is lost: "
                                                    f"{why}"))
+    c.dvals.forgot(nid, oids)  # values of this driver it held (driver_values.py)
     for oid in oids if isinstance(oids, list) else ():
         res = c.results.get(oid)
         if res is not None and res[0] == "stored" and res[1] == nid:

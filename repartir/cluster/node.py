@@ -30,6 +30,8 @@ node -> driver  ``done``                list of ``(task id, "value" | "stored" |
                                         value | size | exception)``
 driver -> node  ``meta``, ``chunk``     pull a stored object: its frame sizes, then
                                         ``(id, frame, offset, length)`` pieces
+driver -> node  ``keep``                ``(id, frames)`` values of the driver its tasks
+                                        take, kept here once (driver_values.py)
 driver -> node  ``release``             ids of stored objects the driver no longer needs
 driver -> node  ``cancel``              ``(task id, force, recursive)`` (node_returns.py)
 node -> driver  ``items``               a generator's new items, ``(task id, index, what,
@@ -84,6 +86,7 @@ from ..errors import RepartirError, TokenError, WireTimeoutError
 from ..runtime import driver as local_driver
 from ..runtime.remote_function import RemoteFunction
 from . import handoff, membership
+from .driver_values import DriverArg, keep_values
 from .leases import DriverLeases, Holdings, drop_driver
 from .encryption import ClusterKeys
 from .node_actors import ActorKey, NodeActors
@@ -251,6 +254,8 @@ class NodeDaemon(NodeStealing, NodeReturns):
         if kind == "tasks":
             self.drivers.add(peer)
             self._run_tasks(peer, value[1], value[2])
+        elif kind == "keep":  # values a driver's tasks take, kept here (driver_values.py)
+            keep_values(self, peer, value[1])
         elif kind == "driver":  # a driver's hello: this node can send it completions
             self.drivers.add(peer)
         elif kind == "steal":
@@ -358,7 +363,7 @@ class NodeDaemon(NodeStealing, NodeReturns):
         self.router.send(("done", [(tid, "error", _picklable_error(exc))]), to=peer)
 
     def _arg(self, value: Any) -> Any:
-        if type(value) is StoredArg:
+        if type(value) is StoredArg or type(value) is DriverArg:
             entry = self.stored.get(value.object_id)
             if entry is None:
                 raise RepartirError(f"object {value.object_id.hex()} is no longer on node "

@@ -47,12 +47,13 @@ from ..config import (CLUSTER_QUEUE_MAX_PER_CPU, CLUSTER_QUEUE_MIN_PER_CPU,
                       CLUSTER_STEAL_CAP, CLUSTER_STEAL_TIMEOUT_S)
 from ..scheduler.policy import steal_batch, victim_order
 from .borrows import RemoteArg
+from .driver_values import DriverArg
 from .sockets import Endpoint
 from .state import StoredArg, tcp
 
 #: Arguments that keep a task on the node it was sent to: one kept there, and one the driver
 #: told it to pull from a given node (its borrow is counted for this node).
-_STAYS = (StoredArg, RemoteArg)
+_STAYS = (StoredArg, RemoteArg, DriverArg)  # kept here (driver_values.py)
 
 __all__ = ["NodeStealing", "QueuedTask", "demand_of", "fits", "capacity_for"]
 
