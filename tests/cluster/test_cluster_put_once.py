@@ -85,11 +85,11 @@ def test_tasks_taking_one_put_send_it_to_their_node_once(cluster):
     out = repartir.get(refs, timeout=120)
     assert [v for v, _ in out] == [float(MIB8) + i for i in range(6)]
     assert {n for _, n in out} == {node}
+    # the node keeps it while the driver holds the ref
+    assert wait_until(lambda: _stored()[node] == stored[node] + 1, 20), _stored()
     nbytes, values = _sent(node)
     assert values - before[1] == 1
     assert 8 * MIB8 <= nbytes - before[0] < 8 * MIB8 + (1 << 20)  # one copy, not six
-    # the node keeps it while the driver holds the ref
-    assert wait_until(lambda: _stored()[node] == stored[node] + 1, 20), _stored()
     more = repartir.get([total.options(resources={"big_mem": 1}).remote(big, 10)],
                         timeout=60)
     assert more[0][0] == float(MIB8) + 10
@@ -110,28 +110,40 @@ def test_tasks_on_two_nodes_each_get_one_copy(cluster):
     out = repartir.get(refs, timeout=120)
     assert [v for v, _ in out] == [want + i for i in range(4) for _ in range(2)]
     assert {n for _, n in out} == {head, node}
+    assert wait_until(lambda: _stored() == {n: stored[n] + 1 for n in stored}, 20), _stored()
     for n in (head, node):
         nbytes, values = _sent(n)
         assert values - before[n][1] == 1, n
         assert 8 * MIB8 <= nbytes - before[n][0] < 8 * MIB8 + (1 << 20), n
-    assert wait_until(lambda: _stored() == {n: stored[n] + 1 for n in stored}, 20), _stored()
     del big, refs
     gc.collect()
     assert wait_until(lambda: _stored() == stored, 20), _stored()
 
 
-def test_the_copy_outlives_the_ref_while_a_task_takes_it(cluster):
+@repartir.remote
+def waits(path):
+    """Returns once file ``path`` exists (at most 60 s)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return os.path.exists(path)
+
+
+def test_the_copy_outlives_the_ref_while_a_task_takes_it(cluster, tmp_path):
     """The driver drops its ref while the task that takes it waits behind another: the
     node keeps the copy until the task has run, then drops it."""
     node = _node("big_mem")
     stored = _stored()
-    blocker = total.options(resources={"big_mem": 1}).remote(np.ones(1), 0, 2.0)
+    go = str(tmp_path / "go")
+    blocker = waits.options(resources={"big_mem": 1}).remote(go)
     big = repartir.put(np.full(MIB8, 2.0))
     late = total.options(resources={"big_mem": 1}).remote(big)
     del big
     gc.collect()
+    assert wait_until(lambda: _stored()[node] == stored[node] + 1, 20), _stored()
+    open(go, "w").close()
+    assert repartir.get(blocker, timeout=60) is True
     assert repartir.get(late, timeout=60)[0] == 2.0 * MIB8
-    repartir.get(blocker, timeout=60)
     assert wait_until(lambda: _stored()[node] == stored[node], 20), _stored()
 
 
@@ -156,6 +168,7 @@ def test_actor_calls_taking_one_put_send_it_once(cluster):
     big = repartir.put(np.ones(MIB8))
     out = repartir.get([keeper.total.remote(big, i) for i in range(6)], timeout=120)
     assert out == [float(MIB8) + i for i in range(6)]
+    assert wait_until(lambda: _stored()[node] == stored[node] + 1, 20), _stored()
     nbytes, values = _sent(node)
     assert values - before[1] == 1
     assert 8 * MIB8 <= nbytes - before[0] < 8 * MIB8 + (1 << 20)
