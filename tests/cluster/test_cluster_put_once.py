@@ -55,8 +55,11 @@ def slow_on(a, victim):
 
 @repartir.remote
 class Keeper:
+    def __init__(self, a=None):
+        self.start = 0.0 if a is None else float(a.sum())
+
     def total(self, a, i=0):
-        return float(a.sum()) + i
+        return self.start + float(a.sum()) + i
 
 
 def _node(resource: str) -> str:
@@ -172,10 +175,14 @@ def test_actor_calls_taking_one_put_send_it_once(cluster):
     nbytes, values = _sent(node)
     assert values - before[1] == 1
     assert 8 * MIB8 <= nbytes - before[0] < 8 * MIB8 + (1 << 20)
+    # a constructor's argument travels by value (a restart sends it again)
+    other = Keeper.remote(big)
+    assert repartir.get(other.total.remote(big), timeout=60) == 2.0 * MIB8
     del big
     gc.collect()
     assert wait_until(lambda: _stored()[node] == stored[node], 20), _stored()
     repartir.kill(keeper)
+    repartir.kill(other)
 
 
 def test_a_task_retried_on_another_node_gets_the_value_there(cluster):
