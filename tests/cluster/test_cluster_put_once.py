@@ -163,7 +163,7 @@ def test_a_small_result_kept_in_the_driver_goes_once_too(cluster):
     assert _sent(node)[1] - before[1] == 1
 
 
-def test_actor_calls_taking_one_put_send_it_once(cluster):
+def test_actor_calls_taking_one_put_send_it_once(cluster, tmp_path):
     node = _node("big_mem")
     keeper = Keeper.options(resources={"big_mem": 1}).remote()
     repartir.get(keeper.total.remote(np.ones(1)), timeout=60)
@@ -175,6 +175,15 @@ def test_actor_calls_taking_one_put_send_it_once(cluster):
     nbytes, values = _sent(node)
     assert values - before[1] == 1
     assert 8 * MIB8 <= nbytes - before[0] < 8 * MIB8 + (1 << 20)
+    # calls that wait in the driver for another argument carry only its id too
+    go = str(tmp_path / "go")
+    gate = waits.remote(go)
+    later = [keeper.total.remote(big, gate) for _ in range(3)]
+    open(go, "w").close()
+    assert repartir.get(later, timeout=60) == [float(MIB8) + 1] * 3
+    nbytes, values = _sent(node)
+    assert values - before[1] == 1
+    assert nbytes - before[0] < 8 * MIB8 + (1 << 20)
     # a constructor's argument travels by value (a restart sends it again)
     other = Keeper.remote(big)
     assert repartir.get(other.total.remote(big), timeout=60) == 2.0 * MIB8
