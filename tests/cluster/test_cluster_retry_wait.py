@@ -154,10 +154,10 @@ def test_a_retry_waits_for_a_node_that_joins_after_the_death(cluster, tmp_path):
     with pytest.raises(NodeDiedError, match="max_retries are used up"):
         repartir.get(once, timeout=30)  # no retry: it fails at once, as before
     assert time.monotonic() - t0 < DRIVER_TIMEOUT / 2
+    with pytest.raises(repartir.GetTimeoutError):  # it waits for a node that fits
+        repartir.get(ref, timeout=0.3)
     # a new task no live node fits, while a node that fitted it is dead: it waits too
     later = on_big.remote(41)
-    with pytest.raises(repartir.GetTimeoutError):
-        repartir.get(ref, timeout=0.3)
     heir = _join(cluster["address"], '{"big_mem": 1}')
     assert repartir.get(ref, timeout=60) == 2
     assert repartir.get(later, timeout=60) == 42
