@@ -2,7 +2,8 @@
 (docs/cluster.md, "Failures"; repartir/cluster/unplaced.py): a task retried after its
 node's death, and a new ``.remote()`` of such a task, run once a node with the resource
 joins within ``REPARTIR_NODE_TIMEOUT``, else fail with a clear error after it; a task with
-``max_retries=0`` fails at once; cancel and shutdown end the wait.
+``max_retries=0`` fails at once; cancel and shutdown end the wait; a frozen node thawed (a new
+incarnation) runs the retry.
 
 Each daemon is started with the CLI (``repartir start``) with ``REPARTIR_NODE_TIMEOUT=2``, the
 driver's is 8 s (so a node started after a death is declared joins within its wait);
@@ -212,4 +213,47 @@ def test_cancel_and_shutdown_end_the_wait(cluster, tmp_path):
     _connect(cluster["address"])
     open(release, "w").close()
     assert _runs(path) == 1
+    _sweep()
+
+
+@repartir.remote
+def counted_short(path, seconds):
+    """Counts its runs in ``path``; its first run takes ``seconds``."""
+    with open(path, "a") as f:
+        f.write("run\n")
+    with open(path) as f:
+        n = len(f.read().splitlines())
+    if n == 1:
+        time.sleep(seconds)
+    return n
+
+
+def test_a_frozen_node_back_as_a_new_incarnation_runs_the_retry(cluster, tmp_path):
+    """SIGSTOP, as a node cut off: declared dead while it runs the task, then thawed, it
+    joins again (a new incarnation of the same node id) and the task runs there again."""
+    frozen = _join(cluster["address"], '{"big_mem": 1}')
+    fid = _node_id(frozen)
+    assert wait_until(lambda: _connected(fid), 10)
+    path = str(tmp_path / "frozen.runs")
+    ref = counted_short.options(resources={"big_mem": 1}, max_retries=1).remote(path, 1.0)
+    assert wait_until(lambda: _runs(path) == 1, 30), "the task did not start"
+    os.kill(frozen["pid"], signal.SIGSTOP)
+    try:
+        client = cluster_client.active()
+
+        def dead() -> bool:
+            with client._lock:
+                return not client.nodes_seen[fid]["Alive"] or fid not in client._eps
+        assert wait_until(dead, 4 * NODE_TIMEOUT + 10), "the frozen node was not declared dead"
+        with pytest.raises(repartir.GetTimeoutError):  # it waits for a node that fits
+            repartir.get(ref, timeout=0.3)
+    finally:
+        os.kill(frozen["pid"], signal.SIGCONT)
+    assert repartir.get(ref, timeout=60) == 2  # the retry's result, not the stale one
+    assert _runs(path) == 2
+    nid, = {n["NodeID"] for n in repartir.nodes() if n["Alive"]
+            and n["Resources"].get("big_mem")}
+    assert nid == fid
+    os.kill(frozen["pid"], signal.SIGTERM)
+    assert wait_until(lambda: not alive(frozen["pid"]), 30)
     _sweep()
