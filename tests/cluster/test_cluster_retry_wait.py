@@ -95,6 +95,18 @@ def counted(path, release):
     return n
 
 
+@repartir.remote
+def counted_short(path, seconds):
+    """Counts its runs in ``path``; its first run takes ``seconds``."""
+    with open(path, "a") as f:
+        f.write("run\n")
+    with open(path) as f:
+        n = len(f.read().splitlines())
+    if n == 1:
+        time.sleep(seconds)
+    return n
+
+
 @repartir.remote(resources={"big_mem": 1})
 def on_big(i):
     return i + 1
@@ -159,9 +171,12 @@ def test_a_retry_waits_for_a_node_that_joins_after_the_death(cluster, tmp_path):
         repartir.get(ref, timeout=0.3)
     # a new task no live node fits, while a node that fitted it is dead: it waits too
     later = on_big.remote(41)
+    # and one whose argument is not ready yet (deps.py): it waits for both
+    after = on_big.remote(counted_short.remote(str(tmp_path / "plain.runs"), 0.5))
     heir = _join(cluster["address"], '{"big_mem": 1}')
     assert repartir.get(ref, timeout=60) == 2
     assert repartir.get(later, timeout=60) == 42
+    assert repartir.get(after, timeout=60) == 2
     assert _runs(path) == 2  # it ran again exactly once
     assert _runs(str(tmp_path / "once.runs")) == 0  # it waited behind the first
     # a resource no node ever had still raises at once
@@ -214,18 +229,6 @@ def test_cancel_and_shutdown_end_the_wait(cluster, tmp_path):
     open(release, "w").close()
     assert _runs(path) == 1
     _sweep()
-
-
-@repartir.remote
-def counted_short(path, seconds):
-    """Counts its runs in ``path``; its first run takes ``seconds``."""
-    with open(path, "a") as f:
-        f.write("run\n")
-    with open(path) as f:
-        n = len(f.read().splitlines())
-    if n == 1:
-        time.sleep(seconds)
-    return n
 
 
 def test_a_frozen_node_back_as_a_new_incarnation_runs_the_retry(cluster, tmp_path):
