@@ -253,7 +253,8 @@ class Lineage(ReturnsLineage):
                     borrowed.append((d, nid))
                 else:
                     subst[d] = c.results[d][1]  # a value in the driver (put, small, pulled)
-            task.payload = _repickle(task.payload, subst)
+            if subst:  # (none: a retry waiting for a node, its payload as it was)
+                task.payload = _repickle(task.payload, subst)
             self.deps[tid] = tuple(d for d in deps if d in where)
             for d in deps:
                 if d not in where:

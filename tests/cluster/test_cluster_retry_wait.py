@@ -107,6 +107,15 @@ def counted_short(path, seconds):
     return n
 
 
+@repartir.remote
+def big_bytes(n):
+    return b"x" * n  # over CLUSTER_INLINE_RESULT_BYTES: kept on its node
+
+
+@repartir.remote(resources={"big_mem": 1})
+def length_of_first(refs):
+    return len(repartir.get(refs[0]))
+
 @repartir.remote(resources={"big_mem": 1})
 def on_big(i):
     return i + 1
@@ -173,10 +182,14 @@ def test_a_retry_waits_for_a_node_that_joins_after_the_death(cluster, tmp_path):
     later = on_big.remote(41)
     # and one whose argument is not ready yet (deps.py): it waits for both
     after = on_big.remote(counted_short.remote(str(tmp_path / "plain.runs"), 0.5))
+    kept = big_bytes.remote(1 << 19)
+    assert repartir.wait([kept], timeout=30)[0]
+    nested = length_of_first.remote([kept])  # a ref kept on a node, nested in an argument
     heir = _join(cluster["address"], '{"big_mem": 1}')
     assert repartir.get(ref, timeout=60) == 2
     assert repartir.get(later, timeout=60) == 42
     assert repartir.get(after, timeout=60) == 2
+    assert repartir.get(nested, timeout=60) == 1 << 19
     assert _runs(path) == 2  # it ran again exactly once
     assert _runs(str(tmp_path / "once.runs")) == 0  # it waited behind the first
     # a resource no node ever had still raises at once
