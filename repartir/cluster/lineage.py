@@ -255,7 +255,11 @@ class Lineage(ReturnsLineage):
                     subst[d] = c.results[d][1]  # a value in the driver (put, small, pulled)
             if subst:  # (none: a retry waiting for a node, its payload as it was)
                 task.payload = _repickle(task.payload, subst)
-            self.deps[tid] = tuple(d for d in deps if d in where)
+            kept = tuple(d for d in deps if d in where)
+            if kept:
+                self.deps[tid] = kept
+            else:  # none on a node: its node's death resubmits it as any task's (unplaced.py)
+                self.deps.pop(tid, None)
             for d in deps:
                 if d not in where:
                     self._unuse(d)
