@@ -273,3 +273,34 @@ def test_a_frozen_node_back_as_a_new_incarnation_runs_the_retry(cluster, tmp_pat
     os.kill(frozen["pid"], signal.SIGTERM)
     assert wait_until(lambda: not alive(frozen["pid"]), 30)
     _sweep()
+
+
+@repartir.remote
+def held(path, release):
+    """Counts its runs in ``path``; every run holds until ``release`` exists."""
+    with open(path, "a") as f:
+        f.write("run\n")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return 0
+
+
+def test_the_node_of_the_retry_dying_too_fails_it_as_a_retry(cluster, tmp_path):
+    victim = _join(cluster["address"], '{"big_mem": 1}')
+    vid = _node_id(victim)
+    assert wait_until(lambda: _connected(vid), 10)
+    path, release = str(tmp_path / "twice.runs"), str(tmp_path / "twice.release")
+    ref = held.options(resources={"big_mem": 1}, max_retries=2).remote(path, release)
+    assert wait_until(lambda: _runs(path) == 1, 30), "the task did not start"
+    _kill_and_see_it_dead(victim, vid)
+    heir = _join(cluster["address"], '{"big_mem": 1}')
+    hid = _node_id(heir)
+    assert wait_until(lambda: _runs(path) == 2, 30), "the retry did not start on the new node"
+    dead_at = _kill_and_see_it_dead(heir, hid)
+    with pytest.raises(NodeDiedError, match="it cannot run again: no live node fitted it"):
+        repartir.get(ref, timeout=60)
+    assert time.monotonic() - dead_at >= DRIVER_TIMEOUT * 0.9
+    assert _runs(path) == 2
+    open(release, "w").close()
+    _sweep()
