@@ -156,11 +156,30 @@ def _kill_and_see_it_dead(rec: dict, nid: str) -> float:
     return time.monotonic()
 
 
+def _no_big_mem_alive() -> None:
+    """Wait until this driver holds every big_mem node of the tests before dead (one stopped
+    at a test's end may be alive to it a moment longer: a retry would go there)."""
+    client = cluster_client.active()
+
+    def none() -> bool:
+        with client._lock:
+            return not any(r["Alive"] and r["Resources"].get("big_mem")
+                           for r in client.nodes_seen.values())
+    assert wait_until(none, 4 * NODE_TIMEOUT + 10), "a big_mem node is still alive"
+
+
+def _big_mem_node(address: str) -> tuple[dict, str]:
+    """A new big_mem node, the only one alive, connected to this driver: (record, id)."""
+    _no_big_mem_alive()
+    rec = _join(address, '{"big_mem": 1}')
+    nid = _node_id(rec)
+    assert wait_until(lambda: _connected(nid), 10)
+    return rec, nid
+
+
 def _started(address: str, tmp, name: str, retries: int):
     """A big_mem node; a ``counted`` task on it, running (its first run holds)."""
-    victim = _join(address, '{"big_mem": 1}')
-    vid = _node_id(victim)
-    assert wait_until(lambda: _connected(vid), 10)
+    victim, vid = _big_mem_node(address)
     path, release = str(tmp / f"{name}.runs"), str(tmp / f"{name}.release")
     ref = counted.options(resources={"big_mem": 1}, max_retries=retries).remote(path, release)
     assert wait_until(lambda: _runs(path) == 1, 30), "the task did not start"
@@ -247,9 +266,7 @@ def test_cancel_and_shutdown_end_the_wait(cluster, tmp_path):
 def test_a_frozen_node_back_as_a_new_incarnation_runs_the_retry(cluster, tmp_path):
     """SIGSTOP, as a node cut off: declared dead while it runs the task, then thawed, it
     joins again (a new incarnation of the same node id) and the task runs there again."""
-    frozen = _join(cluster["address"], '{"big_mem": 1}')
-    fid = _node_id(frozen)
-    assert wait_until(lambda: _connected(fid), 10)
+    frozen, fid = _big_mem_node(cluster["address"])
     path = str(tmp_path / "frozen.runs")
     ref = counted_short.options(resources={"big_mem": 1}, max_retries=1).remote(path, 1.0)
     assert wait_until(lambda: _runs(path) == 1, 30), "the task did not start"
@@ -287,9 +304,7 @@ def held(path, release):
 
 
 def test_the_node_of_the_retry_dying_too_fails_it_as_a_retry(cluster, tmp_path):
-    victim = _join(cluster["address"], '{"big_mem": 1}')
-    vid = _node_id(victim)
-    assert wait_until(lambda: _connected(vid), 10)
+    victim, vid = _big_mem_node(cluster["address"])
     path, release = str(tmp_path / "twice.runs"), str(tmp_path / "twice.release")
     ref = held.options(resources={"big_mem": 1}, max_retries=2).remote(path, release)
     assert wait_until(lambda: _runs(path) == 1, 30), "the task did not start"
