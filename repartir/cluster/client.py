@@ -51,6 +51,7 @@ from .lineage import Lineage
 from .reach import recv_or_probe
 from .nested import pickled_capturing, reduce_ref, resolve_nested
 from .returns import Returns
+from .unplaced import enqueue_or_wait
 from .liveness import registry_nodes, say_goodbye, summed_resources
 from .membership import writable
 from .encryption import ClusterKeys
@@ -292,7 +293,7 @@ class ClusterClient(ClientNodes, ClientLoop):
                     self._lineage.wait(tid, task)
                     return ClusterRef(tid, self) if nret == 1 else \
                         self.returns.refs_locked(tid, nret, rf._name)
-            self._enqueue(tid, task, prefer)
+            enqueue_or_wait(self, tid, task, prefer, rf._name)  # (unplaced.py)
             if borrowed:
                 self.borrows.borrow(tid, borrowed)
             if nret != 1:  # several returns, none, a generator (returns.py)

@@ -23,6 +23,7 @@ from ..errors import InfeasibleTaskError, NodeDiedError, ObjectLostError
 from .membership import unlisted_nodes
 from .sockets import Endpoint
 from .state import tcp
+from .unplaced import retry_when_a_node_fits
 
 __all__ = ["ClientNodes"]
 
@@ -108,9 +109,10 @@ class ClientNodes:
                     continue
                 try:
                     self._enqueue(tid, task, None)
-                    continue
-                except InfeasibleTaskError as exc:
-                    not_again = f"it cannot run again: {exc}"
+                except InfeasibleTaskError:  # it waits for a node that fits (unplaced.py)
+                    retry_when_a_node_fits(self, tid, task, f"{where} {why} while it ran "
+                                                            f"task {tid.hex()}")
+                continue
             del self.inflight[tid]
             self._due.extend(self.borrows.task_ended(tid))
             self.results[tid] = ("error", NodeDiedError(

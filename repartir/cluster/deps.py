@@ -35,6 +35,7 @@ from ..runtime.objectref import ObjectRef
 from .borrows import RemoteArg, prefer_by_bytes
 from .nested import PREFIX, FailedArg, pickled_capturing
 from .state import StoredArg
+from .unplaced import enqueue_or_wait, fitted_before
 from .wire import encode
 
 __all__ = ["Deps"]
@@ -101,7 +102,11 @@ class Deps:
             if all(r._id in c.results for r in refs) and \
                     all(r._id in c.results for r in nested or ()):
                 return None
-            c._fitting(demand)  # an infeasible task raises now, as a ready one does
+            try:
+                c._fitting(demand)  # an infeasible task raises now, as a ready one does
+            except InfeasibleTaskError:
+                if not fitted_before(c, demand):  # else it may come back (unplaced.py)
+                    raise
 
         def sub(a: Any) -> Any:
             return _Pending(a._id) if isinstance(a, ObjectRef) else a
@@ -216,7 +221,7 @@ class Deps:
         if prefer is not None or borrowed:
             c._lineage.submitted(tid, (*subst.values(), *extra.values()), {})
         try:
-            c._enqueue(tid, task, prefer)
+            enqueue_or_wait(c, tid, task, prefer)  # or waits for one to come (unplaced.py)
         except InfeasibleTaskError as exc:  # the nodes that fit it are gone
             c.inflight[tid] = task
             self.waiting[tid] = w

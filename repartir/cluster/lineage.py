@@ -88,6 +88,9 @@ class Lineage(ReturnsLineage):
         self.deps: dict[bytes, tuple[bytes, ...]] = {}
         self.waiting: dict[bytes, Any] = {}
         self.unplaced: dict[bytes, float] = {}  # waiting for a node that fits: until when
+        # the error a task that no node fitted in time fails with, if not ObjectLostError:
+        # {task id: (why) -> error}, a retry or a new task waiting for a node (unplaced.py)
+        self.fails_as: dict[bytes, Any] = {}
         self.nbytes = 0
         self.evicted = 0
         self.rebuilt = 0
@@ -250,8 +253,13 @@ class Lineage(ReturnsLineage):
                     borrowed.append((d, nid))
                 else:
                     subst[d] = c.results[d][1]  # a value in the driver (put, small, pulled)
-            task.payload = _repickle(task.payload, subst)
-            self.deps[tid] = tuple(d for d in deps if d in where)
+            if subst:  # (none: a retry waiting for a node, its payload as it was)
+                task.payload = _repickle(task.payload, subst)
+            kept = tuple(d for d in deps if d in where)
+            if kept:
+                self.deps[tid] = kept
+            else:  # none on a node: its node's death resubmits it as any task's (unplaced.py)
+                self.deps.pop(tid, None)
             for d in deps:
                 if d not in where:
                     self._unuse(d)
@@ -277,17 +285,20 @@ class Lineage(ReturnsLineage):
         except InfeasibleTaskError as exc:
             until = self.unplaced.setdefault(tid, time.monotonic() + c.timeout)
             if time.monotonic() >= until:
-                self._fail(tid, task, ObjectLostError(
+                why = f"no live node fitted it for {c.timeout:g} s (REPARTIR_NODE_TIMEOUT): {exc}"
+                make = self.fails_as.get(tid)
+                self._fail(tid, task, make(why) if make is not None else ObjectLostError(
                     f"task {tid.hex()} cannot be run again (to rebuild its result, or "
-                    f"its retry): no live node fitted it for {c.timeout:g} s "
-                    f"(REPARTIR_NODE_TIMEOUT): {exc}"))
+                    f"its retry): {why}"))
             return False
         self.unplaced.pop(tid, None)
+        self.fails_as.pop(tid, None)
         return True
 
     def _fail(self, tid: bytes, task: Any, error: BaseException) -> None:
         c = self.c
         self.unplaced.pop(tid, None)
+        self.fails_as.pop(tid, None)
         self.waiting.pop(tid, None)
         c.inflight.pop(tid, None)
         c._due.extend(c.borrows.task_ended(tid))
