@@ -51,7 +51,7 @@ from ..errors import ActorDiedError, NodeDiedError
 from ..runtime.objectref import ObjectRef
 from .actors import ActorTask
 from .borrows import RemoteArg
-from .deps import _Pending, _substituted
+from .deps import _Pending, _substituted, settle_error
 from .nested import PREFIX, FailedArg, pickled_capturing
 from .node_actors import ActorKey
 from .state import StoredArg
@@ -357,12 +357,7 @@ class ActorDeps:
         c, tid = self.c, call.tid
         call.refs, call.life = [], None
         c.inflight.pop(tid, None)
-        if tid in c.returns.tasks:  # several returns, a generator (returns.py)
-            c.returns.done_locked_error(tid, ("error", error))
-        elif tid in c._dropped:  # its ref is gone: nobody will ask
-            c._dropped.discard(tid)
-        else:
-            c.results[tid] = ("error", error)
+        settle_error(c, tid, error)
 
     def cancel(self, tid: bytes, error: BaseException) -> None:
         """``repartir.cancel`` of waiting call ``tid``: it fails with ``error`` and is never

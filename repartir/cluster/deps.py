@@ -244,12 +244,19 @@ class Deps:
                 tids.discard(tid)
                 if not tids:
                     del self.by_object[oid]
-        if tid in c.returns.tasks:  # several returns, a generator (returns.py)
-            c.returns.done_locked_error(tid, ("error", error))
-        elif tid in c._dropped:  # its ref is gone: nobody will ask
-            c._dropped.discard(tid)
-        else:
-            c.results[tid] = ("error", error)
+        settle_error(c, tid, error)
+
+
+def settle_error(c: Any, tid: bytes, error: BaseException) -> None:
+    """The error of task ``tid``, which never reached a node, for whoever waits on it: its
+    returns' refs (several returns, a generator: returns.py), else its ref, unless the
+    driver dropped that ref. Call with ``c``'s lock held."""
+    if tid in c.returns.tasks:
+        c.returns.done_locked_error(tid, ("error", error))
+    elif tid in c._dropped:  # its ref is gone: nobody will ask
+        c._dropped.discard(tid)
+    else:
+        c.results[tid] = ("error", error)
 
 
 def _substituted(payload: list, subst: dict[bytes, Any], extra: dict[str, Any]) -> list:

@@ -107,6 +107,20 @@ def start_head_and_node(store: str = STORE) -> dict:
             "pids": [r["pid"] for r in recorded()]}
 
 
+def join_node(address: str, resources: str, store: str = STORE) -> tuple[dict, int]:
+    """Join a node (1 CPU, ``resources`` as JSON, ``store`` bytes of object store) to the
+    head at ``address`` and wait until the connected driver sees it alive: its record
+    (``pid``, ``address``) and its port."""
+    r = cli("start", "--address", address, "--num-cpus", "1", "--resources", resources,
+            "--object-store-memory", store)
+    assert r.returncode == 0, r.stderr
+    rec = recorded()[-1]
+    port = int(rec["address"].rsplit(":", 1)[1])
+    assert wait_until(lambda: any(n["NodeManagerPort"] == port and n["Alive"]
+                                  for n in repartir.nodes()), 20)
+    return rec, port
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, _leaves_nothing_behind):
     """A head (1 CPU, ``on_head: 1``) and a node (1 CPU, ``big_mem: 1``), a driver connected

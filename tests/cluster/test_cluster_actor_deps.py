@@ -26,20 +26,12 @@ import repartir
 from repartir.cluster import client as cluster_client
 from rtsupport import wait_until
 from test_cluster import alive, cluster  # noqa: F401 (the fixture)
+from test_cluster_deps import gated
 from test_cluster_failures import _join, _node_id, _sweep
 
 pytestmark = pytest.mark.usefixtures("cluster")
 
 BIG = 1 << 17  # float64 elements: 1 MiB, kept on the node that made it
-
-
-@repartir.remote
-def gated(path, value, max_wait=60.0):
-    """``value`` once the file ``path`` exists (at most ``max_wait`` seconds)."""
-    deadline = time.monotonic() + max_wait
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return value
 
 
 @repartir.remote(max_retries=0)

@@ -29,7 +29,7 @@ from repartir.cluster import client as cluster_client
 from repartir.config import CLUSTER_HEARTBEAT_S, CLUSTER_PULL_TIMEOUT_S
 from repartir.errors import NodeDiedError, ObjectLostError
 from rtsupport import wait_until
-from test_cluster import alive, cli, cluster_env, recorded, start_head_and_node
+from test_cluster import alive, cluster_env, join_node, recorded, start_head_and_node
 
 STORE = str(256 << 20)
 NODE_TIMEOUT = 6.0
@@ -227,13 +227,7 @@ def test_a_result_whose_only_fitting_node_froze_is_rebuilt_when_it_comes_back(cl
     """The only node with resource "side" keeps a result and freezes past the timeout: the
     rebuild finds no node that fits and waits (up to the timeout) instead of failing at once;
     the node thaws, comes back as a new incarnation, and the result is rebuilt there."""
-    r = cli("start", "--address", cluster["address"], "--num-cpus", "1",
-            "--resources", '{"side": 1}', "--object-store-memory", STORE)
-    assert r.returncode == 0, r.stderr
-    side = recorded()[-1]
-    port = int(side["address"].rsplit(":", 1)[1])
-    assert wait_until(lambda: any(n["NodeManagerPort"] == port and n["Alive"]
-                                  for n in repartir.nodes()), 20)
+    side, port = join_node(cluster["address"], '{"side": 1}', STORE)
     kept = ones.options(resources={"side": 1}, max_retries=2).remote(1 << 17)  # 1 MiB
     assert repartir.wait([kept], timeout=60)[0]
     os.kill(side["pid"], signal.SIGSTOP)
@@ -256,13 +250,7 @@ def test_a_pull_from_a_node_declared_dead_fails_when_it_is(cluster):
     """A task on one node takes a result kept on another node, frozen before it could serve
     the pull: the task fails once the head declares that node dead, not after
     CLUSTER_PULL_TIMEOUT_S (30 s)."""
-    r = cli("start", "--address", cluster["address"], "--num-cpus", "1",
-            "--resources", '{"src": 1}', "--object-store-memory", STORE)
-    assert r.returncode == 0, r.stderr
-    src = recorded()[-1]
-    port = int(src["address"].rsplit(":", 1)[1])
-    assert wait_until(lambda: any(n["NodeManagerPort"] == port and n["Alive"]
-                                  for n in repartir.nodes()), 20)
+    src, port = join_node(cluster["address"], '{"src": 1}', STORE)
     kept = ones.options(resources={"src": 1}, max_retries=0).remote(1 << 17)  # 1 MiB
     assert repartir.wait([kept], timeout=60)[0]
     os.kill(src["pid"], signal.SIGSTOP)

@@ -23,7 +23,7 @@ from repartir.cluster import client as cluster_client
 from repartir.config import resolve
 from repartir.runtime.session import sweep_dead_sessions
 from rtsupport import wait_until
-from test_cluster import STORE, alive, cli, cluster_env, recorded, start_head_and_node
+from test_cluster import (STORE, alive, cluster_env, join_node, start_head_and_node)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -197,13 +197,7 @@ def test_actor_calls_taking_one_put_send_it_once(cluster, tmp_path):
 def test_a_task_retried_on_another_node_gets_the_value_there(cluster):
     """A node that got the value is killed while its task runs: the task, retried on a
     node that never had the value, gets it there."""
-    r = cli("start", "--address", cluster["address"], "--num-cpus", "1",
-            "--resources", '{"big_mem": 1}', "--object-store-memory", STORE)
-    assert r.returncode == 0, r.stderr
-    victim = recorded()[-1]
-    port = int(victim["address"].rsplit(":", 1)[1])
-    assert wait_until(lambda: any(n["NodeManagerPort"] == port and n["Alive"]
-                                  for n in repartir.nodes()), 20)
+    victim, port = join_node(cluster["address"], '{"big_mem": 1}', STORE)
     victim_id = [n["NodeID"] for n in repartir.nodes() if n["NodeManagerPort"] == port][0]
     node = [n for n in _stored() if n != victim_id and n != _node("on_head")][0]
     client = cluster_client.active()

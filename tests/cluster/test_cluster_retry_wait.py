@@ -15,30 +15,22 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 
 import pytest
 
 import repartir
 from repartir.cluster import client as cluster_client
-from repartir.config import resolve
 from repartir.errors import NodeDiedError, TaskCancelledError
-from repartir.runtime.session import sweep_dead_sessions
 from rtsupport import wait_until
 from test_cluster import alive, cli, cluster_env, recorded
+from test_cluster_failures import _free_port, _sweep
 
 STORE = str(64 << 20)
 NODE_TIMEOUT = 2.0  # the daemons': a killed node is declared dead 2 s after its last beat
 #: This driver's REPARTIR_NODE_TIMEOUT, so the bound of its wait for a node that fits: the
 #: start of a new node (``repartir start``, a few seconds here) fits in it
 DRIVER_TIMEOUT = 8.0
-
-
-def _sweep() -> None:
-    """What a killed daemon left in /dev/shm (its workers exit by themselves)."""
-    sweep_dead_sessions(resolve(num_cpus=1, object_store_memory=64 << 20, num_gpus=0).temp_dir,
-                        "/dev/shm")
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +41,6 @@ def env(tmp_path_factory, _leaves_nothing_behind):
             yield tmp
         finally:
             _sweep()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _join(address: str, resources: str = "{}") -> dict:
